@@ -1,0 +1,1 @@
+"""cache: the LMDB store of what the API server answered, per client and per query. Knows nothing of HTTP."""

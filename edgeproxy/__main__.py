@@ -1,0 +1,3 @@
+from edgeproxy import cli
+
+raise SystemExit(cli.main())
