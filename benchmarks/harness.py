@@ -100,8 +100,13 @@ def plot(rows: Sequence[dict[str, object]], out: Path) -> list[Path]:
         metrics = list(dict.fromkeys(str(r["metric"]) for r in mine))
         if not metrics:
             continue
-        fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 3.2 * len(metrics)), 3.6), squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
+        ncols = min(4, len(metrics))
+        nrows = -(-len(metrics) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, 3.4 * ncols), 3.4 * nrows), squeeze=False)
+        flat = [ax for line in axes for ax in line]
+        for ax in flat[len(metrics):]:
+            ax.set_visible(False)
+        for ax, metric in zip(flat, metrics, strict=False):
             rs = [r for r in mine if r["metric"] == metric]
             labels, values = [], []
             for r in rs:

@@ -216,6 +216,8 @@ class Proxy:
                         sink.feed(chunk)
                     await resp.write(chunk)
                 ok = True
+            except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
+                return resp
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 # The API server broke the stream. A watch just ends (the client re-watches from its last
                 # resourceVersion); anything else must not look complete to the client, so the connection is dropped.

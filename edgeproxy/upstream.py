@@ -321,6 +321,7 @@ class Upstream:
                 resp = await self._session.request(
                     method, server.url + path_qs, headers=headers, data=body, allow_redirects=False,
                     ssl=self.ssl_for(server, own_auth) or True, compress=None,
+                    server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
                 )
             except _CONNECT_ERRORS as e:
                 errors.append(f"{server.url}: {_describe(e)}")
