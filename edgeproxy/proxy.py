@@ -124,7 +124,7 @@ class _Buffered(web.StreamResponse):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "local", "recorder", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None) -> None:
         self.upstream = up
@@ -132,6 +132,16 @@ class Proxy:
         self.local: Local = local or Unavailable503()
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
         self._tx = metrics.UPSTREAM_BYTES.labels(direction="sent")
+        self._watches: set[aiohttp.ClientResponse] = set()
+        up.on_change(self._state_changed)
+
+    def _state_changed(self, online: bool) -> None:
+        """Going offline ends the watches still open upstream: over a dead or hung link they would sit silent until
+        TCP gives up. Each client sees its watch end, re-watches from its last resourceVersion, and is answered
+        locally."""
+        if not online:
+            for up in list(self._watches):
+                up.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
@@ -209,6 +219,7 @@ class Proxy:
             _observe_latency(info, "upstream", start)
             if gauge is not None:
                 gauge.inc()
+                self._watches.add(up)
             try:
                 async for chunk in up.content.iter_any():
                     self._rx.inc(len(chunk))
@@ -218,7 +229,7 @@ class Proxy:
                 ok = True
             except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
                 return resp
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            except aiohttp.ClientError as e:
                 # The API server broke the stream. A watch just ends (the client re-watches from its last
                 # resourceVersion); anything else must not look complete to the client, so the connection is dropped.
                 log.info("upstream stream broke on %s %s: %s", request.method, request.raw_path, e)
@@ -238,6 +249,7 @@ class Proxy:
                 up.close()
             if gauge is not None:
                 gauge.dec()
+                self._watches.discard(up)
             if sink is not None:
                 try:
                     sink.done(ok)

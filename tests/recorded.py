@@ -74,6 +74,7 @@ class RecordedAPIServer:
         self.release_watch = asyncio.Event()
         self.watch_started = asyncio.Event()
         self.watch_gone = asyncio.Event()  # a watch's client went away mid-stream
+        self.ready = True  # /readyz: 200 "ok", or 500 as an API server whose etcd is gone answers
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -87,7 +88,7 @@ class RecordedAPIServer:
         self.seen.append((request.method, request.raw_path, CIMultiDict(request.headers)))
         path, _, query = request.raw_path.partition("?")
         if path == "/readyz":
-            return web.Response(text="ok")
+            return web.Response(text="ok") if self.ready else web.Response(status=500, text="[-]etcd failed")
         if request.method in ("POST", "PUT", "PATCH"):
             # Echo what arrived: the test checks that a body went up unchanged (not an API answer).
             body = await request.read()

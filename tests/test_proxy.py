@@ -186,6 +186,20 @@ async def test_client_going_away_cancels_upstream(through):
         await api.watch_gone.wait()
 
 
+async def test_going_offline_ends_upstream_watches(through):
+    api, svc, s = through
+    path = ("/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+            "&allowWatchBookmarks=true&timeoutSeconds=20")
+    async with asyncio.timeout(20), s.get(svc.url + path) as r:
+        first = await r.content.readany()
+        api.ready = False  # the link is hung: the watch stays silent; the prober notices
+        while svc.upstream.online:
+            await svc.upstream.probe_all()
+        rest = await r.read()  # the watch ends (cleanly: the client re-watches, and is answered locally)
+        assert first + rest == recorded.frames(recorded.load("watch.pods-edge1.json").body, "")[0]
+        await api.watch_gone.wait()
+
+
 async def test_gzip_passes_through_byte_identical(recorded_upstream):
     api, _ = recorded_upstream
     rec = recorded.load("pods-edge1.list.json")
