@@ -21,7 +21,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -124,10 +124,12 @@ class _Buffered(web.StreamResponse):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "aliases", "local", "recorder", "upstream")
 
-    def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None) -> None:
+    def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.upstream = up
+        self.aliases = dict(aliases or {})  # User-Agent name -> component (hollow-kubelet -> kubelet)
         self.recorder = recorder
         self.local: Local = local or Unavailable503()
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
@@ -145,7 +147,7 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        info, error = classify(request)
+        info, error = classify(request, self.aliases)
         decision = route(info, self.upstream.online)
         answered_by = "upstream"
         resp: web.StreamResponse | None = None
@@ -295,10 +297,11 @@ class Proxy:
             writer.close()
 
 
-def classify(request: web.Request) -> tuple[kube_request.RequestInfo | None, kube_errors.KubeError | None]:
+def classify(request: web.Request, aliases: Mapping[str, str] | None = None
+             ) -> tuple[kube_request.RequestInfo | None, kube_errors.KubeError | None]:
     path, _, query = request.raw_path.partition("?")
     try:
-        return kube_request.parse(request.method, path, query, request.headers), None
+        return kube_request.parse(request.method, path, query, request.headers, aliases=aliases), None
     except kube_errors.KubeError as e:
         return None, e
 

@@ -111,7 +111,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
                            connect_timeout=config.connect_timeout)
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up)
-    handler = proxy.Proxy(up, recorder=recorder, local=local)
+    handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases))
     await up.start()
     runners: list[web.AppRunner] = []
     try:
