@@ -199,8 +199,8 @@ class Store:
     """Reads (any thread) over one LMDB environment, and the transaction-level writes the writer thread runs."""
 
     __slots__ = (
-        "path", "env", "sealer", "sealed_resources", "max_bytes", "protected", "_views", "_items", "_objects",
-        "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_lock", *COUNTERS,
+        "path", "env", "sealer", "sealed_resources", "max_bytes", "low_water", "protected", "_views", "_items",
+        "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_lock", *COUNTERS,
     )
 
     def __init__(self, path: str, env: lmdb.Environment, sealer: seal.Sealer | None,
@@ -210,6 +210,7 @@ class Store:
         self.sealer = sealer
         self.sealed_resources = frozenset(sealed_resources)
         self.max_bytes = max_bytes
+        self.low_water = 0.9  # evict down to this fraction of max_bytes, so eviction does not run every commit
         self.protected = frozenset(protected)
         self._views = env.open_db(b"views")
         self._items = env.open_db(b"items")
@@ -247,8 +248,9 @@ class Store:
         """
         if not create and not os.path.exists(os.path.join(path, "data.mdb")):
             raise errors.NoCache(f"no cache at {path}")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+        if create:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
         key_path = key_file or os.path.join(path, KEY_FILE)
         sealer: seal.Sealer | None
         if create:
@@ -767,7 +769,7 @@ class Store:
         txn.delete(view_id, db=self._access)
         self._stale.discard(view_id)
 
-    def evict(self, txn: lmdb.Transaction, low_water: float = 0.9) -> int:
+    def evict(self, txn: lmdb.Transaction) -> int:
         """Past max_bytes, drop least-recently-used views (read or written) until under low_water * max_bytes.
 
         Views of the node's own agents (kubelet, kube-proxy, coredns) go last: without them the node cannot run
@@ -783,11 +785,12 @@ class Store:
             except (errors.CorruptRecord, KeyError, IndexError):
                 continue
             read = txn.get(view_id, db=self._access)
-            last = max(doc["u"], _F64.unpack(read)[0] if read and len(read) == 8 else 0.0)
+            last = max(doc["u"], _F64.unpack(read)[0] if read and len(read) == 8 else 0.0,
+                       self._reads.get(view_id, 0.0))
             candidates.append((client.split("@", 1)[0] in self.protected, last, view_id, doc))
         candidates.sort(key=lambda c: (c[0], c[1]))
         evicted = 0
-        target = self.max_bytes * low_water
+        target = self.max_bytes * self.low_water
         for _, _, view_id, doc in candidates:
             self._delete_view(txn, view_id, doc)
             evicted += 1

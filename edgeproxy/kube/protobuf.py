@@ -612,6 +612,12 @@ def metadata_field(raw: bytes) -> bytes:
     return buf[s:e] if s >= 0 else b""
 
 
+def partial_metadata(raw: bytes) -> bytes:
+    """The PartialObjectMetadata message of an object: {metadata=1}, i.e. the object's field 1 with its tag. Items
+    of a PartialObjectMetadataList (meta.k8s.io/v1); apiserver handlers/response.go asPartialObjectMetadataList."""
+    return field_bytes(1, metadata_field(raw))
+
+
 # --- envelope -------------------------------------------------------------------------------------------------
 
 
