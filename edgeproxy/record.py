@@ -1,4 +1,4 @@
-"""The tee into the cache: turns upstream answers (list, get, watch, discovery) into cache writes, off the client's path.
+"""The tee into the cache: upstream answers (list, get, watch, discovery) become cache writes, off the client's path.
 
 Implements the proxy's recorder seam: `Recorder.begin(info, status, headers)` picks a sink for a response it can
 cache; the proxy calls `sink.feed(chunk)` for every body chunk it wrote to the client and `sink.done(ok)` at the end.
