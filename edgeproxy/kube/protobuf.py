@@ -587,6 +587,8 @@ def extract(resource: str, raw: bytes) -> tuple[meta.Meta, dict[str, str]]:
         raise _bad(f"malformed object: {e}") from e
     if m is None:
         m = _EMPTY_META
+    if resource == "events" and not out["source"]:
+        out["source"] = out["reportingComponent"]  # source.component, else reportingComponent (event strategy.go)
     out["metadata.name"] = m.name
     out["metadata.namespace"] = m.namespace
     return m, out
