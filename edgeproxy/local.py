@@ -129,7 +129,7 @@ class Local:
         if info.verb == "get" and views.is_discovery(info.path):
             client = info.client.key
             for m in getattr(info, "accept", ()) or ():
-                candidates = [f"{m.type}/{m.subtype}" + "".join(f";{k}={v}" for k, v in (m.params or {}).items())]
+                candidates = [str(m)]
                 if "*" in (m.type, m.subtype):
                     candidates = [JSON_CT, PB_CT]
                 for ct in candidates:

@@ -83,8 +83,12 @@ class Recorder:
             return None
         if encoding is None:
             return None
+        produced = _produced(info)
+        if produced == "Table" or (produced and produced != views.POM):
+            return None  # a Table (whose Content-Type is plain application/json) is not cached: served plain offline
+        shape = views.shape_of(content_type) or produced
         if verb == "get" and not info.subresource:
-            okey = views.object_key(info, shape=views.shape_of(content_type), encoding=encoding)
+            okey = views.object_key(info, shape=shape, encoding=encoding)
             if status == 200:
                 return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
             if status == 404:
@@ -93,18 +97,18 @@ class Recorder:
         if status != 200:
             return None
         if verb == "list":
-            key = views.safe_view_key(info, shape=views.shape_of(content_type), encoding=encoding)
+            key = views.safe_view_key(info, shape=shape, encoding=encoding)
             if key is None:
                 return None
             return _Sink(self, gzip, lambda body: self._list(info, key, encoding, body))
         if verb == "watch":
-            shape = views.shape_of(content_type) or _asked_shape(info)
             key = views.safe_view_key(info, shape=shape, encoding=encoding)
             if key is None:
                 return None
             return _WatchSink(self, gzip, _WatchState(self, key, info.resource, encoding,
                                                       bool(info.send_initial_events)))
-        if (verb, info.subresource) in (("update", None), ("patch", "status")) and info.resource in ("leases", "nodes"):
+        if (verb, info.subresource or "") in (("update", ""), ("patch", "status")) and info.resource in ("leases",
+                                                                                                      "nodes"):
             # the node agent's heartbeat answers: the freshest Lease and Node the API server gave, for GETs offline
             okey = views.object_key(info, shape="", encoding=encoding)
             return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
@@ -141,6 +145,8 @@ class Recorder:
     def _list(self, info: Any, key: store.ViewKey, encoding: str, body: bytes) -> None:
         if encoding == "protobuf":
             u = protobuf.unwrap(body)
+            if not u.kind.endswith("List"):
+                return
             parts = protobuf.parse_list(u.raw)
             kind, api_version = u.kind, u.api_version
         else:
@@ -178,13 +184,17 @@ class Recorder:
         self.tokens.remember(ask, body, content_type)
 
 
-def _asked_shape(info: Any) -> str:
+def _produced(info: Any) -> str:
+    """The `as=` the API server answered with: the first Accept clause it can serve ("" plain, PartialObjectMetadata,
+    Table). The response's Content-Type does not say: it is the bare media type (wire brief §4)."""
     for m in getattr(info, "accept", ()) or ():
-        as_ = getattr(m, "as_", "")
-        if as_ in (views.POM, views.POM + "List"):
-            return views.POM
-        if getattr(m, "encoding", None):
-            return ""
+        enc = getattr(m, "encoding", None)
+        if enc is None and "*" not in (m.type, m.subtype):
+            continue
+        as_ = getattr(m, "as_", "") or ""
+        if as_ == "Table" and enc == "protobuf":
+            continue  # Table has no protobuf form; the server skips the clause
+        return views.POM if as_ in (views.POM, views.POM + "List") else as_
     return ""
 
 
