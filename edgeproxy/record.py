@@ -152,7 +152,10 @@ class Recorder:
         else:
             jparts = jsonwire.parse_list(body)
             parts, kind, api_version = jparts, jparts.kind, jparts.api_version
-        items = [_item(info.resource, encoding, raw) for raw in parts.items]
+        raws = parts.items
+        if encoding == "json" and getattr(parts, "pretty", False):  # ?pretty or curl: keep what client-go gets
+            raws = [jsonwire.compact(r) for r in raws]
+        items = [_item(info.resource, encoding, raw) for raw in raws]
         now = time.monotonic()
         self._expire_chunks(now)
         asked = info.continue_
