@@ -21,7 +21,6 @@ PB = "application/vnd.kubernetes.protobuf"
 def c(tmp_path):
     with recording.cache(tmp_path / "cache", node="edge-1", bookmark_interval=0.2,
                          tokens=tokens.TokenBook(tmp_path / "tokens", node="edge-1")) as cache:
-        cache.local.tokens = cache.local.tokens  # (the book is the local side's)
         yield cache
 
 
@@ -145,7 +144,8 @@ async def test_partial_object_metadata_list_from_full_objects(c, http):
 
 async def test_table_is_answered_with_the_plain_list(c, http):
     fill(c, "json")
-    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+    accept = ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+              "application/json")
     code, ct, data = await get(http, PODS, {**KUBECTL_JSON, "Accept": accept})
     assert code == 200 and ct == "application/json" and json.loads(data) == json.loads(body("pods-edge1.list.json"))
 
@@ -286,7 +286,8 @@ async def test_node_status_patch_by_a_vendor_node_agent_and_a_later_get(c, http)
 
 async def test_kubelet_writes_offline(c, http):
     c.feed(info("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1"), "nodes-edge1.list.pb")
-    node_pb = protobuf.wrap("v1", "Node", protobuf.parse_list(protobuf.unwrap(body("nodes-edge1.list.pb")).raw).items[0])
+    node = protobuf.parse_list(protobuf.unwrap(body("nodes-edge1.list.pb")).raw).items[0]
+    node_pb = protobuf.wrap("v1", "Node", node)
     code, _, data = await send(http, "POST", "/api/v1/nodes", node_pb, PB)
     assert code == 409 and json.loads(data)["reason"] == "AlreadyExists"
     event = body("configmap-web-config.get.pb")  # any protobuf object: an event is echoed as sent
@@ -320,7 +321,7 @@ async def test_token_request_offline(c, http):
     ask = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                       "spec": {"expirationSeconds": 3607,
                                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "u1"}}})
-    code, ct, data = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
+    code, _, data = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
                                 "application/json", {**KUBELET, "Accept": "application/json"})
     assert code == 201
     tok = json.loads(data)["status"]["token"]
