@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,10 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 LIST_BLUEPRINT = "kubernetes.io/initial-events-list-blueprint"
 BOOKMARK_INTERVAL = 60.0  # the API server sends one about every minute (cacher nextBookmarkTime)
 DEFAULT_WATCH_TIMEOUT = 1800  # the API server's --min-request-timeout, used when a watch names no timeoutSeconds
+# A watch answered locally while the prober still says online (one request failed over) is held this long, then
+# ended: the client re-watches, upstream if it is back, here again if not. Long enough not to be a "very short watch"
+# (client-go backs off and relists after one under a second with no event).
+FAILOVER_HOLD = 5.0
 CONTINUE_VERSION = "edgeproxy/v1"
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
@@ -62,17 +66,21 @@ class Source:
 class Local:
     """The local side of the proxy. One per process."""
 
-    __slots__ = ("_back", "_local_base", "bookmark_interval", "node", "store", "tokens", "watch_timeout", "writer")
+    __slots__ = ("_back", "_local_base", "bookmark_interval", "failover_hold", "is_online", "node", "store", "tokens",
+                 "watch_timeout", "writer")
 
     def __init__(self, store: store_.Store, writer: writer_.Writer | None, *, tokens: tokens_.TokenBook | None = None,
                  node: str | None = None, bookmark_interval: float = BOOKMARK_INTERVAL,
-                 watch_timeout: int = DEFAULT_WATCH_TIMEOUT) -> None:
+                 watch_timeout: int = DEFAULT_WATCH_TIMEOUT, is_online: Callable[[], bool] = lambda: False,
+                 failover_hold: float = FAILOVER_HOLD) -> None:
         self.store = store
         self.writer = writer
         self.tokens = tokens
         self.node = node
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
+        self.is_online = is_online
+        self.failover_hold = failover_hold
         self._back = asyncio.Event()  # set when the upstream comes back: every offline watch ends
         self._local_base: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # key -> (upstream rv, local rv)
 
@@ -371,6 +379,9 @@ class Local:
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
         back = self._back
+        if self.is_online():  # per-request failover: no state change will tell us the upstream is back
+            deadline = min(deadline, loop.time() + self.failover_hold)
+            back = asyncio.Event()
         while not back.is_set():
             now = loop.time()
             if now >= deadline:
