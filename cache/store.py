@@ -796,7 +796,8 @@ class Store:
 
     def apply_reads(self, txn: lmdb.Transaction, reads: dict[bytes, float]) -> None:
         for view_id, t in reads.items():
-            txn.put(view_id, _F64.pack(t), db=self._access)
+            if txn.get(view_id, db=self._views) is not None:  # not for a view evicted or purged since
+                txn.put(view_id, _F64.pack(t), db=self._access)
 
     def save_counters(self, txn: lmdb.Transaction) -> None:
         txn.put(b"counters", msgpack.packb({name: getattr(self, name) for name in COUNTERS}), db=self._meta)
