@@ -69,6 +69,7 @@ def add(inv: Invocation) -> dict:
     with store.key_lock(key):
         with store.lock():
             rec = store.get(key)
+            backlog = bool(inv.journal.pending())
         if rec and rec.owner == req.container_id and rec.servable(time.time(), cfg.held_max_age):
             # The delegate's lease is already under this container id (a retried ADD): nothing to ask for.
             return result.encode(_activate(inv, rec).result, cfg.cni_version)
@@ -81,6 +82,12 @@ def add(inv: Invocation) -> dict:
                 return _serve_offline(inv, reply)
             if not reply.ok:
                 raise reply.error(cfg.delegate_type)
+        if backlog:
+            # Leases the last outage kept may be what the pool is short of: free them first. If the delegate is
+            # still offline that is the answer for this ADD too, without waiting for it a second time.
+            outage = _replay(inv)
+            if outage is not None:
+                return _serve_offline(inv, outage)
         requested = []
         if rec and cfg.request_ip != "none" and not config.runtime_requested(cfg, dict(req.args)):
             requested = result.addresses(rec.result)
@@ -108,7 +115,6 @@ def add(inv: Invocation) -> dict:
             inv.delegate.call("DEL", config.delegate_conf(cfg, cfg.cni_version), container_id=req.container_id,
                               ifname=req.ifname, cni_args=req.cni_args)
             raise
-    _replay(inv)
     return result.encode(internal, cfg.cni_version)
 
 
@@ -170,10 +176,18 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
         rec = store.get(key) if key else None
         prior = rec.state if rec is not None and rec.owner == owner else None
         old = jr.get(owner, ifname)
-        jr.add(journal.Release(owner, ifname, key if prior else "", cni_args, conf,
-                               old.created if old else time.time(), old.attempts if old else 0))
+        entry = journal.Release(owner, ifname, key if prior else "", cni_args, conf,
+                                old.created if old else time.time(), old.attempts if old else 0)
         if prior in (records.ACTIVE, records.HELD):
+            jr.add(entry)
             store.put(rec.replace(state=records.RELEASED))
+        else:
+            try:
+                jr.add(entry)
+            except errors.StoreFailure as e:
+                # No record depends on this lease, so nothing unsafe can be served if the note is missing:
+                # release anyway (a read-only store must not block the DEL of a container we never recorded).
+                log.warning("releasing %s/%s without a journal entry: %s", owner, ifname, e.msg)
     reply = inv.delegate.call("DEL", conf, container_id=owner, ifname=ifname, cni_args=cni_args)
     with store.lock():
         if reply.ok:
@@ -190,15 +204,16 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
     return reply
 
 
-def _replay(inv: Invocation, limit: int = REPLAY_LIMIT) -> int:
-    """Release journaled leases now that the delegate answers; stops at the first sign of an outage."""
-    done = 0
+def _replay(inv: Invocation, limit: int = REPLAY_LIMIT) -> delegate.Reply | None:
+    """Release journaled leases while the delegate answers; returns the offline reply that stopped it, if any."""
     try:
         pending = inv.journal.pending()
     except errors.StoreFailure as e:
         log.warning("journal not readable: %s", e.msg)
-        return 0
+        return None
     for entry in pending[:limit]:
+        if entry.key == inv.key and inv.req.command in ("ADD", "DEL"):
+            continue  # ours: this very operation settles it
         if entry.conf.get("ipam", {}).get("type") != inv.cfg.delegate_type:
             continue
         lock_key = entry.key or f"~release/{entry.owner}/{entry.ifname}"
@@ -214,11 +229,10 @@ def _replay(inv: Invocation, limit: int = REPLAY_LIMIT) -> int:
                     continue
             reply = _release(inv, entry.key, entry.owner, entry.ifname, entry.conf, entry.cni_args)
         if reply.offline:
-            break
+            return reply
         if reply.ok:
-            done += 1
             log.info("replayed the release of %s/%s (%s)", entry.owner, entry.ifname, entry.key or "no record")
-    return done
+    return None
 
 
 # ---- DEL ----

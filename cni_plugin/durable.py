@@ -49,6 +49,7 @@ def write(path: Path, data: bytes) -> None:
 
 def remove(path: Path) -> bool:
     try:
+        os.lstat(path)  # a read-only filesystem says EROFS, not ENOENT, to unlinking a file that is not there
         os.unlink(path)
     except FileNotFoundError:
         return False
