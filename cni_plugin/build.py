@@ -15,9 +15,9 @@ import argparse
 import io
 import os
 import py_compile
-import tempfile
 import stat
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 

@@ -32,7 +32,8 @@ if [ -f "$here/offline" ] && [ "$CNI_COMMAND" != VERSION ]; then
   case "$mode" in
     hang) exec sleep 600 ;;
     code11) echo '{"code": 11, "msg": "try again later", "details": "IPAM server unavailable"}'; exit 1 ;;
-    *) echo '{"code": 999, "msg": "error allocating IP: Post \"https://10.96.0.1:443/ipam\": dial tcp 10.96.0.1:443: connect: connection refused"}'; exit 1 ;;
+    *) echo '{"code": 999, "msg": "error allocating IP: Post \"https://10.96.0.1:443/ipam\":'\
+            'dial tcp 10.96.0.1:443: connect: connection refused"}'; exit 1 ;;
   esac
 fi
 exec /usr/lib/cni/host-local
@@ -112,8 +113,8 @@ class Node:
         return {"cniVersion": self.cni_version, "name": self.network, "type": "bridge", "ipam": ipam, **top}
 
     def run(self, command: str, cid: str = "", pod: str | None = "web", *, ifname: str = "eth0",
-            conf: dict | None = None, netns: str = "/var/run/netns/plugin-only", plugin: Path | None = None, env: dict | None = None,
-            namespace: str = "default", timeout: float = 60) -> Reply:
+            conf: dict | None = None, netns: str = "/var/run/netns/plugin-only", plugin: Path | None = None,
+            env: dict | None = None, namespace: str = "default", timeout: float = 60) -> Reply:
         cni_args = "IgnoreUnknown=1"
         if pod is not None:
             cni_args += f";K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"

@@ -105,7 +105,8 @@ def test_new_pod_offline_gets_try_again_later(node, mode):
 
 
 def test_back_online_journal_replayed_and_no_lease_leaked(node):
-    a, b = node.add("a1", pod="a").ips, node.add("b1", pod="b").ips
+    b = node.add("b1", pod="b").ips
+    node.add("a1", pod="a")
     node.offline()
     assert node.delete("a1", pod="a").code == 0
     assert node.delete("x9", pod="never-seen").code == 0  # unknown container: journaled too
@@ -117,7 +118,6 @@ def test_back_online_journal_replayed_and_no_lease_leaked(node):
     assert sorted(node.leases()) == sorted(ip.split("/")[0] for ip in b + c)
     node.offline()
     assert node.add("a2", pod="a").code == 11  # released while away: may be someone else's now
-    assert a != c or True
 
 
 def test_journal_replayed_by_a_del_too(node):
