@@ -647,16 +647,25 @@ class Store:
         for item in items:  # the same object twice in one list: the last one counts
             k = _item_key(gen, item.namespace, item.name)
             pairs[k] = item
-        ordered = [(k, encode(k, pairs[k], sealed)) for k in sorted(pairs)]
-        if not ordered:
+        keys = sorted(pairs)
+        if not keys:
             return 0, 0
         db = self._items
         cur = txn.cursor(db=db)
-        n = size = 0
-        if not cur.last() or cur.key() < ordered[0][0]:
-            _, n = cur.putmulti(ordered, append=True)  # keys beyond every existing key: fill pages in order
-            size = sum(len(k) + len(v) for k, v in ordered)
+        if not cur.last() or cur.key() < keys[0]:
+            size = 0
+
+            def encoded() -> Iterator[tuple[bytes, bytes]]:  # streamed: a big list is never held encoded twice
+                nonlocal size
+                for k in keys:
+                    v = encode(k, pairs[k], sealed)
+                    size += len(k) + len(v)
+                    yield k, v
+
+            _, n = cur.putmulti(encoded(), append=True)  # keys beyond every existing key: fill pages in order
             return n, size
+        n = size = 0
+        ordered = ((k, encode(k, pairs[k], sealed)) for k in keys)
         for k, v in ordered:  # a chunk of an older assembly interleaved with a newer one: plain puts
             old = txn.get(k, db=db)
             txn.put(k, v, db=db)

@@ -126,7 +126,9 @@ class Writer:
         """Queue a data operation unless the queue is past its bound; then remember the view lost a write."""
         with self._lock:
             self._seq += 1
-            if self._closed or self._enqueued - self._applied + size > self.max_pending_bytes:
+            pending = self._enqueued - self._applied
+            # past the bound: drop; one operation larger than the bound alone still goes when nothing is pending
+            if self._closed or (pending and pending + size > self.max_pending_bytes):
                 if view_id is not None:
                     self._dropped[view_id] = self._seq
                 self.store.writes_dropped += 1
