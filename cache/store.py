@@ -274,7 +274,7 @@ class Store:
             except errors.SealError:
                 sealer = None  # an operator without the key still sees everything but sealed records
         env = lmdb.open(path, map_size=map_size, max_dbs=8, sync=durable, metasync=durable, subdir=True,
-                        mode=0o600, max_readers=256, readahead=False)
+                        mode=0o600, max_readers=256)
         env.reader_check()  # free reader slots left by a killed process
         if max_bytes is None:
             max_bytes = env.info()["map_size"] * 3 // 4
@@ -647,16 +647,25 @@ class Store:
         for item in items:  # the same object twice in one list: the last one counts
             k = _item_key(gen, item.namespace, item.name)
             pairs[k] = item
-        ordered = [(k, encode(k, pairs[k], sealed)) for k in sorted(pairs)]
-        if not ordered:
+        keys = sorted(pairs)
+        if not keys:
             return 0, 0
         db = self._items
         cur = txn.cursor(db=db)
-        n = size = 0
-        if not cur.last() or cur.key() < ordered[0][0]:
-            _, n = cur.putmulti(ordered, append=True)  # keys beyond every existing key: fill pages in order
-            size = sum(len(k) + len(v) for k, v in ordered)
+        if not cur.last() or cur.key() < keys[0]:
+            size = 0
+
+            def encoded() -> Iterator[tuple[bytes, bytes]]:  # streamed: a big list is never held encoded twice
+                nonlocal size
+                for k in keys:
+                    v = encode(k, pairs[k], sealed)
+                    size += len(k) + len(v)
+                    yield k, v
+
+            _, n = cur.putmulti(encoded(), append=True)  # keys beyond every existing key: fill pages in order
             return n, size
+        n = size = 0
+        ordered = ((k, encode(k, pairs[k], sealed)) for k in keys)
         for k, v in ordered:  # a chunk of an older assembly interleaved with a newer one: plain puts
             old = txn.get(k, db=db)
             txn.put(k, v, db=db)
@@ -787,7 +796,8 @@ class Store:
 
     def apply_reads(self, txn: lmdb.Transaction, reads: dict[bytes, float]) -> None:
         for view_id, t in reads.items():
-            txn.put(view_id, _F64.pack(t), db=self._access)
+            if txn.get(view_id, db=self._views) is not None:  # not for a view evicted or purged since
+                txn.put(view_id, _F64.pack(t), db=self._access)
 
     def save_counters(self, txn: lmdb.Transaction) -> None:
         txn.put(b"counters", msgpack.packb({name: getattr(self, name) for name in COUNTERS}), db=self._meta)
