@@ -51,7 +51,9 @@ FAILOVER_HOLD = 5.0
 CONTINUE_VERSION = "edgeproxy/v1"
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
-_NO_CACHE = {"Cache-Control": "no-cache, private"}
+# Every local answer says where it came from (the API server's own headers plus this one; clients ignore it).
+SOURCE_HEADER = "X-Edgeproxy-Source"
+_NO_CACHE = {"Cache-Control": "no-cache, private", SOURCE_HEADER: "cache"}
 
 
 @dataclass(frozen=True, slots=True)
