@@ -191,7 +191,7 @@ def run(opts: Any = None) -> list[dict]:
     root = Path(getattr(opts, "workdir", None) or tempfile.mkdtemp(prefix="edgeproxy-bench-offline-"))
     rows: list[dict] = []
     for n in sizes:
-        asyncio.run(_size(n, root, runs, rows, extra=(n == 10000 or n == sizes[0] and 10000 not in sizes)))
+        asyncio.run(_size(n, root, runs, rows, extra=(n == 10000 or (n == sizes[0] and 10000 not in sizes))))
     return rows
 
 
