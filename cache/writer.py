@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 _ITEM_OVERHEAD = 128  # bytes a queued item costs beyond its raw bytes (name, labels, fields, tuple)
 _READS_EVERY = 5.0  # seconds between saving last-read times (they only steer eviction)
-_CHUNK_ITEMS = 512  # a list assembly hands items to the writer in chunks of this many
+_CHUNK_ITEMS = 512
+_MAX_BATCH = 4096  # operations per transaction  # a list assembly hands items to the writer in chunks of this many
 
 
 class Writer:
@@ -125,7 +126,9 @@ class Writer:
         """Queue a data operation unless the queue is past its bound; then remember the view lost a write."""
         with self._lock:
             self._seq += 1
-            if self._closed or self._enqueued - self._applied + size > self.max_pending_bytes:
+            pending = self._enqueued - self._applied
+            # past the bound: drop; one operation larger than the bound alone still goes when nothing is pending
+            if self._closed or (pending and pending + size > self.max_pending_bytes):
                 if view_id is not None:
                     self._dropped[view_id] = self._seq
                 self.store.writes_dropped += 1
@@ -199,11 +202,13 @@ class Writer:
             started = time.monotonic()
             ops: list[tuple] = []
             popleft = self._queue.popleft
-            while True:
+            for _ in range(_MAX_BATCH):  # bounded: a commit's latency (and its hold on the GIL) stays small
                 try:
                     ops.append(popleft())
                 except IndexError:
                     break
+            else:
+                self._wake.set()  # more is pending: go round again at once
             with self._lock:
                 dropped, self._dropped = self._dropped, {}
             if ops or dropped or started - self._last_reads >= _READS_EVERY:
@@ -374,7 +379,7 @@ class ListAssembly:
         self.key = key
         self.kind = kind
         self.api_version = api_version
-        self.gen = os.urandom(8)
+        self.gen = writer.store.new_gen()
         self._buffer: list[store_.Item] = []
         self._lost = False
         self._done = False

@@ -323,7 +323,7 @@ def selector_fields(resource: str, obj: bytes | Mapping) -> dict[str, str]:
                ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")}
         out |= {"reason": _str(doc.get("reason")), "type": _str(doc.get("type")),
                 "reportingComponent": _str(doc.get("reportingComponent")),
-                "source": _str(_get(doc, "source").get("component"))}
+                "source": _str(_get(doc, "source").get("component")) or _str(doc.get("reportingComponent"))}
     elif resource == "replicationcontrollers":
         replicas = _get(doc, "status").get("replicas", 0)
         out = {"status.replicas": str(replicas) if type(replicas) is int else "0"}
@@ -396,3 +396,26 @@ def parse_status(body: bytes) -> dict:
 def object_body(item: bytes, kind: str, api_version: str) -> bytes:
     """A single-object GET body (compact, as client-go gets it) from a list item: typed, then json.Encoder's newline."""
     return typed(item, kind, api_version) + b"\n"
+
+
+PARTIAL_HEAD = b'{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":'
+
+
+def partial_metadata(obj: bytes) -> bytes:
+    """The PartialObjectMetadata of an object (list item or standalone), its metadata bytes kept: what the API
+    server writes for as=PartialObjectMetadata[List] (apiserver handlers/response.go), compact."""
+    obj = compact(obj)
+    try:
+        s = _text(obj)
+        members, end = _members(s, 0)
+        _check_end(s, end)
+    except _FOREIGN as e:
+        raise _bad(f"malformed object: {e}") from e
+    span = None
+    for key, value, start, stop in members:
+        if key == "metadata":
+            if not isinstance(value, dict):
+                raise _bad("metadata is not an object")
+            span = (start, stop)
+    md = _slicer(obj, s)(*span) if span else b"{}"
+    return PARTIAL_HEAD + md + b"}"

@@ -587,6 +587,8 @@ def extract(resource: str, raw: bytes) -> tuple[meta.Meta, dict[str, str]]:
         raise _bad(f"malformed object: {e}") from e
     if m is None:
         m = _EMPTY_META
+    if resource == "events" and not out["source"]:
+        out["source"] = out["reportingComponent"]  # source.component, else reportingComponent (event strategy.go)
     out["metadata.name"] = m.name
     out["metadata.namespace"] = m.namespace
     return m, out
@@ -610,6 +612,12 @@ def metadata_field(raw: bytes) -> bytes:
     except _FOREIGN as exc:
         raise _bad(f"malformed object: {exc}") from exc
     return buf[s:e] if s >= 0 else b""
+
+
+def partial_metadata(raw: bytes) -> bytes:
+    """The PartialObjectMetadata message of an object: {metadata=1}, i.e. the object's field 1 with its tag. Items
+    of a PartialObjectMetadataList (meta.k8s.io/v1); apiserver handlers/response.go asPartialObjectMetadataList."""
+    return field_bytes(1, metadata_field(raw))
 
 
 # --- envelope -------------------------------------------------------------------------------------------------

@@ -127,6 +127,19 @@ def test_watchlist_added_objects_equal_list_items():
     assert matched >= len(parts.items) - 2
 
 
+def test_partial_metadata_is_what_the_server_embeds_in_a_table():
+    table = jsonwire.compact((recorded.FIXTURES / "pods-edge1.table.json.body").read_bytes())
+    items = jsonwire.parse_list(recorded.body("pods-edge1.list", "json")).items
+    partials = [jsonwire.partial_metadata(item) for item in items]
+    assert all(p.startswith(jsonwire.PARTIAL_HEAD) for p in partials)
+    # byte for byte the row's object; the table was recorded at RV 316, after db-0 changed
+    assert sum(p in table for p in partials) == len(items) - 1
+    pb = protobuf.parse_list(protobuf.unwrap(recorded.body("pods-edge1.list", "protobuf")).raw).items
+    for item, raw in zip(items, pb, strict=True):
+        assert json.loads(jsonwire.partial_metadata(item))["metadata"]["name"] == protobuf.object_meta(
+            protobuf.partial_metadata(raw)).name
+
+
 def test_bookmarks_are_rebuilt_byte_identical():
     last = jsonwire.decode_event(recorded.json_lines(recorded.body("watch.pods-edge1", "json"))[-1])
     assert last.type == "BOOKMARK"
@@ -174,8 +187,8 @@ def test_deep_nesting_is_a_decode_error():
 ON_DICTS = [jsonwire.object_meta, jsonwire.parse_status,
             *[(lambda b, r=r: jsonwire.selector_fields(r, b)) for r in
               ("pods", "nodes", "services", "secrets", "namespaces", "events", "replicationcontrollers")]]
-PARSERS = [jsonwire.parse_list, jsonwire.decode_event, jsonwire.untyped, lambda b: jsonwire.typed(b, "Pod", "v1"),
-           jsonwire.compact, *ON_DICTS]
+PARSERS = [jsonwire.parse_list, jsonwire.decode_event, jsonwire.partial_metadata, jsonwire.untyped,
+           lambda b: jsonwire.typed(b, "Pod", "v1"), jsonwire.compact, *ON_DICTS]
 
 
 def _survives(data: bytes) -> None:
@@ -219,3 +232,25 @@ def test_mutated_recorded_lines_decode_or_raise_decode_error(data):
     for _ in range(data.draw(st.integers(1, 3))):
         line[data.draw(st.integers(0, len(line) - 1))] = data.draw(st.sampled_from(b'{}[]",:\\ 0a\xff'))
     _survives(bytes(line[: data.draw(st.integers(0, len(line)))]))
+
+
+def _pb_event(source_component: str) -> bytes:
+    """A core/v1 Event message built from its generated.proto field numbers (no Event was recorded)."""
+    f = protobuf.field_bytes
+    involved = b"".join(f(n, v.encode()) for n, v in [(1, "Pod"), (2, "edge"), (3, "web-1"), (4, "u-1"), (5, "v1"),
+                                                       (6, "42"), (7, "spec.containers{web}")])
+    return (f(1, f(1, b"web-1.17") + f(3, b"edge")) + f(2, involved) + f(3, b"Pulled") + f(4, b"msg")
+            + f(5, f(1, source_component.encode()) + f(2, b"edge-1")) + f(9, b"Normal") + f(14, b"kubelet"))
+
+
+@pytest.mark.parametrize("component", ["kubelet-old", ""])
+def test_event_fields_agree_between_encodings(component):
+    doc = {"metadata": {"name": "web-1.17", "namespace": "edge"},
+           "involvedObject": {"kind": "Pod", "namespace": "edge", "name": "web-1", "uid": "u-1", "apiVersion": "v1",
+                              "resourceVersion": "42", "fieldPath": "spec.containers{web}"},
+           "reason": "Pulled", "message": "msg", "source": {"component": component, "host": "edge-1"},
+           "type": "Normal", "reportingComponent": "kubelet"}
+    fields = jsonwire.selector_fields("events", doc)
+    assert fields == protobuf.selector_fields("events", _pb_event(component))
+    assert fields["source"] == (component or "kubelet")  # falls back to reportingComponent, as strategy.go does
+    assert fields["involvedObject.fieldPath"] == "spec.containers{web}"
