@@ -274,7 +274,7 @@ class Store:
             except errors.SealError:
                 sealer = None  # an operator without the key still sees everything but sealed records
         env = lmdb.open(path, map_size=map_size, max_dbs=8, sync=durable, metasync=durable, subdir=True,
-                        mode=0o600, max_readers=256, readahead=False)
+                        mode=0o600, max_readers=256)
         env.reader_check()  # free reader slots left by a killed process
         if max_bytes is None:
             max_bytes = env.info()["map_size"] * 3 // 4
@@ -796,7 +796,8 @@ class Store:
 
     def apply_reads(self, txn: lmdb.Transaction, reads: dict[bytes, float]) -> None:
         for view_id, t in reads.items():
-            txn.put(view_id, _F64.pack(t), db=self._access)
+            if txn.get(view_id, db=self._views) is not None:  # not for a view evicted or purged since
+                txn.put(view_id, _F64.pack(t), db=self._access)
 
     def save_counters(self, txn: lmdb.Transaction) -> None:
         txn.put(b"counters", msgpack.packb({name: getattr(self, name) for name in COUNTERS}), db=self._meta)
