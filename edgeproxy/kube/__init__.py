@@ -6,5 +6,6 @@ jsonwire   the same for JSON
 watch      incremental splitters for JSON and protobuf watch streams
 selectors  label and field selectors: parse, canonical form, match
 status     metav1.Status errors
+meta       Meta, the ObjectMeta value both encodings yield
 errors     KubeError and its leaves; each carries the HTTP status to answer with
 """

@@ -1,0 +1,134 @@
+"""`edgeproxy install-systemd`: put the units, env file, kubelet drop-in, tmpfiles and sysusers entries in place.
+
+Everything is written under `--root` (default /), so a test, an image build or a package build installs into a
+directory. Files that hold an operator's choices (/etc/default/edgeproxy) are kept unless --force. With --now (and
+root /), it also creates the user and directories and starts the service, as a package's postinst would.
+
+Boundary: files and, with --now, systemctl/systemd-sysusers/systemd-tmpfiles; it never edits a file it did not write
+(the kubelet change is a drop-in). Neighbours: systemd/ (the sources), kubeconfig.py (kubelet's kubeconfig).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from edgeproxy import kubeconfig
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    source: str  # file name in systemd/
+    dest: str  # absolute path on the host
+    mode: int = 0o644
+    keep: bool = False  # an operator's file: never overwritten without --force
+    kubelet: bool = False  # part of pointing kubelet at the proxy
+
+
+TARGETS = (
+    Target("edgeproxy.service", "/etc/systemd/system/edgeproxy.service"),
+    Target("edgeproxy-credentials.service", "/etc/systemd/system/edgeproxy-credentials.service"),
+    Target("edgeproxy-credentials.path", "/etc/systemd/system/edgeproxy-credentials.path"),
+    Target("edgeproxy.tmpfiles.conf", "/etc/tmpfiles.d/edgeproxy.conf"),
+    Target("edgeproxy.sysusers.conf", "/etc/sysusers.d/edgeproxy.conf"),
+    Target("edgeproxy.env", "/etc/default/edgeproxy", mode=0o640, keep=True),
+    Target("kubelet-edgeproxy.conf", "/etc/systemd/system/kubelet.service.d/20-edgeproxy.conf", kubelet=True),
+)
+KUBELET_KUBECONFIG = "/etc/edgeproxy/kubelet.kubeconfig"
+
+
+def source_dir() -> Path:
+    """Where the unit sources are: the checkout's systemd/, or share/edgeproxy/systemd of an installed wheel."""
+    for candidate in (Path(__file__).resolve().parents[1] / "systemd", Path(sys.prefix) / "share/edgeproxy/systemd"):
+        if (candidate / "edgeproxy.service").is_file():
+            return candidate
+    raise FileNotFoundError("edgeproxy's systemd/ files are not installed next to the package")
+
+
+def default_exec(prefix: str | None) -> str:
+    if prefix:
+        return str(Path(prefix) / "bin" / "edgeproxy")
+    found = shutil.which("edgeproxy")
+    if found:
+        return str(Path(found).resolve())
+    return f"{shlex.quote(sys.executable)} -m edgeproxy"
+
+
+def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False) -> list[tuple[Path, str]]:
+    """Install every file under `root`; returns (path, what happened) for each."""
+    src = source_dir()
+    done: list[tuple[Path, str]] = []
+    for target in TARGETS:
+        if target.kubelet and not kubelet:
+            continue
+        dest = root / target.dest.lstrip("/")
+        if target.keep and dest.exists() and not force:
+            done.append((dest, "kept (yours; --force replaces it)"))
+            continue
+        text = (src / target.source).read_text()
+        if target.source == "edgeproxy.service":
+            text = text.replace("@EXEC@", exec_cmd)
+        kubeconfig.write(dest, text, mode=target.mode)
+        done.append((dest, "written"))
+    if kubelet:
+        dest = root / KUBELET_KUBECONFIG.lstrip("/")
+        kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
+        done.append((dest, "written"))
+    return done
+
+
+NEXT_STEPS = """\
+systemd-sysusers /etc/sysusers.d/edgeproxy.conf
+systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf
+systemctl daemon-reload
+systemctl enable --now edgeproxy-credentials.path edgeproxy-credentials.service edgeproxy.service"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="/", help="install under this directory instead of / (images, tests)")
+    parser.add_argument("--prefix", help="installation prefix of edgeproxy: ExecStart runs PREFIX/bin/edgeproxy "
+                                         "(default: the edgeproxy on PATH, else this Python with -m edgeproxy)")
+    parser.add_argument("--exec", dest="exec_cmd", help="the exact command ExecStart runs before `serve ...`")
+    parser.add_argument("--no-kubelet", action="store_true", help="leave kubelet alone (no drop-in, no kubeconfig)")
+    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy")
+    parser.add_argument("--now", action="store_true", help="then create the user and directories, reload systemd and "
+                                                            "start the service (root / only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.root)
+    exec_cmd = args.exec_cmd or default_exec(args.prefix)
+    try:
+        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force)
+    except OSError as e:
+        print(f"edgeproxy install-systemd: {e}", file=sys.stderr)
+        return 1
+    for path, what in done:
+        print(f"{what:>8}  {path}")
+    if args.now:
+        if root.resolve() != Path("/"):
+            print("--now works only with --root /", file=sys.stderr)
+            return 2
+        for line in NEXT_STEPS.splitlines():
+            print(f"+ {line}")
+            result = subprocess.run(shlex.split(line), check=False)
+            if result.returncode != 0:
+                print(f"edgeproxy install-systemd: `{line}` failed ({result.returncode})", file=sys.stderr)
+                return 1
+        if not args.no_kubelet:
+            print("kubelet uses the proxy after: systemctl restart kubelet")
+        return 0
+    where = "" if root.resolve() == Path("/") else f" on the host that boots {root}"
+    print(f"\nNext, as root{where} (or run again with --now):")
+    print(NEXT_STEPS)
+    if not args.no_kubelet:
+        print("systemctl restart kubelet")
+    if os.geteuid() != 0 and root.resolve() == Path("/"):
+        print("note: not running as root", file=sys.stderr)
+    return 0

@@ -1,0 +1,210 @@
+"""Logging for the service: level and format from flags or the environment, JSON lines, sampled request logs.
+
+- `setup(level, fmt)`: the root logger writes to stderr (the journal under systemd) as text or as JSON, one object
+  per line with any `extra=` fields as keys; a bounded in-memory ring keeps the last lines for `debug collect`.
+- `state_change(event, **fields)`: one line per state change (online/offline, view complete, eviction, certificate
+  reloaded), always at INFO, with the fields as JSON keys, on the `edgeproxy.state` logger.
+- `request(...)`: the request log, one request in N (EDGEPROXY_LOG_REQUEST_SAMPLE, default 100) plus every 5xx; all of
+  them at DEBUG level.
+
+Boundary: formatting and routing of log records only; nothing here decides what is worth logging. Neighbours: cli.py
+calls setup(); proxy/upstream/record call state_change() and request(); debug.py reads recent().
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+ENV_LEVEL = "EDGEPROXY_LOG_LEVEL"
+ENV_FORMAT = "EDGEPROXY_LOG_FORMAT"
+ENV_SAMPLE = "EDGEPROXY_LOG_REQUEST_SAMPLE"
+DEFAULT_SAMPLE = 100
+RING_SIZE = 2000
+
+state_log = logging.getLogger("edgeproxy.state")
+request_log = logging.getLogger("edgeproxy.request")
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is emitted as a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (RFC 3339, UTC), level, logger, msg, the extra fields, and exc when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            out.setdefault(key, value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message key=value ...`; without the time under systemd, whose journal stamps each line."""
+
+    def __init__(self, with_time: bool = True) -> None:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if with_time else "%(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = extra_fields(record)
+        if fields:
+            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        return line
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+class RingHandler(logging.Handler):
+    """Keeps the last `capacity` records, formatted as JSON lines, for `debug collect` and the ops endpoint."""
+
+    def __init__(self, capacity: int = RING_SIZE) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+_ring = RingHandler()
+
+
+def recent(limit: int | None = None) -> list[str]:
+    """The last log lines as JSON strings, oldest first."""
+    lines = list(_ring.lines)
+    return lines if limit is None else lines[-limit:]
+
+
+def parse_level(level: str | int | None) -> int:
+    if level is None or level == "":
+        return logging.INFO
+    if isinstance(level, int):
+        return level
+    name = level.strip().upper()
+    if name == "WARN":
+        name = "WARNING"
+    value = logging.getLevelName(name)
+    if not isinstance(value, int):
+        raise ValueError(f"unknown log level {level!r} (debug, info, warning, error)")
+    return value
+
+
+def setup(level: str | int | None = None, fmt: str | None = None, stream: Any = None) -> None:
+    """Configure the root logger once per process (calling again replaces what the last call installed).
+
+    Flags win over the environment: `level` else $EDGEPROXY_LOG_LEVEL else info; `fmt` ("text"|"json") else
+    $EDGEPROXY_LOG_FORMAT else text.
+    """
+    level_value = parse_level(level if level is not None else os.environ.get(ENV_LEVEL))
+    fmt = (fmt or os.environ.get(ENV_FORMAT) or "text").strip().lower()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"unknown log format {fmt!r} (text, json)")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    # Under systemd ($JOURNAL_STREAM set) the journal timestamps each line; the text format leaves its own out.
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter("JOURNAL_STREAM" not in os.environ))
+    handler._edgeproxy = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_edgeproxy", False) or h is _ring]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.addHandler(_ring)
+    root.setLevel(level_value)
+    # aiohttp's access log duplicates the sampled request log.
+    logging.getLogger("aiohttp.access").setLevel(max(level_value, logging.WARNING))
+    _sampler.every = _sample_rate()
+
+
+def state_change(event: str, **fields: Any) -> None:
+    """Log one state change: `state_change("upstream_offline", server="https://10.0.0.1:6443", error="timeout")`."""
+    message = event if not fields else event + " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+    state_log.info(message, extra={"event": event, **_safe_extra(fields)})
+
+
+def _safe_extra(fields: dict[str, Any]) -> dict[str, Any]:
+    # LogRecord refuses extra keys that shadow its own attributes ("name", "msg", ...); prefix those.
+    return {(f"f_{k}" if k in _STANDARD else k): v for k, v in fields.items()}
+
+
+class Sampler:
+    """Lets one call in `every` through (every <= 1: all of them); thread-safe, deterministic (a counter)."""
+
+    __slots__ = ("_counter", "_lock", "every")
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        if self.every <= 1:
+            return True
+        with self._lock:
+            n = next(self._counter)
+        return n % self.every == 0
+
+
+def _sample_rate() -> int:
+    try:
+        return max(0, int(os.environ.get(ENV_SAMPLE, DEFAULT_SAMPLE)))
+    except ValueError:
+        return DEFAULT_SAMPLE
+
+
+_sampler = Sampler(_sample_rate())
+
+
+def request(
+    *,
+    component: str,
+    verb: str,
+    path: str,
+    code: int,
+    source: str,
+    duration: float,
+    **fields: Any,
+) -> bool:
+    """The request log: every request at DEBUG, else one in N and every 5xx at INFO. Returns whether it logged.
+
+    `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals).
+    """
+    if request_log.isEnabledFor(logging.DEBUG):
+        level = logging.DEBUG
+    elif code >= 500 or _sampler.take():
+        level = logging.INFO
+    else:
+        return False
+    if not request_log.isEnabledFor(level):
+        return False
+    extra = {"component": component, "verb": verb, "path": path, "code": code, "source": source,
+             "duration_ms": round(duration * 1000, 3), **_safe_extra(fields)}
+    request_log.log(level, "%s %s %s %d %s %.1fms", component, verb, path, code, source, duration * 1000,
+                    extra=extra)
+    return True

@@ -1,0 +1,90 @@
+"""Logs: JSON lines that parse with their extra fields, flags over environment, sampling, state lines."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from edgeproxy import logs
+
+
+@pytest.fixture
+def stream(monkeypatch):
+    monkeypatch.delenv(logs.ENV_LEVEL, raising=False)
+    monkeypatch.delenv(logs.ENV_FORMAT, raising=False)
+    monkeypatch.delenv(logs.ENV_SAMPLE, raising=False)
+    out = io.StringIO()
+    yield out
+    logs.setup(level="warning", fmt="text")  # leave the root logger quiet for the next test
+
+
+def lines(out):
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_json_lines_parse_with_extra_fields(stream):
+    logs.setup(level="info", fmt="json", stream=stream)
+    logging.getLogger("edgeproxy.test").info("hello %s", "world", extra={"component": "kubelet", "n": 3})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("edgeproxy.test").exception("failed")
+    first, second = lines(stream)
+    assert first["msg"] == "hello world" and first["level"] == "info" and first["logger"] == "edgeproxy.test"
+    assert first["component"] == "kubelet" and first["n"] == 3
+    assert first["ts"].endswith("+00:00")
+    assert "RuntimeError: boom" in second["exc"]
+
+
+def test_state_change_is_one_line_with_fields(stream):
+    logs.setup(fmt="json", stream=stream)
+    logs.state_change("upstream_offline", server="https://10.0.0.1:6443", error="connect timeout", name="x")
+    (line,) = lines(stream)
+    assert line["event"] == "upstream_offline"
+    assert line["server"] == "https://10.0.0.1:6443" and line["error"] == "connect timeout"
+    assert line["f_name"] == "x"  # a field named like a LogRecord attribute is kept, prefixed
+    assert line["logger"] == "edgeproxy.state"
+    assert line["msg"].startswith("upstream_offline server=https://10.0.0.1:6443 error=\"connect timeout\"")
+
+
+def test_flag_wins_over_environment(stream, monkeypatch):
+    monkeypatch.setenv(logs.ENV_LEVEL, "error")
+    monkeypatch.setenv(logs.ENV_FORMAT, "json")
+    logs.setup(stream=stream)
+    logging.getLogger("edgeproxy.test").warning("dropped")
+    assert stream.getvalue() == ""
+    logs.setup(level="debug", fmt="text", stream=stream)
+    logging.getLogger("edgeproxy.test").debug("kept", extra={"view": "pods"})
+    assert "DEBUG edgeproxy.test: kept view=pods" in stream.getvalue()
+
+
+def test_bad_level_is_an_error():
+    with pytest.raises(ValueError, match="unknown log level"):
+        logs.setup(level="chatty")
+
+
+def test_requests_are_sampled_but_errors_always_logged(stream, monkeypatch):
+    monkeypatch.setenv(logs.ENV_SAMPLE, "10")
+    logs.setup(level="info", fmt="json", stream=stream)
+    logged = [logs.request(component="kubelet", verb="get", path="/api/v1/nodes/n1", code=200, source="upstream",
+                           duration=0.002) for _ in range(100)]
+    assert sum(logged) == 10
+    assert logs.request(component="kubelet", verb="list", path="/api/v1/pods", code=503, source="cache",
+                        duration=0.001)
+    last = lines(stream)[-1]
+    assert last["code"] == 503 and last["source"] == "cache" and last["duration_ms"] == 1.0
+
+
+def test_debug_logs_every_request(stream):
+    logs.setup(level="debug", fmt="json", stream=stream)
+    for _ in range(5):
+        logs.request(component="coredns", verb="watch", path="/api/v1/services", code=200, source="upstream",
+                     duration=0.0)
+    assert len([x for x in lines(stream) if x["logger"] == "edgeproxy.request"]) == 5
+
+
+def test_recent_lines_are_kept_for_collect(stream):
+    logs.setup(level="info", fmt="text", stream=stream)
+    logs.state_change("view_complete", view="kubelet/v1/pods")
+    assert json.loads(logs.recent(1)[0])["event"] == "view_complete"
