@@ -5,7 +5,8 @@
 - `state_change(event, **fields)`: one line per state change (online/offline, view complete, eviction, certificate
   reloaded), always at INFO, with the fields as JSON keys, on the `edgeproxy.state` logger.
 - `request(...)`: the request log, one request in N (EDGEPROXY_LOG_REQUEST_SAMPLE, default 100) plus every 5xx; all of
-  them at DEBUG level.
+  them at DEBUG level. Every request, sampled or not, also lands in a small per-component record (the last requests,
+  the last errors, counts by verb/resource/code/source) that the ops listener serves to `edgeproxy debug diagnose`.
 
 Boundary: formatting and routing of log records only; nothing here decides what is worth logging. Neighbours: cli.py
 calls setup(); proxy/upstream/record call state_change() and request(); debug.py reads recent().
@@ -181,6 +182,62 @@ def _sample_rate() -> int:
 _sampler = Sampler(_sample_rate())
 
 
+class Activity:
+    """What one component asked and got: the last requests, the last errors, counts. Bounded in every dimension."""
+
+    __slots__ = ("counts", "errors", "first_seen", "last", "total")
+    MAX_COUNT_KEYS = 500
+
+    def __init__(self) -> None:
+        self.last: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.counts: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
+        self.total = 0
+        self.first_seen = datetime.datetime.now(datetime.UTC).timestamp()
+
+    def add(self, entry: dict[str, Any], resource: str) -> None:
+        self.total += 1
+        self.last.append(entry)
+        if entry["code"] >= 400 or entry.get("error"):
+            self.errors.append(entry)
+        key = (entry["verb"], resource, entry["code"], entry["source"])
+        if key in self.counts or len(self.counts) < self.MAX_COUNT_KEYS:
+            self.counts[key] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "first_seen": self.first_seen,
+            "counts": [{"verb": v, "resource": r, "code": c, "source": s, "n": n}
+                       for (v, r, c, s), n in self.counts.most_common()],
+            "last": list(self.last),
+            "errors": list(self.errors),
+        }
+
+
+MAX_COMPONENTS = 64
+_activity: dict[str, Activity] = {}
+_activity_lock = threading.Lock()
+
+
+def activity(component: str | None = None) -> dict[str, Any]:
+    """{component: snapshot} for every component seen (or just one), for the ops listener's /debug/components."""
+    with _activity_lock:
+        items = [(k, v) for k, v in _activity.items() if component is None or k == component]
+        return {k: v.snapshot() for k, v in items}
+
+
+def _record(component: str, resource: str, entry: dict[str, Any]) -> None:
+    with _activity_lock:
+        act = _activity.get(component)
+        if act is None:
+            # User-Agents are the client's to choose: past MAX_COMPONENTS names, newcomers share one record.
+            if len(_activity) >= MAX_COMPONENTS:
+                component = "(other)"
+            act = _activity.setdefault(component, Activity())
+        act.add(entry, resource)
+
+
 def request(
     *,
     component: str,
@@ -189,12 +246,20 @@ def request(
     code: int,
     source: str,
     duration: float,
+    resource: str = "",
+    error: str = "",
     **fields: Any,
 ) -> bool:
     """The request log: every request at DEBUG, else one in N and every 5xx at INFO. Returns whether it logged.
 
-    `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals).
+    `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals); `error` what went
+    wrong, if anything (an upstream failure, a decode error); every call is also kept for `debug diagnose`.
     """
+    entry: dict[str, Any] = {"ts": round(datetime.datetime.now(datetime.UTC).timestamp(), 3), "verb": verb,
+                             "path": path, "code": code, "source": source, "duration_ms": round(duration * 1000, 3)}
+    if error:
+        entry["error"] = error
+    _record(component, resource, entry)
     if request_log.isEnabledFor(logging.DEBUG):
         level = logging.DEBUG
     elif code >= 500 or _sampler.take():
@@ -204,7 +269,7 @@ def request(
     if not request_log.isEnabledFor(level):
         return False
     extra = {"component": component, "verb": verb, "path": path, "code": code, "source": source,
-             "duration_ms": round(duration * 1000, 3), **_safe_extra(fields)}
+             "duration_ms": round(duration * 1000, 3), **({"error": error} if error else {}), **_safe_extra(fields)}
     request_log.log(level, "%s %s %s %d %s %.1fms", component, verb, path, code, source, duration * 1000,
                     extra=extra)
     return True

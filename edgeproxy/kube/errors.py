@@ -37,3 +37,19 @@ class NotAcceptable(KubeError):
 
     status = 406
     reason = "NotAcceptable"
+
+
+class InvalidOptions(InvalidRequest):
+    """List/watch options the API server rejects as a whole, 422 Invalid with field causes (ValidateListOptions:
+    resourceVersionMatch without resourceVersion or with continue, Exact with "0", sendInitialEvents misuse).
+    `causes` are {reason, message, field} as metav1.StatusCause writes them."""
+
+    status = 422
+    reason = "Invalid"
+
+    def __init__(self, message: str, causes: list[dict[str, str]], kind: str = "ListOptions",
+                 group: str = "meta.k8s.io") -> None:
+        super().__init__(message)
+        self.causes = causes
+        self.kind = kind
+        self.group = group

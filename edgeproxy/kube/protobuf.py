@@ -174,13 +174,23 @@ def _find(buf: bytes, pos: int, end: int, want: int) -> tuple[int, int]:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("length-delimited field runs past the end")
@@ -202,13 +212,23 @@ def _entry(buf: bytes, pos: int, end: int) -> tuple[str, str]:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("map entry runs past the end")
@@ -232,15 +252,20 @@ def _time(buf: bytes, pos: int, end: int) -> str:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
         if key == 0x08:
             seconds, pos = read_varint(buf, pos)
             if seconds >= 1 << 63:
                 seconds -= 1 << 64
         elif key == 0x10:
             nanos, pos = read_varint(buf, pos)
-        elif key & 7 == LEN:
+        elif key & 7 == 2:
             n, pos = read_varint(buf, pos)
             pos += n
         elif key < 8:
@@ -261,13 +286,23 @@ def _meta(buf: bytes, pos: int, end: int) -> meta.Meta:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("ObjectMeta field runs past the end")
@@ -279,15 +314,27 @@ def _meta(buf: bytes, pos: int, end: int) -> meta.Meta:
                 uid = buf[pos:nxt].decode()
             elif key == 0x32:  # 6 resourceVersion
                 rv = buf[pos:nxt].decode()
-            elif key == 0x5A:  # 11 labels
-                k, v = _entry(buf, pos, nxt)
-                labels[k] = v
-            elif key == 0x62:  # 12 annotations
-                k, v = _entry(buf, pos, nxt)
-                annotations[k] = v
+            elif key == 0x5A or key == 0x62:  # 11 labels, 12 annotations: map entries {key=1, value=2}
+                # Fast path for an entry as gogo writes it, key then value, both shorter than 128 bytes (every
+                # label is); anything else goes through the general reader.
+                kl = buf[pos + 1]
+                ke = pos + 2 + kl
+                if buf[pos] == 0x0A and kl < 0x80 and ke + 2 <= nxt and buf[ke] == 0x12 and ke + 2 + buf[ke + 1] == nxt:
+                    k = buf[pos + 2 : ke].decode()
+                    v = buf[ke + 2 : nxt].decode()
+                else:
+                    k, v = _entry(buf, pos, nxt)
+                if key == 0x5A:
+                    labels[k] = v
+                else:
+                    annotations[k] = v
             elif key == 0x4A:  # 9 deletionTimestamp
                 deletion = _time(buf, pos, nxt)
             pos = nxt
+        elif key & 7 == 0 and key > 7:  # varint (int, bool, enum): skipped inline
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
         elif key < 8:
             raise _bad("field number 0")
         else:
@@ -303,24 +350,38 @@ def _strings(buf: bytes, pos: int, end: int, want: Mapping[int, str], out: dict[
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("field runs past the end")
             if key in want:
                 out[want[key]] = buf[pos:nxt].decode()
             pos = nxt
-        elif key < 8:
-            raise _bad("field number 0")
-        elif key in want:
+        elif key in want:  # a bool (every key in `want` has a field number > 0)
             v, pos = read_varint(buf, pos)
             out[want[key]] = "true" if v else "false"
+        elif key & 7 == 0 and key > 7:  # varint (int, bool, enum): skipped inline
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
+        elif key < 8:
+            raise _bad("field number 0")
         else:
             pos = _skip(buf, pos, key)
     if pos != end:
@@ -366,13 +427,23 @@ def _pod_status(buf: bytes, pos: int, end: int, out: dict[str, str]) -> None:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("PodStatus field runs past the end")
@@ -386,6 +457,10 @@ def _pod_status(buf: bytes, pos: int, end: int, out: dict[str, str]) -> None:
             elif key == 0x5A:  # 11 nominatedNodeName
                 out["status.nominatedNodeName"] = buf[pos:nxt].decode()
             pos = nxt
+        elif key & 7 == 0 and key > 7:  # varint (int, bool, enum): skipped inline
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
         elif key < 8:
             raise _bad("field number 0")
         else:
@@ -405,13 +480,23 @@ def _top(buf: bytes, pos: int, end: int, resource: str, out: dict[str, str]) -> 
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("field runs past the end")
@@ -448,12 +533,17 @@ def _top(buf: bytes, pos: int, end: int, resource: str, out: dict[str, str]) -> 
                 while s < nxt:  # ReplicationControllerStatus: replicas=1 is a varint
                     k2 = buf[s]
                     s += 1
-                    if k2 >= 0x80:
-                        k2, s = read_varint(buf, s - 1)
+                    if k2 >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                        b = buf[s]
+                        if b < 0x80:
+                            k2 = (k2 & 0x7F) | (b << 7)
+                            s += 1
+                        else:
+                            k2, s = read_varint(buf, s - 1)
                     if k2 == 0x08:
                         v, s = read_varint(buf, s)
                         out["status.replicas"] = str(v - (1 << 64) if v >= 1 << 63 else v)
-                    elif k2 & 7 == LEN:
+                    elif k2 & 7 == 2:
                         n2, s = read_varint(buf, s)
                         s += n2
                     elif k2 < 8:
@@ -463,6 +553,10 @@ def _top(buf: bytes, pos: int, end: int, resource: str, out: dict[str, str]) -> 
                 if s != nxt:
                     raise _bad("status runs past its end")
             pos = nxt
+        elif key & 7 == 0 and key > 7:  # varint (int, bool, enum): skipped inline
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
         elif key < 8:
             raise _bad("field number 0")
         else:
@@ -493,6 +587,8 @@ def extract(resource: str, raw: bytes) -> tuple[meta.Meta, dict[str, str]]:
         raise _bad(f"malformed object: {e}") from e
     if m is None:
         m = _EMPTY_META
+    if resource == "events" and not out["source"]:
+        out["source"] = out["reportingComponent"]  # source.component, else reportingComponent (event strategy.go)
     out["metadata.name"] = m.name
     out["metadata.namespace"] = m.namespace
     return m, out
@@ -518,6 +614,12 @@ def metadata_field(raw: bytes) -> bytes:
     return buf[s:e] if s >= 0 else b""
 
 
+def partial_metadata(raw: bytes) -> bytes:
+    """The PartialObjectMetadata message of an object: {metadata=1}, i.e. the object's field 1 with its tag. Items
+    of a PartialObjectMetadataList (meta.k8s.io/v1); apiserver handlers/response.go asPartialObjectMetadataList."""
+    return field_bytes(1, metadata_field(raw))
+
+
 # --- envelope -------------------------------------------------------------------------------------------------
 
 
@@ -538,13 +640,23 @@ def _unknown(buf: bytes, pos: int, end: int) -> Unknown:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n = buf[pos]
             pos += 1
-            if n >= 0x80:
-                n, pos = read_varint(buf, pos - 1)
+            if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
             nxt = pos + n
             if nxt > end:
                 raise _bad("Unknown field runs past the end")
@@ -596,13 +708,23 @@ def parse_list(raw: bytes) -> ListParts:
         while pos < end:
             key = buf[pos]
             pos += 1
-            if key >= 0x80:
-                key, pos = read_varint(buf, pos - 1)
-            if key & 7 == LEN:
+            if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    key = (key & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    key, pos = read_varint(buf, pos - 1)
+            if key & 7 == 2:
                 n = buf[pos]
                 pos += 1
-                if n >= 0x80:
-                    n, pos = read_varint(buf, pos - 1)
+                if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                    b = buf[pos]
+                    if b < 0x80:
+                        n = (n & 0x7F) | (b << 7)
+                        pos += 1
+                    else:
+                        n, pos = read_varint(buf, pos - 1)
                 nxt = pos + n
                 if nxt > end:
                     raise _bad("list field runs past the end")
@@ -628,9 +750,14 @@ def _list_meta(buf: bytes, pos: int, end: int) -> tuple[str, str, int | None]:
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:
-            key, pos = read_varint(buf, pos - 1)
-        if key & 7 == LEN:
+        if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
             n, pos = read_varint(buf, pos)
             nxt = pos + n
             if nxt > end:
@@ -694,13 +821,23 @@ def decode_event(frame: bytes) -> Event:
         while pos < end:
             key = buf[pos]
             pos += 1
-            if key >= 0x80:
-                key, pos = read_varint(buf, pos - 1)
-            if key & 7 == LEN:
+            if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    key = (key & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    key, pos = read_varint(buf, pos - 1)
+            if key & 7 == 2:
                 n = buf[pos]
                 pos += 1
-                if n >= 0x80:
-                    n, pos = read_varint(buf, pos - 1)
+                if n >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                    b = buf[pos]
+                    if b < 0x80:
+                        n = (n & 0x7F) | (b << 7)
+                        pos += 1
+                    else:
+                        n, pos = read_varint(buf, pos - 1)
                 nxt = pos + n
                 if nxt > end:
                     raise _bad("WatchEvent field runs past the end")
@@ -777,9 +914,14 @@ def parse_status(raw: bytes) -> dict[str, object]:
         while pos < end:
             key = buf[pos]
             pos += 1
-            if key >= 0x80:
-                key, pos = read_varint(buf, pos - 1)
-            if key & 7 == LEN:
+            if key >= 0x80:  # two-byte varints inline: keys of fields 16+, lengths < 16 KiB
+                b = buf[pos]
+                if b < 0x80:
+                    key = (key & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    key, pos = read_varint(buf, pos - 1)
+            if key & 7 == 2:
                 n, pos = read_varint(buf, pos)
                 nxt = pos + n
                 if nxt > end:

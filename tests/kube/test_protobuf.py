@@ -190,6 +190,7 @@ PARSERS = {
     "parse_list": protobuf.parse_list,
     "object_meta": protobuf.object_meta,
     "metadata_field": protobuf.metadata_field,
+    "partial_metadata": protobuf.partial_metadata,
     "decode_event": protobuf.decode_event,
     "parse_status": protobuf.parse_status,
     **{f"extract-{r}": (lambda raw, r=r: protobuf.extract(r, raw))

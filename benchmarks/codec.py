@@ -1,0 +1,134 @@
+"""Codec throughput on one core: pod watch events/s (split + decode + metadata + selector fields) and list MB/s.
+
+The streams are recorded kube-apiserver pod events (tests/fixtures/watch.pods-edge1.*) replicated to N events and fed
+to the splitter in 64 KiB chunks, as a socket read hands them over; lists are the recorded 15-pod list replicated to
+5,000 items. Single-threaded, pure CPU: no network, no cache. Reports figures, asserts nothing.
+
+    python -m benchmarks.codec [--events N] [--repeat R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+from edgeproxy.kube import jsonwire, protobuf, watch
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+CHUNK = 64 * 1024
+SCENARIO = "codec"
+
+
+def _pb_frames(data: bytes) -> list[bytes]:
+    sp = watch.ProtobufSplitter()
+    return sp.feed(data)
+
+
+def pod_streams(events: int) -> tuple[bytes, bytes, int]:
+    """(protobuf stream, JSON stream, number of events): the recorded pod events (no bookmark) repeated."""
+    pb_frames = [f for f in _pb_frames((FIXTURES / "watch.pods-edge1.pb.body").read_bytes())
+                 if protobuf.decode_event(f).type != "BOOKMARK"]
+    js_lines = [line for line in (FIXTURES / "watch.pods-edge1.json.body").read_bytes().split(b"\n")
+                if line and jsonwire.decode_event(line).type != "BOOKMARK"]
+    assert len(pb_frames) == len(js_lines)
+    reps = max(1, events // len(pb_frames))
+    pb = b"".join(struct.pack(">I", len(f)) + f for f in pb_frames) * reps
+    js = b"".join(line + b"\n" for line in js_lines) * reps
+    return pb, js, reps * len(pb_frames)
+
+
+def consume_protobuf(stream: bytes) -> int:
+    """What the recorder does per event: split, unwrap, ObjectMeta + selector fields."""
+    sp = watch.ProtobufSplitter()
+    n = 0
+    for i in range(0, len(stream), CHUNK):
+        for frame in sp.feed(stream[i : i + CHUNK]):
+            ev = protobuf.decode_event(frame)
+            protobuf.extract("pods", ev.raw)
+            n += 1
+    return n
+
+
+def consume_json(stream: bytes) -> int:
+    sp = watch.JsonSplitter()
+    n = 0
+    for i in range(0, len(stream), CHUNK):
+        for line in sp.feed(stream[i : i + CHUNK]):
+            ev = jsonwire.decode_event(line)
+            jsonwire.extract("pods", ev.doc)
+            n += 1
+    return n
+
+
+def _timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _row(metric: str, value: float, unit: str, **extra) -> dict:
+    return {"scenario": SCENARIO, "metric": metric, "value": round(value, 1), "unit": unit, **extra}
+
+
+def run(opts=None) -> list[dict]:
+    events = int(getattr(opts, "events", None) or (5_000 if getattr(opts, "quick", False) else 20_000))
+    repeat = int(getattr(opts, "repeat", None) or (2 if getattr(opts, "quick", False) else 5))
+    rows = []
+
+    pb_stream, js_stream, n = pod_streams(events)
+    for enc, stream, consume in (("protobuf", pb_stream, consume_protobuf), ("json", js_stream, consume_json)):
+        assert consume(stream) == n  # warm-up and a check that every event went through
+        times = _timed(lambda stream=stream, consume=consume: consume(stream), repeat)
+        rows.append(_row(f"{enc}_pod_watch_events_per_s", n / statistics.median(times), "events/s",
+                         best=round(n / min(times), 1), events=n, bytes_per_event=round(len(stream) / n),
+                         target=50_000 if enc == "protobuf" else None))
+
+    # Lists: parse (take items out of a body) and build (a body from stored items), 5,000 pods.
+    pb_body = (FIXTURES / "pods-edge1.list.pb.body").read_bytes()
+    u = protobuf.unwrap(pb_body)
+    pb_parts = protobuf.parse_list(u.raw)
+    pb_items = pb_parts.items * (5_000 // len(pb_parts.items))
+    big_pb = protobuf.build_list(u.api_version, u.kind, pb_parts.resource_version, pb_items)
+    js_parts = jsonwire.parse_list((FIXTURES / "pods-edge1.list.json.body").read_bytes())
+    js_items = [jsonwire.compact(i) for i in js_parts.items] * (5_000 // len(js_parts.items))
+    big_js = jsonwire.build_list(js_parts.kind, js_parts.api_version, js_parts.resource_version, js_items)
+    cases = {
+        "protobuf_list_build": (lambda: protobuf.build_list(u.api_version, u.kind, "304", pb_items), len(big_pb)),
+        "protobuf_list_parse": (lambda: protobuf.parse_list(protobuf.unwrap(big_pb).raw), len(big_pb)),
+        "json_list_build": (lambda: jsonwire.build_list("PodList", "v1", "304", js_items), len(big_js)),
+        "json_list_parse": (lambda: jsonwire.parse_list(big_js), len(big_js)),
+    }
+    for name, (fn, size) in cases.items():
+        fn()
+        times = _timed(fn, repeat)
+        rows.append(_row(f"{name}_mb_per_s", size / 1e6 / statistics.median(times), "MB/s",
+                         best=round(size / 1e6 / min(times), 1), items=len(pb_items), bytes=size))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.codec", description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, help="watch events per stream (default 20000)")
+    parser.add_argument("--repeat", type=int, help="timed runs per figure; the median is reported (default 5)")
+    parser.add_argument("--quick", action="store_true", help="5000 events, 2 runs")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+    opts = parser.parse_args(argv)
+    rows = run(opts)
+    for row in rows:
+        if opts.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['metric']:<36} {row['value']:>12,.1f} {row['unit']:<9} (best {row['best']:,.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
