@@ -112,6 +112,11 @@ class Writer:
     def pending_ops(self) -> int:
         return len(self._queue)
 
+    def stats(self) -> dict:
+        """The queue, for the metrics module (the store's counters are in Store.stats())."""
+        return {"pending_bytes": self.pending_bytes, "pending_ops": self.pending_ops,
+                "max_pending_bytes": self.max_pending_bytes}
+
     # ---------------------------------------------------------------- the caller's side: never blocks
 
     def _put(self, op: tuple, size: int) -> None:
@@ -151,7 +156,10 @@ class Writer:
     def apply_events(self, key: store_.ViewKey, events: Sequence[tuple[str, store_.Item | None, str]]) -> None:
         """Watch events (type, Item|None, resourceVersion), in stream order. See Store.apply_events."""
         events = list(events)
-        size = sum(len(e[1].raw) + _ITEM_OVERHEAD if e[1] is not None else 32 for e in events)
+        try:
+            size = sum(len(e[1].raw) + _ITEM_OVERHEAD if e[1] is not None else 32 for e in events)
+        except (TypeError, AttributeError, IndexError):  # malformed: fails in the writer, counted
+            size = _ITEM_OVERHEAD * len(events)
         self._put_data(key.view_id(), ("events", key, events), size)
 
     def mark_incomplete(self, key: store_.ViewKey) -> None:
@@ -431,7 +439,10 @@ _WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replac
 
 
 def _size(items: Sequence[store_.Item]) -> int:
-    return sum(len(i.raw) for i in items) + _ITEM_OVERHEAD * len(items)
+    try:
+        return sum(len(i.raw) for i in items) + _ITEM_OVERHEAD * len(items)
+    except (TypeError, AttributeError):  # a malformed item fails in the writer, counted; never in the caller
+        return _ITEM_OVERHEAD * len(items)
 
 
 def _view_of(op: tuple) -> bytes | None:

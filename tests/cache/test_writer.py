@@ -237,3 +237,19 @@ def test_kill_9_at_random_points_leaves_a_consistent_store(tmp_path):
 
 def _kill_point(seconds: float) -> None:
     time.sleep(seconds)  # the random moment of the kill itself, not a synchronisation
+
+
+def test_a_malformed_item_fails_in_the_writer_not_in_the_caller(opened):
+    st, w = opened
+    key = pods_key("json")
+    good = _list(w, key)
+    w.apply_events(key, [("MODIFIED", store.Item("x", "edge", "900", {}, {}, None), "900")])  # raw None
+    w.replace_view(pods_key("json", client="kubectl"), store.ViewMeta("PodList", "v1", "1", True), [object()])
+    w.apply_events(key, [("MODIFIED", good[0], "905")])
+    assert w.flush_sync(10)
+    assert st.writes_failed == 2
+    assert st.view(key).complete is False  # it lost an event
+    assert st.item(key, good[0].namespace, good[0].name) is not None
+    assert st.view(pods_key("json", client="kubectl")) is None
+    assert w.stats()["pending_bytes"] == 0
+    assert st.verify().ok
