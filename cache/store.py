@@ -274,7 +274,7 @@ class Store:
             except errors.SealError:
                 sealer = None  # an operator without the key still sees everything but sealed records
         env = lmdb.open(path, map_size=map_size, max_dbs=8, sync=durable, metasync=durable, subdir=True,
-                        mode=0o600, max_readers=256, readahead=False)
+                        mode=0o600, max_readers=256)
         env.reader_check()  # free reader slots left by a killed process
         if max_bytes is None:
             max_bytes = env.info()["map_size"] * 3 // 4
