@@ -48,6 +48,8 @@ def normalize(result: object) -> dict:
         if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
             raise errors.DecodeFailure(f"IPAM result ip entry without an address: {ip!r}")
         try:
+            if "/" not in ip["address"]:
+                raise ValueError("no prefix length")
             ipaddress.ip_interface(ip["address"])
         except ValueError as e:
             raise errors.DecodeFailure(f"IPAM result address {ip['address']!r} is not CIDR") from e

@@ -44,12 +44,12 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not (REAL_CNI / "host-local
 
 
 def _links() -> list[str]:
-    out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout
-    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+    out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
 
 
 def _netns() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False, timeout=30).stdout
     return sorted(line.split()[0] for line in out.splitlines() if line.startswith("eipt-"))
 
 
