@@ -23,16 +23,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", default=None, help="the sealing key (default <cache-dir>/seal.key)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    ls = sub.add_parser("ls", help="list the views (per client and query), objects and discovery blobs")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+        return p
+
+    ls = action("ls", "list the views (per client and query), objects and discovery blobs")
     ls.add_argument("--client", default=None, help="only this client (e.g. kubelet, coredns@ab12cd34ef56)")
-    show = sub.add_parser("show", help="a view's metadata and its objects (names, resourceVersions, labels)")
+    show = action("show", "a view's metadata and its objects (names, resourceVersions, labels)")
     show.add_argument("view", help="a view id (or a unique prefix of one) from `ls`")
-    get = sub.add_parser("get", help="one object of a view (secret values redacted)")
+    get = action("get", "one object of a view (secret values redacted)")
     get.add_argument("view", help="a view id (or a unique prefix of one) from `ls`")
     get.add_argument("name", help="NAME or NAMESPACE/NAME")
-    sub.add_parser("stats", help="counters and sizes")
-    sub.add_parser("verify", help="read every record: checksums, seals, counts (exit 1 on a problem)")
-    purge = sub.add_parser("purge", help="delete everything cached (or one client's part)")
+    action("stats", "counters and sizes")
+    action("verify", "read every record: checksums, seals, counts (exit 1 on a problem)")
+    purge = action("purge", "delete everything cached (or one client's part)")
     purge.add_argument("--client", default=None, help="only this client's views, objects and blobs")
 
 

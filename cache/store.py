@@ -40,7 +40,7 @@ PROTECTED_COMPONENTS = ("kubelet", "kube-proxy", "coredns")
 KEY_FILE = "seal.key"
 
 PLAIN, SEALED = 1, 2
-_HEAD = struct.Struct(">BIQ")  # format, crc32 of everything after it... see _frame
+_HEAD = struct.Struct(">BIQ")  # format, crc32 of the rest of the record, resourceVersion as uint64
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
@@ -71,6 +71,9 @@ def compare_rv(a: str | None, b: str | None) -> int | None:
     return (x > y) - (x < y)
 
 
+_VIEW_IDS: dict[ViewKey, bytes] = {}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ViewKey:
     """One client's query: what the API server answered to it is one view."""
@@ -95,7 +98,13 @@ class ViewKey:
 
     def view_id(self) -> bytes:
         """16 bytes, stable across processes and versions (blake2b of the fields, not Python's hash)."""
-        return hashlib.blake2b(msgpack.packb(self.fields()), digest_size=16, person=b"edgeproxy.view").digest()
+        vid = _VIEW_IDS.get(self)
+        if vid is None:  # memoised: every queued event asks for it
+            if len(_VIEW_IDS) > 4096:
+                _VIEW_IDS.clear()
+            vid = _VIEW_IDS[self] = hashlib.blake2b(msgpack.packb(self.fields()), digest_size=16,
+                                                   person=b"edgeproxy.view").digest()
+        return vid
 
     def describe(self) -> str:
         gv = f"{self.group}/{self.version}" if self.group else self.version
@@ -200,7 +209,7 @@ class Store:
 
     __slots__ = (
         "path", "env", "sealer", "sealed_resources", "max_bytes", "low_water", "protected", "_views", "_items",
-        "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_lock", *COUNTERS,
+        "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_lock", "_gen", *COUNTERS,
     )
 
     def __init__(self, path: str, env: lmdb.Environment, sealer: seal.Sealer | None,
@@ -223,6 +232,10 @@ class Store:
         self._reads: dict[bytes, float] = {}
         self._stale: set[bytes] = set()  # views a failed write left behind: reported incomplete whatever the db says
         self._lock = threading.Lock()
+        with env.begin() as txn:
+            cur = txn.cursor(db=self._items)
+            last = _U64.unpack(cur.key()[:8])[0] if cur.last() and len(cur.key()) >= 8 else 0
+        self._gen = last
         for name in COUNTERS:
             setattr(self, name, 0)
         with env.begin() as txn:
@@ -261,7 +274,7 @@ class Store:
             except errors.SealError:
                 sealer = None  # an operator without the key still sees everything but sealed records
         env = lmdb.open(path, map_size=map_size, max_dbs=8, sync=durable, metasync=durable, subdir=True,
-                        mode=0o600, max_readers=256, readahead=False)
+                        mode=0o600, max_readers=256)
         env.reader_check()  # free reader slots left by a killed process
         if max_bytes is None:
             max_bytes = env.info()["map_size"] * 3 // 4
@@ -604,6 +617,13 @@ class Store:
 
     # ---------------------------------------------------------------- writes (run inside the writer's transaction)
 
+    def new_gen(self) -> bytes:
+        """A generation id greater than any in the store: a new list's keys sort after every existing key, so
+        LMDB can append them (MDB_APPEND fills pages instead of splitting them half-empty)."""
+        with self._lock:
+            self._gen = max(self._gen + 1, time.time_ns())
+            return _U64.pack(self._gen)
+
     def _sealed(self, resource: str) -> bool:
         return resource in self.sealed_resources
 
@@ -622,26 +642,44 @@ class Store:
                 break
 
     def _write_items(self, txn: lmdb.Transaction, gen: bytes, items: Iterable[Item], sealed: bool) -> tuple[int, int]:
-        n = size = 0
-        put = txn.put
-        db = self._items
         encode = self._encode_item
-        for item in items:
+        pairs = {}
+        for item in items:  # the same object twice in one list: the last one counts
             k = _item_key(gen, item.namespace, item.name)
-            v = encode(k, item, sealed)
-            if put(k, v, db=db, overwrite=False):
+            pairs[k] = item
+        keys = sorted(pairs)
+        if not keys:
+            return 0, 0
+        db = self._items
+        cur = txn.cursor(db=db)
+        if not cur.last() or cur.key() < keys[0]:
+            size = 0
+
+            def encoded() -> Iterator[tuple[bytes, bytes]]:  # streamed: a big list is never held encoded twice
+                nonlocal size
+                for k in keys:
+                    v = encode(k, pairs[k], sealed)
+                    size += len(k) + len(v)
+                    yield k, v
+
+            _, n = cur.putmulti(encoded(), append=True)  # keys beyond every existing key: fill pages in order
+            return n, size
+        n = size = 0
+        ordered = ((k, encode(k, pairs[k], sealed)) for k in keys)
+        for k, v in ordered:  # a chunk of an older assembly interleaved with a newer one: plain puts
+            old = txn.get(k, db=db)
+            txn.put(k, v, db=db)
+            if old is None:
                 n += 1
-            else:  # the same object twice in one list: keep the last, count it once
-                old = txn.get(k, db=db)
-                size -= len(k) + len(old)
-                put(k, v, db=db)
-            size += len(k) + len(v)
+                size += len(k) + len(v)
+            else:
+                size += len(v) - len(old)
         return n, size
 
     def apply_replace(self, txn: lmdb.Transaction, key: ViewKey, meta: ViewMeta, items: Iterable[Item]) -> None:
         """The view becomes exactly `items` at meta.resource_version (one list response)."""
         view_id = key.view_id()
-        gen = os.urandom(8)
+        gen = self.new_gen()
         n, size = self._write_items(txn, gen, items, self._sealed(key.resource))
         self._flip(txn, view_id, key, meta, gen, n, size)
         self.lists_replaced += 1
@@ -758,7 +796,8 @@ class Store:
 
     def apply_reads(self, txn: lmdb.Transaction, reads: dict[bytes, float]) -> None:
         for view_id, t in reads.items():
-            txn.put(view_id, _F64.pack(t), db=self._access)
+            if txn.get(view_id, db=self._views) is not None:  # not for a view evicted or purged since
+                txn.put(view_id, _F64.pack(t), db=self._access)
 
     def save_counters(self, txn: lmdb.Transaction) -> None:
         txn.put(b"counters", msgpack.packb({name: getattr(self, name) for name in COUNTERS}), db=self._meta)

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 _ITEM_OVERHEAD = 128  # bytes a queued item costs beyond its raw bytes (name, labels, fields, tuple)
 _READS_EVERY = 5.0  # seconds between saving last-read times (they only steer eviction)
-_CHUNK_ITEMS = 512  # a list assembly hands items to the writer in chunks of this many
+_CHUNK_ITEMS = 512
+_MAX_BATCH = 4096  # operations per transaction  # a list assembly hands items to the writer in chunks of this many
 
 
 class Writer:
@@ -111,6 +112,11 @@ class Writer:
     def pending_ops(self) -> int:
         return len(self._queue)
 
+    def stats(self) -> dict:
+        """The queue, for the metrics module (the store's counters are in Store.stats())."""
+        return {"pending_bytes": self.pending_bytes, "pending_ops": self.pending_ops,
+                "max_pending_bytes": self.max_pending_bytes}
+
     # ---------------------------------------------------------------- the caller's side: never blocks
 
     def _put(self, op: tuple, size: int) -> None:
@@ -125,7 +131,9 @@ class Writer:
         """Queue a data operation unless the queue is past its bound; then remember the view lost a write."""
         with self._lock:
             self._seq += 1
-            if self._closed or self._enqueued - self._applied + size > self.max_pending_bytes:
+            pending = self._enqueued - self._applied
+            # past the bound: drop; one operation larger than the bound alone still goes when nothing is pending
+            if self._closed or (pending and pending + size > self.max_pending_bytes):
                 if view_id is not None:
                     self._dropped[view_id] = self._seq
                 self.store.writes_dropped += 1
@@ -148,7 +156,10 @@ class Writer:
     def apply_events(self, key: store_.ViewKey, events: Sequence[tuple[str, store_.Item | None, str]]) -> None:
         """Watch events (type, Item|None, resourceVersion), in stream order. See Store.apply_events."""
         events = list(events)
-        size = sum(len(e[1].raw) + _ITEM_OVERHEAD if e[1] is not None else 32 for e in events)
+        try:
+            size = sum(len(e[1].raw) + _ITEM_OVERHEAD if e[1] is not None else 32 for e in events)
+        except (TypeError, AttributeError, IndexError):  # malformed: fails in the writer, counted
+            size = _ITEM_OVERHEAD * len(events)
         self._put_data(key.view_id(), ("events", key, events), size)
 
     def mark_incomplete(self, key: store_.ViewKey) -> None:
@@ -199,11 +210,13 @@ class Writer:
             started = time.monotonic()
             ops: list[tuple] = []
             popleft = self._queue.popleft
-            while True:
+            for _ in range(_MAX_BATCH):  # bounded: a commit's latency (and its hold on the GIL) stays small
                 try:
                     ops.append(popleft())
                 except IndexError:
                     break
+            else:
+                self._wake.set()  # more is pending: go round again at once
             with self._lock:
                 dropped, self._dropped = self._dropped, {}
             if ops or dropped or started - self._last_reads >= _READS_EVERY:
@@ -374,7 +387,7 @@ class ListAssembly:
         self.key = key
         self.kind = kind
         self.api_version = api_version
-        self.gen = os.urandom(8)
+        self.gen = writer.store.new_gen()
         self._buffer: list[store_.Item] = []
         self._lost = False
         self._done = False
@@ -426,7 +439,10 @@ _WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replac
 
 
 def _size(items: Sequence[store_.Item]) -> int:
-    return sum(len(i.raw) for i in items) + _ITEM_OVERHEAD * len(items)
+    try:
+        return sum(len(i.raw) for i in items) + _ITEM_OVERHEAD * len(items)
+    except (TypeError, AttributeError):  # a malformed item fails in the writer, counted; never in the caller
+        return _ITEM_OVERHEAD * len(items)
 
 
 def _view_of(op: tuple) -> bytes | None:

@@ -121,14 +121,14 @@ def test_lease_renewal_protobuf_sets_only_the_resource_version():
     # real ObjectMeta bytes: a recorded ConfigMap stands in for the Lease (the same envelope and metadata)
     body = (FIXTURES / "configmap-web-config.get.pb.body").read_bytes()
     out = writes.renew_lease(body, "application/vnd.kubernetes.protobuf", "4242")
-    api_version, kind, raw = writes._pb_unwrap(out)
-    _, _, before = writes._pb_unwrap(body)
-    meta = {no: bytes(v) for no, wt, v in protobuf.iter_fields(writes._pb_field(raw, 1)) if wt == 2}
-    old = {no: bytes(v) for no, wt, v in protobuf.iter_fields(writes._pb_field(before, 1)) if wt == 2}
-    assert (api_version, kind) == ("v1", "ConfigMap")
+    after, before = protobuf.unwrap(out), protobuf.unwrap(body)
+    meta = {no: bytes(v) for no, wt, v in protobuf.iter_fields(protobuf.metadata_field(after.raw)) if wt == 2}
+    old = {no: bytes(v) for no, wt, v in protobuf.iter_fields(protobuf.metadata_field(before.raw)) if wt == 2}
+    assert (after.api_version, after.kind) == ("v1", "ConfigMap")
     assert meta[6] == b"4242" and old[6] != b"4242"
     assert {k: v for k, v in meta.items() if k != 6} == {k: v for k, v in old.items() if k != 6}
-    assert writes._pb_field(raw, 2) == writes._pb_field(before, 2)  # data untouched
+    assert after.raw[len(protobuf.metadata_field(after.raw)) + 3:] == before.raw[
+        len(protobuf.metadata_field(before.raw)) + 3:]  # data untouched
     assert out.endswith(b"\x1a\x00\x22\x00")  # Unknown's empty contentEncoding/contentType, as the server writes
 
 

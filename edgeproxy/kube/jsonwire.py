@@ -323,7 +323,7 @@ def selector_fields(resource: str, obj: bytes | Mapping) -> dict[str, str]:
                ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")}
         out |= {"reason": _str(doc.get("reason")), "type": _str(doc.get("type")),
                 "reportingComponent": _str(doc.get("reportingComponent")),
-                "source": _str(_get(doc, "source").get("component"))}
+                "source": _str(_get(doc, "source").get("component")) or _str(doc.get("reportingComponent"))}
     elif resource == "replicationcontrollers":
         replicas = _get(doc, "status").get("replicas", 0)
         out = {"status.replicas": str(replicas) if type(replicas) is int else "0"}

@@ -392,12 +392,11 @@ def _key(no: int, wt: int = LEN) -> int:
     return no << 3 | wt
 
 
-# Per resource: (top-level field number, {key: selector field}) for the plain string/bool fields, with their
-# defaults. Field numbers from k8s.io/api core/v1 generated.proto; the selectable fields from kubernetes
-# pkg/registry/core/*/strategy.go ToSelectableFields (and pkg/apis/core/v1/conversion.go).
-_POD_SPEC = {_key(3): "spec.restartPolicy", _key(8): "spec.serviceAccountName", _key(10): "spec.nodeName",
-             _key(11, VARINT): "spec.hostNetwork", _key(19): "spec.schedulerName"}
-_POD_STATUS = {_key(1): "status.phase", _key(11): "status.nominatedNodeName"}
+# {key: selector field} tables for _strings, and each resource's fields with the value the API server gives an
+# absent one. Field numbers from k8s.io/api core/v1 generated.proto; the selectable fields from kubernetes
+# pkg/registry/core/*/strategy.go ToSelectableFields (and pkg/apis/core/v1/conversion.go). Pods have their own
+# readers (_pod_spec, _pod_status). "status.podIPs" (all pod IPs, comma-joined) is not an upstream selector field:
+# it is offered for selectors.py to accept or refuse.
 _NODE_SPEC = {_key(4, VARINT): "spec.unschedulable"}
 _SERVICE_SPEC = {_key(3): "spec.clusterIP", _key(4): "spec.type"}
 _NAMESPACE_STATUS = {_key(1): "status.phase"}
@@ -419,6 +418,57 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "events": dict.fromkeys([*_EVENT_INVOLVED.values(), "reason", "type", "reportingComponent", "source"], ""),
     "replicationcontrollers": {"status.replicas": "0"},
 }
+
+
+def _pod_spec(buf: bytes, pos: int, end: int, out: dict[str, str]) -> None:
+    """PodSpec: restartPolicy=3, serviceAccountName=8, nodeName=10, hostNetwork=11 (bool), schedulerName=19.
+    An if-chain on the key rather than _strings' table: the pod spec is the widest message of the hot path."""
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:
+            b = buf[pos]
+            if b < 0x80:
+                key = (key & 0x7F) | (b << 7)
+                pos += 1
+            else:
+                key, pos = read_varint(buf, pos - 1)
+        if key & 7 == 2:
+            n = buf[pos]
+            pos += 1
+            if n >= 0x80:
+                b = buf[pos]
+                if b < 0x80:
+                    n = (n & 0x7F) | (b << 7)
+                    pos += 1
+                else:
+                    n, pos = read_varint(buf, pos - 1)
+            nxt = pos + n
+            if nxt > end:
+                raise _bad("PodSpec field runs past the end")
+            if key < 0x53:
+                if key == 0x52:
+                    out["spec.nodeName"] = buf[pos:nxt].decode()
+                elif key == 0x1A:
+                    out["spec.restartPolicy"] = buf[pos:nxt].decode()
+                elif key == 0x42:
+                    out["spec.serviceAccountName"] = buf[pos:nxt].decode()
+            elif key == 0x9A:
+                out["spec.schedulerName"] = buf[pos:nxt].decode()
+            pos = nxt
+        elif key == 0x58:
+            v, pos = read_varint(buf, pos)
+            out["spec.hostNetwork"] = "true" if v else "false"
+        elif key & 7 == 0 and key > 7:
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
+        elif key < 8:
+            raise _bad("field number 0")
+        else:
+            pos = _skip(buf, pos, key)
+    if pos != end:
+        raise _bad("PodSpec runs past its end")
 
 
 def _pod_status(buf: bytes, pos: int, end: int, out: dict[str, str]) -> None:
@@ -504,7 +554,7 @@ def _top(buf: bytes, pos: int, end: int, resource: str, out: dict[str, str]) -> 
                 m = _meta(buf, pos, nxt)
             elif resource == "pods":
                 if key == 0x12:
-                    _strings(buf, pos, nxt, _POD_SPEC, out)
+                    _pod_spec(buf, pos, nxt, out)
                 elif key == 0x1A:
                     _pod_status(buf, pos, nxt, out)
             elif resource == "":
@@ -587,6 +637,8 @@ def extract(resource: str, raw: bytes) -> tuple[meta.Meta, dict[str, str]]:
         raise _bad(f"malformed object: {e}") from e
     if m is None:
         m = _EMPTY_META
+    if resource == "events" and not out["source"]:
+        out["source"] = out["reportingComponent"]  # source.component, else reportingComponent (event strategy.go)
     out["metadata.name"] = m.name
     out["metadata.namespace"] = m.namespace
     return m, out

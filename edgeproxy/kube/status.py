@@ -258,19 +258,8 @@ def _pb_status(st: Mapping[str, Any]) -> bytes:
     return b"".join(out)
 
 
-def _wrap(api_version: str, kind: str, raw: bytes) -> bytes:
-    """"k8s\\0" + runtime.Unknown{typeMeta{apiVersion=1, kind=2}, raw=2, contentEncoding=3, contentType=4}; the
-    last two are empty strings, which gogo writes (the server's bodies end in 1a 00 22 00)."""
-    wrap = getattr(protobuf, "wrap", None)
-    if wrap is not None:
-        return wrap(api_version, kind, raw)
-    type_meta = _pb_string(1, api_version) + _pb_string(2, kind)
-    return (protobuf.MAGIC + protobuf.field_bytes(1, type_meta) + protobuf.field_bytes(2, raw)
-            + _pb_string(3, "") + _pb_string(4, ""))
-
-
 def encode_protobuf(st: Mapping[str, Any]) -> bytes:
-    return _wrap(st.get("apiVersion", "v1"), st.get("kind", "Status"), _pb_status(st))
+    return protobuf.wrap(st.get("apiVersion", "v1"), st.get("kind", "Status"), _pb_status(st))
 
 
 def encode(st: Mapping[str, Any], encoding: str = "json", *, pretty: bool = False) -> tuple[str, bytes]:
@@ -285,6 +274,5 @@ def watch_error_event(st: Mapping[str, Any], encoding: str = "json") -> bytes:
     {"type":"ERROR","object":{...}}\\n, or a 4-byte big-endian length + WatchEvent{type=1, object=2 RawExtension
     {raw=1: the "k8s\\0"-wrapped Status}} (apiserver handlers/watch.go, as in the recorded gone.watch-old-rv.*)."""
     if encoding == "protobuf":
-        event = _pb_string(1, "ERROR") + protobuf.field_bytes(2, protobuf.field_bytes(1, encode_protobuf(st)))
-        return len(event).to_bytes(4, "big") + event
+        return protobuf.encode_event("ERROR", st.get("apiVersion", "v1"), st.get("kind", "Status"), _pb_status(st))
     return ('{"type":"ERROR","object":' + _go_json(_go_order(st), False) + "}\n").encode()

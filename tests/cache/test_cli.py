@@ -59,7 +59,7 @@ def test_show_lists_a_views_objects(filled, capsys):
     rc, out = edgeproxy(capsys, "--cache-dir", filled, "show", _id(filled, pods_key("protobuf"))[:6])
     assert rc == 0
     assert "PodList" in out and "304" in out and "db-0" in out and "app=db" in out
-    rc, out = edgeproxy(capsys, "--cache-dir", filled, "--json", "show", _id(filled, pods_key("json")))
+    rc, out = edgeproxy(capsys, "--cache-dir", filled, "show", _id(filled, pods_key("json")), "--json")
     assert len(json.loads(out)["objects"]) == 15
 
 

@@ -341,3 +341,41 @@ def test_rv_comparison_is_uint64_decimal():
 def test_open_existing_only(tmp_path):
     with pytest.raises(errors.NoCache):
         store.Store.open(str(tmp_path / "nothing"), create=False)
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_selector_transitions(opened, ext):
+    """A label-selector watch shows an object that stops matching as DELETED and one that starts as ADDED
+    (apiserver cacher: an event is judged against the object before and after). That stream is derived here from
+    the recorded field-selector stream, whose object bytes are real."""
+    st, w = opened
+    kind, av, rv, _, items = recorded.list_items(f"pods-edge1.list.{ext}.body")
+    stream = recorded.watch_events(f"watch.pods-edge1.{ext}.body")
+    for selector, label, value in (("backup=weekly", "backup", "weekly"), ("stage=canary", "stage", "canary")):
+        key = store.ViewKey("kubelet", "", "v1", "pods", "", selector, "spec.nodeName=edge-1", "", ENC[ext])
+        listed = [i for i in items if i.labels.get(label) == value]
+        w.replace_view(key, store.ViewMeta(kind, av, rv, True), listed)
+        matched = {i.name for i in listed}
+        seen = []
+        for typ, item, ev_rv, _ in stream:
+            if typ == "BOOKMARK":
+                w.apply_events(key, [(typ, None, ev_rv)])
+                continue
+            now = typ != "DELETED" and item.labels.get(label) == value
+            was = item.name in matched
+            if was and not now:
+                w.apply_events(key, [("DELETED", item, ev_rv)])
+                matched.discard(item.name)
+            elif now:
+                w.apply_events(key, [("MODIFIED" if was else "ADDED", item, ev_rv)])
+                matched.add(item.name)
+            assert w.flush_sync(10)
+            seen.append(sorted(i.name for i in st.items(key)))
+            assert seen[-1] == sorted(matched)
+        assert w.flush_sync(10)
+        meta = st.view(key)
+        assert meta.complete and meta.resource_version == "315"
+        if label == "backup":
+            assert "db-0" in seen[0] and "db-0" not in seen[-1]  # left the selector at 309
+        else:
+            assert ["watch-demo-1"] in seen and seen[-1] == []  # entered at 307, deleted at 312

@@ -232,3 +232,25 @@ def test_mutated_recorded_lines_decode_or_raise_decode_error(data):
     for _ in range(data.draw(st.integers(1, 3))):
         line[data.draw(st.integers(0, len(line) - 1))] = data.draw(st.sampled_from(b'{}[]",:\\ 0a\xff'))
     _survives(bytes(line[: data.draw(st.integers(0, len(line)))]))
+
+
+def _pb_event(source_component: str) -> bytes:
+    """A core/v1 Event message built from its generated.proto field numbers (no Event was recorded)."""
+    f = protobuf.field_bytes
+    involved = b"".join(f(n, v.encode()) for n, v in [(1, "Pod"), (2, "edge"), (3, "web-1"), (4, "u-1"), (5, "v1"),
+                                                       (6, "42"), (7, "spec.containers{web}")])
+    return (f(1, f(1, b"web-1.17") + f(3, b"edge")) + f(2, involved) + f(3, b"Pulled") + f(4, b"msg")
+            + f(5, f(1, source_component.encode()) + f(2, b"edge-1")) + f(9, b"Normal") + f(14, b"kubelet"))
+
+
+@pytest.mark.parametrize("component", ["kubelet-old", ""])
+def test_event_fields_agree_between_encodings(component):
+    doc = {"metadata": {"name": "web-1.17", "namespace": "edge"},
+           "involvedObject": {"kind": "Pod", "namespace": "edge", "name": "web-1", "uid": "u-1", "apiVersion": "v1",
+                              "resourceVersion": "42", "fieldPath": "spec.containers{web}"},
+           "reason": "Pulled", "message": "msg", "source": {"component": component, "host": "edge-1"},
+           "type": "Normal", "reportingComponent": "kubelet"}
+    fields = jsonwire.selector_fields("events", doc)
+    assert fields == protobuf.selector_fields("events", _pb_event(component))
+    assert fields["source"] == (component or "kubelet")  # falls back to reportingComponent, as strategy.go does
+    assert fields["involvedObject.fieldPath"] == "spec.containers{web}"

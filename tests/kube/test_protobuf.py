@@ -77,6 +77,19 @@ def test_selector_fields_match_json(name):
         assert protobuf.selector_fields(resource, raw) == expected_fields(resource, item)
 
 
+def test_pod_fields_not_in_the_recordings():
+    """hostNetwork=true, a legacy lone podIP and fields out of order, built from generated.proto field numbers."""
+    f = protobuf.field_bytes
+    spec = protobuf.field_varint(11, 1) + f(10, b"edge-2") + f(19, b"custom") + f(10, b"edge-1")  # last one wins
+    status = f(6, b"10.0.0.9") + f(1, b"Pending")
+    raw = f(3, status) + f(2, spec) + f(1, f(1, b"p") + f(3, b"ns"))
+    fields = protobuf.selector_fields("pods", raw)
+    assert fields["spec.hostNetwork"] == "true"
+    assert (fields["spec.nodeName"], fields["spec.schedulerName"]) == ("edge-1", "custom")
+    assert (fields["status.podIP"], fields["status.phase"]) == ("10.0.0.9", "Pending")
+    assert (fields["metadata.name"], fields["metadata.namespace"]) == ("p", "ns")
+
+
 @pytest.mark.parametrize("name", recorded.OBJECTS)
 def test_object_rebuilds_and_matches_json(name):
     data = recorded.body(name, "protobuf")

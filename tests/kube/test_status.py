@@ -126,6 +126,9 @@ def test_every_status_round_trips_through_json_and_protobuf(s, code, reason):
     assert body["code"] == code and body["reason"] == reason and body["status"] == "Failure"
     assert body["kind"] == "Status" and body["apiVersion"] == "v1" and body["metadata"] == {}
     assert decode_pb_status(st.encode(s, "protobuf")[1]) == body
+    # and the codec's own Status reader (used by the proxy on upstream errors) agrees, details aside
+    read = protobuf.parse_status(protobuf.unwrap(st.encode(s, "protobuf")[1]).raw)
+    assert read == {k: v for k, v in body.items() if k != "details"}
 
 
 def test_messages_and_details_follow_apimachinery():

@@ -1,0 +1,90 @@
+"""Deferred releases: delegate leases that must be freed but could not be while the delegate was offline.
+
+One file per lease (`<network>/journal/<owner>@<ifname>.json`) so adding and dropping are single atomic renames.
+An entry carries everything the release needs later, when the pod and its config may be gone: the owner container id,
+the interface, CNI_ARGS and the delegate's stdin config. commands.py writes an entry *before* asking the delegate to
+release (so a crash in between is replayed, never forgotten) and drops it once the delegate said yes; it replays
+pending entries whenever the delegate has just answered. Callers hold records.Store.lock() around add/drop.
+Neighbours: records.py (the directory and its lock), durable.py, commands.py, inspection.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from cni_plugin import durable, records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    owner: str  # the container id the delegate's lease is held under
+    ifname: str
+    key: str  # the record this lease backs ("" if none)
+    cni_args: str
+    conf: dict  # the delegate's stdin config
+    created: float
+    attempts: int = 0
+    last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return entry_name(self.owner, self.ifname)
+
+
+def entry_name(owner: str, ifname: str) -> str:
+    return urllib.parse.quote(f"{owner}@{ifname}", safe="@") + ".json"
+
+
+class Journal:
+    __slots__ = ("dir",)
+
+    def __init__(self, store: records.Store):
+        self.dir: Path = store.root / "journal"
+
+    def add(self, release: Release) -> None:
+        path = self.dir / release.name
+        try:
+            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n")
+        except OSError as e:
+            raise records.io_error(f"write journal entry {path}", e) from e
+
+    def drop(self, owner: str, ifname: str) -> bool:
+        try:
+            return durable.remove(self.dir / entry_name(owner, ifname))
+        except OSError as e:
+            raise records.io_error("drop journal entry", e) from e
+
+    def get(self, owner: str, ifname: str) -> Release | None:
+        return self._load(self.dir / entry_name(owner, ifname))
+
+    def _load(self, path: Path) -> Release | None:
+        try:
+            return Release(**json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            log.error("journal entry %s does not decode (%s); moved aside", path, e)
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+            return None
+        except OSError as e:
+            raise records.io_error(f"read {path}", e) from e
+
+    def pending(self) -> list[Release]:
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise records.io_error(f"list {self.dir}", e) from e
+        entries = [e for e in (self._load(self.dir / n) for n in names) if e is not None]
+        return sorted(entries, key=lambda e: e.created)
