@@ -74,7 +74,7 @@ def ops_app(service: Service) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         up = service.upstream
         line = "[+]upstream online" if up.online else "[-]upstream offline: answering from the cache"
-        servers = "\n".join(f"[{'+' if s.up is not False else '-'}]server {s.url}" for s in up.servers)
+        servers = "\n".join(f"[{'+' if s.up else '-'}]server {s.url}" for s in up.servers)
         return web.Response(text=f"{line}\n{servers}\nok\n", headers={"X-Edgeproxy-Online": str(up.online).lower()})
 
     async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -181,7 +181,9 @@ def _load_chain_from_data(ctx: ssl.SSLContext, creds: Credentials) -> None:
 
 
 class Server:
-    """One API server's health as the prober and the requests see it. `up` is None until the first probe answers."""
+    """One API server's health as the prober and the requests see it. Starts up: a server is presumed reachable
+    until `offline_after` probes or connection attempts in a row fail (a request that cannot connect is answered
+    locally at once anyway, so starting with the API server down costs no wait)."""
 
     __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "oks", "port", "scheme", "up", "url")
 
@@ -191,7 +193,7 @@ class Server:
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.up: bool | None = None
+        self.up = True
         self.oks = 0
         self.fails = 0
         self.last_error = ""
@@ -227,7 +229,7 @@ class Upstream:
         self.offline_after = max(1, offline_after)
         self.online_after = max(1, online_after)
         self.connect_timeout = connect_timeout
-        self.online = True  # until the first probe says otherwise: a request that fails to connect fails over anyway
+        self.online = True  # until probes say otherwise
         self.changed_at = time.time()
         self._listeners: list[Callable[[bool], None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -245,7 +247,7 @@ class Upstream:
 
     # ---- lifecycle ----
     async def start(self) -> None:
-        """Open the session and start probing. The first probe result is taken at once (no hysteresis)."""
+        """Open the session and start probing."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -302,8 +304,8 @@ class Upstream:
         return False
 
     def ordered(self) -> list[Server]:
-        """Servers to try: those up (or not yet probed) in kubeconfig order, then those down."""
-        return sorted(self.servers, key=lambda s: s.up is False)
+        """Servers to try: those up in kubeconfig order, then those down."""
+        return sorted(self.servers, key=lambda s: not s.up)
 
     async def send(self, method: str, path_qs: str, headers: CIMultiDict[str],
                    body: bytes | aiohttp.StreamReader | None = None) -> tuple[Server, aiohttp.ClientResponse]:
@@ -333,7 +335,7 @@ class Upstream:
                 errors.append(f"{server.url}: {_describe(e)}")
                 self.note_failure(server, _describe(e))
                 continue
-            if server.up is not True:
+            if server.fails or not server.up:  # failures count only in a row
                 self._record(server, True, "")
             return server, resp
         raise Unavailable("; ".join(errors) or "no API server configured")
@@ -409,9 +411,7 @@ class Upstream:
             server.oks, server.fails = 0, server.fails + 1
             server.last_error = error
         before = server.up
-        if before is None:
-            server.up = ok  # first answer: believe it at once
-        elif before and server.fails >= self.offline_after:
+        if before and server.fails >= self.offline_after:
             server.up = False
         elif not before and server.oks >= self.online_after:
             server.up = True
@@ -421,7 +421,7 @@ class Upstream:
                 log.info("upstream %s is up", server.url)
             else:
                 log.warning("upstream %s is down: %s", server.url, server.last_error)
-        online = any(s.up is not False for s in self.servers)
+        online = any(s.up for s in self.servers)
         if online != self.online:
             self.online = online
             self.changed_at = time.time()

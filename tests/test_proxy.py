@@ -294,11 +294,9 @@ async def test_offline_goes_to_local_hook_and_connect_is_rejected():
     local = _Local()
     creds = upstream.Credentials(servers=(f"http://127.0.0.1:{free_port()}",))
     async with server.running(proxy_config(), creds=creds, local=local) as svc, aiohttp.ClientSession() as s:
-        offline = asyncio.Event()
-        svc.upstream.on_change(lambda online: online or offline.set())
-        if svc.upstream.online:
-            async with asyncio.timeout(10):
-                await offline.wait()  # the first probe is believed at once
+        async with asyncio.timeout(10):
+            while svc.upstream.online:  # offline_after probes in a row fail
+                await svc.upstream.probe_all()
         async with s.get(svc.url + "/api/v1/pods") as r:
             assert r.status == 503
         async with s.post(svc.url + "/api/v1/namespaces/edge/pods/web-0/exec?command=ls") as r:
