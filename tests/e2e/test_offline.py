@@ -15,9 +15,9 @@ from kubernetes.client.rest import ApiException
 
 pytest.importorskip("edgeproxy.server")  # the proxy's listener; until it lands these tests wait
 
-from tests.e2e import edge as edge_mod  # noqa: E402
-from tests.e2e.edge import NODE, until  # noqa: E402
-from tests.e2e.reflector import Reflector  # noqa: E402
+from tests.e2e import edge as edge_mod
+from tests.e2e.edge import NODE, until
+from tests.e2e.reflector import Reflector
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
