@@ -40,7 +40,7 @@ PROTECTED_COMPONENTS = ("kubelet", "kube-proxy", "coredns")
 KEY_FILE = "seal.key"
 
 PLAIN, SEALED = 1, 2
-_HEAD = struct.Struct(">BIQ")  # format, crc32 of everything after it... see _frame
+_HEAD = struct.Struct(">BIQ")  # format, crc32 of the rest of the record, resourceVersion as uint64
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")

@@ -111,7 +111,7 @@ def read_request(body: bytes, content_type: str, namespace: str, service_account
             if not isinstance(obj, dict):
                 raise errors.InvalidRequest("TokenRequest: body is not an object")
             spec = _json_spec(obj.get("spec") or {})
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError, errors.DecodeError) as e:
         raise errors.InvalidRequest(f"TokenRequest: {e}") from e
     audiences, expiration, binding = spec
     return Ask(namespace, service_account, tuple(audiences), expiration, binding)
@@ -183,7 +183,7 @@ def build_answer(
         stamp = protobuf.field_varint(1, secs)
         status = protobuf.field_bytes(1, token.encode()) + protobuf.field_bytes(2, stamp)
         raw = protobuf.field_bytes(1, meta) + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, status)
-        return PROTOBUF, _pb_wrap(API_VERSION, KIND, raw)
+        return PROTOBUF, protobuf.wrap(API_VERSION, KIND, raw)
     spec: dict[str, Any] = {"audiences": list(audiences), "expirationSeconds": expiration_seconds}
     if ask.binding:
         b = ask.binding
@@ -410,19 +410,7 @@ def _is_protobuf(content_type: str) -> bool:
 
 def _pb_raw(body: bytes) -> memoryview:
     """The object bytes inside a "k8s\\0" + runtime.Unknown body (Unknown.raw = field 2)."""
-    if not body.startswith(protobuf.MAGIC):
-        raise errors.InvalidRequest("protobuf body without the k8s\\0 envelope")
-    for no, _, value in protobuf.iter_fields(memoryview(body)[4:]):
-        if no == 2:
-            return value  # type: ignore[return-value]
-    return memoryview(b"")
-
-
-def _pb_wrap(api_version: str, kind: str, raw: bytes) -> bytes:
-    # runtime.TypeMeta is {apiVersion=1, kind=2}; Unknown is {typeMeta=1, raw=2, contentEncoding=3, contentType=4}.
-    type_meta = protobuf.field_bytes(1, api_version.encode()) + protobuf.field_bytes(2, kind.encode())
-    unknown = protobuf.field_bytes(1, type_meta) + protobuf.field_bytes(2, raw)
-    return protobuf.MAGIC + unknown + protobuf.field_bytes(3, b"") + protobuf.field_bytes(4, b"")
+    return memoryview(protobuf.unwrap(body).raw)
 
 
 def _pb_spec(raw: memoryview) -> tuple[list[str], int | None, Binding | None]:

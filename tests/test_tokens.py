@@ -32,7 +32,7 @@ def kubelet_request_pb(ask: tokens.Ask) -> bytes:
     spec = b"".join(protobuf.field_bytes(1, a.encode()) for a in ask.audiences)
     spec += protobuf.field_bytes(3, ref) + protobuf.field_varint(4, ask.expiration_seconds)
     raw = protobuf.field_bytes(1, b"") + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, b"")
-    return tokens._pb_wrap(tokens.API_VERSION, tokens.KIND, raw)
+    return protobuf.wrap(tokens.API_VERSION, tokens.KIND, raw)
 
 
 def server_answer(ask, encoding, *, expires, sa_uid="5e1f", node_uid="n-1"):
