@@ -35,7 +35,7 @@ from cache import store as store_
 from cache import writer as writer_
 from edgeproxy import tokens as tokens_
 from edgeproxy import views, writes
-from edgeproxy.kube import errors, jsonwire, protobuf, selectors, status
+from edgeproxy.kube import errors, jsonwire, protobuf, schema, selectors, status
 
 log = logging.getLogger(__name__)
 
@@ -463,46 +463,46 @@ class Local:
 
     def _patch_node_status(self, info: Any, body: bytes) -> web.StreamResponse:
         probe = _Probe(info, "", info.name or "", resource="nodes", subresource=None)
-        node = self._node_json(probe)
-        if node is None:
-            cached = self._node_any(probe)
-            if cached is None:
-                return _unavailable(info, "offline", what="the node is not cached")
-            return _ok(200, *cached)  # cannot patch this encoding here: the cached node, as YurtHub answers
         try:
             patch = json.loads(body)
         except ValueError as e:
             raise errors.InvalidRequest(f"the patch is not JSON: {e}") from e
-        upstream_rv = node.get("metadata", {}).get("resourceVersion", "")
-        rv = self._local_rv((info.client.key, "nodes", "", info.name or ""), upstream_rv)
-        patched = writes.patch_node_status(node, patch if isinstance(patch, dict) else {}, rv)
-        patched = {"kind": "Node", "apiVersion": "v1", **{k: v for k, v in patched.items()
-                                                         if k not in ("kind", "apiVersion")}}
-        out = json.dumps(patched, separators=(",", ":")).encode() + b"\n"
-        if self.writer is not None:
-            self.writer.put_object(views.object_key(probe, shape="", encoding="json"), out)
-        return _ok(200, JSON_CT, out)
+        encodings = [e for e, shape in self.acceptable(info) if not shape] or ["json"]
+        for enc in dict.fromkeys([*encodings, "protobuf", "json"]):
+            node = self._node_doc(probe, enc)
+            if node is None:
+                continue
+            upstream_rv = (node.get("metadata") or {}).get("resourceVersion", "")
+            rv = self._local_rv((info.client.key, "nodes", "", info.name or ""), upstream_rv)
+            patched = writes.patch_node_status(node, patch if isinstance(patch, dict) else {}, rv)
+            patched = {"kind": "Node", "apiVersion": "v1",
+                       **{k: v for k, v in patched.items() if k not in ("kind", "apiVersion")}}
+            if enc == "protobuf":
+                out = protobuf.wrap("v1", "Node", schema.to_protobuf(patched, "Node"))
+            else:
+                out = json.dumps(patched, separators=(",", ":")).encode() + b"\n"
+            if self.writer is not None:  # kubelet's next GET nodes/<node>?resourceVersion=0 sees its own status
+                self.writer.put_object(views.object_key(probe, shape="", encoding=enc), out)
+            return _ok(200, _content_type(enc), out)
+        return _unavailable(info, "offline", what="the node is not cached")
 
-    def _node_json(self, probe: Any) -> dict[str, Any] | None:
-        body = self.store.get_object(views.object_key(probe, shape="", encoding="json"))
+    def _node_doc(self, probe: Any, enc: str) -> dict[str, Any] | None:
+        """The cached Node (the stored GET, else from one of the client's views) as its JSON dict."""
+        body = self.store.get_object(views.object_key(probe, shape="", encoding=enc))
+        raw: bytes | None = None
         if body is not None:
-            return json.loads(body)
-        for src in self._views_of(probe, "json", ""):
-            item = self.store.item(src.key, "", probe.name)
-            if item is not None:
-                return json.loads(item.raw)
-        return None
-
-    def _node_any(self, probe: Any) -> tuple[str, bytes] | None:
-        body = self.store.get_object(views.object_key(probe, shape="", encoding="protobuf"))
-        if body is not None:
-            return PB_CT, body
-        for src in self._views_of(probe, "protobuf", ""):
-            item = self.store.item(src.key, "", probe.name)
-            if item is not None:
-                kind, api_version = _object_kind(src, "")
-                return PB_CT, protobuf.wrap(api_version, kind, item.raw)
-        return None
+            if enc == "json":
+                return json.loads(body)
+            raw = protobuf.unwrap(body).raw
+        else:
+            for src in self._views_of(probe, enc, ""):
+                item = self.store.item(src.key, "", probe.name)
+                if item is not None:
+                    if enc == "json":
+                        return json.loads(item.raw)
+                    raw = item.raw
+                    break
+        return schema.to_json("Node", raw) if raw is not None else None
 
 
 class _Probe:

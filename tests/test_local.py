@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from edgeproxy import tokens
-from edgeproxy.kube import jsonwire, protobuf, request, watch
+from edgeproxy.kube import jsonwire, protobuf, request, schema, watch
 from tests import recording
 from tests.recording import KUBECTL_JSON, KUBELET, body, info
 
@@ -284,6 +284,23 @@ async def test_node_status_patch_by_a_vendor_node_agent_and_a_later_get(c, http)
     assert code == 200 and json.loads(again) == node
 
 
+async def test_kubelet_node_status_patch_on_a_protobuf_node(c, http):
+    c.feed(info("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1"), "nodes-edge1.list.pb")
+    patch = {"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
+                        "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}]}}
+    code, ct, data = await send(http, "PATCH", "/api/v1/nodes/edge-1/status?timeout=10s", json.dumps(patch),
+                                "application/strategic-merge-patch+json", {**KUBELET, "User-Agent": "hollow-kubelet"})
+    assert code == 200 and ct == PB
+    node = schema.to_json("Node", protobuf.unwrap(data).raw)
+    ready = next(x for x in node["status"]["conditions"] if x["type"] == "Ready")
+    assert ready["lastHeartbeatTime"] == "2026-11-24T16:00:00Z"
+    before = schema.to_json("Node", protobuf.parse_list(protobuf.unwrap(body("nodes-edge1.list.pb")).raw).items[0])
+    assert node["status"]["nodeInfo"] == before["status"]["nodeInfo"] and node["spec"] == before["spec"]
+    c.sync()
+    code, _, again = await get(http, "/api/v1/nodes/edge-1?resourceVersion=0", KUBELET)
+    assert code == 200 and again == data
+
+
 async def test_kubelet_writes_offline(c, http):
     c.feed(info("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1"), "nodes-edge1.list.pb")
     node = protobuf.parse_list(protobuf.unwrap(body("nodes-edge1.list.pb")).raw).items[0]
@@ -330,3 +347,14 @@ async def test_token_request_offline(c, http):
     code, _, _ = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
                             "application/json", {**KUBELET, "Authorization": "Bearer pod-token"})
     assert code == 503  # only the node's identity gets tokens minted
+
+
+async def test_a_failed_over_watch_is_held_briefly_while_the_prober_still_says_online(c, http):
+    fill(c)
+    c.local.is_online = lambda: True
+    c.local.failover_hold = 0.3
+    url = PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true&timeoutSeconds=300"
+    async with http.get(url, headers=KUBELET) as r, asyncio.timeout(5):
+        data = await r.read()  # ends by itself, long before timeoutSeconds: the client re-watches
+    frames = watch.ProtobufSplitter().feed(data)
+    assert frames and all(protobuf.decode_event(f).type == "BOOKMARK" for f in frames)

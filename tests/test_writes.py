@@ -2,12 +2,11 @@
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from edgeproxy import writes
-from edgeproxy.kube import protobuf
+from edgeproxy.kube import protobuf, request
 
 FIXTURES = Path(__file__).parent / "fixtures"
 A = writes.Action
@@ -15,10 +14,16 @@ A = writes.Action
 
 def req(verb, resource, *, group="", version="v1", namespace=None, name=None, sub=None, component="kubelet",
         identity=""):
-    """The RequestInfo fields the policy reads (kube.request.RequestInfo has these and more)."""
-    return SimpleNamespace(verb=verb, api_group=group, api_version=version, resource=resource, subresource=sub,
-                           namespace=namespace, name=name,
-                           client=SimpleNamespace(component=component, identity=identity))
+    """A classified request (kube.request.parse) as a client with that User-Agent and bearer token would send it."""
+    method = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE", "get": "GET"}[verb]
+    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += "/" + "/".join(p for p in (resource, name, sub) if p)
+    headers = {"User-Agent": f"{component}/v1.32.0 (linux/amd64) kubernetes/cd13ec4"}
+    if identity:
+        headers["Authorization"] = f"Bearer {identity}"
+    return request.parse(method, path, "", headers)
 
 
 def lease(verb="update", name="edge-1", **kw):
