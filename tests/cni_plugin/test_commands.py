@@ -230,6 +230,25 @@ def test_fifty_parallel_adds_and_dels(node):
     assert {r["state"] for r in node.records().values()} == {"RELEASED"}
 
 
+def test_old_del_racing_new_add_of_the_same_pod(node):
+    """After a reboot the runtime may run the old sandbox's DEL and the new one's ADD at once: same IP, one lease."""
+    pods = [f"r{i}" for i in range(8)]
+    ips = {p: node.add(f"old-{p}", pod=p).ips for p in pods}
+
+    def race(pod):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            dele = pool.submit(node.delete, f"old-{pod}", pod=pod)
+            add = pool.submit(node.add, f"new-{pod}", pod=pod)
+            return dele.result(), add.result()
+    with concurrent.futures.ThreadPoolExecutor(len(pods)) as pool:
+        outcomes = dict(zip(pods, pool.map(race, pods), strict=True))
+    for pod, (dele, add) in outcomes.items():
+        assert dele.code == 0 and add.ips == ips[pod], (pod, dele, add)
+    assert node.leases() == {ips[p][0].split("/")[0]: (f"new-{p}", "eth0") for p in pods}
+    assert node.journal() == []
+    active_ips(node)
+
+
 def test_sigkill_between_temp_write_and_rename(node):
     ip = node.add("a1", pod="a").ips
     before = (node.data_dir / "edgenet" / "records").iterdir()
