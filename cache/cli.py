@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from cache import errors, store
 
-DEFAULT_DIR = "/var/lib/edgeproxy"
+DEFAULT_DIR = "/var/lib/edgeproxy/cache"  # where the service keeps it (systemd/edgeproxy.env)
 REDACTED_KEYS = ("data", "stringData")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", default=DEFAULT_DIR, help=f"the cache directory (default {DEFAULT_DIR})")
+    parser.add_argument("--cache-dir", default=os.environ.get("EDGEPROXY_CACHE_DIR") or DEFAULT_DIR,
+                        help=f"the cache directory (default: $EDGEPROXY_CACHE_DIR, else {DEFAULT_DIR})")
     parser.add_argument("--key-file", default=None, help="the sealing key (default <cache-dir>/seal.key)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)

@@ -40,7 +40,7 @@ PROTECTED_COMPONENTS = ("kubelet", "kube-proxy", "coredns")
 KEY_FILE = "seal.key"
 
 PLAIN, SEALED = 1, 2
-_HEAD = struct.Struct(">BIQ")  # format, crc32 of everything after it... see _frame
+_HEAD = struct.Struct(">BIQ")  # format, crc32 of the rest of the record, resourceVersion as uint64
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
@@ -692,15 +692,26 @@ class Store:
         self._put_view(txn, view_id, key, meta, gen, n, size)
         self._stale.discard(view_id)
 
-    def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item]) -> None:
-        """One chunk of a list being assembled under `gen`; invisible until apply_commit."""
+    def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item],
+                    first: bool = True) -> None:
+        """One chunk of a list being assembled under `gen`; invisible until apply_commit. A later chunk whose
+        staging record is gone (purged meanwhile) is dropped: apply_commit then discards the assembly."""
         st = txn.get(gen, db=self._staging)
+        if st is None and not first:
+            return
         n0, size0 = msgpack.unpackb(st)[1:] if st is not None else (0, 0)
         n, size = self._write_items(txn, gen, items, self._sealed(key.resource))
         txn.put(gen, msgpack.packb([key.view_id(), n0 + n, size0 + size]), db=self._staging)
 
-    def apply_commit(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, meta: ViewMeta) -> None:
+    def apply_commit(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, meta: ViewMeta,
+                     shipped: int = 0) -> None:
+        """The assembled list becomes the view. `shipped`: items the assembly staged; if its staging record is
+        gone (purged under it), the pieces are incomplete: discard them and mark the view instead."""
         st = txn.get(gen, db=self._staging)
+        if st is None and shipped:
+            self.apply_abort(txn, gen)
+            self.apply_mark_incomplete(txn, key)
+            return
         n, size = msgpack.unpackb(st)[1:] if st is not None else (0, 0)
         txn.delete(gen, db=self._staging)
         self._flip(txn, key.view_id(), key, meta, gen, n, size)

@@ -297,7 +297,7 @@ class Writer:
             st.apply_events(txn, op[1], op[2])
         elif kind == "stage":
             if op[1] not in self._broken_gens:
-                st.apply_stage(txn, op[1], op[2], op[3])
+                st.apply_stage(txn, op[1], op[2], op[3], op[4])
         elif kind == "commit":
             gen, key, meta = op[1], op[2], op[3]
             if gen in self._broken_gens:
@@ -305,7 +305,7 @@ class Writer:
                 st.apply_abort(txn, gen)
                 st.apply_mark_incomplete(txn, key)
             else:
-                st.apply_commit(txn, gen, key, meta)
+                st.apply_commit(txn, gen, key, meta, op[4])
         elif kind == "abort":
             self._broken_gens.discard(op[1])
             st.apply_abort(txn, op[1])
@@ -404,8 +404,10 @@ class ListAssembly:
         items, self._buffer = self._buffer, []
         if not items or self._lost:
             return
+        first = self.count == 0
         self.count += len(items)
-        if not self._writer._put_data(self.key.view_id(), ("stage", self.gen, self.key, items), _size(items)):
+        op = ("stage", self.gen, self.key, items, first)
+        if not self._writer._put_data(self.key.view_id(), op, _size(items)):
             self._lost = True
 
     def commit(self, resource_version: str, *, complete: bool = True) -> None:
@@ -419,7 +421,7 @@ class ListAssembly:
             w._put(("incomplete", self.key), 0)
             return
         meta = store_.ViewMeta(self.kind, self.api_version, resource_version, complete, time.time())
-        w._put(("commit", self.gen, self.key, meta), 0)
+        w._put(("commit", self.gen, self.key, meta, self.count), 0)
 
     def abort(self) -> None:
         if self._done:

@@ -111,7 +111,7 @@ def read_request(body: bytes, content_type: str, namespace: str, service_account
             if not isinstance(obj, dict):
                 raise errors.InvalidRequest("TokenRequest: body is not an object")
             spec = _json_spec(obj.get("spec") or {})
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError, errors.DecodeError) as e:
         raise errors.InvalidRequest(f"TokenRequest: {e}") from e
     audiences, expiration, binding = spec
     return Ask(namespace, service_account, tuple(audiences), expiration, binding)
@@ -183,7 +183,7 @@ def build_answer(
         stamp = protobuf.field_varint(1, secs)
         status = protobuf.field_bytes(1, token.encode()) + protobuf.field_bytes(2, stamp)
         raw = protobuf.field_bytes(1, meta) + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, status)
-        return PROTOBUF, _pb_wrap(API_VERSION, KIND, raw)
+        return PROTOBUF, protobuf.wrap(API_VERSION, KIND, raw)
     spec: dict[str, Any] = {"audiences": list(audiences), "expirationSeconds": expiration_seconds}
     if ask.binding:
         b = ask.binding
@@ -334,6 +334,7 @@ class TokenBook:
             "k8s": claims.get("kubernetes.io") if isinstance(claims.get("kubernetes.io"), dict) else {},
             "ns": ask.namespace,
             "sa": ask.service_account,
+            "bind": _binding_key(ask),
             "seen": self._clock(),
         }
         self._save()
@@ -343,7 +344,7 @@ class TokenBook:
                request_content_type: str = "") -> Answer:
         """The offline answer: the cached token while it has MIN_REMAINING seconds left, else a minted one."""
         now = self._clock()
-        entry = self._entries.get(ask.key)
+        entry = self._find(ask)
         if entry and entry["exp"] - now >= MIN_REMAINING:
             if (entry["ct"] == PROTOBUF) == (encoding == "protobuf"):
                 return Answer(201, entry["ct"], entry["body"], "cached", entry["exp"])
@@ -361,6 +362,21 @@ class TokenBook:
         ct, body = build_answer(ask, token, claims["exp"], audiences, lifetime, encoding,
                                 request_body, request_content_type)
         return Answer(201, ct, body, "minted", float(claims["exp"]))
+
+    def _find(self, ask: Ask) -> dict[str, Any] | None:
+        """The remembered answer to `ask`. A request naming no audience got the API server's default ones, which
+        the remembered answer (recorded from the response alone) lists: match it on the binding, preferring the
+        configured default audiences, then the latest."""
+        entry = self._entries.get(ask.key)
+        if entry is not None or ask.audiences:
+            return entry
+        bind = _binding_key(ask)
+        same = [e for e in self._entries.values()
+                if e["ns"] == ask.namespace and e["sa"] == ask.service_account and e.get("bind") == bind]
+        if not same:
+            return None
+        preferred = [e for e in same if tuple(e["aud"]) == tuple(self.audiences)]
+        return max(preferred or same, key=lambda e: e["seen"])
 
     def _known_claims(self, ask: Ask) -> dict[str, Any]:
         """The kubernetes.io claim of any API server token seen for this service account (for its uid, node uid)."""
@@ -404,25 +420,18 @@ class TokenBook:
 # ---------------------------------------------------------------- wire details
 
 
+def _binding_key(ask: Ask) -> list[str]:
+    b = ask.binding
+    return [b.kind, b.name, b.uid] if b else ["", "", ""]
+
+
 def _is_protobuf(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == PROTOBUF
 
 
 def _pb_raw(body: bytes) -> memoryview:
     """The object bytes inside a "k8s\\0" + runtime.Unknown body (Unknown.raw = field 2)."""
-    if not body.startswith(protobuf.MAGIC):
-        raise errors.InvalidRequest("protobuf body without the k8s\\0 envelope")
-    for no, _, value in protobuf.iter_fields(memoryview(body)[4:]):
-        if no == 2:
-            return value  # type: ignore[return-value]
-    return memoryview(b"")
-
-
-def _pb_wrap(api_version: str, kind: str, raw: bytes) -> bytes:
-    # runtime.TypeMeta is {apiVersion=1, kind=2}; Unknown is {typeMeta=1, raw=2, contentEncoding=3, contentType=4}.
-    type_meta = protobuf.field_bytes(1, api_version.encode()) + protobuf.field_bytes(2, kind.encode())
-    unknown = protobuf.field_bytes(1, type_meta) + protobuf.field_bytes(2, raw)
-    return protobuf.MAGIC + unknown + protobuf.field_bytes(3, b"") + protobuf.field_bytes(4, b"")
+    return memoryview(protobuf.unwrap(body).raw)
 
 
 def _pb_spec(raw: memoryview) -> tuple[list[str], int | None, Binding | None]:

@@ -124,9 +124,8 @@ def body_name(body: bytes, content_type: str) -> tuple[str, str] | None:
     """(namespace, name) from an object's metadata in a request body, or None when it has no name (generateName)."""
     try:
         if _is_protobuf(content_type):
-            meta = _pb_field(_pb_raw(body), 1)
-            fields = {no: bytes(v).decode() for no, wt, v in protobuf.iter_fields(meta) if no in (1, 3) and wt == 2}
-            name, namespace = fields.get(1, ""), fields.get(3, "")
+            meta = protobuf.object_meta(protobuf.unwrap(body).raw)
+            name, namespace = meta.name, meta.namespace
         else:
             metadata = json.loads(body).get("metadata") or {}
             name, namespace = metadata.get("name") or "", metadata.get("namespace") or ""
@@ -153,9 +152,9 @@ def local_resource_version(upstream_rv: str | None) -> str:
 def renew_lease(body: bytes, content_type: str, resource_version: str) -> bytes:
     """The Lease a PUT sent, as the API server would return it: the same object at a new resourceVersion."""
     if _is_protobuf(content_type):
-        api_version, kind, raw = _pb_unwrap(body)
-        return _pb_wrap(api_version or "coordination.k8s.io/v1", kind or "Lease", set_pb_resource_version(raw,
-                                                                                                       resource_version))
+        u = protobuf.unwrap(body)
+        raw = set_pb_resource_version(u.raw, resource_version)
+        return protobuf.wrap(u.api_version or "coordination.k8s.io/v1", u.kind or "Lease", raw)
     obj = json.loads(body)
     obj.setdefault("kind", "Lease")
     obj.setdefault("apiVersion", "coordination.k8s.io/v1")
@@ -269,40 +268,6 @@ def _order(items: list[Any], order: list[Any], key: str) -> list[Any]:
 
 def _is_protobuf(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == PROTOBUF
-
-
-def _pb_unwrap(body: bytes) -> tuple[str, str, bytes]:
-    if not body.startswith(protobuf.MAGIC):
-        raise errors.InvalidRequest("protobuf body without the k8s\\0 envelope")
-    api_version = kind = ""
-    raw = b""
-    for no, _, value in protobuf.iter_fields(memoryview(body)[4:]):
-        if no == 1:
-            for f, _, v in protobuf.iter_fields(value):
-                if f == 1:
-                    api_version = bytes(v).decode()
-                elif f == 2:
-                    kind = bytes(v).decode()
-        elif no == 2:
-            raw = bytes(value)
-    return api_version, kind, raw
-
-
-def _pb_raw(body: bytes) -> bytes:
-    return _pb_unwrap(body)[2]
-
-
-def _pb_wrap(api_version: str, kind: str, raw: bytes) -> bytes:
-    type_meta = protobuf.field_bytes(1, api_version.encode()) + protobuf.field_bytes(2, kind.encode())
-    return (protobuf.MAGIC + protobuf.field_bytes(1, type_meta) + protobuf.field_bytes(2, raw)
-            + protobuf.field_bytes(3, b"") + protobuf.field_bytes(4, b""))
-
-
-def _pb_field(raw: bytes | memoryview, number: int) -> bytes:
-    for no, _, value in protobuf.iter_fields(raw):
-        if no == number:
-            return bytes(value)
-    return b""
 
 
 def set_pb_resource_version(raw: bytes, resource_version: str) -> bytes:

@@ -2,12 +2,11 @@
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from edgeproxy import writes
-from edgeproxy.kube import protobuf
+from edgeproxy.kube import protobuf, request
 
 FIXTURES = Path(__file__).parent / "fixtures"
 A = writes.Action
@@ -15,10 +14,16 @@ A = writes.Action
 
 def req(verb, resource, *, group="", version="v1", namespace=None, name=None, sub=None, component="kubelet",
         identity=""):
-    """The RequestInfo fields the policy reads (kube.request.RequestInfo has these and more)."""
-    return SimpleNamespace(verb=verb, api_group=group, api_version=version, resource=resource, subresource=sub,
-                           namespace=namespace, name=name,
-                           client=SimpleNamespace(component=component, identity=identity))
+    """A classified request (kube.request.parse) as a client with that User-Agent and bearer token would send it."""
+    method = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE", "get": "GET"}[verb]
+    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += "/" + "/".join(p for p in (resource, name, sub) if p)
+    headers = {"User-Agent": f"{component}/v1.32.0 (linux/amd64) kubernetes/cd13ec4"}
+    if identity:
+        headers["Authorization"] = f"Bearer {identity}"
+    return request.parse(method, path, "", headers)
 
 
 def lease(verb="update", name="edge-1", **kw):
@@ -121,14 +126,14 @@ def test_lease_renewal_protobuf_sets_only_the_resource_version():
     # real ObjectMeta bytes: a recorded ConfigMap stands in for the Lease (the same envelope and metadata)
     body = (FIXTURES / "configmap-web-config.get.pb.body").read_bytes()
     out = writes.renew_lease(body, "application/vnd.kubernetes.protobuf", "4242")
-    api_version, kind, raw = writes._pb_unwrap(out)
-    _, _, before = writes._pb_unwrap(body)
-    meta = {no: bytes(v) for no, wt, v in protobuf.iter_fields(writes._pb_field(raw, 1)) if wt == 2}
-    old = {no: bytes(v) for no, wt, v in protobuf.iter_fields(writes._pb_field(before, 1)) if wt == 2}
-    assert (api_version, kind) == ("v1", "ConfigMap")
+    after, before = protobuf.unwrap(out), protobuf.unwrap(body)
+    meta = {no: bytes(v) for no, wt, v in protobuf.iter_fields(protobuf.metadata_field(after.raw)) if wt == 2}
+    old = {no: bytes(v) for no, wt, v in protobuf.iter_fields(protobuf.metadata_field(before.raw)) if wt == 2}
+    assert (after.api_version, after.kind) == ("v1", "ConfigMap")
     assert meta[6] == b"4242" and old[6] != b"4242"
     assert {k: v for k, v in meta.items() if k != 6} == {k: v for k, v in old.items() if k != 6}
-    assert writes._pb_field(raw, 2) == writes._pb_field(before, 2)  # data untouched
+    assert after.raw[len(protobuf.metadata_field(after.raw)) + 3:] == before.raw[
+        len(protobuf.metadata_field(before.raw)) + 3:]  # data untouched
     assert out.endswith(b"\x1a\x00\x22\x00")  # Unknown's empty contentEncoding/contentType, as the server writes
 
 

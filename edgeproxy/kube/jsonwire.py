@@ -344,10 +344,17 @@ def extract(resource: str, obj: bytes | Mapping) -> tuple[meta.Meta, dict[str, s
 # --- watch ----------------------------------------------------------------------------------------------------
 
 
+_EVENT_HEAD = b'{"type":"'
+_OBJECT_KEY = b',"object":'
+
+
 def decode_event(line: bytes) -> Event:
     """One watch line {"type":..,"object":{..}} (newline optional): the type, the object's exact bytes, its dict."""
     try:
         s = _text(line)
+        fast = _fast_event(line, s)
+        if fast is not None:
+            return fast
         members, end = _members(s, 0)
         _check_end(s, end)
     except _FOREIGN as e:
@@ -363,6 +370,22 @@ def decode_event(line: bytes) -> Event:
     if not isinstance(doc, dict) or span is None:
         raise _bad("watch event without an object")
     return Event(etype, _slicer(line, s)(*span), doc)
+
+
+def _fast_event(line: bytes, s: str) -> Event | None:
+    """The line exactly as Go's json.Encoder writes a metav1.WatchEvent: {"type":"T","object":O}. One decode of O;
+    None sends anything else (other spacing, member order, escapes in the type) to the general scanner."""
+    if not isinstance(line, bytes) or not line.startswith(_EVENT_HEAD):
+        return None
+    q = line.find(b'"', 9)
+    etype = line[9:q].decode("ascii", "replace")
+    if etype not in EVENT_TYPES or not line.startswith(_OBJECT_KEY, q + 1):
+        return None
+    start = q + 1 + len(_OBJECT_KEY)  # ASCII so far: the same offset in bytes and in characters
+    doc, end = _raw_decode(s, start)
+    if not isinstance(doc, dict) or s[end : end + 1] != "}" or _ws_end(s, end + 1).end() != len(s):
+        return None
+    return Event(etype, line[start:end] if len(s) == len(line) else s[start:end].encode("utf-8"), doc)
 
 
 def encode_event(type: str, obj: bytes) -> bytes:

@@ -392,10 +392,11 @@ def _key(no: int, wt: int = LEN) -> int:
     return no << 3 | wt
 
 
-# Per resource: (top-level field number, {key: selector field}) for the plain string/bool fields, with their
-# defaults. Field numbers from k8s.io/api core/v1 generated.proto; the selectable fields from kubernetes
-# pkg/registry/core/*/strategy.go ToSelectableFields (and pkg/apis/core/v1/conversion.go).
-_POD_STATUS = {_key(1): "status.phase", _key(11): "status.nominatedNodeName"}
+# {key: selector field} tables for _strings, and each resource's fields with the value the API server gives an
+# absent one. Field numbers from k8s.io/api core/v1 generated.proto; the selectable fields from kubernetes
+# pkg/registry/core/*/strategy.go ToSelectableFields (and pkg/apis/core/v1/conversion.go). Pods have their own
+# readers (_pod_spec, _pod_status). "status.podIPs" (all pod IPs, comma-joined) is not an upstream selector field:
+# it is offered for selectors.py to accept or refuse.
 _NODE_SPEC = {_key(4, VARINT): "spec.unschedulable"}
 _SERVICE_SPEC = {_key(3): "spec.clusterIP", _key(4): "spec.type"}
 _NAMESPACE_STATUS = {_key(1): "status.phase"}

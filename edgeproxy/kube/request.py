@@ -183,6 +183,11 @@ class Representation:
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
+    """A classified request. `name` is also set on a list/watch whose fieldSelector pins metadata.name (as
+    RequestInfoFactory does for the Node authorizer): test `verb`, not `name`, to tell a get from a list.
+    `labels`/`fields` are the parsed selectors (field labels converted for built-in resources, e.g. spec.host ->
+    spec.nodeName); use their canonical() as cache keys. Optional strings are None when absent or empty."""
+
     is_resource: bool
     verb: str
     path: str

@@ -168,6 +168,14 @@ def test_non_ascii_items_keep_their_bytes():
     assert jsonwire.decode_event(line).obj == jsonwire.typed(item, "ConfigMap", "v1")
 
 
+def test_watch_lines_not_written_by_go_still_decode():
+    """Another member order and spacing take the general scanner; the object's bytes are still exact."""
+    obj = b'{"kind":"Pod", "apiVersion":"v1","metadata":{"name":"\xc3\xa9"}}'
+    for line in (b'{ "object" : ' + obj + b' ,"type":"DELETED" }', b'{"type":"DELETED","object":' + obj + b'}  \r\n'):
+        ev = jsonwire.decode_event(line)
+        assert (ev.type, ev.obj, ev.doc["metadata"]["name"]) == ("DELETED", obj, "é")
+
+
 @pytest.mark.parametrize("line", [b'{"type":"RENAMED","object":{}}', b'{"type":"ADDED"}', b'{"type":"ADDED",'
                                   b'"object":{}} trailing', b'[]', b'', b'{"type":"ADDED","object":[]}'])
 def test_bad_watch_lines(line):

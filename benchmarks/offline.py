@@ -1,0 +1,222 @@
+"""Benchmark: offline answers. LIST of 1k/10k/50k pods from the cache (protobuf and JSON) side by side with the same
+list from the simulator online (direct, and through the proxy); proxy start with the upstream down to its first
+served list; upstream death to the first locally served answer.
+
+Three processes, as in production: the simulator (a child of this module, `--sim-child`), `edgeproxy serve` (a child,
+uvloop), and this process as the client (aiohttp, whole body read). Pods are the simulator's clones of the recorded
+fixture pod (about 4.3 KB protobuf / 6.5 KB JSON each, managedFields included: heavier than the 1.5 / 5.6 KB of the
+aim). Run alone: `python -m benchmarks.offline [--quick] [--sizes 1000,10000]`. Reports figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+SCENARIO = "offline"
+NAMESPACE = "bench"
+PB = "application/vnd.kubernetes.protobuf"
+ACCEPT = {"protobuf": f"{PB}, */*", "json": "application/json"}
+UA = "kubelet/v1.32.0 (linux/amd64) kubernetes/cd13ec4"
+
+
+def _row(metric: str, value: float, unit: str, **extra: Any) -> dict:
+    return {"scenario": SCENARIO, "metric": metric, "value": round(value, 2), "unit": unit, **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the simulator child
+
+
+async def _sim_child(pods: int, pki: str, kubeconfig: str) -> None:
+    from edgeproxy import sim as sim_pkg
+
+    sim = sim_pkg.Simulator(pki_dir=pki, control_port=0)
+    await sim.start()
+    sim.seed(pods=pods, namespace=NAMESPACE)
+    sim.kubeconfig(kubeconfig, user="admin")
+    print(json.dumps({"url": sim.url, "control": sim.control_url, "ca": str(sim.pki.ca_cert),
+                      "cert": [str(p) for p in sim.pki.client("admin")]}), flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await sim.stop()
+
+
+class Sim:
+    def __init__(self, pods: int, workdir: Path) -> None:
+        self.kubeconfig = workdir / "kubeconfig"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.offline", "--sim-child", str(pods), str(workdir / "pki"),
+             str(self.kubeconfig)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.url, self.control = info["url"], info["control"]
+        ctx = ssl.create_default_context(cafile=info["ca"])
+        ctx.load_cert_chain(*info["cert"])
+        self.ssl = ctx
+
+    async def fault(self, session: aiohttp.ClientSession, **switches: Any) -> None:
+        async with session.post(f"{self.control}/__sim/faults", json=switches) as r:
+            await r.read()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class Proxy:
+    def __init__(self, kubeconfig: Path, cache_dir: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeproxy", "--log-level", "warning", "serve", "--kubeconfig", str(kubeconfig),
+             "--cache-dir", str(cache_dir), "--listen", f"127.0.0.1:{self.port}", "--ops-listen", "",
+             "--probe-interval", "0.5", "--probe-timeout", "0.5", "--offline-after", "1", "--online-after", "1",
+             "--connect-timeout", "1"])
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(15)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+# ---------------------------------------------------------------- measuring
+
+
+async def _timed_get(session: aiohttp.ClientSession, url: str, accept: str, **kw: Any) -> tuple[float, int, int,
+                                                                                                 str]:
+    t = time.perf_counter()
+    async with session.get(url, headers={"Accept": accept, "User-Agent": UA}, **kw) as r:
+        data = await r.read()
+        return time.perf_counter() - t, r.status, len(data), r.headers.get("X-Edgeproxy-Source", "upstream")
+
+
+async def _median(session: aiohttp.ClientSession, url: str, accept: str, runs: int, **kw: Any) -> tuple[float, int]:
+    times = []
+    size = 0
+    for _ in range(runs):
+        dt, code, size, _src = await _timed_get(session, url, accept, **kw)
+        if code != 200:
+            raise RuntimeError(f"GET {url}: {code}")
+        times.append(dt)
+    return statistics.median(times) * 1000, size
+
+
+async def _until(session: aiohttp.ClientSession, url: str, accept: str, source: str | None, deadline: float
+                 ) -> float:
+    """Poll until GET url answers 200 (from `source` if given); the time it completed (perf_counter)."""
+    while time.perf_counter() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with session.get(url, headers={"Accept": accept, "User-Agent": UA}) as r:
+                await r.read()
+                if r.status == 200 and (source is None or r.headers.get("X-Edgeproxy-Source", "upstream") == source):
+                    return time.perf_counter()
+        await asyncio.sleep(0.005)
+    raise TimeoutError(url)
+
+
+async def _size(n: int, root: Path, runs: int, rows: list[dict], extra: bool) -> None:
+    work = root / f"n{n}"
+    work.mkdir(parents=True, exist_ok=True)
+    sim = Sim(n, work)
+    proxy = Proxy(sim.kubeconfig, work / "cache")
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+            await _until(s, proxy.url + "/version", "application/json", None, time.perf_counter() + 30)
+            online: dict[str, tuple[float, float, int]] = {}
+            for enc, accept in ACCEPT.items():
+                direct, size = await _median(s, sim.url + path, accept, runs, ssl=sim.ssl)
+                through, _ = await _median(s, proxy.url + path, accept, runs)
+                online[enc] = (direct, through, size)
+            await asyncio.sleep(1.0)  # let the last recorded list commit
+            small = proxy.url + f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1&resourceVersion=0"
+            t0 = time.perf_counter()
+            await sim.fault(s, down=True)
+            if extra:
+                t_local = await _until(s, proxy.url + "/api/v1/namespaces/edge/pods", ACCEPT["protobuf"], "cache",
+                                       t0 + 30)
+                rows.append(_row("upstream death to first locally served answer", (t_local - t0) * 1000, "ms",
+                                 note="simulator stops listening (connection refused); requests every 5 ms"))
+            await _until(s, small, ACCEPT["protobuf"], "cache", t0 + 30)
+            for enc, accept in ACCEPT.items():
+                offline, size = await _median(s, proxy.url + path, accept, runs)
+                direct, through, _ = online[enc]
+                rows.append(_row(f"LIST {n} pods {enc} offline (from the cache)", offline, "ms", pods=n,
+                                 encoding=enc, bytes=size, baseline=round(direct, 2),
+                                 baseline_name="simulator online, direct", proxy_online_ms=round(through, 2)))
+            if extra:
+                proxy.stop()
+                proxy = Proxy(sim.kubeconfig, work / "cache")  # a reboot with the upstream down
+                t_first = await _until(s, proxy.url + path, ACCEPT["protobuf"], "cache", proxy.started + 60)
+                rows.append(_row(f"proxy start with the upstream down to first served LIST ({n} pods, protobuf)",
+                                 (t_first - proxy.started) * 1000, "ms",
+                                 note="from exec of `edgeproxy serve` (interpreter start included)"))
+    finally:
+        proxy.stop()
+        sim.stop()
+
+
+def run(opts: Any = None) -> list[dict]:
+    quick = bool(getattr(opts, "quick", False))
+    sizes = getattr(opts, "sizes", None) or ([1000, 10000] if quick else [1000, 10000, 50000])
+    runs = 3 if quick else 7
+    root = Path(getattr(opts, "workdir", None) or tempfile.mkdtemp(prefix="edgeproxy-bench-offline-"))
+    rows: list[dict] = []
+    for n in sizes:
+        asyncio.run(_size(n, root, runs, rows, extra=(n == 10000 or (n == sizes[0] and 10000 not in sizes))))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.offline", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1k and 10k pods, 3 runs each")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--sim-child", nargs=3, metavar=("PODS", "PKI", "KUBECONFIG"), help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.sim_child:
+        pods, pki, kubeconfig = opts.sim_child
+        asyncio.run(_sim_child(int(pods), pki, kubeconfig))
+        return 0
+    rows = run(opts)
+    if opts.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            extra = {k: v for k, v in r.items() if k not in ("scenario", "metric", "value", "unit")}
+            print(f"{r['metric']:<70} {r['value']:>10,.1f} {r['unit']:<4} {extra or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

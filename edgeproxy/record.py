@@ -1,0 +1,350 @@
+"""The tee into the cache: upstream answers (list, get, watch, discovery) become cache writes, off the client's path.
+
+Implements the proxy's recorder seam: `Recorder.begin(info, status, headers)` picks a sink for a response it can
+cache; the proxy calls `sink.feed(chunk)` for every body chunk it wrote to the client and `sink.done(ok)` at the end.
+feed() only hands the bytes to one parsing thread (a FIFO, so pages and events keep their order) and returns; the
+thread parses with kube.protobuf / kube.jsonwire and enqueues to the cache Writer, which never blocks either. Past
+`max_pending_bytes` of unparsed bytes a response is dropped and its view marked incomplete: the client is never
+slowed down by the cache.
+
+What is recorded:
+- a list replaces its view (a chunked list is assembled and committed at its last chunk);
+- a watch applies its events to the view of the same query; a watch-list (sendInitialEvents=true) becomes the view at
+  its k8s.io/initial-events-end bookmark; a watch-list that breaks before it is dropped, the old view untouched;
+- a single-object GET is stored as the answer to that GET (a 404 removes it: better no answer offline than a stale
+  one); the node agent's Lease PUT and node status PATCH answers refresh the stored GET of that Lease and Node;
+- discovery (/version, /api, /apis, /apis/G/V) per client and representation;
+- TokenRequest answers go to tokens.TokenBook.
+
+A plain watch that breaks (the upstream died, a timeout) leaves its view as it was: consistent at the last event's
+resourceVersion, which is what offline clients are then served. An event that cannot be parsed marks the view
+incomplete (the view would miss a change). Neighbours: proxy (calls the seam), cache.writer (writes), views (keys),
+tokens, kube.* (parsing).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+import zlib
+from typing import Any
+
+from cache import store
+from cache import writer as cache_writer
+from edgeproxy import tokens as tokens_
+from edgeproxy import views
+from edgeproxy.kube import errors, jsonwire, protobuf, watch
+
+log = logging.getLogger(__name__)
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+MAX_PENDING_BYTES = 256 << 20  # unparsed bytes queued to the parsing thread before responses are dropped
+CHUNK_TTL = 300.0  # seconds a chunked list may take between pages before its pieces are dropped
+
+
+class Recorder:
+    """The recorder seam of edgeproxy.proxy. One per process."""
+
+    __slots__ = ("_chunks", "_lock", "_pending", "_pool", "dropped", "errors", "max_pending_bytes", "tokens",
+                 "writer")
+
+    def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
+                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.writer = writer
+        self.tokens = tokens
+        self.max_pending_bytes = max_pending_bytes
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
+        self._lock = threading.Lock()
+        self._pending = 0
+        # continue token -> (view key, assembly, last page time); touched only by the parsing thread
+        self._chunks: dict[tuple[store.ViewKey, str], tuple[cache_writer.ListAssembly, float]] = {}
+        self.dropped = 0  # responses dropped because parsing fell behind
+        self.errors = 0  # responses or events that did not parse
+
+    # ---------------------------------------------------------------- the seam
+
+    def begin(self, info: Any, status: int, headers: Any) -> _Sink | None:
+        """A sink for a response worth caching, or None. Called before the first body byte."""
+        content_type = headers.get("Content-Type", "")
+        gzip = headers.get("Content-Encoding", "").lower() == "gzip"
+        verb = info.verb
+        if not info.is_resource:
+            if verb == "get" and status == 200 and views.is_discovery(info.path):
+                name = views.blob_name(info.path, content_type)
+                return _Sink(self, gzip, lambda body: self.writer.put_blob(info.client.key, name, body))
+            return None
+        encoding = views.encoding_of(content_type)
+        if verb == "create" and info.resource == "serviceaccounts" and info.subresource == "token":
+            if status == 201 and self.tokens is not None and encoding:
+                return _Sink(self, gzip, lambda body: self._token(info, body, content_type))
+            return None
+        if encoding is None:
+            return None
+        produced = _produced(info)
+        if produced == "Table" or (produced and produced != views.POM):
+            return None  # a Table (whose Content-Type is plain application/json) is not cached: served plain offline
+        shape = views.shape_of(content_type) or produced
+        if verb == "get" and not info.subresource:
+            okey = views.object_key(info, shape=shape, encoding=encoding)
+            if status == 200:
+                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+            if status == 404:
+                self.writer.delete_object(okey)
+            return None
+        if status != 200:
+            return None
+        if verb == "list":
+            key = views.safe_view_key(info, shape=shape, encoding=encoding)
+            if key is None:
+                return None
+            return _Sink(self, gzip, lambda body: self._list(info, key, encoding, body))
+        if verb == "watch":
+            key = views.safe_view_key(info, shape=shape, encoding=encoding)
+            if key is None:
+                return None
+            return _WatchSink(self, gzip, _WatchState(self, key, info.resource, encoding,
+                                                      bool(info.send_initial_events)))
+        if (verb, info.subresource or "") in (("update", ""), ("patch", "status")) and info.resource in ("leases",
+                                                                                                      "nodes"):
+            # the node agent's heartbeat answers: the freshest Lease and Node the API server gave, for GETs offline
+            okey = views.object_key(info, shape="", encoding=encoding)
+            return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+        return None
+
+    # ---------------------------------------------------------------- the parsing thread
+
+    def _submit(self, size: int, fn: Any, *args: Any) -> bool:
+        with self._lock:
+            if self._pending + size > self.max_pending_bytes:
+                self.dropped += 1
+                return False
+            self._pending += size
+        self._pool.submit(self._run, size, fn, *args)
+        return True
+
+    def _run(self, size: int, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a bad response must not stop the thread that records all others
+            self.errors += 1
+            log.exception("record: could not record a response")
+        finally:
+            with self._lock:
+                self._pending -= size
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything handed over so far was parsed and enqueued to the writer (tests, shutdown)."""
+        self._pool.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _list(self, info: Any, key: store.ViewKey, encoding: str, body: bytes) -> None:
+        if encoding == "protobuf":
+            u = protobuf.unwrap(body)
+            if not u.kind.endswith("List"):
+                return
+            parts = protobuf.parse_list(u.raw)
+            kind, api_version = u.kind, u.api_version
+        else:
+            jparts = jsonwire.parse_list(body)
+            parts, kind, api_version = jparts, jparts.kind, jparts.api_version
+        raws = parts.items
+        if encoding == "json" and getattr(parts, "pretty", False):  # ?pretty or curl: keep what client-go gets
+            raws = [jsonwire.compact(r) for r in raws]
+        items = [_item(info.resource, encoding, raw) for raw in raws]
+        now = time.monotonic()
+        self._expire_chunks(now)
+        asked = info.continue_
+        if not asked and not parts.continue_:
+            self.writer.replace_view(key, store.ViewMeta(kind, api_version, parts.resource_version, True), items)
+            return
+        if asked:
+            found = self._chunks.pop((key, asked), None)
+            if found is None:
+                return  # a page of a list whose start we did not see: nothing to assemble it into
+            assembly = found[0]
+        else:
+            assembly = self.writer.begin_list(key, kind, api_version)
+        assembly.add(items)
+        if parts.continue_:
+            self._chunks[(key, parts.continue_)] = (assembly, now)
+        else:
+            assembly.commit(parts.resource_version)
+
+    def _expire_chunks(self, now: float) -> None:
+        for k, (assembly, at) in list(self._chunks.items()):
+            if now - at > CHUNK_TTL:
+                assembly.abort()
+                del self._chunks[k]
+
+    def _token(self, info: Any, body: bytes, content_type: str) -> None:
+        assert self.tokens is not None
+        ask = tokens_.read_request(body, content_type, info.namespace or "", info.name or "")
+        self.tokens.remember(ask, body, content_type)
+
+
+def _produced(info: Any) -> str:
+    """The `as=` the API server answered with: the first Accept clause it can serve ("" plain, PartialObjectMetadata,
+    Table). The response's Content-Type does not say: it is the bare media type (wire brief §4)."""
+    for m in getattr(info, "accept", ()) or ():
+        enc = getattr(m, "encoding", None)
+        if enc is None and "*" not in (m.type, m.subtype):
+            continue
+        as_ = getattr(m, "as_", "") or ""
+        if as_ == "Table" and enc == "protobuf":
+            continue  # Table has no protobuf form; the server skips the clause
+        return views.POM if as_ in (views.POM, views.POM + "List") else as_
+    return ""
+
+
+def _item(resource: str, encoding: str, raw: bytes) -> store.Item:
+    if encoding == "protobuf":
+        meta, fields = protobuf.extract(resource, raw)
+    else:
+        meta, fields = jsonwire.extract(resource, raw)
+    return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
+
+
+class _Sink:
+    """Buffers a whole response body; at a clean end hands it to the parsing thread."""
+
+    __slots__ = ("_chunks", "_gzip", "_handle", "_recorder", "_size")
+
+    def __init__(self, recorder: Recorder, gzip: bool, handle: Any) -> None:
+        self._recorder = recorder
+        self._gzip = gzip
+        self._handle = handle
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+
+    def done(self, ok: bool) -> None:
+        chunks, self._chunks = self._chunks, []
+        if not ok:
+            return  # a truncated body tells nothing for sure
+        gzip, handle = self._gzip, self._handle
+
+        def parse() -> None:
+            body = b"".join(chunks)
+            handle(zlib.decompress(body, 31) if gzip else body)
+
+        self._recorder._submit(self._size, parse)
+
+
+class _WatchState:
+    """A watch stream being applied to its view; lives in the parsing thread."""
+
+    __slots__ = ("assembly", "broken", "decomp", "encoding", "key", "recorder", "resource", "splitter")
+
+    def __init__(self, recorder: Recorder, key: store.ViewKey, resource: str, encoding: str,
+                 watch_list: bool) -> None:
+        self.recorder = recorder
+        self.key = key
+        self.resource = resource
+        self.encoding = encoding
+        self.splitter = watch.ProtobufSplitter() if encoding == "protobuf" else watch.JsonSplitter()
+        self.assembly: cache_writer.ListAssembly | None = None
+        self.decomp: Any = None
+        self.broken = False
+        if watch_list:
+            self.assembly = recorder.writer.begin_list(key, "", "")
+
+    def process(self, chunk: bytes) -> None:
+        if self.broken:
+            return
+        if self.decomp is not None:
+            chunk = self.decomp.decompress(chunk)
+        try:
+            frames = self.splitter.feed(chunk)
+            events = [self._event(f) for f in frames]
+        except errors.KubeError as e:
+            self.fail(f"undecodable watch stream: {e}")
+            return
+        out: list[tuple[str, store.Item | None, str]] = []
+        for typ, item, rv, end in events:
+            if self.assembly is not None:
+                if typ in ("ADDED", "MODIFIED") and item is not None:
+                    self.assembly.add([item])
+                elif typ == "BOOKMARK" and end:
+                    self.assembly.commit(rv)
+                    self.assembly = None
+                elif typ == "ERROR":
+                    self.end(False)
+                    return
+                continue
+            if typ == "ERROR":
+                # 410 and friends: the stream stops here; the view stays consistent at what it had applied
+                break
+            out.append((typ, item, rv))
+        if out:
+            self.recorder.writer.apply_events(self.key, out)
+
+    def _event(self, frame: bytes) -> tuple[str, store.Item | None, str, bool]:
+        if self.encoding == "protobuf":
+            ev = protobuf.decode_event(frame)
+            typ, raw = ev.type, ev.raw
+            if self.assembly is not None and not self.assembly.kind and ev.kind:
+                self.assembly.kind, self.assembly.api_version = ev.kind + "List", ev.api_version
+        else:
+            jev = jsonwire.decode_event(frame)
+            typ, raw = jev.type, jev.obj
+            if self.assembly is not None and not self.assembly.kind and typ != "ERROR":
+                self.assembly.kind, self.assembly.api_version = _json_kind(raw)
+            if typ != "ERROR":
+                raw = jsonwire.untyped(raw)
+        if typ == "ERROR":
+            return typ, None, "", False
+        if typ == "BOOKMARK":
+            meta = protobuf.object_meta(raw) if self.encoding == "protobuf" else jsonwire.object_meta(raw)
+            return typ, None, meta.resource_version, meta.annotations.get(INITIAL_EVENTS_END) == "true"
+        item = _item(self.resource, self.encoding, raw)
+        return typ, item, item.resource_version, False
+
+    def end(self, ok: bool) -> None:
+        if self.assembly is not None:  # a watch-list that never reached its initial-events-end bookmark
+            self.assembly.abort()
+            self.assembly = None
+        del ok  # a plain watch that ends, cleanly or not, leaves its view consistent at its last event
+
+    def fail(self, why: str) -> None:
+        log.warning("record: %s for %s; view marked incomplete", why, self.key.describe())
+        self.recorder.errors += 1
+        self.broken = True
+        self.end(False)
+        self.recorder.writer.mark_incomplete(self.key)
+
+
+def _json_kind(obj: bytes) -> tuple[str, str]:
+    """(list kind, apiVersion) of a watched JSON object: "Pod", "v1" -> ("PodList", "v1")."""
+    try:
+        doc = json.loads(obj)
+    except ValueError:
+        return "", ""
+    kind = doc.get("kind") or "" if isinstance(doc, dict) else ""
+    return (kind + "List" if kind else ""), (doc.get("apiVersion") or "" if isinstance(doc, dict) else "")
+
+
+class _WatchSink:
+    """Hands each chunk of a watch stream to the parsing thread as it goes by."""
+
+    __slots__ = ("_recorder", "_state")
+
+    def __init__(self, recorder: Recorder, gzip: bool, state: _WatchState) -> None:
+        self._recorder = recorder
+        self._state = state
+        if gzip:
+            state.decomp = zlib.decompressobj(31)
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._recorder._submit(len(chunk), self._state.process, chunk):
+            self._recorder._submit(0, self._state.fail, "recording fell behind")
+
+    def done(self, ok: bool) -> None:
+        self._recorder._submit(0, self._state.end, ok)

@@ -1,0 +1,148 @@
+"""record: recorded API server answers, fed through the recorder seam, become views, objects and blobs."""
+
+import pytest
+
+from edgeproxy import views
+from edgeproxy.kube import jsonwire, protobuf, watch
+from tests import recording
+from tests.recording import KUBECTL_JSON, body, info
+
+PODS = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1"
+WATCH = PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true&timeoutSeconds=20"
+WATCH_LIST = (PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+              "&timeoutSeconds=3")
+ENC = {"pb": ("protobuf", recording.KUBELET), "json": ("json", KUBECTL_JSON)}
+
+
+@pytest.fixture
+def c(tmp_path):
+    with recording.cache(tmp_path / "cache") as cache:
+        yield cache
+
+
+def pods_key(ext):
+    enc, hdrs = ENC[ext]
+    return views.view_key(info(PODS, hdrs), shape="", encoding=enc)
+
+
+def listed_items(ext, name):
+    data = body(name)
+    if ext == "pb":
+        return protobuf.parse_list(protobuf.unwrap(data).raw).items
+    return [jsonwire.compact(i) for i in jsonwire.parse_list(data).items]  # recorded indented (curl), kept compact
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_list_becomes_its_view(c, ext):
+    c.feed(info(PODS, ENC[ext][1]), f"pods-edge1.list.{ext}")
+    meta = c.store.view(pods_key(ext))
+    assert meta.complete and meta.resource_version == "304"
+    assert meta.kind == "PodList" and meta.api_version == "v1"
+    assert c.store.raw_items(pods_key(ext)) == sorted(listed_items(ext, f"pods-edge1.list.{ext}"),
+                                                      key=lambda raw: _ns_name(ext, raw))
+
+
+def _ns_name(ext, raw):
+    m = protobuf.object_meta(raw) if ext == "pb" else jsonwire.object_meta(raw)
+    return f"{m.namespace}/{m.name}"
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_chunked_list_is_committed_at_its_last_page(c, ext):
+    hdrs = ENC[ext][1]
+    c.feed(info(PODS + "&limit=10", hdrs), f"pods-edge1.limit10.page1.{ext}")
+    assert c.store.view(pods_key(ext)) is None  # nothing until the last page
+    token = (recording.FIXTURES / "pods-edge1.limit10.continue-token.txt").read_text().strip()
+    c.feed(info(PODS + f"&limit=10&continue={token}", hdrs), f"pods-edge1.limit10.page2.{ext}")
+    meta = c.store.view(pods_key(ext))
+    assert meta.complete and meta.resource_version == "304"
+    assert len(c.store.raw_items(pods_key(ext))) == 15
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_watch_events_apply_to_the_view(c, ext):
+    hdrs = ENC[ext][1]
+    c.feed(info(PODS, hdrs), f"pods-edge1.list.{ext}")
+    c.feed(info(WATCH, hdrs), f"watch.pods-edge1.{ext}", chunk=100)
+    key = pods_key(ext)
+    meta = c.store.view(key)
+    assert meta.complete and meta.resource_version == "315"  # the closing BOOKMARK
+    names = {i.name for i in c.store.items(key)}
+    assert len(names) == 15 and "watch-demo-1" not in names  # added, then deleted
+    db0 = c.store.item(key, "edge", "db-0")
+    assert db0.resource_version == "309"
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_watch_list_becomes_the_view_at_its_end_bookmark(c, ext):
+    c.feed(info(WATCH_LIST, ENC[ext][1]), f"watchlist.pods-edge1.{ext}", chunk=1000)
+    meta = c.store.view(pods_key(ext))
+    assert meta.complete and meta.resource_version == "316"
+    assert meta.kind == "PodList" and meta.api_version == "v1"
+    assert len(c.store.raw_items(pods_key(ext))) == 15
+
+
+def test_a_watch_list_cut_before_its_end_is_dropped(c):
+    data = body("watchlist.pods-edge1.pb")
+    frames = watch.ProtobufSplitter().feed(data)
+    cut = len(data) - len(frames[-1]) - 4 - len(frames[-2]) - 4  # the end bookmark and one pod never arrive
+    c.feed(info(WATCH_LIST), "watchlist.pods-edge1.pb", data=data[:cut], ok=False)
+    assert c.store.view(pods_key("pb")) is None
+
+
+def test_a_broken_watch_leaves_its_view_complete(c):
+    c.feed(info(PODS), "pods-edge1.list.pb")
+    data = body("watch.pods-edge1.pb")
+    c.feed(info(WATCH), "watch.pods-edge1.pb", data=data[: len(data) // 2], ok=False)
+    meta = c.store.view(pods_key("pb"))
+    assert meta.complete and int(meta.resource_version) > 304
+
+
+def test_an_undecodable_watch_marks_the_view_incomplete(c):
+    c.feed(info(PODS), "pods-edge1.list.pb")
+    garbage = b"\x00\x00\x00\x05" + b"\xff" * 5
+    c.feed(info(WATCH), "watch.pods-edge1.pb", data=garbage)
+    assert not c.store.view(pods_key("pb")).complete
+
+
+def test_a_watch_error_leaves_the_view_as_it_was(c):
+    c.feed(info(PODS), "pods-edge1.list.pb")
+    c.feed(info(WATCH), "gone.watch-old-rv.pb")
+    meta = c.store.view(pods_key("pb"))
+    assert meta.complete and meta.resource_version == "304"
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_get_is_stored_as_sent(c, ext):
+    url = "/api/v1/namespaces/edge/configmaps/web-config"
+    req = info(url, ENC[ext][1])
+    c.feed(req, f"configmap-web-config.get.{ext}")
+    okey = views.object_key(req, shape="", encoding=ENC[ext][0])
+    assert c.store.get_object(okey) == body(f"configmap-web-config.get.{ext}")
+
+
+def test_a_404_forgets_a_stored_get(c):
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    c.feed(req, "configmap-web-config.get.json")
+    assert c.recorder.begin(req, 404, recording.headers("configmap-missing.get.json")) is None
+    c.sync()
+    assert c.store.get_object(views.object_key(req, shape="", encoding="json")) is None
+
+
+def test_discovery_is_stored_per_client_and_representation(c):
+    c.feed(info("/api", KUBECTL_JSON), "api.json")
+    c.feed(info("/apis", {**KUBECTL_JSON, "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;"
+                                                    "as=APIGroupDiscoveryList,application/json"}),
+           "apis.aggregated-discovery-v2.json")
+    client = info("/api", KUBECTL_JSON).client.key
+    assert c.store.get_blob(client, views.blob_name("/api", "application/json")) == body("api.json")
+    aggregated = views.blob_name("/apis", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    assert c.store.get_blob(client, aggregated) == body("apis.aggregated-discovery-v2.json")
+    assert c.store.get_blob("kubelet", views.blob_name("/api", "application/json")) is None
+
+
+def test_tables_and_errors_are_not_recorded(c):
+    table = info(PODS, {**KUBECTL_JSON, "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"})
+    assert c.recorder.begin(table, 200, recording.headers("pods-edge1.table.json")) is None
+    assert c.recorder.begin(info(PODS + "&limit=10&continue=x"), 410,
+                            recording.headers("gone.pods-list-continue.pb")) is None
