@@ -434,12 +434,3 @@ def test_environment_and_decode_errors(node):
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
     assert node.add("c1", ifname="").code == 4
     assert node.run("FROB", "c1").code == 4
-
-
-def test_inspect_lists_records_and_journal(node):
-    node.add("c1")
-    node.offline()
-    node.delete("c1")
-    proc = subprocess.run([str(node.plugin), "inspect", "--data-dir", str(node.data_dir), "--network", "edgenet"],
-                          capture_output=True, text=True, env={"PATH": HOST_PATH}, timeout=30, check=True)
-    assert "default/web/eth0" in proc.stdout and "HELD" in proc.stdout and "pending release: owner c1" in proc.stdout
