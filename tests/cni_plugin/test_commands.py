@@ -462,3 +462,11 @@ def test_environment_and_decode_errors(node):
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
     assert node.add("c1", ifname="").code == 4
     assert node.run("FROB", "c1").code == 4
+
+
+def test_released_records_are_forgotten_after_retain_after_release(make_node):
+    node = make_node(ipam={"retainAfterRelease": 0})
+    node.add("c1")
+    node.add("k1", pod="kept")
+    assert node.delete("c1").code == 0  # the first sweep runs with this DEL's replay
+    assert list(node.records()) == ["default/kept/eth0"]
