@@ -611,6 +611,13 @@ class Store:
                         problems.append(Problem(name, k, str(e)))
         return VerifyReport(n_views, n_items, n_objects, n_blobs, tuple(problems), sealed_unopened)
 
+    def reads_pending(self) -> bool:
+        return bool(self._reads)
+
+    def mark_stale(self, view_id: bytes) -> None:
+        """Report the view incomplete from memory: for when even the flag could not be written (map full)."""
+        self._stale.add(view_id)
+
     def take_reads(self) -> dict[bytes, float]:
         reads, self._reads = self._reads, {}
         return reads
@@ -692,15 +699,26 @@ class Store:
         self._put_view(txn, view_id, key, meta, gen, n, size)
         self._stale.discard(view_id)
 
-    def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item]) -> None:
-        """One chunk of a list being assembled under `gen`; invisible until apply_commit."""
+    def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item],
+                    first: bool = True) -> None:
+        """One chunk of a list being assembled under `gen`; invisible until apply_commit. A later chunk whose
+        staging record is gone (purged meanwhile) is dropped: apply_commit then discards the assembly."""
         st = txn.get(gen, db=self._staging)
+        if st is None and not first:
+            return
         n0, size0 = msgpack.unpackb(st)[1:] if st is not None else (0, 0)
         n, size = self._write_items(txn, gen, items, self._sealed(key.resource))
         txn.put(gen, msgpack.packb([key.view_id(), n0 + n, size0 + size]), db=self._staging)
 
-    def apply_commit(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, meta: ViewMeta) -> None:
+    def apply_commit(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, meta: ViewMeta,
+                     shipped: int = 0) -> None:
+        """The assembled list becomes the view. `shipped`: items the assembly staged; if its staging record is
+        gone (purged under it), the pieces are incomplete: discard them and mark the view instead."""
         st = txn.get(gen, db=self._staging)
+        if st is None and shipped:
+            self.apply_abort(txn, gen)
+            self.apply_mark_incomplete(txn, key)
+            return
         n, size = msgpack.unpackb(st)[1:] if st is not None else (0, 0)
         txn.delete(gen, db=self._staging)
         self._flip(txn, key.view_id(), key, meta, gen, n, size)

@@ -219,7 +219,8 @@ class Writer:
                 self._wake.set()  # more is pending: go round again at once
             with self._lock:
                 dropped, self._dropped = self._dropped, {}
-            if ops or dropped or started - self._last_reads >= _READS_EVERY:
+            reads_due = started - self._last_reads >= _READS_EVERY and self.store.reads_pending()
+            if ops or dropped or reads_due:
                 try:
                     stop = self._commit(ops, dropped)
                 except Exception:  # the writer must outlive anything; the batch is counted as failed
@@ -297,7 +298,7 @@ class Writer:
             st.apply_events(txn, op[1], op[2])
         elif kind == "stage":
             if op[1] not in self._broken_gens:
-                st.apply_stage(txn, op[1], op[2], op[3])
+                st.apply_stage(txn, op[1], op[2], op[3], op[4])
         elif kind == "commit":
             gen, key, meta = op[1], op[2], op[3]
             if gen in self._broken_gens:
@@ -305,7 +306,7 @@ class Writer:
                 st.apply_abort(txn, gen)
                 st.apply_mark_incomplete(txn, key)
             else:
-                st.apply_commit(txn, gen, key, meta)
+                st.apply_commit(txn, gen, key, meta, op[4])
         elif kind == "abort":
             self._broken_gens.discard(op[1])
             st.apply_abort(txn, op[1])
@@ -358,7 +359,7 @@ class Writer:
             st.map_full += 1
         for view_id in failed_views:
             if not self._try(lambda txn, v=view_id: st.apply_mark_incomplete(txn, v)):
-                st._stale.add(view_id)  # the db could not even take the flag: report it incomplete from memory
+                st.mark_stale(view_id)  # the db could not even take the flag: report it incomplete from memory
         self._try(st.save_counters)
 
     def _try(self, fn: Callable) -> bool:
@@ -404,8 +405,10 @@ class ListAssembly:
         items, self._buffer = self._buffer, []
         if not items or self._lost:
             return
+        first = self.count == 0
         self.count += len(items)
-        if not self._writer._put_data(self.key.view_id(), ("stage", self.gen, self.key, items), _size(items)):
+        op = ("stage", self.gen, self.key, items, first)
+        if not self._writer._put_data(self.key.view_id(), op, _size(items)):
             self._lost = True
 
     def commit(self, resource_version: str, *, complete: bool = True) -> None:
@@ -419,7 +422,7 @@ class ListAssembly:
             w._put(("incomplete", self.key), 0)
             return
         meta = store_.ViewMeta(self.kind, self.api_version, resource_version, complete, time.time())
-        w._put(("commit", self.gen, self.key, meta), 0)
+        w._put(("commit", self.gen, self.key, meta, self.count), 0)
 
     def abort(self) -> None:
         if self._done:

@@ -144,6 +144,10 @@ def _serve_offline(inv: Invocation, reply: delegate.Reply) -> dict:
     with inv.store.lock():
         rec = inv.store.get(key)
     if rec is None or not rec.servable(time.time(), cfg.held_max_age):
+        if not reply.timed_out:
+            # The delegate answered "unreachable": it took no lease for this container. (After a timeout it may
+            # have, server-side, so the runtime's DEL must still be passed on.)
+            inv.journal.note_no_lease(inv.req.container_id, inv.req.ifname)
         why = "no snapshot" if rec is None else f"snapshot is {rec.state}"
         raise errors.TryAgainLater(f"delegate {cfg.delegate_type} is offline and {key} has {why}",
                                    f"{reply.msg} {reply.details}".strip())
@@ -206,6 +210,7 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
 
 def _replay(inv: Invocation, limit: int = REPLAY_LIMIT) -> delegate.Reply | None:
     """Release journaled leases while the delegate answers; returns the offline reply that stopped it, if any."""
+    inv.journal.prune_no_lease(time.time())
     try:
         pending = inv.journal.pending()
     except errors.StoreFailure as e:
@@ -250,6 +255,8 @@ def delete(inv: Invocation) -> None:
                 log.info("DEL of %s for %s: its lease serves container %s, kept", req.container_id, key,
                          rec.container)
                 return None
+            if inv.journal.holds_no_lease(req.container_id, req.ifname):
+                return None  # a sandbox whose ADD we refused while offline: the delegate holds nothing for it
             reply = _release(inv, "", req.container_id, req.ifname, conf, req.cni_args)
         elif rec.state == records.RELEASED and not pending:
             return None  # repeated DEL

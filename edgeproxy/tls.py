@@ -1,23 +1,31 @@
 """Certificates: make a CA, issue server and client certificates, write them as PEM files.
 
 Used by the simulator (its serving cert and the admin/node client certs a kubeconfig carries) and by tests; the
-proxy's reload and expiry reporting live here too as they grow. Makes keys and certificates with `cryptography`;
-does not open sockets (the ssl contexts are built by the servers and clients that use the files).
+proxy's side is the last section: its HTTPS listener's certificate (from its own CA when no files are given) and
+context, and the Reloader that swaps the upstream client certificate when kubelet rotates it, reporting expiry.
+Makes keys and certificates with `cryptography`; opens no sockets (it builds ssl contexts; servers and clients use
+them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
+import logging
 import os
 import pathlib
-from collections.abc import Iterable
+import ssl
+import time
+from collections.abc import Callable, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -199,3 +207,177 @@ class Pki:
         if user == "node":
             return self.node_cert, self.node_key
         raise ValueError(f"unknown user {user!r} (admin or node)")
+
+
+# ---- The proxy's side: the HTTPS listener's certificate and context, reload on rotation, expiry (issue 7) ----
+#
+# Neighbours: server.py builds the HTTPS listener with server_context() and starts a Reloader for the upstream client
+# certificate (it swaps upstream.Upstream's SSLContext; connections already open, watches included, keep theirs);
+# debug.py reads certificates with load_certificate(); metrics.py has the expiry gauge this section sets.
+
+PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def load_certificate(path: str | os.PathLike) -> x509.Certificate:
+    """The first certificate in a PEM file (kubelet's client pem holds the certificate and the key in one file)."""
+    data = pathlib.Path(path).read_bytes()
+    start = data.find(PEM_CERT_BEGIN)
+    if start < 0:
+        raise ValueError(f"{path}: no PEM certificate in it")
+    return x509.load_pem_x509_certificates(data[start:])[0]
+
+
+def seconds_left(cert: x509.Certificate, now: datetime.datetime | None = None) -> float:
+    """Seconds until `cert` expires (negative once it has)."""
+    return (cert.not_valid_after_utc - (now or _now())).total_seconds()
+
+
+def own_serving_cert(directory: str | os.PathLike, sans: Iterable[str], *, days: int = 365
+                     ) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """(cert, key, ca_cert) of a serving certificate for `sans` from the proxy's own CA in `directory`.
+
+    The CA (ca.crt, ca.key) is made once and kept, so clients that trust it keep trusting restarts; the serving
+    certificate (serving.crt, serving.key) is re-issued when missing, for other names, or past two thirds of its life.
+    """
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert, ca_key = d / "ca.crt", d / "ca.key"
+    cert_path, key_path = d / "serving.crt", d / "serving.key"
+    if ca_cert.exists() and ca_key.exists():
+        ca_key_obj = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+        if not isinstance(ca_key_obj, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key}: not an EC key")
+        ca = Issued(load_certificate(ca_cert), ca_key_obj)
+    else:
+        ca = make_ca("edgeproxy-serving-ca")
+        ca.write(ca_cert, ca_key)
+        os.chmod(ca_cert, 0o644)
+    wanted = sorted(set(sans))
+    fresh = False
+    if cert_path.exists() and key_path.exists():
+        try:
+            current = load_certificate(cert_path)
+            names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = sorted([str(n.value) for n in names])
+            life = (current.not_valid_after_utc - current.not_valid_before_utc).total_seconds()
+            fresh = (have == sorted(str(ipaddress.ip_address(s)) if _is_ip(s) else s for s in wanted)
+                     and current.issuer == ca.cert.subject and seconds_left(current) > life / 3)
+        except (ValueError, x509.ExtensionNotFound):
+            fresh = False
+    if not fresh:
+        issue(ca, "edgeproxy", sans=wanted, days=days).write(cert_path, key_path)
+    return cert_path, key_path, ca_cert
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def server_context(cert_file: str | os.PathLike, key_file: str | os.PathLike,
+                   client_ca_file: str | os.PathLike | None = None) -> ssl.SSLContext:
+    """The HTTPS listener's context. With a client CA (the cluster CA), a client certificate is asked for and, when
+    presented, verified against it (CERT_OPTIONAL: ServiceAccount-token clients present none)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])  # the proxy speaks HTTP/1.1; watches and upgrades rely on it
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    if client_ca_file:
+        ctx.load_verify_locations(cafile=str(client_ca_file))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _signature(paths: Iterable[str]) -> tuple[tuple[str, int, int, int, int] | tuple[str], ...]:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime (ns). Missing files count too."""
+    out: list[tuple[str, int, int, int, int] | tuple[str]] = []
+    for p in paths:
+        try:
+            st = os.stat(p)  # follows symlinks: kubelet swaps the kubelet-client-current.pem link
+        except OSError:
+            out.append((p,))
+        else:
+            out.append((p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class Reloader:
+    """Watches credential files and calls `reload()` when they change; reports certificate expiry.
+
+    Polling stat() (every `interval` s) rather than inotify: it sees symlink swaps, bind mounts and files written by
+    another user alike, and costs nothing at this rate. A reload that fails (a half-written file, a key that does not
+    match its certificate yet) keeps the old credentials and is retried at every poll until the files settle.
+    """
+
+    __slots__ = ("_expiry_warned", "_good", "_signature", "certs", "interval", "on_expiry", "paths", "reload",
+                 "warn_seconds")
+
+    def __init__(self, paths: Callable[[], Iterable[str]], reload: Callable[[], None], *,
+                 certs: Callable[[], Iterable[str]] | None = None, interval: float = 10.0, warn_days: float = 30.0,
+                 on_expiry: Callable[[str, float], None] | None = None) -> None:
+        self.paths = paths
+        self.reload = reload
+        self.certs = certs or paths
+        self.interval = interval
+        self.warn_seconds = warn_days * 86400
+        self.on_expiry = on_expiry
+        self._signature = _signature(sorted(set(paths())))
+        self._good = True
+        self._expiry_warned: dict[str, float] = {}
+
+    def check(self) -> bool:
+        """One poll: reload if the files changed (or the last reload failed). True if it reloaded."""
+        signature = _signature(sorted(set(self.paths())))
+        if signature == self._signature and self._good:
+            return False
+        self._signature = signature
+        try:
+            self.reload()
+        except Exception as e:
+            if self._good:
+                log.warning("credential files changed but cannot be loaded yet (will retry): %s", e)
+            self._good = False
+            return False
+        self._good = True
+        log.info("reloaded credentials from %s", ", ".join(sorted(set(self.paths()))),
+                 extra={"event": "credentials_reloaded"})
+        self.report_expiry()
+        return True
+
+    def report_expiry(self) -> dict[str, float]:
+        """Seconds left of each certificate; warns (once a day per file) inside the warning window."""
+        left: dict[str, float] = {}
+        for path in sorted(set(self.certs())):
+            try:
+                cert = load_certificate(path)
+            except (OSError, ValueError):
+                continue
+            left[path] = seconds_left(cert)
+            if self.on_expiry is not None:
+                self.on_expiry(path, cert.not_valid_after_utc.timestamp())
+            if left[path] < self.warn_seconds:
+                last = self._expiry_warned.get(path, 0.0)
+                now = time.monotonic()
+                if not last or now - last > 86400:
+                    self._expiry_warned[path] = now
+                    days = left[path] / 86400
+                    what = f"expired {-days:.1f} days ago" if days < 0 else f"expires in {days:.1f} days"
+                    log.warning("certificate %s %s (%s)", path, what, cert.not_valid_after_utc.isoformat(),
+                                extra={"event": "certificate_expiring", "file": path, "days_left": round(days, 2)})
+        return left
+
+    async def run(self) -> None:
+        self.report_expiry()
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()
+            ticks += 1
+            if ticks * self.interval >= 3600:  # expiry once an hour is plenty
+                ticks = 0
+                self.report_expiry()

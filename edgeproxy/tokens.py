@@ -334,6 +334,7 @@ class TokenBook:
             "k8s": claims.get("kubernetes.io") if isinstance(claims.get("kubernetes.io"), dict) else {},
             "ns": ask.namespace,
             "sa": ask.service_account,
+            "bind": _binding_key(ask),
             "seen": self._clock(),
         }
         self._save()
@@ -343,7 +344,7 @@ class TokenBook:
                request_content_type: str = "") -> Answer:
         """The offline answer: the cached token while it has MIN_REMAINING seconds left, else a minted one."""
         now = self._clock()
-        entry = self._entries.get(ask.key)
+        entry = self._find(ask)
         if entry and entry["exp"] - now >= MIN_REMAINING:
             if (entry["ct"] == PROTOBUF) == (encoding == "protobuf"):
                 return Answer(201, entry["ct"], entry["body"], "cached", entry["exp"])
@@ -361,6 +362,21 @@ class TokenBook:
         ct, body = build_answer(ask, token, claims["exp"], audiences, lifetime, encoding,
                                 request_body, request_content_type)
         return Answer(201, ct, body, "minted", float(claims["exp"]))
+
+    def _find(self, ask: Ask) -> dict[str, Any] | None:
+        """The remembered answer to `ask`. A request naming no audience got the API server's default ones, which
+        the remembered answer (recorded from the response alone) lists: match it on the binding, preferring the
+        configured default audiences, then the latest."""
+        entry = self._entries.get(ask.key)
+        if entry is not None or ask.audiences:
+            return entry
+        bind = _binding_key(ask)
+        same = [e for e in self._entries.values()
+                if e["ns"] == ask.namespace and e["sa"] == ask.service_account and e.get("bind") == bind]
+        if not same:
+            return None
+        preferred = [e for e in same if tuple(e["aud"]) == tuple(self.audiences)]
+        return max(preferred or same, key=lambda e: e["seen"])
 
     def _known_claims(self, ask: Ask) -> dict[str, Any]:
         """The kubernetes.io claim of any API server token seen for this service account (for its uid, node uid)."""
@@ -402,6 +418,11 @@ class TokenBook:
 
 
 # ---------------------------------------------------------------- wire details
+
+
+def _binding_key(ask: Ask) -> list[str]:
+    b = ask.binding
+    return [b.kind, b.name, b.uid] if b else ["", "", ""]
 
 
 def _is_protobuf(content_type: str) -> bool:

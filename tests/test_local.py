@@ -347,3 +347,14 @@ async def test_token_request_offline(c, http):
     code, _, _ = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
                             "application/json", {**KUBELET, "Authorization": "Bearer pod-token"})
     assert code == 503  # only the node's identity gets tokens minted
+
+
+async def test_a_failed_over_watch_is_held_briefly_while_the_prober_still_says_online(c, http):
+    fill(c)
+    c.local.is_online = lambda: True
+    c.local.failover_hold = 0.3
+    url = PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true&timeoutSeconds=300"
+    async with http.get(url, headers=KUBELET) as r, asyncio.timeout(5):
+        data = await r.read()  # ends by itself, long before timeoutSeconds: the client re-watches
+    frames = watch.ProtobufSplitter().feed(data)
+    assert frames and all(protobuf.decode_event(f).type == "BOOKMARK" for f in frames)

@@ -164,3 +164,13 @@ def test_an_unreadable_book_starts_empty(tmp_path, clock):
 
 def test_answer_without_a_token_is_not_remembered(book):
     assert not book.remember(pod_ask(), b'{"kind":"Status","status":"Failure"}', "application/json")
+
+
+def test_an_answer_recorded_from_the_response_serves_a_request_naming_no_audience(book):
+    # online the recorder sees only the response, whose spec lists the audiences the server defaulted
+    sent = pod_ask(audiences=())
+    answered = pod_ask(audiences=tokens.DEFAULT_AUDIENCES)
+    ct, body = server_answer(answered, "protobuf", expires=NOW + 3607)
+    assert book.remember(tokens.read_request(body, ct, "edge", "default"), body, ct)
+    assert book.answer(sent, "protobuf").source == "cached"
+    assert book.answer(pod_ask(pod="other", audiences=()), "protobuf").source == "minted"

@@ -505,7 +505,9 @@ class Api:
         pretty: bool,
     ) -> web.Response:
         if encoding == "protobuf":
-            body = protobuf.build_list(res.api_version, res.list_kind, rv, [e.pb for e in entries], cont, remaining)
+            memo: dict[Any, Any] = {}
+            items = [e.pb_shared(memo) for e in entries]
+            body = protobuf.build_list(res.api_version, res.list_kind, rv, items, cont, remaining)
             return web.Response(body=body, headers=_headers(PROTOBUF))
         meta: dict[str, Any] = {"resourceVersion": rv}
         if cont:

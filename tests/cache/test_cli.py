@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from edgeproxy import cli
 from tests.cache import recorded
 from tests.cache.conftest import pods_key
 
+ROOT = Path(__file__).resolve().parents[2]
 SECRETS = store.ViewKey("kubelet", "", "v1", "secrets", "edge", "", "", "", "json")
 
 
@@ -98,3 +102,25 @@ def test_purge_one_client_then_all(filled, capsys):
 def test_no_cache_is_an_error_not_a_new_cache(tmp_path, capsys):
     rc = cli.main(["cache", "--cache-dir", str(tmp_path / "none"), "ls"])
     assert rc == 2 and not (tmp_path / "none").exists()
+
+
+def test_purge_under_a_list_being_assembled_does_not_make_a_partial_view(cache_dir, capsys):
+    st = store.Store.open(cache_dir, map_size=64 << 20)
+    w = writer.Writer(st).start()
+    key = pods_key("protobuf")
+    kind, av, rv, _, page1 = recorded.list_items("pods-edge1.limit10.page1.pb.body")
+    _, _, _, _, page2 = recorded.list_items("pods-edge1.limit10.page2.pb.body")
+    asm = w.begin_list(key, kind, av)
+    asm.add(page1)
+    asm._ship()
+    assert w.flush_sync(10)
+    purge = subprocess.run([sys.executable, "-m", "edgeproxy", "cache", "--cache-dir", cache_dir, "purge"],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # another process, meanwhile
+    assert purge.returncode == 0, purge.stderr
+    asm.add(page2)
+    asm.commit(rv)
+    assert w.flush_sync(10)
+    assert st.view(key) is None and st.stats()["items"] == 0
+    assert st.verify().ok
+    w.close()
+    st.close()

@@ -1,7 +1,7 @@
-"""The built plugin as the real bridge and ptp plugins run it, in network namespaces these tests create and remove.
+"""The built plugin as the real bridge, ptp and macvlan plugins run it, in network namespaces made for each test.
 
-This is the node's real call chain: runtime → /usr/lib/cni/bridge (or ptp) → edge-ipam-snapshot (the zipapp, found
-on CNI_PATH) → host-local behind the offline switch. The address is checked inside the namespace with `ip`.
+This is the node's real call chain: runtime → /usr/lib/cni/bridge (or ptp, macvlan) → edge-ipam-snapshot (the
+zipapp, found on CNI_PATH) → host-local behind the offline switch. Addresses are checked inside the namespace.
 """
 
 from __future__ import annotations
@@ -58,4 +58,24 @@ def test_ptp_restart_online_keeps_the_ip(node, netns):
     assert addresses_in(ns2) == ip
     assert node.leases() == {ip[0].split("/")[0]: ("c2", "eth0")}
     assert node.delete("c2", conf=conf, netns=ns2, plugin=REAL_CNI / "ptp").code == 0
+    assert node.leases() == {}
+
+
+def test_macvlan_on_a_veth_master(node, netns, host_links):
+    master = f"eipm{uuid.uuid4().hex[:8]}"
+    host_links.append(master)  # deleting one end of a veth pair deletes both
+    subprocess.run(["ip", "link", "add", master, "type", "veth", "peer", "name", f"{master}p"], check=True,
+                   timeout=30)
+    conf = node.conf(type="macvlan", master=master, mode="bridge")
+    ns1 = netns()
+    first = node.add("c1", conf=conf, netns=ns1, plugin=REAL_CNI / "macvlan")
+    assert first.code == 0, first
+    ip = addresses_in(ns1)
+    node.offline()
+    assert node.delete("c1", conf=conf, netns=ns1, plugin=REAL_CNI / "macvlan").code == 0
+    ns2 = netns()
+    assert node.add("c2", conf=conf, netns=ns2, plugin=REAL_CNI / "macvlan").code == 0
+    assert addresses_in(ns2) == ip
+    node.online()
+    assert node.delete("c2", conf=conf, netns=ns2, plugin=REAL_CNI / "macvlan").code == 0
     assert node.leases() == {}
