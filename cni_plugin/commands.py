@@ -60,6 +60,8 @@ def run(cfg: config.Config, req: request.Request, store: records.Store, env: Map
     inv = Invocation(cfg, req, store, journal.Journal(store), env)
     if req.command in ("GC", "STATUS") and result.parse_version(cfg.cni_version) < (1, 1, 0):
         raise errors.IncompatibleVersion(f"{req.command} needs cniVersion 1.1.0, config is {cfg.cni_version}")
+    if req.command == "CHECK" and result.parse_version(cfg.cni_version) < (0, 4, 0):
+        raise errors.IncompatibleVersion(f"CHECK needs cniVersion 0.4.0 or later, config is {cfg.cni_version}")
     return {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": status}[req.command](inv)
 
 
