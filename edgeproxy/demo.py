@@ -527,8 +527,10 @@ async def simulated(args: argparse.Namespace, narrator: Narrator, tmp: Path) -> 
             n.more("edgeproxy goes upstream with the node's client certificate, as it does for a real kubelet")
             try:
                 code = await _show(n, sim, stack, client, pace, wait, faults)
-                if code == 0 and args.keep_running:
+                if args.keep_running:
                     await _keep_running(n, sim, stack, tmp)
+                else:
+                    n.more("`edgeproxy demo --keep-running` leaves it all up for kubectl")
             finally:
                 await client.close()
     finally:
@@ -630,7 +632,7 @@ async def _show(n: Narrator, sim: Any, stack: Stack, client: Client, pace: Pace,
 
     total = time.monotonic() - n.started
     n.heading(f"Done in {total:.1f} s: {client.answers[FROM_API]} answers came from the API server, "
-              f"{client.answers[FROM_CACHE]} from edgeproxy's cache while the WAN was down")
+              f"{client.answers[FROM_CACHE]} from edgeproxy itself while the WAN was down")
     return 0
 
 
