@@ -245,11 +245,10 @@ class Client:
         items = ans.body.get("items") or []
         rv = (ans.body.get("metadata") or {}).get("resourceVersion", "")
         names = {_key(p) for p in items}
-        same = ""
-        if compare:
-            same = ", the same pods the client saw online" if names == set(self.pods) else ", DIFFERENT from online"
         n.say("client", f"LIST pods {self._where()} → {ans.status} {n.source(ans.source)}: {len(items)} pods at "
-                        f"resourceVersion {rv} ({_ms(ans.seconds)}){same}")
+                        f"resourceVersion {rv} ({_ms(ans.seconds)})")
+        if compare:
+            n.more("the same pods the client saw online" if names == set(self.pods) else "NOT the pods seen online")
         self.pods = {_key(p): p for p in items}
         self.rv = rv
         return ans
@@ -279,7 +278,7 @@ class Client:
                     else:
                         why = ""
                         if source == FROM_CACHE and self.upstream_online is not None and self.upstream_online():
-                            why = " (failover: the API server did not answer)"
+                            why = " (failover: no answer upstream)"
                         n.say("watch", f"WATCH pods from resourceVersion {rv} → open, {n.source(source)}{why}")
                         await self._observe(Seen("open", rv=rv, source=source))
                         splitter = kube_watch.JsonSplitter()
@@ -300,8 +299,8 @@ class Client:
                 n.say("watch", f"stream broken (the connection went away mid-event); re-watching from {self.rv} "
                                f"in {self.pace.backoff:.1f} s")
             elif source == FROM_CACHE and self.upstream_online is not None and self.upstream_online():
-                n.say("watch", f"edgeproxy ended the stream from its cache (the API server is back); re-watching "
-                               f"from resourceVersion {self.rv}")
+                n.say("watch", f"edgeproxy ended its cached stream (the API server is back); re-watching from "
+                               f"{self.rv}")
             else:
                 n.say("watch", f"stream ended; re-watching from resourceVersion {self.rv}")
             await self._observe(Seen("end", rv=self.rv, source=source))
@@ -438,22 +437,28 @@ def describe_cache(narrator: Narrator, stack: Stack, client: str) -> None:
     """What edgeproxy holds for `client`: its views (one per query) and its stored single-object answers."""
     views = stack.store.views(client=client)
     for key, meta in views:
-        where = f"namespace {key.namespace}" if key.namespace else "all namespaces"
-        sel = "".join(f", {s}" for s in (key.label_selector, key.field_selector) if s)
-        gv = f"{key.group}/{key.version}" if key.group else key.version
+        query = key.resource + (f".{key.group}" if key.group else "")
+        query += "".join(f", {s}" for s in (f"namespace {key.namespace}" if key.namespace else "",
+                                            key.label_selector, key.field_selector) if s)
         state = "complete" if meta.complete else "incomplete"
-        narrator.say("cache", f"view    {client}: {key.resource} ({gv}) in {where}{sel}, {key.encoding.upper()}: "
-                              f"{meta.count} items at resourceVersion {meta.resource_version}, {state}")
+        narrator.say("cache", f"{client}: view \"{query}\" → {meta.count} items at resourceVersion "
+                              f"{meta.resource_version}, {state} ({key.encoding.upper()})")
+        items = stack.store.items(key)
+        if items:
+            sample = ", ".join(f"{i.namespace}/{i.name}" if i.namespace else i.name for i in items[:2])
+            narrator.more(f"items: {sample}{', ...' if len(items) > 2 else ''} (kept as the bytes the server sent)")
     for okey, size in stack.store.objects(client=client):
         where = f"{okey.namespace}/{okey.name}" if okey.namespace else okey.name
-        narrator.say("cache", f"object  {client}: GET {okey.resource} {where} ({okey.encoding.upper()}, {size} bytes)")
+        narrator.say("cache", f"{client}: GET {okey.resource} {where} → {size} bytes ({okey.encoding.upper()})")
     blobs = stack.store.blobs(client=client)
     if blobs:
-        narrator.say("cache", f"blobs   {client}: {len(blobs)} discovery answers (/version, /api, /apis...)")
+        narrator.say("cache", f"{len(blobs)} discovery answers of {client} (/version, /api, /apis...)")
     if not views:
         narrator.say("cache", f"nothing recorded for {client} yet", "red")
-    else:
-        narrator.more("a LIST fills its view in one transaction; every watch event updates it (LMDB, msgpack)")
+        return
+    used = stack.store.stats().get("used_bytes", 0)
+    narrator.say("cache", f"{used / 1e6:.1f} MB on disk (LMDB); a LIST replaces its view in one transaction, each "
+                          f"watch event updates it")
 
 
 async def _until(cond: Callable[[], bool], timeout: float, what: str) -> float:
@@ -522,8 +527,10 @@ async def simulated(args: argparse.Namespace, narrator: Narrator, tmp: Path) -> 
             n.more("edgeproxy goes upstream with the node's client certificate, as it does for a real kubelet")
             try:
                 code = await _show(n, sim, stack, client, pace, wait, faults)
-                if code == 0 and args.keep_running:
+                if args.keep_running:
                     await _keep_running(n, sim, stack, tmp)
+                else:
+                    n.more("`edgeproxy demo --keep-running` leaves it all up for kubectl")
             finally:
                 await client.close()
     finally:
@@ -625,7 +632,7 @@ async def _show(n: Narrator, sim: Any, stack: Stack, client: Client, pace: Pace,
 
     total = time.monotonic() - n.started
     n.heading(f"Done in {total:.1f} s: {client.answers[FROM_API]} answers came from the API server, "
-              f"{client.answers[FROM_CACHE]} from edgeproxy's cache while the WAN was down")
+              f"{client.answers[FROM_CACHE]} from edgeproxy itself while the WAN was down")
     return 0
 
 
@@ -640,10 +647,11 @@ async def _keep_running(n: Narrator, sim: Any, stack: Stack, tmp: Path) -> None:
     }, indent=2) + "\n")
     admin = sim.kubeconfig(tmp / "simulator-admin.kubeconfig", user="admin")
     n.heading("Still running: Ctrl-C to stop and clean up")
-    n.say("edgeproxy", f"kubectl --kubeconfig {kubeconfig} get pods -A --field-selector spec.nodeName={NODE} -w")
-    n.more(f"through edgeproxy as the node {NODE} (a node may list only its own pods)")
+    n.say("edgeproxy", f"kubectl --kubeconfig {kubeconfig} get pods -A --field-selector spec.nodeName={NODE}")
+    n.more(f"through edgeproxy, as the node {NODE} (a node may list only its own pods); run it once online, cut "
+           "the WAN, run it again: the answer then comes from the cache")
     n.say("simulator", f"kubectl --kubeconfig {admin} -n {NAMESPACE} label pod demo-late tier=canary --overwrite")
-    n.more("straight to the simulator as an admin, to make changes")
+    n.more("straight to the simulator as an admin, to change things; the client above keeps watching and shows them")
     fault = f"curl -s -X POST {sim.control_url}/__sim/faults -d"
     n.say("simulator", f"{fault} '{{\"down\": true}}'   (and '{{\"down\": false}}' to bring the WAN back)")
     stop = asyncio.Event()

@@ -46,10 +46,11 @@ def test_demo_tells_the_online_offline_story(tmp_path: Path) -> None:
     added = line(r"watch +ADDED +edge/demo-web")
     relabelled = line(r"watch +MODIFIED +edge/demo-web .*tier=canary")
     deleted = line(r"watch +DELETED +edge/demo-web")
-    recorded = line(r"cache +view +kubelet: pods .*spec.nodeName=edge-1.* items at resourceVersion \d+, complete")
+    recorded = line(r"cache +kubelet: view \"pods, spec.nodeName=edge-1\" → \d+ items at resourceVersion \d+, complete")
     down = line(r"simulator +down")
     offline = line(r"edgeproxy +OFFLINE")
-    offline_list = line(r"LIST pods on node edge-1 → 200 from edgeproxy's cache: .*the same pods the client saw online")
+    offline_list = line(r"LIST pods on node edge-1 → 200 from edgeproxy's cache: \d+ pods")
+    assert "the same pods the client saw online" in lines[offline_list + 1]
     cached_watch = line(r"WATCH pods from resourceVersion \d+ → open, from edgeproxy's cache")
     bookmark = line(r"BOOKMARK at resourceVersion \d+ from edgeproxy's cache")
     lease = line(r"PUT its Lease → 200 from edgeproxy's cache")
@@ -98,7 +99,7 @@ async def test_demo_against_a_cluster_is_read_only(tmp_path: Path) -> None:
         assert proc.returncode == 0, text + err.decode()
         assert re.search(r"LIST pods in all namespaces → 200 from the API server: \d+ pods", text), text
         assert re.search(r"watch +ADDED +edge/seen-by-the-demo", text), text
-        assert re.search(r"cache +view +edgeproxy-demo: pods .* complete", text), text
+        assert re.search(r"cache +edgeproxy-demo: view \"pods\" → \d+ items at .* complete", text), text
         assert rv_watch == rv_before, "the demo wrote nothing to the cluster"
         assert list(work.iterdir()) == []
 

@@ -228,3 +228,36 @@ async def test_discovery_for_clients_that_ask(admin):
 async def test_not_acceptable(admin):
     async with admin.get("/api/v1/pods", headers={"Accept": "text/html"}) as r:
         assert r.status == 406
+
+
+async def test_table_for_kubectl_get(admin):
+    accept = (
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+        "application/json"
+    )
+    recorded = json.loads((FIXTURES / "pods-edge1.table.json.body").read_bytes())
+    async with admin.get(f"/api/v1/pods?{EDGE1}", headers={"Accept": accept}) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        got = await r.json()
+    assert got["columnDefinitions"] == recorded["columnDefinitions"]
+    assert [row["cells"][:4] + row["cells"][5:] for row in got["rows"]] == [
+        row["cells"][:4] + row["cells"][5:] for row in recorded["rows"]
+    ]
+    untouched = [i for i, row in enumerate(recorded["rows"]) if row["cells"][0] != "db-0"]  # recorded after a write
+    assert [got["rows"][i]["object"] for i in untouched] == [recorded["rows"][i]["object"] for i in untouched]
+
+
+@pytest.mark.parametrize("accept", ["application/json", PROTOBUF])
+async def test_partial_object_metadata_for_the_metadata_client(admin, accept):
+    header = f"{accept};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+    async with admin.get("/api/v1/namespaces/edge/configmaps", headers={"Accept": header}) as r:
+        body = await r.read()
+    if accept == PROTOBUF:
+        u = protobuf.unwrap(body)
+        assert (u.api_version, u.kind) == ("meta.k8s.io/v1", "PartialObjectMetadataList")
+        names = [protobuf.object_meta(item).name for item in protobuf.parse_list(u.raw).items]
+    else:
+        doc = json.loads(body)
+        assert doc["kind"] == "PartialObjectMetadataList" and doc["items"][0]["kind"] == "PartialObjectMetadata"
+        names = [i["metadata"]["name"] for i in doc["items"]]
+    assert "web-config" in names and len(names) == 10
