@@ -101,11 +101,13 @@ def ops_app(service: Service) -> web.Application:
 
 
 def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy.Recorder | None, proxy.Local | None]:
-    """The recorder (tee to the cache) and the local side (answers from it). None: forward only, 503 offline.
+    """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
+    the cache in config.cache_dir. With `--cache off`: (None, None), forward only and 503 while offline."""
+    if not config.cache:
+        return None, None
+    from edgeproxy import offline
 
-    The offline issue opens the cache.Store in config.cache_dir here and returns (record.Recorder, local.Local).
-    """
-    return None, None
+    return offline.hooks(config, up)
 
 
 @contextlib.asynccontextmanager
@@ -138,6 +140,10 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
+        for hook in (recorder, local):  # commit what the cache was handed before exiting
+            close = getattr(hook, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
 
 
 async def start_listener(runners: list[web.BaseRunner], runner: web.BaseRunner, host: str, port: int, *,
