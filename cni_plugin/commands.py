@@ -72,7 +72,7 @@ def add(inv: Invocation) -> dict:
     with store.key_lock(key):
         with store.lock():
             rec = store.get(key)
-            backlog = bool(inv.journal.pending())
+            backlog = inv.journal.any_pending()
         if rec and rec.owner == req.container_id and rec.servable(time.time(), cfg.held_max_age):
             # The delegate's lease is already under this container id (a retried ADD): nothing to ask for.
             return result.encode(_activate(inv, rec).result, cfg.cni_version)

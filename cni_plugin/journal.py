@@ -103,6 +103,12 @@ class Journal:
         except OSError as e:
             raise records.io_error(f"read {path}", e) from e
 
+    def any_pending(self) -> bool:
+        with contextlib.suppress(OSError):
+            return any(e.name.endswith(".json") and not e.name.startswith(durable.TMP_PREFIX)
+                       for e in os.scandir(self.dir))
+        return False
+
     def pending(self) -> list[Release]:
         try:
             names = sorted(n for n in os.listdir(self.dir) if n.endswith(".json"))
