@@ -71,9 +71,17 @@ class Reflector:
     # ---------------------------------------------------------------- the loop
 
     def _get(self, query: dict[str, str], stream: bool) -> Any:
-        return self.api.call_api(self.path, "GET", query_params=list({**self.selectors, **query}.items()),
-                                 header_params={"Accept": "application/json"}, auth_settings=[],
-                                 _preload_content=False, _request_timeout=(5, 120) if stream else 60)
+        """The urllib3 response of a GET (body not read); ApiException for an error status."""
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", self.path, query_params=list({**self.selectors, **query}.items()),
+            header_params={"Accept": "application/json", "User-Agent": self.api.user_agent}, auth_settings=[])
+        resp = self.api.call_api(method, url, headers, body, post,
+                                 _request_timeout=(5, 120) if stream else 60).response
+        if resp.status >= 400:
+            data = resp.data
+            resp.release_conn()
+            raise ApiException(status=resp.status, reason=resp.reason, body=data)
+        return resp
 
     def _list(self, rv: str) -> bool:
         """One list; True when it replaced the store. Returns False on an error (recorded)."""
