@@ -87,8 +87,11 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     cm = await asyncio.to_thread(api.read_namespaced_config_map, "web-config", "edge")
     assert cm.data == cm_online.data
     with pytest.raises(ApiException) as not_cached:
-        await asyncio.to_thread(api.read_namespaced_config_map, "never-read", "edge")
+        await asyncio.to_thread(api.read_namespaced_secret, "db-credentials", "edge")
     assert not_cached.value.status == 503  # not cached: 503, never 404
+    with pytest.raises(ApiException) as absent:
+        await asyncio.to_thread(api.read_namespaced_config_map, "no-such-config", "edge")
+    assert absent.value.status == 404  # the complete list of the namespace's configmaps proves it does not exist
 
     # the open informer re-watched locally (its upstream watch ended) without relisting
     await until(lambda: informer.watches >= 2, 10)
