@@ -41,6 +41,7 @@ class Reflector:
         self.watches = 0
         self.watch_errors: list[int] = []
         self.events: list[tuple[str, str, str]] = []  # (type, namespace/name, resourceVersion)
+        self.history: list[tuple[str, float, int, str]] = []  # each watch: (outcome, seconds, events, detail)
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -116,7 +117,10 @@ class Reflector:
         while not self.stopping.is_set() and not self._list("0"):
             time.sleep(self.backoff)
         while not self.stopping.is_set():
-            outcome = self._watch()
+            started = time.monotonic()
+            n = len(self.events)
+            outcome, detail = self._watch()
+            self.history.append((outcome, round(time.monotonic() - started, 3), len(self.events) - n, detail))
             if outcome == "rewatch":
                 continue
             if outcome == "retry":
@@ -128,7 +132,7 @@ class Reflector:
                 time.sleep(self.backoff)
                 self._list(self.last_rv)
 
-    def _watch(self) -> str:
+    def _watch(self) -> tuple[str, str]:
         """One watch: "rewatch" (ended normally), "retry" (could not start), "relist" (410/ERROR), "short"."""
         self.watches += 1
         started = time.monotonic()
@@ -138,10 +142,10 @@ class Reflector:
                               "timeoutSeconds": str(self.timeout_seconds)}, stream=True)
         except ApiException as e:
             self.watch_errors.append(e.status)
-            return "relist" if e.status == 410 else ("retry" if e.status == 429 else "short")
-        except (urllib3.exceptions.HTTPError, OSError):
+            return ("relist" if e.status == 410 else ("retry" if e.status == 429 else "short")), f"HTTP {e.status}"
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             self.watch_errors.append(0)
-            return "retry"  # connection refused: back off and re-watch, no relist
+            return "retry", repr(e)  # connection refused: back off and re-watch, no relist
         self._response = resp
         buf = b""
         try:
@@ -154,15 +158,17 @@ class Reflector:
                     ev = json.loads(line)
                     events += 1
                     if self._apply(ev) == "error":
-                        return "relist"
-        except (urllib3.exceptions.HTTPError, OSError, ValueError):
-            pass  # the stream broke: like an EOF, judged by how long it lasted
+                        return "relist", "ERROR event"
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            detail = repr(e)  # the stream broke: like an EOF, judged by how long it lasted
+        else:
+            detail = "end"
         finally:
             self._response = None
             resp.release_conn()
         if time.monotonic() - started >= 1.0 or events:
-            return "rewatch"
-        return "short"
+            return "rewatch", detail
+        return "short", detail
 
     def _apply(self, ev: dict[str, Any]) -> str:
         typ, obj = ev.get("type"), ev.get("object") or {}

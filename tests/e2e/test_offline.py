@@ -95,7 +95,8 @@ async def test_clients_keep_working_offline_and_converge_after(e):
 
     # the open informer re-watched locally (its upstream watch ended) without relisting
     await until(lambda: informer.watches >= 2, 10)
-    assert len(informer.lists) == lists_before and informer.snapshot() == held_before
+    assert len(informer.lists) == lists_before, informer.history
+    assert informer.snapshot() == held_before
     # a restarted informer lists from the cache and holds a watch
     restarted = Reflector(e.url, PODS, field_selector=ON_NODE, user_agent=KUBELET_UA).start()
     assert await asyncio.to_thread(restarted.synced.wait, 10)
