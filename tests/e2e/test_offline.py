@@ -64,6 +64,9 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     cms_online = await asyncio.to_thread(api.list_namespaced_config_map, "edge")
     cm_online = await asyncio.to_thread(api.read_namespaced_config_map, "web-config", "edge")
     await e.settle()
+    # a watch that ends under a second with no event is a "very short watch" (back off, relist): let the
+    # informer's upstream watch get going (the simulator's bookmarks come every second), as any real one has
+    await until(lambda: informer.events, 10)
     held_before = informer.snapshot()
     lists_before = len(informer.lists)
     assert held_before and lists_before == 1
