@@ -63,6 +63,8 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     api = python_client(e.url)
     cms_online = await asyncio.to_thread(api.list_namespaced_config_map, "edge")
     cm_online = await asyncio.to_thread(api.read_namespaced_config_map, "web-config", "edge")
+    kubelet = python_client(e.url, KUBELET_UA)
+    await asyncio.to_thread(kubelet.read_node, NODE)  # kubelet GETs its Node every 10 s before its status PATCH
     await e.settle()
     # a watch that ends under a second with no event is a "very short watch" (back off, relist): let the
     # informer's upstream watch get going (the simulator's bookmarks come every second), as any real one has
@@ -107,7 +109,6 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     await until(lambda: any(t == "BOOKMARK" for t, _, _ in restarted.events), 10)
 
     # writes get the documented answers
-    kubelet = python_client(e.url, KUBELET_UA)
     patched = await asyncio.to_thread(
         kubelet.patch_node_status, NODE, {"status": {"conditions": [{"type": "Ready",
                                                                       "lastHeartbeatTime": "2026-11-24T17:00:00Z"}]}})
