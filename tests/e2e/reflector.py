@@ -55,14 +55,18 @@ class Reflector:
         return self
 
     def stop(self) -> None:
+        """Stop and wait for the thread: hang up the open watch (again, should one start meanwhile)."""
         self.stopping.set()
-        resp = self._response
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:
-                resp.release_conn()
-        self._thread.join(10)
+        for _ in range(100):
+            resp = self._response
+            if resp is not None:
+                try:
+                    resp.shutdown()
+                except Exception:
+                    resp.release_conn()
+            self._thread.join(0.1)
+            if not self._thread.is_alive():
+                return
 
     def snapshot(self) -> dict[str, str]:
         """namespace/name -> resourceVersion of what the client holds."""
