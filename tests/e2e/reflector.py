@@ -10,7 +10,9 @@ Runs in a thread (the client is synchronous); counts its lists and watches so te
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -57,16 +59,16 @@ class Reflector:
     def stop(self) -> None:
         """Stop and wait for the thread: hang up the open watch (again, should one start meanwhile)."""
         self.stopping.set()
-        for _ in range(100):
+        for _ in range(20):
             resp = self._response
-            if resp is not None:
-                try:
-                    resp.shutdown()
-                except Exception:
-                    resp.release_conn()
+            sock = getattr(getattr(resp, "_connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             self._thread.join(0.1)
             if not self._thread.is_alive():
                 return
+        # still waiting for a watch's headers: the thread is a daemon and ends with the test process
 
     def snapshot(self) -> dict[str, str]:
         """namespace/name -> resourceVersion of what the client holds."""
@@ -169,7 +171,7 @@ class Reflector:
             detail = "end"
         finally:
             self._response = None
-            resp.release_conn()
+            resp.close()  # a watch's connection is never reused (client-go's is not either once it ends)
         if time.monotonic() - started >= 1.0 or events:
             return "rewatch", detail
         return "short", detail
