@@ -611,6 +611,13 @@ class Store:
                         problems.append(Problem(name, k, str(e)))
         return VerifyReport(n_views, n_items, n_objects, n_blobs, tuple(problems), sealed_unopened)
 
+    def reads_pending(self) -> bool:
+        return bool(self._reads)
+
+    def mark_stale(self, view_id: bytes) -> None:
+        """Report the view incomplete from memory: for when even the flag could not be written (map full)."""
+        self._stale.add(view_id)
+
     def take_reads(self) -> dict[bytes, float]:
         reads, self._reads = self._reads, {}
         return reads

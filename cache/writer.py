@@ -219,7 +219,8 @@ class Writer:
                 self._wake.set()  # more is pending: go round again at once
             with self._lock:
                 dropped, self._dropped = self._dropped, {}
-            if ops or dropped or started - self._last_reads >= _READS_EVERY:
+            reads_due = started - self._last_reads >= _READS_EVERY and self.store.reads_pending()
+            if ops or dropped or reads_due:
                 try:
                     stop = self._commit(ops, dropped)
                 except Exception:  # the writer must outlive anything; the batch is counted as failed
@@ -358,7 +359,7 @@ class Writer:
             st.map_full += 1
         for view_id in failed_views:
             if not self._try(lambda txn, v=view_id: st.apply_mark_incomplete(txn, v)):
-                st._stale.add(view_id)  # the db could not even take the flag: report it incomplete from memory
+                st.mark_stale(view_id)  # the db could not even take the flag: report it incomplete from memory
         self._try(st.save_counters)
 
     def _try(self, fn: Callable) -> bool:

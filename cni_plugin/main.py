@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from cni_plugin import commands, config, errors, inspection, records, request, result
+from cni_plugin import commands, config, errors, records, request, result
 
 DEBUG_ENV = "EDGE_IPAM_SNAPSHOT_DEBUG"
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, format="edge-ipam-snapshot: %(levelname)s %(message)s",
                         level=logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.WARNING)
     if "CNI_COMMAND" not in os.environ and argv:
+        from cni_plugin import inspection  # the operator CLI (argparse) stays off the runtime's hot path
+
         return inspection.main(argv)
     status, out = plugin(os.environ, sys.stdin.buffer.read())
     if out is not None:

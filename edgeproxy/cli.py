@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from edgeproxy import logs
-    except ModuleNotFoundError:
+    except ImportError:  # `from package import missing` raises ImportError, not ModuleNotFoundError
         import logging
 
         logging.basicConfig(level=(args.log_level or "INFO").upper())

@@ -874,11 +874,25 @@ _ZERO: dict[str, Any] = {
 _OMITTABLE = frozenset({"string", "bool", "int32", "int64"})
 
 
+# Objects cloned by the thousand share unchanged sub-objects; with a memo (id -> (object, bytes)) each shared dict
+# is encoded once per memo. The memo keeps the object referenced so its id cannot be reused while it lives.
+_Memo = dict[tuple[int, object], tuple[dict | list, bytes]]
+_memo: _Memo | None = None
+
+
 def _encode_message(msg: str, obj: dict) -> bytes:
+    memo = _memo
+    if memo is not None:
+        hit = memo.get((id(obj), msg))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
     parts: list[tuple[int, bytes]] = []
     _collect(msg, obj, parts)
     parts.sort(key=lambda p: p[0])  # gogo writes fields in field-number order
-    return b"".join(p[1] for p in parts)
+    out = b"".join(p[1] for p in parts)
+    if memo is not None:
+        memo[(id(obj), msg)] = (obj, out)
+    return out
 
 
 def _collect(msg: str, obj: dict, parts: list[tuple[int, bytes]]) -> None:
@@ -898,7 +912,15 @@ def _collect(msg: str, obj: dict, parts: list[tuple[int, bytes]]) -> None:
             continue
         if f.repeated:
             if v:
-                parts.append((f.no, b"".join(_value(f.type, f.no, x) for x in v)))
+                memo = _memo
+                hit = memo.get((id(v), f)) if memo is not None else None
+                if hit is not None and hit[0] is v:
+                    parts.append((f.no, hit[1]))
+                    continue
+                data = b"".join(_value(f.type, f.no, x) for x in v)
+                if memo is not None:
+                    memo[(id(v), f)] = (v, data)
+                parts.append((f.no, data))
             continue
         if v is None:
             if f.pointer:
@@ -923,12 +945,22 @@ def _value(typ: str, no: int, v: Any) -> bytes:
     return _len_prefixed(_key(no, wt), payload)
 
 
-def to_protobuf(obj: dict, kind: str | None = None) -> bytes:
-    """The bare protobuf message of a JSON object (kind from the object unless given); unknown fields dropped."""
+def to_protobuf(obj: dict, kind: str | None = None, memo: _Memo | None = None) -> bytes:
+    """The bare protobuf message of a JSON object (kind from the object unless given); unknown fields dropped.
+
+    `memo` (a dict the caller keeps for a batch, and must not keep objects in it that it changes afterwards)
+    encodes sub-objects shared between the batch's objects once."""
+    global _memo
     kind = kind or obj.get("kind")
     if kind not in KINDS:
         raise errors.InvalidRequest(f"schema: no protobuf table for kind {kind!r}")
-    return _encode_message(KINDS[kind][1], obj)
+    if memo is None:
+        return _encode_message(KINDS[kind][1], obj)
+    _memo = memo
+    try:
+        return _encode_message(KINDS[kind][1], obj)
+    finally:
+        _memo = None
 
 
 def list_item_kind(list_kind: str) -> str:

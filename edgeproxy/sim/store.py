@@ -52,6 +52,12 @@ class Entry:
             self._pb = schema.to_protobuf(self.obj, self.kind)
         return self._pb
 
+    def pb_shared(self, memo: dict[Any, Any]) -> bytes:
+        """`pb`, encoding sub-objects shared with other entries once per `memo` (stored dicts never change)."""
+        if self._pb is None:
+            self._pb = schema.to_protobuf(self.obj, self.kind, memo)
+        return self._pb
+
     @property
     def json(self) -> bytes:
         """Compact JSON as a list item (no kind/apiVersion)."""

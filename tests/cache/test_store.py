@@ -251,6 +251,11 @@ def test_tiny_map_writes_fail_are_counted_and_reads_still_work(tmp_path):
     assert meta.complete and meta.resource_version == "315"
     assert [i.name for i in got] == sorted([i.name for i in items[:2]] + ["db-0"])
     assert st.verify().ok
+    # an event too big for the map: lost, so its view can no longer claim to be complete
+    w.apply_events(key, [("MODIFIED", store.Item("db-0", "edge", "400", {}, {}, os.urandom(512 << 10)), "400")])
+    assert w.flush_sync(10)
+    meta = st.view(key)
+    assert meta.complete is False and meta.resource_version == "315"
     # the writer goes on: a small write after the failure still lands
     w.put_blob("kubelet", "/version", recorded.body("version.json.body"))
     assert w.flush_sync(10)

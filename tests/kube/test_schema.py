@@ -129,3 +129,17 @@ def test_unknown_kind_is_an_invalid_request():
         schema.to_protobuf({"kind": "Deployment"})
     with pytest.raises(errors.InvalidRequest):
         schema.to_json("Deployment", b"")
+
+
+def test_memo_encodes_shared_sub_objects_once_and_identically():
+    doc = json.loads((FIXTURES / "pods-edge1.list.json.body").read_bytes())
+    template = doc["items"][0]
+    clones = []
+    for i in range(3):
+        pod = dict(template)
+        pod["metadata"] = dict(template["metadata"], name=f"clone-{i}")
+        pod["spec"] = dict(template["spec"], nodeName=f"node-{i}")
+        clones.append(pod)
+    memo: dict = {}
+    assert [schema.to_protobuf(p, "Pod", memo) for p in clones] == [schema.to_protobuf(p, "Pod") for p in clones]
+    assert memo

@@ -1,0 +1,227 @@
+"""What every benchmark scenario shares: options, rows, the table, results.json, PNG plots, and child processes.
+
+A scenario is a module `benchmarks/<name>.py` with `run(opts: Options) -> list[dict]`; each row is
+{"scenario", "metric", "value", "unit"} plus optional "variant" (what was measured: direct, edgeproxy, nginx, ...),
+"baseline" (a value to compare with) and "note". Scenarios end with `if __name__ == "__main__": harness.main(run)` so
+`python -m benchmarks.<name>` runs one alone. Benchmarks report figures; they never assert speed.
+
+Processes: `Process` starts a child (simulator, edgeproxy, nginx, load generator) and waits until a port accepts;
+`loadgen()` runs benchmarks/loadgen.py in its own process and returns its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    quick: bool = False  # smaller sizes and shorter runs: a smoke run, figures not for the README
+    out: Path = RESULTS
+    kubeconfig: str | None = None  # measure against a real API server instead of the simulator, where supported
+    duration: float = 5.0  # seconds per throughput measurement
+    work: Path | None = None  # a scratch directory for the run (certificates, configs, caches)
+
+
+def row(scenario: str, metric: str, value: float | None, unit: str, **extra: object) -> dict[str, object]:
+    return {"scenario": scenario, "metric": metric, "value": value, "unit": unit, **extra}
+
+
+# ---- output ----
+def table(rows: Sequence[dict[str, object]]) -> str:
+    cols = ["scenario", "metric", "variant", "value", "unit", "baseline", "note"]
+    cols = [c for c in cols if any(r.get(c) not in (None, "") for r in rows)]
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join((x.rjust(w) if c in ("value", "baseline") else x.ljust(w))
+                        for x, c, w in zip(cell, cols, widths, strict=True)) for cell in cells]
+    return "\n".join(lines)
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
+
+
+def write_results(rows: Sequence[dict[str, object]], out: Path) -> Path:
+    """Merge rows into out/results.json: rows of the scenarios just run replace theirs, others are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    try:
+        old = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        old = []
+    ran = {r["scenario"] for r in rows}
+    merged = [r for r in old if r.get("scenario") not in ran] + list(rows)
+    doc = {"machine": machine(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": merged}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def machine() -> dict[str, object]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0]}
+
+
+def plot(rows: Sequence[dict[str, object]], out: Path) -> list[Path]:
+    """One PNG per scenario: a bar chart per metric, bars per variant (or value vs baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        mine = [r for r in rows if r["scenario"] == scenario and isinstance(r.get("value"), int | float)]
+        metrics = list(dict.fromkeys(str(r["metric"]) for r in mine))
+        if not metrics:
+            continue
+        ncols = min(4, len(metrics))
+        nrows = -(-len(metrics) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, 3.4 * ncols), 3.4 * nrows), squeeze=False)
+        flat = [ax for line in axes for ax in line]
+        for ax in flat[len(metrics):]:
+            ax.set_visible(False)
+        for ax, metric in zip(flat, metrics, strict=False):
+            rs = [r for r in mine if r["metric"] == metric]
+            labels, values = [], []
+            for r in rs:
+                labels.append(str(r.get("variant") or "value"))
+                values.append(float(r["value"]))  # type: ignore[arg-type]
+                if isinstance(r.get("baseline"), int | float):
+                    labels.append("baseline")
+                    values.append(float(r["baseline"]))  # type: ignore[arg-type]
+            colors = ["#4c72b0" if lab == "edgeproxy" else "#999999" for lab in labels]
+            ax.bar(range(len(values)), values, color=colors)
+            ax.set_xticks(range(len(values)), labels, rotation=20, fontsize=8)
+            ax.set_title(metric, fontsize=9)
+            ax.set_ylabel(str(rs[0].get("unit", "")), fontsize=8)
+            ax.tick_params(axis="y", labelsize=8)
+        fig.suptitle(scenario, fontsize=10)
+        fig.tight_layout()
+        path = out / f"{scenario}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(rows: Sequence[dict[str, object]], opts: Options) -> None:
+    print(table(rows))
+    path = write_results(rows, opts.out)
+    pngs = plot(rows, opts.out)
+    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+          + "".join(f", {p.name}" for p in pngs))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=True)
+    p.add_argument("--quick", action="store_true", help="small sizes, short runs (a smoke test, not figures)")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per throughput measurement")
+    p.add_argument("--kubeconfig", default=None, help="a real API server, for scenarios that support one")
+    return p
+
+
+def options(args: argparse.Namespace) -> Options:
+    return Options(quick=args.quick, out=args.out, kubeconfig=args.kubeconfig,
+                   duration=1.0 if args.quick and args.duration == 5.0 else args.duration)
+
+
+def main(run: Callable[[Options], list[dict[str, object]]], argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.<name>`: run that one scenario, print and write its results."""
+    opts = options(parser().parse_args(argv))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeproxy-bench-") as tmp:
+        report(run(dataclasses.replace(opts, work=Path(tmp))), opts)
+    return 0
+
+
+# ---- processes ----
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def process(argv: Sequence[str], *, port: int | None = None, log: Path | None = None,
+            env: dict[str, str] | None = None, cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
+    """A child process, stopped with SIGTERM (then SIGKILL) on exit; waits for `port` to accept first."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        if port is not None:
+            wait_port(port, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def loadgen(url: str, *, concurrency: int = 1, duration: float | None = None, requests: int | None = None,
+            watch_events: int | None = None, headers: Sequence[str] = (), cert: str | None = None,
+            key: str | None = None, ca: str | None = None, timeout: float = 600) -> dict[str, object]:
+    """Run benchmarks/loadgen.py in its own process and return its JSON result."""
+    argv = [sys.executable, "-m", "benchmarks.loadgen", url, "--concurrency", str(concurrency)]
+    if duration is not None:
+        argv += ["--duration", str(duration)]
+    if requests is not None:
+        argv += ["--requests", str(requests)]
+    if watch_events is not None:
+        argv += ["--watch-events", str(watch_events)]
+    for h in headers:
+        argv += ["--header", h]
+    for flag, value in (("--cert", cert), ("--key", key), ("--ca", ca)):
+        if value:
+            argv += [flag, value]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)

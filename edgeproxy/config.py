@@ -1,0 +1,158 @@
+"""Settings for `edgeproxy serve`: one frozen Config built from flags, the environment and an optional file.
+
+Precedence, highest first: a flag given on the command line, an `EDGEPROXY_<NAME>` environment variable, a line
+`EDGEPROXY_<NAME>=value` in the file named by `--config` (the same file systemd's `EnvironmentFile=` reads, so one
+file configures both), the default here. This module only reads settings; it opens no sockets and reads no
+kubeconfig (upstream.py does). Neighbours: server.py builds the application from a Config; the ops commands
+(install, debug) read and write the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV_PREFIX = "EDGEPROXY_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used: a bad address, a number that is not one, a file that cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    kubeconfig: str = ""
+    context: str = ""  # kubeconfig context; "" = current-context
+    servers: tuple[str, ...] = ()  # extra API servers tried after the kubeconfig's, in order
+    listen: str = "127.0.0.1:10261"  # the proxy listener: every path on it belongs to Kubernetes clients
+    ops_listen: str = "127.0.0.1:10267"  # /healthz /readyz /metrics /debug/state; "" disables it
+    cache_dir: str = "/var/lib/edgeproxy"
+    probe_interval: float = 5.0  # seconds between /readyz probes of each server
+    probe_timeout: float = 2.0
+    offline_after: int = 3  # consecutive failed probes before a server counts as down
+    online_after: int = 2  # consecutive good probes before a down server counts as up again
+    connect_timeout: float = 3.0  # per upstream connection attempt, before failing over to the next server
+    shutdown_timeout: float = 5.0  # SIGTERM: seconds open requests get to finish
+    component_aliases: tuple[tuple[str, str], ...] = (("hollow-kubelet", "kubelet"), ("hollow-proxy", "kube-proxy"))
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_address(self.listen)
+
+    @property
+    def ops_host_port(self) -> tuple[str, int] | None:
+        return split_address(self.ops_listen) if self.ops_listen else None
+
+
+# flag/env name -> help; the dataclass field is the name with "-" -> "_".
+_HELP = {
+    "kubeconfig": "kubeconfig naming the API server(s), CA and client identity (env EDGEPROXY_KUBECONFIG)",
+    "context": "kubeconfig context to use (default: its current-context)",
+    "servers": "extra API server URLs, comma-separated, tried in order after the kubeconfig's",
+    "listen": "address of the proxy listener, HOST:PORT (default 127.0.0.1:10261)",
+    "ops-listen": "address of the health/metrics listener, HOST:PORT; empty disables it (default 127.0.0.1:10267)",
+    "cache-dir": "directory of the cache (default /var/lib/edgeproxy)",
+    "probe-interval": "seconds between /readyz probes of each server (default 5)",
+    "probe-timeout": "timeout of one probe in seconds (default 2)",
+    "offline-after": "failed probes in a row before a server is down (default 3)",
+    "online-after": "good probes in a row before a down server is up again (default 2)",
+    "connect-timeout": "seconds to connect to one server before trying the next (default 3)",
+    "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
+    "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve flags. Every default is None so `load` can tell a flag given from one left out."""
+    parser.add_argument("--config", default=None, help="file of EDGEPROXY_NAME=value lines (env EDGEPROXY_CONFIG)")
+    for flag, help_text in _HELP.items():
+        parser.add_argument(f"--{flag}", default=None, help=help_text)
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The Config from flags (args), environment and the --config file, in that order of precedence."""
+    environ = os.environ if environ is None else environ
+    given = {k: v for k, v in vars(args).items() if v is not None} if args is not None else {}
+    raw: dict[str, str] = {}
+    path = given.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        raw.update(read_env_file(Path(path)))
+    raw.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(Config):
+        env_name = ENV_PREFIX + field.name.upper()
+        if field.name in given:
+            text = given[field.name]
+        elif env_name in raw:
+            text = raw[env_name]
+        else:
+            continue
+        values[field.name] = _convert(field.name, field.type, text)
+    config = Config(**values)  # type: ignore[arg-type]
+    split_address(config.listen)
+    if config.ops_listen:
+        split_address(config.ops_listen)
+    return config
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines as systemd's EnvironmentFile= reads them: '#' comments, optional quotes, blank lines."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{lineno}: expected NAME=value")
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            try:
+                value = shlex.split(value)[0] if value[1:-1] else ""
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"{path}:{lineno}: bad quoting") from e
+        out[key.strip()] = value
+    return out
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:10261' / '[::1]:10261' / ':10261' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"bad address {address!r}: want HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _convert(name: str, type_: object, text: object) -> object:
+    if not isinstance(text, str):
+        return text
+    type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    try:
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {text!r} is not a number") from e
+    if name == "servers":
+        return tuple(s.strip().rstrip("/") for s in text.split(",") if s.strip())
+    if name == "component_aliases":
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            alias, sep, component = part.partition("=")
+            if not sep:
+                raise ConfigError(f"component-aliases: {part!r} is not NAME=COMPONENT")
+            pairs.append((alias.strip().lower(), component.strip().lower()))
+        return tuple(pairs)
+    return text

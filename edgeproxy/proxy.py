@@ -1,0 +1,405 @@
+"""The request handler: classify, route, then forward upstream (with a tee to the recorder) or hand to the local side.
+
+What it does: every request on the proxy listener is classified (kube.request), routed by the pure `route()` below,
+and either forwarded to the API server with its response streamed back unchanged (status, headers minus hop-by-hop,
+body bytes as they arrive: watch events are flushed one by one, gzip passes through still gzipped), tunnelled both
+ways when it is an HTTP/1.1 Upgrade (exec, attach, port-forward), or answered by the `local` hook (the cache; a 503
+Status until that exists). What it does not do: decode bodies (record.py does, off the client's path), decide health
+(upstream.py), serve ops endpoints (server.py's second listener).
+
+Seams for the cache:
+- `recorder.begin(info, status, headers) -> sink | None` is called for get/list/watch responses before the first body
+  byte; `sink.feed(chunk)` gets every body chunk as it is written to the client and must not block (it enqueues);
+  `sink.done(ok)` ends it (ok: the upstream body ended cleanly).
+- `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
+  offline, or a request that failed to connect before any byte reached the client (per-request failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy import metrics, upstream
+from edgeproxy.kube import errors as kube_errors
+from edgeproxy.kube import request as kube_request
+from edgeproxy.kube import status as kube_status
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward; plus those the Connection header names.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade",
+})
+_RECORDED_VERBS = frozenset({"get", "list", "watch"})
+_MAX_BUFFERED_BODY = 4 << 20  # request bodies up to this are read whole (retryable on failover); larger stream
+
+
+class Route(enum.Enum):
+    UPSTREAM = "upstream"  # forward, stream back, tee to the recorder
+    LOCAL = "local"  # answer from the cache (offline)
+    REJECT = "reject"  # answer with an error from the proxy itself
+
+
+def route(info: kube_request.RequestInfo | None, online: bool) -> Route:
+    """Where a request goes: the one routing decision, pure. `info` is None when the request did not classify.
+
+    Online, everything goes upstream: the API server is the authority, even on requests the proxy could not parse.
+    Offline, what the cache may answer goes to the local side; an unparseable request or a `connect` (exec, attach,
+    port-forward: a live session with a container, nothing a cache holds) is rejected.
+    """
+    if online:
+        return Route.UPSTREAM
+    if info is None or info.verb == "connect":
+        return Route.REJECT
+    return Route.LOCAL
+
+
+class Sink(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+    def done(self, ok: bool) -> None: ...
+
+
+class Recorder(Protocol):
+    def begin(self, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str]) -> Sink | None: ...
+
+
+class Local(Protocol):
+    async def handle(self, request: web.Request, info: kube_request.RequestInfo | None,
+                     reason: str) -> web.StreamResponse: ...
+
+
+def status_response(code: int, reason: str, message: str) -> web.Response:
+    """A metav1.Status error as the API server shapes it (JSON: clients accept it whatever they asked for)."""
+    body = kube_status.status(code, reason, message)
+    content_type, data = kube_status.encode(body, "json")
+    headers = {"Content-Type": content_type, "Cache-Control": "no-cache, private"}
+    return web.Response(status=code, body=data, headers=headers)
+
+
+class Unavailable503:
+    """The local side until the cache exists: 503 ServiceUnavailable, no Retry-After (callers' own loops retry)."""
+
+    __slots__ = ()
+
+    async def handle(self, request: web.Request, info: kube_request.RequestInfo | None,
+                     reason: str) -> web.StreamResponse:
+        return status_response(503, "ServiceUnavailable", f"the API server is unreachable: {reason}")
+
+
+def forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, keep_upgrade: bool = False
+                    ) -> CIMultiDict[str]:
+    """Headers minus hop-by-hop ones (and those the Connection header lists), minus Host (rewritten upstream)."""
+    named = _connection_tokens(headers.getall("Connection", ()))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        dropped = lower in HOP_BY_HOP or lower in named or lower in ("host", "content-length")
+        if dropped and not (keep_upgrade and lower in ("connection", "upgrade")):
+            continue
+        out.add(name, value)
+    return out
+
+
+def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip()) - {"upgrade"}
+
+
+class _Buffered(web.StreamResponse):
+    # Headers go out with the first body chunk: one write for a small response instead of two. Watches use the plain
+    # StreamResponse, whose headers go out at prepare(), before any event: client-go waits for them.
+    _send_headers_immediately = False
+
+
+class Proxy:
+    """The catch-all handler. One per process; `handle` is the aiohttp handler."""
+
+    __slots__ = ("_rx", "_tx", "_watches", "aliases", "local", "recorder", "upstream")
+
+    def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
+                 aliases: Mapping[str, str] | None = None) -> None:
+        self.upstream = up
+        self.aliases = dict(aliases or {})  # User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.recorder = recorder
+        self.local: Local = local or Unavailable503()
+        self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
+        self._tx = metrics.UPSTREAM_BYTES.labels(direction="sent")
+        self._watches: set[aiohttp.ClientResponse] = set()
+        up.on_change(self._state_changed)
+
+    def _state_changed(self, online: bool) -> None:
+        """Going offline ends the watches still open upstream: over a dead or hung link they would sit silent until
+        TCP gives up. Each client sees its watch end, re-watches from its last resourceVersion, and is answered
+        locally."""
+        if not online:
+            for up in list(self._watches):
+                up.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        start = time.monotonic()
+        info, error = classify(request, self.aliases)
+        decision = route(info, self.upstream.online)
+        answered_by = "upstream"
+        resp: web.StreamResponse | None = None
+        try:
+            if decision is Route.UPSTREAM:
+                try:
+                    if _is_upgrade(request):
+                        resp = await self._tunnel(request, info, start)
+                    else:
+                        resp = await self._forward(request, info, start)
+                except upstream.Unavailable as e:
+                    answered_by = "cache"
+                    resp = await self._local(request, info, str(e), start)
+            elif decision is Route.LOCAL:
+                answered_by = "cache"
+                resp = await self._local(request, info, "offline", start)
+            else:
+                answered_by = "proxy"
+                if error is not None:
+                    resp = status_response(error.status, error.reason, str(error))
+                else:
+                    resp = status_response(503, "ServiceUnavailable", "the API server is unreachable (offline)")
+                _observe_latency(info, answered_by, start)
+            return resp
+        finally:
+            code = str(resp.status) if resp is not None else "499"
+            if info is not None:
+                metrics.REQUESTS.labels(info.client.component, info.verb, info.resource, code, answered_by).inc()
+            else:
+                metrics.REQUESTS.labels("", request.method.lower(), "", code, answered_by).inc()
+
+    async def _local(self, request: web.Request, info: kube_request.RequestInfo | None, reason: str,
+                     start: float) -> web.StreamResponse:
+        watching = info is not None and info.watch
+        if watching:
+            gauge = metrics.OPEN_WATCHES.labels(info.client.component, "cache")
+            gauge.inc()
+        try:
+            resp = await self.local.handle(request, info, reason)
+        finally:
+            if watching:
+                gauge.dec()
+        _observe_latency(info, "cache", start)
+        return resp
+
+    async def _forward(self, request: web.Request, info: kube_request.RequestInfo | None,
+                       start: float) -> web.StreamResponse:
+        headers = forward_headers(request.headers)
+        body: bytes | aiohttp.StreamReader | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length <= _MAX_BUFFERED_BODY:
+                body = await request.read()
+                self._tx.inc(len(body))
+            else:
+                body = request.content
+        _, up = await self.upstream.send(request.method, request.raw_path, headers, body)
+        watching = info is not None and info.watch and up.status == 200
+        resp = (web.StreamResponse if watching else _Buffered)(status=up.status, reason=up.reason)
+        copy_response_headers(up.headers, resp.headers)
+        sink = None
+        if self.recorder is not None and info is not None and info.verb in _RECORDED_VERBS:
+            try:
+                sink = self.recorder.begin(info, up.status, up.headers)
+            except Exception:  # the recorder must never break forwarding
+                log.exception("recorder.begin failed for %s", request.raw_path)
+        gauge = metrics.OPEN_WATCHES.labels(info.client.component, "upstream") if watching else None
+        ok = False
+        try:
+            await resp.prepare(request)
+            _observe_latency(info, "upstream", start)
+            if gauge is not None:
+                gauge.inc()
+                self._watches.add(up)
+            try:
+                async for chunk in up.content.iter_any():
+                    self._rx.inc(len(chunk))
+                    if sink is not None:
+                        sink.feed(chunk)
+                    await resp.write(chunk)
+                ok = True
+            except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
+                return resp
+            except aiohttp.ClientError as e:
+                # The API server broke the stream. A watch just ends (the client re-watches from its last
+                # resourceVersion); anything else must not look complete to the client, so the connection is dropped.
+                log.info("upstream stream broke on %s %s: %s", request.method, request.raw_path, e)
+                if not watching:
+                    resp.force_close()
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+            await resp.write_eof()
+            return resp
+        finally:
+            # Closing (not releasing) the response drops the upstream connection when the body was not read to its
+            # end: that is how a client that went away cancels its upstream request.
+            if ok:
+                up.release()
+            else:
+                up.close()
+            if gauge is not None:
+                gauge.dec()
+                self._watches.discard(up)
+            if sink is not None:
+                try:
+                    sink.done(ok)
+                except Exception:
+                    log.exception("sink.done failed for %s", request.raw_path)
+
+    async def _tunnel(self, request: web.Request, info: kube_request.RequestInfo | None,
+                      start: float) -> web.StreamResponse:
+        """HTTP/1.1 Upgrade (SPDY/3.1 or WebSocket for exec, attach, port-forward): a raw byte pipe both ways."""
+        headers = forward_headers(request.headers, keep_upgrade=True)
+        if request.body_exists and request.content_length:
+            headers["Content-Length"] = str(request.content_length)
+        own_auth = self.upstream.authorize(headers)
+
+        def head(server: upstream.Server) -> bytes:
+            lines = [f"{request.method} {request.raw_path} HTTP/1.1", f"Host: {server.host}:{server.port}"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+        server, reader, writer = await self.upstream.open_raw(head, own_auth)
+        try:
+            if request.body_exists and request.content_length:
+                writer.write(await request.read())
+            try:
+                status, reason, up_headers = await _read_head(reader)
+            except (ValueError, OSError, asyncio.IncompleteReadError) as e:
+                raise upstream.Unavailable(f"{server.url}: bad upgrade answer: {e}") from e
+            if status != 101:
+                return await _relay_plain(request, status, reason, up_headers, reader, info, start)
+            resp = web.StreamResponse(status=101, reason=reason)
+            for name, value in up_headers:
+                resp.headers.add(name, value)
+            resp.force_close()
+            await resp.prepare(request)
+            _observe_latency(info, "upstream", start)
+            metrics.OPEN_TUNNELS.inc()
+            try:
+                await _pipe(request, resp, reader, writer, self._rx)
+            finally:
+                metrics.OPEN_TUNNELS.dec()
+            return resp
+        finally:
+            writer.close()
+
+
+def classify(request: web.Request, aliases: Mapping[str, str] | None = None
+             ) -> tuple[kube_request.RequestInfo | None, kube_errors.KubeError | None]:
+    path, _, query = request.raw_path.partition("?")
+    try:
+        return kube_request.parse(request.method, path, query, request.headers, aliases=aliases), None
+    except kube_errors.KubeError as e:
+        return None, e
+
+
+def copy_response_headers(source: CIMultiDictProxy[str], target: CIMultiDict[str]) -> None:
+    named = _connection_tokens(source.getall("Connection", ()))
+    for name, value in source.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named:
+            continue
+        target.add(name, value)
+
+
+def _observe_latency(info: kube_request.RequestInfo | None, answered_by: str, start: float) -> None:
+    verb = info.verb if info is not None else "unknown"
+    metrics.REQUEST_SECONDS.labels(verb, answered_by).observe(time.monotonic() - start)
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return "Upgrade" in request.headers and "upgrade" in request.headers.get("Connection", "").lower()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, list[tuple[str, str]]]:
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise ValueError(f"not an HTTP/1.1 status line: {lines[0]!r}")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+    return int(code), reason, headers
+
+
+async def _relay_plain(request: web.Request, status: int, reason: str, headers: list[tuple[str, str]],
+                       reader: asyncio.StreamReader, info: kube_request.RequestInfo | None,
+                       start: float) -> web.StreamResponse:
+    """The server declined the upgrade (401, 403, 404, 400...): relay its answer as an ordinary response."""
+    source: CIMultiDict[str] = CIMultiDict(headers)
+    length = source.get("Content-Length")
+    chunked = "chunked" in source.get("Transfer-Encoding", "").lower()
+    resp = _Buffered(status=status, reason=reason)
+    copy_response_headers(CIMultiDictProxy(source), resp.headers)
+    await resp.prepare(request)
+    _observe_latency(info, "upstream", start)
+    if length is not None and length.isdigit():
+        await resp.write(await reader.readexactly(int(length)))
+    elif chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            await resp.write(await reader.readexactly(size))
+            await reader.readexactly(2)
+    else:
+        while chunk := await reader.read(1 << 16):
+            await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+class _TunnelParser:
+    """Takes over the client connection after a 101: aiohttp feeds it every byte the client sends."""
+
+    __slots__ = ("_closed", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._closed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self._closed:
+            self.writer.write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.writer.can_write_eof():
+                try:
+                    self.writer.write_eof()
+                except OSError:
+                    pass
+
+
+async def _pipe(request: web.Request, resp: web.StreamResponse, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, rx: metrics.prom.Counter) -> None:
+    """Bytes both ways until the upstream side ends; the client's side ending cancels this handler (aiohttp)."""
+    request.protocol.set_parser(_TunnelParser(writer))  # type: ignore[arg-type]
+    request.protocol.keep_alive(False)
+    try:
+        while chunk := await reader.read(1 << 16):
+            rx.inc(len(chunk))
+            await resp.write(chunk)  # a 101 has no body framing: raw bytes, with aiohttp's flow control
+    finally:
+        if request.transport is not None:
+            request.transport.close()

@@ -1,0 +1,456 @@
+"""The pool of API servers: identity and TLS from a kubeconfig, health probing, per-request failover, online state.
+
+Everything else reads `Upstream.online` (and registers `on_change` callbacks) to decide between forwarding and
+answering locally; nothing else opens connections to the API server. The boundary: this module sends a request and
+hands back the response head and body stream; it never reads a body it forwards (proxy.py streams it) and knows nothing
+of the cache. Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), metrics.py.
+
+Identity. A request without an Authorization header goes up as the kubeconfig's user: its client certificate in TLS
+and, if it has one, its bearer token. A request with its own Authorization header goes up over a TLS connection that
+presents NO client certificate: kube-apiserver authenticates x509 before bearer tokens and takes the first that
+succeeds (k8s.io/apiserver pkg/authentication/request/union), so a pod's token sent beside the node's certificate would
+be read as the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import os
+import ssl
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import aiohttp
+import yaml
+from multidict import CIMultiDict
+
+from edgeproxy import metrics, tasks
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(Exception):
+    """Root of this module's errors."""
+
+
+class KubeconfigError(UpstreamError):
+    """A kubeconfig that cannot be used: unreadable, no such context, no server, a credential file missing."""
+
+
+class Unavailable(UpstreamError):
+    """No server accepted the request: nothing was sent to the client yet, so it can be answered locally."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a kubeconfig says about reaching and authenticating to the cluster. Paths are absolute."""
+
+    servers: tuple[str, ...]
+    ca_file: str | None = None
+    ca_data: bytes | None = None
+    cert_file: str | None = None
+    cert_data: bytes | None = None
+    key_file: str | None = None
+    key_data: bytes | None = None
+    token: str | None = None
+    token_file: str | None = None
+    insecure: bool = False
+    tls_server_name: str | None = None
+    source: str = ""
+
+    @property
+    def has_client_cert(self) -> bool:
+        return bool(self.cert_file or self.cert_data)
+
+
+def load_kubeconfig(path: str | os.PathLike[str], context: str = "", extra_servers: Sequence[str] = ()) -> Credentials:
+    """Read a kubeconfig (YAML or JSON) into Credentials; `extra_servers` are appended after the cluster's server.
+
+    A kubeconfig names one server per cluster; edge hosts that can reach several API servers (or a load balancer and
+    the servers behind it) list the others in `--servers`.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise KubeconfigError(f"cannot read kubeconfig {path}: {e}") from e
+    base = path.resolve().parent
+    name = context or doc.get("current-context") or ""
+    ctx = _named(doc.get("contexts"), name, "context", path) if name else _only(doc.get("contexts"), "context", path)
+    cluster = _named(doc.get("clusters"), ctx.get("cluster", ""), "cluster", path)
+    user = _named(doc.get("users"), ctx.get("user", ""), "user", path) if ctx.get("user") else {}
+    server = str(cluster.get("server") or "").rstrip("/")
+    servers = tuple(dict.fromkeys(s for s in (server, *(x.rstrip("/") for x in extra_servers)) if s))
+    if not servers:
+        raise KubeconfigError(f"{path}: cluster {ctx.get('cluster')!r} has no server")
+    for url in servers:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise KubeconfigError(f"{path}: server {url!r} is not an http(s) URL")
+
+    def file(d: Mapping[str, object], key: str) -> str | None:
+        value = d.get(key)
+        return str(base / str(value)) if value else None
+
+    def data(d: Mapping[str, object], key: str) -> bytes | None:
+        value = d.get(key)
+        if not value:
+            return None
+        try:
+            return base64.b64decode(str(value), validate=False)
+        except ValueError as e:
+            raise KubeconfigError(f"{path}: {key} is not base64") from e
+
+    creds = Credentials(
+        servers=servers,
+        ca_file=file(cluster, "certificate-authority"),
+        ca_data=data(cluster, "certificate-authority-data"),
+        cert_file=file(user, "client-certificate"),
+        cert_data=data(user, "client-certificate-data"),
+        key_file=file(user, "client-key"),
+        key_data=data(user, "client-key-data"),
+        token=str(user["token"]) if user.get("token") else None,
+        token_file=file(user, "tokenFile"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        tls_server_name=cluster.get("tls-server-name") or None,
+        source=str(path),
+    )
+    for f in (creds.ca_file, creds.cert_file, creds.key_file, creds.token_file):
+        if f and not os.path.exists(f):
+            raise KubeconfigError(f"{path}: file {f} does not exist")
+    if creds.has_client_cert != bool(creds.key_file or creds.key_data):
+        raise KubeconfigError(f"{path}: user has a client certificate without a key, or a key without one")
+    return creds
+
+
+def _named(items: object, name: str, what: str, path: Path) -> dict:
+    for entry in items or ():
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry.get(what) or {}
+    raise KubeconfigError(f"{path}: no {what} named {name!r}")
+
+
+def _only(items: object, what: str, path: Path) -> dict:
+    entries = [e for e in items or () if isinstance(e, dict)]
+    if len(entries) != 1:
+        raise KubeconfigError(f"{path}: no current-context and not exactly one {what}")
+    return entries[0].get(what) or {}
+
+
+def ssl_context(creds: Credentials, *, client_cert: bool = True) -> ssl.SSLContext:
+    """The TLS client context for the API servers: the cluster CA, and the user's client certificate if asked.
+
+    The one place TLS is set up, so a rotated client certificate (kubelet rotates its own) is picked up by building a
+    new context and handing it to `Upstream.set_credentials`; connections already open keep the old one.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if creds.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif creds.ca_file or creds.ca_data:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=creds.ca_file,
+            cadata=creds.ca_data.decode("ascii", "replace") if creds.ca_data else None,
+        )
+    ctx.set_alpn_protocols(["http/1.1"])
+    if client_cert and creds.has_client_cert:
+        if creds.cert_file and creds.key_file:
+            ctx.load_cert_chain(creds.cert_file, creds.key_file)
+        else:
+            _load_chain_from_data(ctx, creds)
+    return ctx
+
+
+def _load_chain_from_data(ctx: ssl.SSLContext, creds: Credentials) -> None:
+    # ssl can only load a key pair from files: write inline data to a private temporary directory for the call.
+    with tempfile.TemporaryDirectory(prefix="edgeproxy-tls-") as tmp:
+        cert = creds.cert_data or Path(creds.cert_file or "").read_bytes()
+        key = creds.key_data or Path(creds.key_file or "").read_bytes()
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for p, content in ((cert_path, cert), (key_path, key)):
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+class Server:
+    """One API server's health as the prober and the requests see it. Starts up: a server is presumed reachable
+    until `offline_after` probes or connection attempts in a row fail (a request that cannot connect is answered
+    locally at once anyway, so starting with the API server down costs no wait)."""
+
+    __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "oks", "port", "scheme", "up", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urllib.parse.urlsplit(url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.up = True
+        self.oks = 0
+        self.fails = 0
+        self.last_error = ""
+        self.last_probe = 0.0
+        self.latency: float | None = None
+
+    def state(self) -> dict[str, object]:
+        return {"url": self.url, "up": self.up, "last_error": self.last_error, "last_probe": self.last_probe,
+                "probe_latency_seconds": self.latency}
+
+
+# Errors that prove nothing reached the server: failing over (or answering locally) cannot repeat a request.
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# A pooled keep-alive connection the server closed: safe to retry idempotent requests only.
+_STALE_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Upstream:
+    """The API servers of one kubeconfig: a shared ClientSession, the prober, and the online state."""
+
+    __slots__ = (
+        "_callbacks", "_creds", "_listeners", "_prober", "_session", "_ssl_anonymous", "_ssl_identity",
+        "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "interval", "offline_after",
+        "online", "online_after", "probe_timeout", "servers",
+    )
+
+    def __init__(self, creds: Credentials, *, probe_interval: float = 5.0, probe_timeout: float = 2.0,
+                 offline_after: int = 3, online_after: int = 2, connect_timeout: float = 3.0) -> None:
+        self.servers = [Server(url) for url in creds.servers]
+        self.interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.offline_after = max(1, offline_after)
+        self.online_after = max(1, online_after)
+        self.connect_timeout = connect_timeout
+        self.online = True  # until probes say otherwise
+        self.changed_at = time.time()
+        self._listeners: list[Callable[[bool], None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._token: str | None = None
+        self._token_mtime = 0.0
+        self._creds = creds
+        self._ssl_identity: ssl.SSLContext | None = None
+        self._ssl_anonymous: ssl.SSLContext | None = None
+        self.set_credentials(creds)
+        metrics.ONLINE.set(1)
+        for s in self.servers:
+            metrics.UPSTREAM_UP.labels(server=s.url).set(1)
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        """Open the session and start probing."""
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # gzip bodies pass through byte for byte
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+            read_bufsize=1 << 18,
+            max_field_size=65536,
+        )
+        self._prober = tasks.spawn(self._probe_loop(), name="upstream-prober")
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass
+        if self._session is not None:
+            await self._session.close()
+
+    def on_change(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(online)` on the event loop whenever the overall state flips."""
+        self._listeners.append(callback)
+
+    def set_credentials(self, creds: Credentials) -> None:
+        """Use new credentials for new connections (a rotated client certificate); open ones keep the old."""
+        https = any(s.scheme == "https" for s in self.servers)
+        self._creds = creds
+        self._ssl_identity = ssl_context(creds) if https else None
+        self._ssl_anonymous = ssl_context(creds, client_cert=False) if https else None
+        self._token = creds.token
+        self._token_mtime = 0.0
+        self._refresh_token()
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._creds
+
+    # ---- requests ----
+    def ssl_for(self, server: Server, own_auth: bool) -> ssl.SSLContext | None:
+        if server.scheme != "https":
+            return None
+        return self._ssl_anonymous if own_auth else self._ssl_identity
+
+    def authorize(self, headers: CIMultiDict[str]) -> bool:
+        """Add the kubeconfig's bearer token unless the request has its own. True if it has its own."""
+        if "Authorization" in headers:
+            return True
+        if self._token:
+            headers["Authorization"] = "Bearer " + self._token
+        return False
+
+    def ordered(self) -> list[Server]:
+        """Servers to try: those up in kubeconfig order, then those down."""
+        return sorted(self.servers, key=lambda s: not s.up)
+
+    async def send(self, method: str, path_qs: str, headers: CIMultiDict[str],
+                   body: bytes | aiohttp.StreamReader | None = None) -> tuple[Server, aiohttp.ClientResponse]:
+        """Send one request, failing over server by server; the caller streams and then releases the response.
+
+        Raises Unavailable when no server took it. `headers` are sent as given (hop-by-hop already removed); the
+        kubeconfig's token is added unless the request carries its own Authorization.
+        """
+        assert self._session is not None, "Upstream.start() first"
+        own_auth = self.authorize(headers)
+        can_retry_stale = method in _IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        errors = []
+        for server in self.ordered():
+            try:
+                resp = await self._session.request(
+                    method, server.url + path_qs, headers=headers, data=body, allow_redirects=False,
+                    ssl=self.ssl_for(server, own_auth) or True, compress=None,
+                    server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
+                )
+            except _CONNECT_ERRORS as e:
+                errors.append(f"{server.url}: {_describe(e)}")
+                self.note_failure(server, _describe(e))
+                continue
+            except _STALE_ERRORS as e:
+                if not can_retry_stale:
+                    raise Unavailable(f"{server.url}: {_describe(e)}") from e
+                errors.append(f"{server.url}: {_describe(e)}")
+                self.note_failure(server, _describe(e))
+                continue
+            if server.fails or not server.up:  # failures count only in a row
+                self._record(server, True, "")
+            return server, resp
+        raise Unavailable("; ".join(errors) or "no API server configured")
+
+    async def open_raw(self, head: Callable[[Server], bytes], own_auth: bool
+                       ) -> tuple[Server, asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw connection for an HTTP/1.1 Upgrade (exec, attach, port-forward) with `head(server)` already sent."""
+        errors = []
+        for server in self.ordered():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    server.host, server.port, ssl=self.ssl_for(server, own_auth),
+                    server_hostname=(self._creds.tls_server_name or server.host) if server.scheme == "https" else None,
+                    limit=1 << 18,
+                ), self.connect_timeout)
+            except (TimeoutError, OSError, ssl.SSLError) as e:
+                errors.append(f"{server.url}: {_describe(e)}")
+                self.note_failure(server, _describe(e))
+                continue
+            writer.write(head(server))
+            return server, reader, writer
+        raise Unavailable("; ".join(errors) or "no API server configured")
+
+    def note_failure(self, server: Server, error: str) -> None:
+        """A request could not connect: count it like a failed probe and probe again now."""
+        metrics.UPSTREAM_FAILURES.labels(server=server.url).inc()
+        self._record(server, False, error)
+        self._wake.set()
+
+    # ---- health ----
+    async def probe(self, server: Server) -> bool:
+        """One GET /readyz with a short timeout. 200 is up; 401/403 (reachable, not authorised to look) too."""
+        assert self._session is not None
+        headers: CIMultiDict[str] = CIMultiDict()
+        self.authorize(headers)
+        start = time.monotonic()
+        try:
+            async with self._session.get(
+                server.url + "/readyz", headers=headers, ssl=self.ssl_for(server, False) or True,
+                timeout=aiohttp.ClientTimeout(total=self.probe_timeout), allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                ok = resp.status in (200, 401, 403)
+                error = "" if ok else f"/readyz answered {resp.status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            ok, error = False, _describe(e)
+        server.latency = time.monotonic() - start
+        server.last_probe = time.time()
+        metrics.PROBE_SECONDS.labels(server=server.url).observe(server.latency)
+        self._record(server, ok, error)
+        return ok
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(s) for s in self.servers))
+
+    async def _probe_loop(self) -> None:
+        while True:
+            self._refresh_token()
+            try:
+                await self.probe_all()
+            except Exception:  # a bug here must not stop probing
+                log.exception("probe round failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def _record(self, server: Server, ok: bool, error: str) -> None:
+        if ok:
+            server.oks, server.fails = server.oks + 1, 0
+        else:
+            server.oks, server.fails = 0, server.fails + 1
+            server.last_error = error
+        before = server.up
+        if before and server.fails >= self.offline_after:
+            server.up = False
+        elif not before and server.oks >= self.online_after:
+            server.up = True
+        if server.up != before:
+            metrics.UPSTREAM_UP.labels(server=server.url).set(1 if server.up else 0)
+            if server.up:
+                log.info("upstream %s is up", server.url)
+            else:
+                log.warning("upstream %s is down: %s", server.url, server.last_error)
+        online = any(s.up for s in self.servers)
+        if online != self.online:
+            self.online = online
+            self.changed_at = time.time()
+            metrics.ONLINE.set(1 if online else 0)
+            metrics.STATE_CHANGES.labels(state="online" if online else "offline").inc()
+            log.warning("edgeproxy is %s", "ONLINE: forwarding to the API server" if online
+                        else "OFFLINE: no API server reachable, answering locally")
+            for callback in list(self._listeners):
+                try:
+                    callback(online)
+                except Exception:
+                    log.exception("online-state listener failed")
+
+    def _refresh_token(self) -> None:
+        path = self._creds.token_file
+        if not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime
+            if mtime != self._token_mtime:
+                self._token = Path(path).read_text().strip() or self._creds.token
+                self._token_mtime = mtime
+        except OSError as e:
+            log.warning("cannot read token file %s: %s", path, e)
+
+    def state(self) -> dict[str, object]:
+        return {"online": self.online, "changed_at": self.changed_at, "servers": [s.state() for s in self.servers]}
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+

@@ -1,0 +1,177 @@
+"""upstream.py: kubeconfig parsing, TLS contexts, the prober's hysteresis, token files."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ssl
+
+import pytest
+import yaml
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgeproxy import upstream
+from tests.test_proxy import serve_app
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def self_signed(cn: str) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def kubeconfig(tmp_path, user: dict, cluster: dict | None = None, **extra) -> str:
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "edge",
+        "clusters": [{"name": "c", "cluster": cluster if cluster is not None else {"server": "https://10.0.0.1:6443/"}},
+                     {"name": "other", "cluster": {"server": "https://10.9.9.9:6443"}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "edge", "context": {"cluster": "c", "user": "u"}},
+                     {"name": "o", "context": {"cluster": "other", "user": "u"}}],
+        **extra,
+    }
+    p = tmp_path / "kubeconfig"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def test_kubeconfig_files_relative_to_it(tmp_path):
+    cert, key = self_signed("system:node:edge-1")
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki/ca.crt").write_bytes(cert)
+    (tmp_path / "pki/node.crt").write_bytes(cert)
+    (tmp_path / "pki/node.key").write_bytes(key)
+    path = kubeconfig(tmp_path, {"client-certificate": "pki/node.crt", "client-key": "pki/node.key"},
+                      {"server": "https://10.0.0.1:6443/", "certificate-authority": "pki/ca.crt"})
+    creds = upstream.load_kubeconfig(path, extra_servers=["https://10.0.0.2:6443", "https://10.0.0.1:6443"])
+    assert creds.servers == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
+    assert creds.ca_file == str(tmp_path / "pki/ca.crt") and creds.key_file == str(tmp_path / "pki/node.key")
+    assert creds.has_client_cert
+    ctx = upstream.ssl_context(creds)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert upstream.load_kubeconfig(path, context="o").servers == ("https://10.9.9.9:6443",)
+
+
+def test_kubeconfig_inline_data_token_insecure(tmp_path):
+    cert, key = self_signed("system:node:edge-1")
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    (tmp_path / "token").write_text("file-token\n")
+    path = kubeconfig(tmp_path, {"client-certificate-data": b64(cert), "client-key-data": b64(key),
+                                 "token": "inline-token", "tokenFile": "token"},
+                      {"server": "https://10.0.0.1:6443", "insecure-skip-tls-verify": True})
+    creds = upstream.load_kubeconfig(path)
+    assert creds.cert_data == cert and creds.key_data == key and creds.token == "inline-token"
+    assert creds.insecure
+    ctx = upstream.ssl_context(creds)  # loads the inline pair through a private temporary file
+    assert ctx.verify_mode == ssl.CERT_NONE
+    up = upstream.Upstream(creds)
+    from multidict import CIMultiDict
+
+    h = CIMultiDict()
+    assert up.authorize(h) is False and h["Authorization"] == "Bearer file-token"  # client-go: tokenFile wins
+    h = CIMultiDict(Authorization="Bearer mine")
+    assert up.authorize(h) is True and h["Authorization"] == "Bearer mine"
+
+
+@pytest.mark.parametrize(("user", "cluster", "message"), [
+    ({}, {}, "has no server"),
+    ({}, {"server": "ftp://x"}, "not an http"),
+    ({"client-certificate": "missing.crt", "client-key": "missing.key"}, None, "does not exist"),
+    ({"client-certificate-data": "QQ=="}, None, "without a key"),
+])
+def test_kubeconfig_errors(tmp_path, user, cluster, message):
+    with pytest.raises(upstream.KubeconfigError, match=message):
+        upstream.load_kubeconfig(kubeconfig(tmp_path, user, cluster))
+
+
+def test_kubeconfig_unknown_context(tmp_path):
+    with pytest.raises(upstream.KubeconfigError, match="no context named"):
+        upstream.load_kubeconfig(kubeconfig(tmp_path, {}), context="nope")
+
+
+class Switchable:
+    """A /readyz whose answer the test flips: what a recovering or failing API server's readyz does."""
+
+    def __init__(self) -> None:
+        self.code = 200
+        self.app = web.Application()
+        self.app.router.add_get("/readyz", self.readyz)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return web.Response(status=self.code, text="ok" if self.code == 200 else "[-]etcd failed")
+
+
+async def test_hysteresis_and_callbacks():
+    api = Switchable()
+    async with serve_app(api.app) as url:
+        up = upstream.Upstream(upstream.Credentials(servers=(url,)), probe_interval=3600, offline_after=3,
+                               online_after=2)
+        changes = []
+        up.on_change(changes.append)
+        await up.start()
+        try:
+            server = up.servers[0]
+            await up.probe(server)
+            assert server.up is True and up.online
+            api.code = 500
+            for _ in range(2):
+                assert not await up.probe(server)
+            assert server.up is True and up.online  # two failures are not enough
+            await up.probe(server)
+            assert server.up is False and not up.online and changes == [False]
+            assert "500" in server.last_error
+            api.code = 200
+            await up.probe(server)
+            assert not up.online  # one success is not enough
+            await up.probe(server)
+            assert up.online and changes == [False, True]
+        finally:
+            await up.close()
+
+
+async def test_token_file_is_reread_when_it_changes(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("one")
+    up = upstream.Upstream(upstream.Credentials(servers=("http://127.0.0.1:1",), token_file=str(token)))
+    from multidict import CIMultiDict
+
+    h = CIMultiDict()
+    up.authorize(h)
+    assert h["Authorization"] == "Bearer one"
+    token.write_text("two")
+    import os
+
+    os.utime(token, (1, 1))  # a different mtime, as a rotation gives
+    up._refresh_token()  # what the prober does each round
+    h = CIMultiDict()
+    up.authorize(h)
+    assert h["Authorization"] == "Bearer two"
+
+
+async def test_send_raises_unavailable_when_nothing_listens():
+    from tests.test_proxy import free_port
+
+    up = upstream.Upstream(upstream.Credentials(servers=(f"http://127.0.0.1:{free_port()}",)), probe_interval=3600)
+    await up.start()
+    try:
+        from multidict import CIMultiDict
+
+        with pytest.raises(upstream.Unavailable, match=r"127\.0\.0\.1"):
+            await up.send("GET", "/api", CIMultiDict())
+        assert up.servers[0].fails >= 1
+    finally:
+        await up.close()
