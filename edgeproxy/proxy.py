@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edgeproxy import metrics, upstream
+from edgeproxy import logs, metrics, upstream
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -150,6 +150,7 @@ class Proxy:
         info, error = classify(request, self.aliases)
         decision = route(info, self.upstream.online)
         answered_by = "upstream"
+        note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
         try:
             if decision is Route.UPSTREAM:
@@ -159,13 +160,13 @@ class Proxy:
                     else:
                         resp = await self._forward(request, info, start)
                 except upstream.Unavailable as e:
-                    answered_by = "cache"
+                    answered_by, note = "cache", str(e)
                     resp = await self._local(request, info, str(e), start)
             elif decision is Route.LOCAL:
-                answered_by = "cache"
+                answered_by, note = "cache", "offline"
                 resp = await self._local(request, info, "offline", start)
             else:
-                answered_by = "proxy"
+                answered_by, note = "proxy", str(error) if error is not None else "offline"
                 if error is not None:
                     resp = status_response(error.status, error.reason, str(error))
                 else:
@@ -178,6 +179,10 @@ class Proxy:
                 metrics.REQUESTS.labels(info.client.component, info.verb, info.resource, code, answered_by).inc()
             else:
                 metrics.REQUESTS.labels("", request.method.lower(), "", code, answered_by).inc()
+            logs.request(component=info.client.component if info is not None else "",
+                         verb=info.verb if info is not None else request.method.lower(), path=request.path,
+                         code=int(code), source=answered_by, duration=time.monotonic() - start,
+                         resource=info.resource if info is not None else "", note=note)
 
     async def _local(self, request: web.Request, info: kube_request.RequestInfo | None, reason: str,
                      start: float) -> web.StreamResponse:
