@@ -24,11 +24,8 @@ ROUTES = {
     ("/api/v1/nodes", "fieldSelector=metadata.name%3Dedge-1"): "nodes-edge1.list",
     ("/api/v1/namespaces/edge/configmaps/web-config", ""): "configmap-web-config.get",
     ("/api/v1/namespaces/edge/secrets/db-credentials", ""): "secret-db-credentials.get",
-    (
-        "/api/v1/pods",
-        "watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304&allowWatchBookmarks=true"
-        "&timeoutSeconds=20",
-    ): "watch.pods-edge1",
+    ("/api/v1/pods", "watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304&allowWatchBookmarks=true"
+                     "&timeoutSeconds=20"): "watch.pods-edge1",
     ("/api", ""): "api",
     ("/version", ""): "version",
 }
@@ -62,7 +59,7 @@ def frames(body: bytes, content_type: str) -> list[bytes]:
         pos = 0
         while pos < len(body):
             (n,) = struct.unpack_from(">I", body, pos)
-            out.append(body[pos : pos + 4 + n])
+            out.append(body[pos:pos + 4 + n])
             pos += 4 + n
     else:
         out = [line + b"\n" for line in body.split(b"\n") if line]

@@ -14,10 +14,8 @@ from edgeproxy import local, record
 from edgeproxy.kube import request
 
 FIXTURES = Path(__file__).parent / "fixtures"
-KUBELET = {
-    "User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/cd13ec4",
-    "Accept": "application/vnd.kubernetes.protobuf, */*",
-}
+KUBELET = {"User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/cd13ec4",
+           "Accept": "application/vnd.kubernetes.protobuf, */*"}
 KUBECTL_JSON = {"User-Agent": "kubectl/v1.32.0 (linux/amd64) kubernetes/cd13ec4", "Accept": "application/json"}
 
 
@@ -51,9 +49,8 @@ class Cache:
     recorder: record.Recorder
     local: local.Local
 
-    def feed(
-        self, req: request.RequestInfo, fixture: str, *, chunk: int = 4096, ok: bool = True, data: bytes | None = None
-    ) -> None:
+    def feed(self, req: request.RequestInfo, fixture: str, *, chunk: int = 4096, ok: bool = True,
+             data: bytes | None = None) -> None:
         """Play a recorded answer through the recorder as the proxy would (in chunks), then wait until stored."""
         data = body(fixture) if data is None else data
         sink = self.recorder.begin(req, status_of(fixture), headers(fixture))

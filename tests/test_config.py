@@ -22,10 +22,8 @@ def test_defaults():
 
 def test_precedence_flag_env_file(tmp_path):
     f = tmp_path / "edgeproxy.env"
-    f.write_text(
-        '# comment\nEDGEPROXY_LISTEN=127.0.0.1:1\nEDGEPROXY_CACHE_DIR="/var/cache/x y"\n'
-        "EDGEPROXY_PROBE_INTERVAL=7\nEDGEPROXY_SERVERS=https://a:6443/, https://b:6443\n"
-    )
+    f.write_text('# comment\nEDGEPROXY_LISTEN=127.0.0.1:1\nEDGEPROXY_CACHE_DIR="/var/cache/x y"\n'
+                 "EDGEPROXY_PROBE_INTERVAL=7\nEDGEPROXY_SERVERS=https://a:6443/, https://b:6443\n")
     env = {"EDGEPROXY_LISTEN": "127.0.0.1:2", "EDGEPROXY_OFFLINE_AFTER": "5", "HOME": "/root"}
     c = config.load(parse(["--config", str(f), "--listen", "127.0.0.1:3"]), environ=env)
     assert c.listen == "127.0.0.1:3"
@@ -38,19 +36,15 @@ def test_precedence_flag_env_file(tmp_path):
 
 
 def test_aliases_and_ipv6():
-    c = config.load(
-        parse(["--component-aliases", "my-kubelet=kubelet, Vendor-Proxy=kube-proxy", "--ops-listen", "[::1]:9"]),
-        environ={},
-    )
+    c = config.load(parse(["--component-aliases", "my-kubelet=kubelet, Vendor-Proxy=kube-proxy",
+                           "--ops-listen", "[::1]:9"]), environ={})
     assert c.component_aliases == (("my-kubelet", "kubelet"), ("vendor-proxy", "kube-proxy"))
     assert c.ops_host_port == ("::1", 9)
     assert config.load(parse(["--ops-listen", ""]), environ={}).ops_host_port is None
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [["--listen", "nope"], ["--probe-timeout", "x"], ["--config", "/nonexistent/f"], ["--component-aliases", "nosep"]],
-)
+@pytest.mark.parametrize("argv", [["--listen", "nope"], ["--probe-timeout", "x"], ["--config", "/nonexistent/f"],
+                                  ["--component-aliases", "nosep"]])
 def test_bad_settings_are_config_errors(argv):
     with pytest.raises(config.ConfigError):
         config.load(parse(argv), environ={})

@@ -29,14 +29,8 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def test_demo_tells_the_online_offline_story(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeproxy", "demo", "--fast", "--pods", "20"],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = subprocess.run([sys.executable, "-m", "edgeproxy", "demo", "--fast", "--pods", "20"], cwd=ROOT,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     lines = out.splitlines()
@@ -88,18 +82,8 @@ async def test_demo_against_a_cluster_is_read_only(tmp_path: Path) -> None:
         work.mkdir()
         rv_before = sim.store.rv
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edgeproxy",
-            "demo",
-            "--fast",
-            "--kubeconfig",
-            str(kubeconfig),
-            cwd=ROOT,
-            env=_env(work),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+            sys.executable, "-m", "edgeproxy", "demo", "--fast", "--kubeconfig", str(kubeconfig), cwd=ROOT,
+            env=_env(work), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert proc.stdout is not None
         out: list[str] = []
         async with asyncio.timeout(60):
@@ -108,13 +92,8 @@ async def test_demo_against_a_cluster_is_read_only(tmp_path: Path) -> None:
                 if "WATCH pods from resourceVersion" in out[-1]:
                     break
             rv_watch = sim.store.rv
-            sim.create(
-                "pods",
-                {
-                    "metadata": {"name": "seen-by-the-demo", "namespace": "edge"},
-                    "spec": {"containers": [{"name": "c", "image": "busybox"}]},
-                },
-            )
+            sim.create("pods", {"metadata": {"name": "seen-by-the-demo", "namespace": "edge"},
+                                "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
             rest, err = await proc.communicate()
         text = "".join(out) + rest.decode()
         assert proc.returncode == 0, text + err.decode()
@@ -126,14 +105,8 @@ async def test_demo_against_a_cluster_is_read_only(tmp_path: Path) -> None:
 
 
 def test_demo_help_names_the_options() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeproxy", "demo", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(Path("/tmp")),
-    )
+    proc = subprocess.run([sys.executable, "-m", "edgeproxy", "demo", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=_env(Path("/tmp")))
     assert proc.returncode == 0
     for option in ("--kubeconfig", "--pods", "--keep-running", "--fast"):
         assert option in proc.stdout

@@ -67,13 +67,7 @@ def test_env_file_parses_as_systemd_reads_it():
 
 
 def test_install_command_runs_as_a_process(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "edgeproxy", "install-systemd", "--root", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ},
-    )
+    out = subprocess.run([sys.executable, "-m", "edgeproxy", "install-systemd", "--root", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert "written" in out.stdout

@@ -29,22 +29,8 @@ def test_in_cluster_components_use_https_with_their_token(tmp_path, component):
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     out = tmp_path / f"{component}.kubeconfig"
-    assert (
-        cli.main(
-            [
-                "kubeconfig",
-                "--component",
-                component,
-                "--token-file",
-                str(token),
-                "--certificate-authority",
-                str(ca),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(["kubeconfig", "--component", component, "--token-file", str(token),
+                     "--certificate-authority", str(ca), "--out", str(out)]) == 0
     c = load(out)
     assert c.host == "https://127.0.0.1:10268"
     assert c.api_key["BearerToken"] == "Bearer eyJhbGciOi.token-of-" + component
@@ -60,7 +46,8 @@ def test_default_paths_are_the_service_account_and_the_proxy_ca():
 def test_embedded_ca_and_custom_server(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    doc = kubeconfig.build("coredns", server="https://169.254.2.1:10268", certificate_authority=str(ca), embed_ca=True)
+    doc = kubeconfig.build("coredns", server="https://169.254.2.1:10268", certificate_authority=str(ca),
+                           embed_ca=True)
     cluster = doc["clusters"][0]["cluster"]
     assert cluster["server"] == "https://169.254.2.1:10268"
     assert base64.b64decode(cluster["certificate-authority-data"]) == ca.read_bytes()
@@ -72,24 +59,8 @@ def test_upstream_has_the_node_identity(tmp_path):
     pem.write_text("x")
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    assert (
-        cli.main(
-            [
-                "kubeconfig",
-                "--component",
-                "upstream",
-                "--server",
-                "https://10.0.0.1:6443",
-                "--ca-file",
-                str(ca),
-                "--client-certificate",
-                str(pem),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(["kubeconfig", "--component", "upstream", "--server", "https://10.0.0.1:6443",
+                     "--ca-file", str(ca), "--client-certificate", str(pem), "--out", str(out)]) == 0
     c = load(out)
     assert c.host == "https://10.0.0.1:6443"
     assert c.cert_file == c.key_file == str(pem)

@@ -19,12 +19,8 @@ PB = "application/vnd.kubernetes.protobuf"
 
 @pytest.fixture
 def c(tmp_path):
-    with recording.cache(
-        tmp_path / "cache",
-        node="edge-1",
-        bookmark_interval=0.2,
-        tokens=tokens.TokenBook(tmp_path / "tokens", node="edge-1"),
-    ) as cache:
+    with recording.cache(tmp_path / "cache", node="edge-1", bookmark_interval=0.2,
+                         tokens=tokens.TokenBook(tmp_path / "tokens", node="edge-1")) as cache:
         yield cache
 
 
@@ -82,9 +78,8 @@ async def test_a_narrower_list_is_filtered_from_a_wider_complete_view(c, http):
     every = protobuf.parse_list(protobuf.unwrap(body("pods-edge1.list.pb")).raw).items
     assert labels and all(lbl.get("app") == "web" for lbl in labels)
     assert len(labels) == sum(1 for i in every if protobuf.object_meta(i).labels.get("app") == "web")
-    code, _, data = await get(
-        http, "/api/v1/namespaces/edge/pods?fieldSelector=spec.nodeName%3Dedge-1%2Cstatus.phase%3DPending", KUBELET
-    )
+    code, _, data = await get(http, "/api/v1/namespaces/edge/pods?fieldSelector=spec.nodeName%3Dedge-1"
+                                    "%2Cstatus.phase%3DPending", KUBELET)
     items = protobuf.parse_list(protobuf.unwrap(data).raw).items
     assert code == 200 and [protobuf.selector_fields("pods", i)["status.phase"] for i in items] == ["Pending"]
 
@@ -117,16 +112,13 @@ async def test_limit_and_continue_with_our_own_tokens(c, http):
     assert code == 410 and json.loads(data)["reason"] == "Expired"
 
 
-@pytest.mark.parametrize(
-    ("query", "code", "reason"),
-    [
-        ("&resourceVersion=304", 200, None),
-        ("&resourceVersion=100", 200, None),
-        ("&resourceVersion=999", 504, "Timeout"),  # newer than the cache: TooLarge, client-go relists with RV=""
-        ("&resourceVersion=304&resourceVersionMatch=Exact", 200, None),
-        ("&resourceVersion=100&resourceVersionMatch=Exact", 410, "Expired"),
-    ],
-)
+@pytest.mark.parametrize(("query", "code", "reason"), [
+    ("&resourceVersion=304", 200, None),
+    ("&resourceVersion=100", 200, None),
+    ("&resourceVersion=999", 504, "Timeout"),  # newer than the cache: TooLarge, client-go relists with RV=""
+    ("&resourceVersion=304&resourceVersionMatch=Exact", 200, None),
+    ("&resourceVersion=100&resourceVersionMatch=Exact", 410, "Expired"),
+])
 async def test_list_resource_version_semantics(c, http, query, code, reason):
     fill(c)
     got, _, data = await get(http, PODS + query, KUBELET)
@@ -140,10 +132,8 @@ async def test_list_resource_version_semantics(c, http, query, code, reason):
 
 async def test_partial_object_metadata_list_from_full_objects(c, http):
     fill(c)
-    accept = (
-        f"{PB};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;"
-        "as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-    )
+    accept = (f"{PB};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;"
+              "as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json")
     code, _, data = await get(http, PODS, {**KUBELET, "Accept": accept})
     u = protobuf.unwrap(data)
     assert code == 200 and (u.kind, u.api_version) == ("PartialObjectMetadataList", "meta.k8s.io/v1")
@@ -154,10 +144,8 @@ async def test_partial_object_metadata_list_from_full_objects(c, http):
 
 async def test_table_is_answered_with_the_plain_list(c, http):
     fill(c, "json")
-    accept = (
-        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
-        "application/json"
-    )
+    accept = ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+              "application/json")
     code, ct, data = await get(http, PODS, {**KUBECTL_JSON, "Accept": accept})
     assert code == 200 and ct == "application/json" and json.loads(data) == json.loads(body("pods-edge1.list.json"))
 
@@ -170,11 +158,8 @@ async def test_get_is_the_stored_answer_or_the_object_from_a_view(c, http):
     c.feed(info("/api/v1/namespaces/edge/configmaps/web-config"), "configmap-web-config.get.pb")
     code, _, data = await get(http, "/api/v1/namespaces/edge/configmaps/web-config", KUBELET)
     assert code == 200 and data == body("configmap-web-config.get.pb")
-    item = next(
-        i
-        for i in protobuf.parse_list(protobuf.unwrap(body("pods-edge1.list.pb")).raw).items
-        if protobuf.object_meta(i).name == "db-0"
-    )
+    item = next(i for i in protobuf.parse_list(protobuf.unwrap(body("pods-edge1.list.pb")).raw).items
+                if protobuf.object_meta(i).name == "db-0")
     code, _, data = await get(http, "/api/v1/namespaces/edge/pods/db-0", KUBELET)
     assert code == 200 and data == protobuf.wrap("v1", "Pod", item)
 
@@ -259,10 +244,8 @@ async def test_watch_from_a_version_the_view_cannot_continue_is_410(c, http, rv)
 async def test_watch_list_replays_the_view_then_the_end_bookmark(c, http, ext):
     fill(c, ext)
     hdrs = KUBELET if ext == "pb" else KUBECTL_JSON
-    url = (
-        PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
-        "&timeoutSeconds=300"
-    )
+    url = (PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+           "&timeoutSeconds=300")
     async with http.get(url, headers=hdrs) as r:
         frames = await read_frames(r, ext, 16)
         c.local.upstream_changed(True)
@@ -271,10 +254,8 @@ async def test_watch_list_replays_the_view_then_the_end_bookmark(c, http, ext):
     end = events[-1][1]
     assert end.resource_version == "304" and end.annotations["k8s.io/initial-events-end"] == "true"
     recorded = body(f"watchlist.pods-edge1.{ext}")
-    want = [
-        decoded(ext, f)[1].annotations["kubernetes.io/initial-events-list-blueprint"]
-        for f in (watch.ProtobufSplitter() if ext == "pb" else watch.JsonSplitter()).feed(recorded)[-1:]
-    ]
+    want = [decoded(ext, f)[1].annotations["kubernetes.io/initial-events-list-blueprint"]
+            for f in (watch.ProtobufSplitter() if ext == "pb" else watch.JsonSplitter()).feed(recorded)[-1:]]
     assert end.annotations["kubernetes.io/initial-events-list-blueprint"] == want[0]
 
 
@@ -289,20 +270,10 @@ async def send(http, method, url, data, ct, hdrs=KUBELET):
 async def test_node_status_patch_by_a_vendor_node_agent_and_a_later_get(c, http):
     agent = {"User-Agent": "k3s/v1.32.0+k3s1 (linux/amd64) kubernetes/cd13ec4", "Accept": "application/json"}
     c.feed(info("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1", agent), "nodes-edge1.list.json")
-    patch = {
-        "status": {
-            "$setElementOrder/conditions": [{"type": "Ready"}],
-            "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}],
-        }
-    }
-    code, _, data = await send(
-        http,
-        "PATCH",
-        "/api/v1/nodes/edge-1/status?timeout=10s",
-        json.dumps(patch),
-        "application/strategic-merge-patch+json",
-        agent,
-    )
+    patch = {"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
+                        "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}]}}
+    code, _, data = await send(http, "PATCH", "/api/v1/nodes/edge-1/status?timeout=10s", json.dumps(patch),
+                               "application/strategic-merge-patch+json", agent)
     assert code == 200
     node = json.loads(data)
     ready = next(x for x in node["status"]["conditions"] if x["type"] == "Ready")
@@ -315,20 +286,10 @@ async def test_node_status_patch_by_a_vendor_node_agent_and_a_later_get(c, http)
 
 async def test_kubelet_node_status_patch_on_a_protobuf_node(c, http):
     c.feed(info("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1"), "nodes-edge1.list.pb")
-    patch = {
-        "status": {
-            "$setElementOrder/conditions": [{"type": "Ready"}],
-            "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}],
-        }
-    }
-    code, ct, data = await send(
-        http,
-        "PATCH",
-        "/api/v1/nodes/edge-1/status?timeout=10s",
-        json.dumps(patch),
-        "application/strategic-merge-patch+json",
-        {**KUBELET, "User-Agent": "hollow-kubelet"},
-    )
+    patch = {"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
+                        "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}]}}
+    code, ct, data = await send(http, "PATCH", "/api/v1/nodes/edge-1/status?timeout=10s", json.dumps(patch),
+                                "application/strategic-merge-patch+json", {**KUBELET, "User-Agent": "hollow-kubelet"})
     assert code == 200 and ct == PB
     node = schema.to_json("Node", protobuf.unwrap(data).raw)
     ready = next(x for x in node["status"]["conditions"] if x["type"] == "Ready")
@@ -348,35 +309,25 @@ async def test_kubelet_writes_offline(c, http):
     assert code == 409 and json.loads(data)["reason"] == "AlreadyExists"
     event = body("configmap-web-config.get.pb")  # any protobuf object: an event is echoed as sent
     assert await send(http, "POST", "/api/v1/namespaces/default/events", event, PB) == (201, PB, event)
-    code, _, _ = await send(
-        http, "PATCH", "/api/v1/namespaces/edge/pods/web-0/status", b"{}", "application/strategic-merge-patch+json"
-    )
+    code, _, _ = await send(http, "PATCH", "/api/v1/namespaces/edge/pods/web-0/status", b"{}",
+                            "application/strategic-merge-patch+json")
     assert code == 503
     code, _, data = await send(http, "DELETE", "/api/v1/namespaces/edge/pods/web-0", b"", PB)
     assert code == 503
 
 
 async def test_lease_renewal_offline_and_a_later_get(c, http):
-    lease = json.dumps(
-        {
-            "kind": "Lease",
-            "apiVersion": "coordination.k8s.io/v1",
-            "metadata": {"name": "edge-1", "namespace": "kube-node-lease", "resourceVersion": "900"},
-            "spec": {
-                "holderIdentity": "edge-1",
-                "leaseDurationSeconds": 40,
-                "renewTime": "2026-11-24T16:00:00.000000Z",
-            },
-        }
-    ).encode()
+    lease = json.dumps({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                        "metadata": {"name": "edge-1", "namespace": "kube-node-lease", "resourceVersion": "900"},
+                        "spec": {"holderIdentity": "edge-1", "leaseDurationSeconds": 40,
+                                 "renewTime": "2026-11-24T16:00:00.000000Z"}}).encode()
     url = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/edge-1?timeout=10s"
     code, _, data = await send(http, "PUT", url, lease, "application/json", {**KUBELET, "Accept": "application/json"})
     assert code == 200 and json.loads(data)["metadata"]["resourceVersion"] == "901"
     again = json.loads(data)
     again["spec"]["renewTime"] = "2026-11-24T16:00:10.000000Z"
-    code, _, data = await send(
-        http, "PUT", url, json.dumps(again).encode(), "application/json", {**KUBELET, "Accept": "application/json"}
-    )
+    code, _, data = await send(http, "PUT", url, json.dumps(again).encode(), "application/json",
+                               {**KUBELET, "Accept": "application/json"})
     assert json.loads(data)["metadata"]["resourceVersion"] == "901"  # one past upstream, however many renewals
     c.sync()
     code, _, data = await get(http, url.split("?")[0], {**KUBELET, "Accept": "application/json"})
@@ -384,36 +335,17 @@ async def test_lease_renewal_offline_and_a_later_get(c, http):
 
 
 async def test_token_request_offline(c, http):
-    ask = json.dumps(
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {
-                "expirationSeconds": 3607,
-                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "u1"},
-            },
-        }
-    )
-    code, _, data = await send(
-        http,
-        "POST",
-        "/api/v1/namespaces/edge/serviceaccounts/default/token",
-        ask,
-        "application/json",
-        {**KUBELET, "Accept": "application/json"},
-    )
+    ask = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                      "spec": {"expirationSeconds": 3607,
+                               "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "u1"}}})
+    code, _, data = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
+                                "application/json", {**KUBELET, "Accept": "application/json"})
     assert code == 201
     tok = json.loads(data)["status"]["token"]
     claims = tokens.verify(tok, c.local.tokens.signer.public_key())
     assert claims["kubernetes.io"]["pod"] == {"name": "web-0", "uid": "u1"}
-    code, _, _ = await send(
-        http,
-        "POST",
-        "/api/v1/namespaces/edge/serviceaccounts/default/token",
-        ask,
-        "application/json",
-        {**KUBELET, "Authorization": "Bearer pod-token"},
-    )
+    code, _, _ = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
+                            "application/json", {**KUBELET, "Authorization": "Bearer pod-token"})
     assert code == 503  # only the node's identity gets tokens minted
 
 

@@ -45,7 +45,7 @@ def test_state_change_is_one_line_with_fields(stream):
     assert line["server"] == "https://10.0.0.1:6443" and line["error"] == "connect timeout"
     assert line["f_name"] == "x"  # a field named like a LogRecord attribute is kept, prefixed
     assert line["logger"] == "edgeproxy.state"
-    assert line["msg"].startswith('upstream_offline server=https://10.0.0.1:6443 error="connect timeout"')
+    assert line["msg"].startswith("upstream_offline server=https://10.0.0.1:6443 error=\"connect timeout\"")
 
 
 def test_flag_wins_over_environment(stream, monkeypatch):
@@ -67,14 +67,11 @@ def test_bad_level_is_an_error():
 def test_requests_are_sampled_but_errors_always_logged(stream, monkeypatch):
     monkeypatch.setenv(logs.ENV_SAMPLE, "10")
     logs.setup(level="info", fmt="json", stream=stream)
-    logged = [
-        logs.request(
-            component="kubelet", verb="get", path="/api/v1/nodes/n1", code=200, source="upstream", duration=0.002
-        )
-        for _ in range(100)
-    ]
+    logged = [logs.request(component="kubelet", verb="get", path="/api/v1/nodes/n1", code=200, source="upstream",
+                           duration=0.002) for _ in range(100)]
     assert sum(logged) == 10
-    assert logs.request(component="kubelet", verb="list", path="/api/v1/pods", code=503, source="cache", duration=0.001)
+    assert logs.request(component="kubelet", verb="list", path="/api/v1/pods", code=503, source="cache",
+                        duration=0.001)
     last = lines(stream)[-1]
     assert last["code"] == 503 and last["source"] == "cache" and last["duration_ms"] == 1.0
 
@@ -82,9 +79,8 @@ def test_requests_are_sampled_but_errors_always_logged(stream, monkeypatch):
 def test_debug_logs_every_request(stream):
     logs.setup(level="debug", fmt="json", stream=stream)
     for _ in range(5):
-        logs.request(
-            component="coredns", verb="watch", path="/api/v1/services", code=200, source="upstream", duration=0.0
-        )
+        logs.request(component="coredns", verb="watch", path="/api/v1/services", code=200, source="upstream",
+                     duration=0.0)
     assert len([x for x in lines(stream) if x["logger"] == "edgeproxy.request"]) == 5
 
 
@@ -97,25 +93,10 @@ def test_recent_lines_are_kept_for_collect(stream):
 def test_activity_per_component_keeps_last_requests_and_errors(stream):
     logs.setup(level="warning", fmt="json", stream=stream)
     for i in range(60):
-        logs.request(
-            component="diag-kubelet",
-            verb="get",
-            path=f"/api/v1/nodes/n{i}",
-            code=200,
-            source="upstream",
-            duration=0.001,
-            resource="nodes",
-        )
-    logs.request(
-        component="diag-kubelet",
-        verb="list",
-        path="/api/v1/pods",
-        code=503,
-        source="cache",
-        duration=0.0,
-        resource="pods",
-        error="view incomplete",
-    )
+        logs.request(component="diag-kubelet", verb="get", path=f"/api/v1/nodes/n{i}", code=200, source="upstream",
+                     duration=0.001, resource="nodes")
+    logs.request(component="diag-kubelet", verb="list", path="/api/v1/pods", code=503, source="cache",
+                 duration=0.0, resource="pods", error="view incomplete")
     snap = logs.activity("diag-kubelet")["diag-kubelet"]
     assert snap["total"] == 61
     assert len(snap["last"]) == 50 and snap["last"][-1]["path"] == "/api/v1/pods"

@@ -24,21 +24,18 @@ class _Info:
         self.verb = verb
 
 
-@pytest.mark.parametrize(
-    ("verb", "online", "expected"),
-    [
-        ("list", True, proxy.Route.UPSTREAM),
-        ("watch", True, proxy.Route.UPSTREAM),
-        ("connect", True, proxy.Route.UPSTREAM),
-        ("create", True, proxy.Route.UPSTREAM),
-        (None, True, proxy.Route.UPSTREAM),  # unparseable: the API server decides
-        ("list", False, proxy.Route.LOCAL),
-        ("watch", False, proxy.Route.LOCAL),
-        ("patch", False, proxy.Route.LOCAL),
-        ("connect", False, proxy.Route.REJECT),
-        (None, False, proxy.Route.REJECT),
-    ],
-)
+@pytest.mark.parametrize(("verb", "online", "expected"), [
+    ("list", True, proxy.Route.UPSTREAM),
+    ("watch", True, proxy.Route.UPSTREAM),
+    ("connect", True, proxy.Route.UPSTREAM),
+    ("create", True, proxy.Route.UPSTREAM),
+    (None, True, proxy.Route.UPSTREAM),  # unparseable: the API server decides
+    ("list", False, proxy.Route.LOCAL),
+    ("watch", False, proxy.Route.LOCAL),
+    ("patch", False, proxy.Route.LOCAL),
+    ("connect", False, proxy.Route.REJECT),
+    (None, False, proxy.Route.REJECT),
+])
 def test_route(verb, online, expected):
     info = _Info(verb) if verb is not None else None
     assert proxy.route(info, online) is expected
@@ -47,20 +44,9 @@ def test_route(verb, online, expected):
 def test_forward_headers_drops_hop_by_hop_and_connection_named():
     from multidict import CIMultiDict
 
-    h = CIMultiDict(
-        [
-            ("Host", "x"),
-            ("Connection", "keep-alive, X-Private"),
-            ("X-Private", "1"),
-            ("TE", "trailers"),
-            ("Keep-Alive", "timeout=5"),
-            ("Proxy-Authorization", "Basic Zm9v"),
-            ("Accept", "a"),
-            ("Accept", "b"),
-            ("Authorization", "Bearer t"),
-            ("Content-Length", "3"),
-        ]
-    )
+    h = CIMultiDict([("Host", "x"), ("Connection", "keep-alive, X-Private"), ("X-Private", "1"), ("TE", "trailers"),
+                     ("Keep-Alive", "timeout=5"), ("Proxy-Authorization", "Basic Zm9v"), ("Accept", "a"),
+                     ("Accept", "b"), ("Authorization", "Bearer t"), ("Content-Length", "3")])
     out = proxy.forward_headers(h)
     assert list(out.items()) == [("Accept", "a"), ("Accept", "b"), ("Authorization", "Bearer t")]
 
@@ -109,10 +95,8 @@ async def through(recorded_upstream):
 async def test_list_and_get_bytes_unchanged(through, encoding):
     _, svc, s = through
     accept = "application/vnd.kubernetes.protobuf" if encoding == "pb" else "application/json"
-    for path, name in [
-        ("/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", "pods-edge1.list"),
-        ("/api/v1/namespaces/edge/configmaps/web-config", "configmap-web-config.get"),
-    ]:
+    for path, name in [("/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", "pods-edge1.list"),
+                       ("/api/v1/namespaces/edge/configmaps/web-config", "configmap-web-config.get")]:
         rec = recorded.load(f"{name}.{encoding}")
         async with s.get(svc.url + path, headers={"Accept": accept}) as r:
             assert r.status == 200
@@ -132,20 +116,10 @@ async def test_error_status_passes_through(through):
 async def test_hop_by_hop_removed_host_rewritten(through):
     api, svc, _ = through
     session = aiohttp.ClientSession(skip_auto_headers=("Accept-Encoding", "Accept"))
-    async with (
-        session as s,
-        s.get(
-            svc.url + "/version",
-            headers={
-                "Connection": "keep-alive, X-Private",
-                "X-Private": "secret",
-                "TE": "trailers",
-                "Keep-Alive": "timeout=5",
-                "Proxy-Authorization": "Basic Zm9vOmJhcg==",
-                "User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/abc",
-            },
-        ) as r,
-    ):
+    async with session as s, s.get(svc.url + "/version", headers={
+        "Connection": "keep-alive, X-Private", "X-Private": "secret", "TE": "trailers", "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==", "User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/abc",
+    }) as r:
         assert r.status == 200
         await r.read()
         for name in ("Connection", "Keep-Alive", "Transfer-Encoding"):
@@ -173,9 +147,8 @@ async def test_authorization_own_or_kubeconfig(through):
 async def test_request_body_goes_up_unchanged(through):
     api, svc, s = through
     body = recorded.load("configmap-web-config.get.json").body
-    async with s.post(
-        svc.url + "/api/v1/namespaces/edge/configmaps", data=body, headers={"Content-Type": "application/json"}
-    ) as r:
+    async with s.post(svc.url + "/api/v1/namespaces/edge/configmaps", data=body,
+                      headers={"Content-Type": "application/json"}) as r:
         assert r.status == 201
         assert await r.read() == body
     assert api.seen[-1][2]["Content-Type"] == "application/json"
@@ -187,10 +160,8 @@ async def test_watch_streams_event_by_event(through, encoding):
     rec = recorded.load(f"watch.pods-edge1.{encoding}")
     events = recorded.frames(rec.body, rec.content_type)
     accept = "application/vnd.kubernetes.protobuf" if encoding == "pb" else "application/json"
-    path = (
-        "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
-        "&allowWatchBookmarks=true&timeoutSeconds=20"
-    )
+    path = ("/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+            "&allowWatchBookmarks=true&timeoutSeconds=20")
     async with asyncio.timeout(20), s.get(svc.url + path, headers={"Accept": accept}) as r:
         assert r.status == 200
         assert r.headers["Content-Type"] == rec.content_type
@@ -206,10 +177,8 @@ async def test_watch_streams_event_by_event(through, encoding):
 
 async def test_client_going_away_cancels_upstream(through):
     api, svc, s = through
-    path = (
-        "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
-        "&allowWatchBookmarks=true&timeoutSeconds=20"
-    )
+    path = ("/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+            "&allowWatchBookmarks=true&timeoutSeconds=20")
     async with asyncio.timeout(20):
         r = await s.get(svc.url + path)
         await r.content.readany()
@@ -219,10 +188,8 @@ async def test_client_going_away_cancels_upstream(through):
 
 async def test_going_offline_ends_upstream_watches(through):
     api, svc, s = through
-    path = (
-        "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
-        "&allowWatchBookmarks=true&timeoutSeconds=20"
-    )
+    path = ("/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+            "&allowWatchBookmarks=true&timeoutSeconds=20")
     async with asyncio.timeout(20), s.get(svc.url + path) as r:
         first = await r.content.readany()
         api.ready = False  # the link is hung: the watch stays silent; the prober notices
@@ -245,12 +212,10 @@ async def test_gzip_passes_through_byte_identical(recorded_upstream):
     app = web.Application()
     app.router.add_get("/api/v1/pods", gzipped)
     app.router.add_get("/readyz", api.handle)
-    async with (
-        serve_app(app) as gz_url,
-        server.running(proxy_config(), creds=upstream.Credentials(servers=(gz_url,))) as svc,
-        aiohttp.ClientSession(auto_decompress=False) as s,
-        s.get(svc.url + "/api/v1/pods", headers={"Accept-Encoding": "gzip"}) as r,
-    ):
+    async with serve_app(app) as gz_url, \
+            server.running(proxy_config(), creds=upstream.Credentials(servers=(gz_url,))) as svc, \
+            aiohttp.ClientSession(auto_decompress=False) as s, \
+            s.get(svc.url + "/api/v1/pods", headers={"Accept-Encoding": "gzip"}) as r:
         assert r.headers["Content-Encoding"] == "gzip"
         assert await r.read() == gz
 
@@ -281,15 +246,11 @@ async def test_recorder_sees_every_byte_of_lists_gets_and_watches(recorded_upstr
     api, url = recorded_upstream
     rec = _Recorder()
     api.release_watch.set()
-    async with (
-        server.running(proxy_config(), creds=upstream.Credentials(servers=(url,)), recorder=rec) as svc,
-        aiohttp.ClientSession() as s,
-    ):
-        for path in [
-            "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1",
-            "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
-            "&allowWatchBookmarks=true&timeoutSeconds=20",
-        ]:
+    async with server.running(proxy_config(), creds=upstream.Credentials(servers=(url,)), recorder=rec) as svc, \
+            aiohttp.ClientSession() as s:
+        for path in ["/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1",
+                     "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+                     "&allowWatchBookmarks=true&timeoutSeconds=20"]:
             async with s.get(svc.url + path, headers={"Accept": "application/vnd.kubernetes.protobuf"}) as r:
                 await r.read()
         async with s.post(svc.url + "/api/v1/namespaces/edge/configmaps", data=b"{}") as r:
@@ -314,11 +275,8 @@ async def test_upstream_down_answers_503_status():
 async def test_failover_to_second_server(recorded_upstream):
     _, url = recorded_upstream
     creds = upstream.Credentials(servers=(f"http://127.0.0.1:{free_port()}", url))
-    async with (
-        server.running(proxy_config(), creds=creds) as svc,
-        aiohttp.ClientSession() as s,
-        s.get(svc.url + "/version") as r,
-    ):
+    async with server.running(proxy_config(), creds=creds) as svc, aiohttp.ClientSession() as s, \
+            s.get(svc.url + "/version") as r:
         assert r.status == 200
         assert await r.read() == recorded.load("version.json").body
 
@@ -358,15 +316,11 @@ async def test_upgrade_is_tunnelled_both_ways():
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/edge/pods/web-0/exec", echo)
     app.router.add_get("/readyz", recorded.RecordedAPIServer().handle)
-    async with (
-        serve_app(app) as url,
-        server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc,
-        aiohttp.ClientSession() as s,
-        asyncio.timeout(20),
-        s.ws_connect(
-            svc.url + "/api/v1/namespaces/edge/pods/web-0/exec?command=sh", protocols=("v4.channel.k8s.io",)
-        ) as ws,
-    ):
+    async with serve_app(app) as url, \
+            server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc, \
+            aiohttp.ClientSession() as s, asyncio.timeout(20), \
+            s.ws_connect(svc.url + "/api/v1/namespaces/edge/pods/web-0/exec?command=sh",
+                         protocols=("v4.channel.k8s.io",)) as ws:
         assert ws.protocol == "v4.channel.k8s.io"
         for payload in (b"\x00ls\n", b"\x00" + bytes(range(256)) * 400):
             await ws.send_bytes(payload)

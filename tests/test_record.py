@@ -9,10 +9,8 @@ from tests.recording import KUBECTL_JSON, body, info
 
 PODS = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1"
 WATCH = PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true&timeoutSeconds=20"
-WATCH_LIST = (
-    PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
-    "&timeoutSeconds=3"
-)
+WATCH_LIST = (PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+              "&timeoutSeconds=3")
 ENC = {"pb": ("protobuf", recording.KUBELET), "json": ("json", KUBECTL_JSON)}
 
 
@@ -40,9 +38,8 @@ def test_a_list_becomes_its_view(c, ext):
     meta = c.store.view(pods_key(ext))
     assert meta.complete and meta.resource_version == "304"
     assert meta.kind == "PodList" and meta.api_version == "v1"
-    assert c.store.raw_items(pods_key(ext)) == sorted(
-        listed_items(ext, f"pods-edge1.list.{ext}"), key=lambda raw: _ns_name(ext, raw)
-    )
+    assert c.store.raw_items(pods_key(ext)) == sorted(listed_items(ext, f"pods-edge1.list.{ext}"),
+                                                      key=lambda raw: _ns_name(ext, raw))
 
 
 def _ns_name(ext, raw):
@@ -134,16 +131,9 @@ def test_a_404_forgets_a_stored_get(c):
 
 def test_discovery_is_stored_per_client_and_representation(c):
     c.feed(info("/api", KUBECTL_JSON), "api.json")
-    c.feed(
-        info(
-            "/apis",
-            {
-                **KUBECTL_JSON,
-                "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
-            },
-        ),
-        "apis.aggregated-discovery-v2.json",
-    )
+    c.feed(info("/apis", {**KUBECTL_JSON, "Accept": "application/json;g=apidiscovery.k8s.io;v=v2;"
+                                                    "as=APIGroupDiscoveryList,application/json"}),
+           "apis.aggregated-discovery-v2.json")
     client = info("/api", KUBECTL_JSON).client.key
     assert c.store.get_blob(client, views.blob_name("/api", "application/json")) == body("api.json")
     aggregated = views.blob_name("/apis", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
@@ -154,7 +144,5 @@ def test_discovery_is_stored_per_client_and_representation(c):
 def test_tables_and_errors_are_not_recorded(c):
     table = info(PODS, {**KUBECTL_JSON, "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"})
     assert c.recorder.begin(table, 200, recording.headers("pods-edge1.table.json")) is None
-    assert (
-        c.recorder.begin(info(PODS + "&limit=10&continue=x"), 410, recording.headers("gone.pods-list-continue.pb"))
-        is None
-    )
+    assert c.recorder.begin(info(PODS + "&limit=10&continue=x"), 410,
+                            recording.headers("gone.pods-list-continue.pb")) is None

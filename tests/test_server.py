@@ -20,16 +20,12 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_ops_listener_endpoints():
     api = recorded.RecordedAPIServer()
-    async with (
-        serve_app(api.app) as url,
-        server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc,
-        aiohttp.ClientSession() as s,
-    ):
+    async with serve_app(api.app) as url, \
+            server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc, \
+            aiohttp.ClientSession() as s:
         assert svc.ops_url != svc.url
-        async with s.get(
-            svc.url + "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1",
-            headers={"User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/abc"},
-        ) as r:
+        async with s.get(svc.url + "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1",
+                         headers={"User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/abc"}) as r:
             assert r.status == 200
             await r.read()
         async with s.get(svc.url + "/readyz") as r:  # on the proxy listener it is the API server's path
@@ -44,21 +40,10 @@ async def test_ops_listener_endpoints():
         assert state["upstream"]["online"] is True and state["upstream"]["servers"][0]["url"] == url
         async with s.get(svc.ops_url + "/metrics") as r:
             text = await r.text()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in parser.text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    key = (
-        "edgeproxy_requests_total",
-        (
-            ("answered_by", "upstream"),
-            ("code", "200"),
-            ("component", "kubelet"),
-            ("resource", "pods"),
-            ("verb", "list"),
-        ),
-    )
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in parser.text_string_to_metric_families(text) for s in family.samples}
+    key = ("edgeproxy_requests_total", (("answered_by", "upstream"), ("code", "200"), ("component", "kubelet"),
+                                        ("resource", "pods"), ("verb", "list")))
     assert samples[key] >= 1
     assert samples[("edgeproxy_upstream_up", (("server", url),))] == 1
     assert samples[("edgeproxy_online", ())] == 1
@@ -81,34 +66,16 @@ async def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
     api = recorded.RecordedAPIServer()
     async with serve_app(api.app) as url:
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "c",
-                    "clusters": [{"name": "c", "cluster": {"server": url}}],
-                    "users": [{"name": "u", "user": {}}],
-                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                }
-            )
-        )
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": url}}], "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }))
         port, ops_port = free_port(), free_port()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edgeproxy",
-            "serve",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ops-listen",
-            f"127.0.0.1:{ops_port}",
-            "--cache-dir",
-            str(tmp_path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
+            "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}", "--cache-dir", str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:
             async with asyncio.timeout(30), aiohttp.ClientSession() as s:
@@ -131,11 +98,6 @@ async def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
 def test_serve_without_kubeconfig_is_a_usage_error(tmp_path):
     import subprocess
 
-    out = subprocess.run(
-        [sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin"},
-    )
+    out = subprocess.run([sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"})
     assert out.returncode == 2 and "cannot read kubeconfig" in out.stderr

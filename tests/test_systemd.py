@@ -11,9 +11,8 @@ import pytest
 from edgeproxy import install
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
-pytestmark = pytest.mark.skipif(
-    not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze missing (tests/host-packages.sh installs it)"
-)
+pytestmark = pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze missing "
+                                "(tests/host-packages.sh installs it)")
 
 
 def analyze(*args, cwd):
@@ -82,11 +81,8 @@ def test_kubelet_drop_in_points_at_the_proxy_kubeconfig(units):
 
 def test_tmpfiles_keeps_the_cache_private(units):
     root = units.parents[2]
-    lines = [
-        line.split()
-        for line in (root / "etc/tmpfiles.d/edgeproxy.conf").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
+    lines = [line.split() for line in (root / "etc/tmpfiles.d/edgeproxy.conf").read_text().splitlines()
+             if line and not line.startswith("#")]
     by_path = {fields[1]: fields for fields in lines}
     assert by_path["/var/lib/edgeproxy/cache"][2:5] == ["0700", "edgeproxy", "edgeproxy"]
     assert by_path["/var/lib/edgeproxy"][2] == "0700"

@@ -102,12 +102,8 @@ def test_reloader_swaps_on_change_and_retries_half_written_files(tmp_path, caplo
         loaded.append(tls.subject(tls.load_certificate(cert))[0])
 
     expiries: dict[str, float] = {}
-    r = tls.Reloader(
-        lambda: [str(cert), str(key)],
-        reload,
-        certs=lambda: [str(cert)],
-        on_expiry=lambda path, ts: expiries.__setitem__(path, ts),
-    )
+    r = tls.Reloader(lambda: [str(cert), str(key)], reload, certs=lambda: [str(cert)],
+                     on_expiry=lambda path, ts: expiries.__setitem__(path, ts))
     assert r.check() is False and loaded == []  # nothing changed
     # a rotation caught half way: the new certificate is there, its key not yet
     rotated = tls.issue(ca, "system:node:edge-1-rotated", client=True)
@@ -129,9 +125,8 @@ def test_reloader_swaps_on_change_and_retries_half_written_files(tmp_path, caplo
 def test_reloader_warns_days_ahead_of_expiry(tmp_path, caplog):
     ca = tls.make_ca()
     soon = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=360)
-    tls.issue(ca, "system:node:edge-1", client=True, days=365, not_before=soon).write(
-        tmp_path / "c.crt", tmp_path / "c.key"
-    )
+    tls.issue(ca, "system:node:edge-1", client=True, days=365, not_before=soon).write(tmp_path / "c.crt",
+                                                                                     tmp_path / "c.key")
     r = tls.Reloader(lambda: [str(tmp_path / "c.crt")], lambda: None, warn_days=30)
     with caplog.at_level(logging.WARNING, logger="edgeproxy.tls"):
         left = r.report_expiry()

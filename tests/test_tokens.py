@@ -27,9 +27,8 @@ def pod_ask(pod="web-0", uid="0f6c", sa="default", ns="edge", audiences=(), expi
 def kubelet_request_pb(ask: tokens.Ask) -> bytes:
     """A TokenRequest body as kubelet sends it: protobuf, empty metadata, spec{expirationSeconds, boundObjectRef}."""
     b = ask.binding
-    ref = b"".join(
-        protobuf.field_bytes(n, s.encode()) for n, s in ((1, b.kind), (2, b.api_version), (3, b.name), (4, b.uid))
-    )
+    ref = b"".join(protobuf.field_bytes(n, s.encode()) for n, s in ((1, b.kind), (2, b.api_version),
+                                                                      (3, b.name), (4, b.uid)))
     spec = b"".join(protobuf.field_bytes(1, a.encode()) for a in ask.audiences)
     spec += protobuf.field_bytes(3, ref) + protobuf.field_varint(4, ask.expiration_seconds)
     raw = protobuf.field_bytes(1, b"") + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, b"")
@@ -38,18 +37,11 @@ def kubelet_request_pb(ask: tokens.Ask) -> bytes:
 
 def server_answer(ask, encoding, *, expires, sa_uid="5e1f", node_uid="n-1"):
     """An API server answer: its token carries the kubernetes.io claims the server writes."""
-    claims = {
-        "aud": list(tokens.DEFAULT_AUDIENCES),
-        "exp": int(expires),
-        "iss": "https://kubernetes.default.svc",
-        "kubernetes.io": {
-            "namespace": ask.namespace,
-            "node": {"name": "edge-1", "uid": node_uid},
-            "pod": {"name": ask.binding.name, "uid": ask.binding.uid},
-            "serviceaccount": {"name": ask.service_account, "uid": sa_uid},
-        },
-        "sub": f"system:serviceaccount:{ask.namespace}:{ask.service_account}",
-    }
+    claims = {"aud": list(tokens.DEFAULT_AUDIENCES), "exp": int(expires), "iss": "https://kubernetes.default.svc",
+              "kubernetes.io": {"namespace": ask.namespace, "node": {"name": "edge-1", "uid": node_uid},
+                                "pod": {"name": ask.binding.name, "uid": ask.binding.uid},
+                                "serviceaccount": {"name": ask.service_account, "uid": sa_uid}},
+              "sub": f"system:serviceaccount:{ask.namespace}:{ask.service_account}"}
     token = "eyJhbGciOiJSUzI1NiJ9." + tokens._b64json(claims) + ".c2ln"
     return tokens.build_answer(ask, token, expires, tokens.DEFAULT_AUDIENCES, ask.expiration_seconds, encoding)
 
@@ -66,18 +58,12 @@ def book(tmp_path, clock):
 
 def test_request_is_read_from_protobuf_and_json():
     ask = pod_ask(audiences=("vault",))
-    assert tokens.read_request(kubelet_request_pb(ask), "application/vnd.kubernetes.protobuf", "edge", "default") == ask
-    body = json.dumps(
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {
-                "audiences": ["vault"],
-                "expirationSeconds": 3607,
-                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "0f6c"},
-            },
-        }
-    ).encode()
+    assert tokens.read_request(kubelet_request_pb(ask), "application/vnd.kubernetes.protobuf", "edge",
+                               "default") == ask
+    body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                       "spec": {"audiences": ["vault"], "expirationSeconds": 3607,
+                                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0",
+                                                   "uid": "0f6c"}}}).encode()
     assert tokens.read_request(body, "application/json", "edge", "default") == ask
 
 
@@ -121,12 +107,9 @@ def test_past_expiry_a_minted_token_keeps_the_pod_binding(book, clock):
     assert claims["sub"] == "system:serviceaccount:edge:default"
     assert claims["aud"] == list(tokens.DEFAULT_AUDIENCES)
     assert claims["exp"] - claims["iat"] == tokens.MINTED_LIFETIME
-    assert claims["kubernetes.io"] == {
-        "namespace": "edge",
-        "pod": {"name": "web-0", "uid": "0f6c"},
-        "node": {"name": "edge-1", "uid": "n-1"},
-        "serviceaccount": {"name": "default", "uid": "5e1f"},
-    }
+    assert claims["kubernetes.io"] == {"namespace": "edge", "pod": {"name": "web-0", "uid": "0f6c"},
+                                       "node": {"name": "edge-1", "uid": "n-1"},
+                                       "serviceaccount": {"name": "default", "uid": "5e1f"}}
     # the answer says the lifetime it has, so kubelet refreshes at 80 % of it rather than at once
     assert tokens.read_request(answer.body, answer.content_type, "edge", "default").expiration_seconds == 600
 

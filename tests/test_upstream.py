@@ -24,37 +24,24 @@ def self_signed(cn: str) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def kubeconfig(tmp_path, user: dict, cluster: dict | None = None, **extra) -> str:
     doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "edge",
-        "clusters": [
-            {"name": "c", "cluster": cluster if cluster is not None else {"server": "https://10.0.0.1:6443/"}},
-            {"name": "other", "cluster": {"server": "https://10.9.9.9:6443"}},
-        ],
+        "apiVersion": "v1", "kind": "Config", "current-context": "edge",
+        "clusters": [{"name": "c", "cluster": cluster if cluster is not None else {"server": "https://10.0.0.1:6443/"}},
+                     {"name": "other", "cluster": {"server": "https://10.9.9.9:6443"}}],
         "users": [{"name": "u", "user": user}],
-        "contexts": [
-            {"name": "edge", "context": {"cluster": "c", "user": "u"}},
-            {"name": "o", "context": {"cluster": "other", "user": "u"}},
-        ],
+        "contexts": [{"name": "edge", "context": {"cluster": "c", "user": "u"}},
+                     {"name": "o", "context": {"cluster": "other", "user": "u"}}],
         **extra,
     }
     p = tmp_path / "kubeconfig"
@@ -68,11 +55,8 @@ def test_kubeconfig_files_relative_to_it(tmp_path):
     (tmp_path / "pki/ca.crt").write_bytes(cert)
     (tmp_path / "pki/node.crt").write_bytes(cert)
     (tmp_path / "pki/node.key").write_bytes(key)
-    path = kubeconfig(
-        tmp_path,
-        {"client-certificate": "pki/node.crt", "client-key": "pki/node.key"},
-        {"server": "https://10.0.0.1:6443/", "certificate-authority": "pki/ca.crt"},
-    )
+    path = kubeconfig(tmp_path, {"client-certificate": "pki/node.crt", "client-key": "pki/node.key"},
+                      {"server": "https://10.0.0.1:6443/", "certificate-authority": "pki/ca.crt"})
     creds = upstream.load_kubeconfig(path, extra_servers=["https://10.0.0.2:6443", "https://10.0.0.1:6443"])
     assert creds.servers == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
     assert creds.ca_file == str(tmp_path / "pki/ca.crt") and creds.key_file == str(tmp_path / "pki/node.key")
@@ -86,16 +70,9 @@ def test_kubeconfig_inline_data_token_insecure(tmp_path):
     cert, key = self_signed("system:node:edge-1")
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     (tmp_path / "token").write_text("file-token\n")
-    path = kubeconfig(
-        tmp_path,
-        {
-            "client-certificate-data": b64(cert),
-            "client-key-data": b64(key),
-            "token": "inline-token",
-            "tokenFile": "token",
-        },
-        {"server": "https://10.0.0.1:6443", "insecure-skip-tls-verify": True},
-    )
+    path = kubeconfig(tmp_path, {"client-certificate-data": b64(cert), "client-key-data": b64(key),
+                                 "token": "inline-token", "tokenFile": "token"},
+                      {"server": "https://10.0.0.1:6443", "insecure-skip-tls-verify": True})
     creds = upstream.load_kubeconfig(path)
     assert creds.cert_data == cert and creds.key_data == key and creds.token == "inline-token"
     assert creds.insecure
@@ -110,15 +87,12 @@ def test_kubeconfig_inline_data_token_insecure(tmp_path):
     assert up.authorize(h) is True and h["Authorization"] == "Bearer mine"
 
 
-@pytest.mark.parametrize(
-    ("user", "cluster", "message"),
-    [
-        ({}, {}, "has no server"),
-        ({}, {"server": "ftp://x"}, "not an http"),
-        ({"client-certificate": "missing.crt", "client-key": "missing.key"}, None, "does not exist"),
-        ({"client-certificate-data": "QQ=="}, None, "without a key"),
-    ],
-)
+@pytest.mark.parametrize(("user", "cluster", "message"), [
+    ({}, {}, "has no server"),
+    ({}, {"server": "ftp://x"}, "not an http"),
+    ({"client-certificate": "missing.crt", "client-key": "missing.key"}, None, "does not exist"),
+    ({"client-certificate-data": "QQ=="}, None, "without a key"),
+])
 def test_kubeconfig_errors(tmp_path, user, cluster, message):
     with pytest.raises(upstream.KubeconfigError, match=message):
         upstream.load_kubeconfig(kubeconfig(tmp_path, user, cluster))
@@ -144,9 +118,8 @@ class Switchable:
 async def test_hysteresis_and_callbacks():
     api = Switchable()
     async with serve_app(api.app) as url:
-        up = upstream.Upstream(
-            upstream.Credentials(servers=(url,)), probe_interval=3600, offline_after=3, online_after=2
-        )
+        up = upstream.Upstream(upstream.Credentials(servers=(url,)), probe_interval=3600, offline_after=3,
+                               online_after=2)
         changes = []
         up.on_change(changes.append)
         await up.start()

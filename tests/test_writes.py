@@ -12,9 +12,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 A = writes.Action
 
 
-def req(
-    verb, resource, *, group="", version="v1", namespace=None, name=None, sub=None, component="kubelet", identity=""
-):
+def req(verb, resource, *, group="", version="v1", namespace=None, name=None, sub=None, component="kubelet",
+        identity=""):
     """A classified request (kube.request.parse) as a client with that User-Agent and bearer token would send it."""
     method = {"create": "POST", "update": "PUT", "patch": "PATCH", "delete": "DELETE", "get": "GET"}[verb]
     path = f"/apis/{group}/{version}" if group else f"/api/{version}"
@@ -50,30 +49,12 @@ POLICY = [
     (req("create", "configmaps", namespace="edge"), None, None, True, A.UNAVAILABLE, 503),  # generateName
     (req("create", "events", namespace="default"), "edge-1", None, False, A.ECHO_EVENT, 201),
     (req("patch", "events", namespace="edge", name="web.1"), "edge-1", None, False, A.ECHO_EVENT, 200),
-    (
-        req("create", "events", group="events.k8s.io", namespace="default", component="kube-proxy", identity="9f"),
-        "edge-1",
-        None,
-        False,
-        A.ECHO_EVENT,
-        201,
-    ),
-    (
-        req("create", "serviceaccounts", namespace="edge", name="default", sub="token"),
-        "edge-1",
-        None,
-        False,
-        A.TOKEN,
-        201,
-    ),
-    (
-        req("create", "serviceaccounts", namespace="edge", name="default", sub="token", identity="77"),
-        "edge-1",
-        None,
-        False,
-        A.UNAVAILABLE,
-        503,
-    ),
+    (req("create", "events", group="events.k8s.io", namespace="default", component="kube-proxy", identity="9f"),
+     "edge-1", None, False, A.ECHO_EVENT, 201),
+    (req("create", "serviceaccounts", namespace="edge", name="default", sub="token"), "edge-1", None, False,
+     A.TOKEN, 201),
+    (req("create", "serviceaccounts", namespace="edge", name="default", sub="token", identity="77"), "edge-1", None,
+     False, A.UNAVAILABLE, 503),
     (req("patch", "pods", namespace="edge", name="web-0", sub="status"), "edge-1", None, False, A.UNAVAILABLE, 503),
     (req("delete", "pods", namespace="edge", name="web-0"), "edge-1", None, False, A.UNAVAILABLE, 503),
     (req("update", "nodes", name="edge-1"), "edge-1", None, False, A.UNAVAILABLE, 503),
@@ -100,14 +81,12 @@ def node_json() -> dict:
 def test_node_status_patch_as_kubelet_sends_it():
     node = node_json()
     types = [c["type"] for c in node["status"]["conditions"]]
-    patch = {
-        "status": {
-            "$setElementOrder/conditions": [{"type": t} for t in types],
-            "conditions": [{"lastHeartbeatTime": "2026-11-24T15:00:00Z", "type": "Ready"}],
-            "allocatable": {"pods": "99"},
-            "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 1}],
-        }
-    }
+    patch = {"status": {
+        "$setElementOrder/conditions": [{"type": t} for t in types],
+        "conditions": [{"lastHeartbeatTime": "2026-11-24T15:00:00Z", "type": "Ready"}],
+        "allocatable": {"pods": "99"},
+        "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 1}],
+    }}
     out = writes.patch_node_status(node, patch, "999")
     ready = next(c for c in out["status"]["conditions"] if c["type"] == "Ready")
     assert ready["lastHeartbeatTime"] == "2026-11-24T15:00:00Z"
@@ -126,27 +105,19 @@ def test_a_patch_outside_status_does_not_change_the_node():
     assert out["spec"] == node["spec"]
 
 
-@pytest.mark.parametrize(
-    ("original", "patch", "expected"),
-    [
-        ({"a": 1, "b": 2}, {"b": None}, {"a": 1}),
-        ({"m": {"x": 1}}, {"m": {"y": 2}}, {"m": {"x": 1, "y": 2}}),
-        ({"m": {"x": 1}}, {"m": {"$patch": "replace", "y": 2}}, {"m": {"y": 2}}),
-        (
-            {"conditions": [{"type": "A", "s": 1}, {"type": "B", "s": 1}]},
-            {"conditions": [{"type": "B", "$patch": "delete"}, {"type": "C", "s": 3}]},
-            {"conditions": [{"type": "A", "s": 1}, {"type": "C", "s": 3}]},
-        ),
-        (
-            {"conditions": [{"type": "A"}, {"type": "B"}]},
-            {"$setElementOrder/conditions": [{"type": "B"}, {"type": "A"}]},
-            {"conditions": [{"type": "B"}, {"type": "A"}]},
-        ),
-        ({"volumesInUse": ["a", "b"]}, {"$deleteFromPrimitiveList/volumesInUse": ["a"]}, {"volumesInUse": ["b"]}),
-        ({"a": 1, "b": 2, "c": 3}, {"$retainKeys": ["a", "c"], "c": 4}, {"a": 1, "c": 4}),
-        ({"images": [1, 2]}, {"images": [3]}, {"images": [3]}),
-    ],
-)
+@pytest.mark.parametrize(("original", "patch", "expected"), [
+    ({"a": 1, "b": 2}, {"b": None}, {"a": 1}),
+    ({"m": {"x": 1}}, {"m": {"y": 2}}, {"m": {"x": 1, "y": 2}}),
+    ({"m": {"x": 1}}, {"m": {"$patch": "replace", "y": 2}}, {"m": {"y": 2}}),
+    ({"conditions": [{"type": "A", "s": 1}, {"type": "B", "s": 1}]},
+     {"conditions": [{"type": "B", "$patch": "delete"}, {"type": "C", "s": 3}]},
+     {"conditions": [{"type": "A", "s": 1}, {"type": "C", "s": 3}]}),
+    ({"conditions": [{"type": "A"}, {"type": "B"}]}, {"$setElementOrder/conditions": [{"type": "B"}, {"type": "A"}]},
+     {"conditions": [{"type": "B"}, {"type": "A"}]}),
+    ({"volumesInUse": ["a", "b"]}, {"$deleteFromPrimitiveList/volumesInUse": ["a"]}, {"volumesInUse": ["b"]}),
+    ({"a": 1, "b": 2, "c": 3}, {"$retainKeys": ["a", "c"], "c": 4}, {"a": 1, "c": 4}),
+    ({"images": [1, 2]}, {"images": [3]}, {"images": [3]}),
+])
 def test_strategic_merge(original, patch, expected):
     assert writes.strategic_merge(original, patch, {"conditions": "type"}) == expected
 
@@ -161,22 +132,15 @@ def test_lease_renewal_protobuf_sets_only_the_resource_version():
     assert (after.api_version, after.kind) == ("v1", "ConfigMap")
     assert meta[6] == b"4242" and old[6] != b"4242"
     assert {k: v for k, v in meta.items() if k != 6} == {k: v for k, v in old.items() if k != 6}
-    assert (
-        after.raw[len(protobuf.metadata_field(after.raw)) + 3 :]
-        == before.raw[len(protobuf.metadata_field(before.raw)) + 3 :]
-    )  # data untouched
+    assert after.raw[len(protobuf.metadata_field(after.raw)) + 3:] == before.raw[
+        len(protobuf.metadata_field(before.raw)) + 3:]  # data untouched
     assert out.endswith(b"\x1a\x00\x22\x00")  # Unknown's empty contentEncoding/contentType, as the server writes
 
 
 def test_lease_renewal_json():
-    body = json.dumps(
-        {
-            "kind": "Lease",
-            "apiVersion": "coordination.k8s.io/v1",
-            "metadata": {"name": "edge-1", "namespace": "kube-node-lease", "resourceVersion": "10"},
-            "spec": {"holderIdentity": "edge-1", "renewTime": "2026-11-24T15:00:00.000000Z"},
-        }
-    ).encode()
+    body = json.dumps({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                       "metadata": {"name": "edge-1", "namespace": "kube-node-lease", "resourceVersion": "10"},
+                       "spec": {"holderIdentity": "edge-1", "renewTime": "2026-11-24T15:00:00.000000Z"}}).encode()
     out = json.loads(writes.renew_lease(body, "application/json", "11"))
     assert out["metadata"]["resourceVersion"] == "11" and out["spec"]["holderIdentity"] == "edge-1"
 
@@ -196,21 +160,16 @@ def test_body_name():
 
 
 def test_event_echo():
-    post = b"\x6b\x38\x73\x00 an event as kubelet posts it"
-    assert writes.echo_event(
-        req("create", "events", namespace="default"), post, "application/vnd.kubernetes.protobuf"
-    ) == ("application/vnd.kubernetes.protobuf", post)
+    post = b'\x6b\x38\x73\x00 an event as kubelet posts it'
+    assert writes.echo_event(req("create", "events", namespace="default"), post,
+                             "application/vnd.kubernetes.protobuf") == ("application/vnd.kubernetes.protobuf", post)
     patch = b'{"count":3,"lastTimestamp":"2026-11-24T15:00:00Z","message":"m"}'
-    ct, body = writes.echo_event(
-        req("patch", "events", namespace="edge", name="web.1"), patch, "application/strategic-merge-patch+json"
-    )
+    ct, body = writes.echo_event(req("patch", "events", namespace="edge", name="web.1"), patch,
+                                 "application/strategic-merge-patch+json")
     obj = json.loads(body)
     assert ct == "application/json"
     assert obj["kind"] == "Event" and obj["apiVersion"] == "v1" and obj["count"] == 3
     assert obj["metadata"] == {"name": "web.1", "namespace": "edge"}
-    ct, body = writes.echo_event(
-        req("patch", "events", group="events.k8s.io", namespace="d", name="e"),
-        b'{"series":{"count":2}}',
-        "application/merge-patch+json",
-    )
+    ct, body = writes.echo_event(req("patch", "events", group="events.k8s.io", namespace="d", name="e"),
+                                 b'{"series":{"count":2}}', "application/merge-patch+json")
     assert json.loads(body)["apiVersion"] == "events.k8s.io/v1"

@@ -29,21 +29,11 @@ def list_items(name: str) -> tuple[str, str, str, str, list[store.Item]]:
     if name.endswith(".pb.body"):
         env = protobuf.unwrap(data)
         parts = protobuf.parse_list(env.raw)
-        return (
-            env.kind,
-            env.api_version,
-            parts.resource_version,
-            parts.continue_,
-            [_item(i, True) for i in parts.items],
-        )
+        return (env.kind, env.api_version, parts.resource_version, parts.continue_,
+                [_item(i, True) for i in parts.items])
     parts = jsonwire.parse_list(data)
-    return (
-        parts.kind,
-        parts.api_version,
-        parts.resource_version,
-        parts.continue_,
-        [_item(i, False) for i in parts.items],
-    )
+    return (parts.kind, parts.api_version, parts.resource_version, parts.continue_,
+            [_item(i, False) for i in parts.items])
 
 
 def watch_events(name: str) -> list[tuple[str, store.Item | None, str, bool]]:

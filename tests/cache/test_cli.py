@@ -28,15 +28,10 @@ def filled(cache_dir):
         w.replace_view(pods_key(enc), store.ViewMeta(kind, av, rv, True), items)
     secret = json.loads(recorded.body("secret-db-credentials.get.json.body"))
     item = {k: v for k, v in secret.items() if k not in ("kind", "apiVersion")}
-    w.replace_view(
-        SECRETS,
-        store.ViewMeta("SecretList", "v1", "300", True),
-        [store.Item("db-credentials", "edge", "209", {}, {}, json.dumps(item).encode())],
-    )
-    w.put_object(
-        store.ObjectKey("kubelet", "", "v1", "secrets", "edge", "db-credentials"),
-        recorded.body("secret-db-credentials.get.json.body"),
-    )
+    w.replace_view(SECRETS, store.ViewMeta("SecretList", "v1", "300", True),
+                   [store.Item("db-credentials", "edge", "209", {}, {}, json.dumps(item).encode())])
+    w.put_object(store.ObjectKey("kubelet", "", "v1", "secrets", "edge", "db-credentials"),
+                 recorded.body("secret-db-credentials.get.json.body"))
     w.put_blob("kubelet", "/version", recorded.body("version.json.body"))
     w.replace_view(pods_key("json", client="kubectl"), store.ViewMeta("PodList", "v1", "304", True), [])
     assert w.flush_sync(10)
@@ -119,13 +114,8 @@ def test_purge_under_a_list_being_assembled_does_not_make_a_partial_view(cache_d
     asm.add(page1)
     asm._ship()
     assert w.flush_sync(10)
-    purge = subprocess.run(
-        [sys.executable, "-m", "edgeproxy", "cache", "--cache-dir", cache_dir, "purge"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )  # another process, meanwhile
+    purge = subprocess.run([sys.executable, "-m", "edgeproxy", "cache", "--cache-dir", cache_dir, "purge"],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # another process, meanwhile
     assert purge.returncode == 0, purge.stderr
     asm.add(page2)
     asm.commit(rv)

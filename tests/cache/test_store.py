@@ -53,8 +53,7 @@ def test_list_then_watch_then_reopen_equals_the_servers_state(cache_dir, ext):
     # ordered as etcd orders /registry/pods/<ns>/<name>
     assert [(i.namespace, i.name) for i in got] == sorted((i.namespace, i.name) for i in want.values())
     assert {i.name: (i.resource_version, i.raw, i.labels) for i in got} == {
-        n: (i.resource_version, i.raw, i.labels) for n, i in want.items()
-    }
+        n: (i.resource_version, i.raw, i.labels) for n, i in want.items()}
     assert st.raw_items(key) == [i.raw for i in got]
     assert st.item(key, "edge", "db-0").resource_version == "309"
     assert st.item(key, "edge", "watch-demo-1") is None
@@ -242,11 +241,8 @@ def test_tiny_map_writes_fail_are_counted_and_reads_still_work(tmp_path):
     w.replace_view(key, store.ViewMeta(kind, av, rv, True), items[:2])
     assert w.flush_sync(10)
     big = store.ViewKey("kubectl", "", "v1", "configmaps", "", "", "", "", "json")
-    w.replace_view(
-        big,
-        store.ViewMeta("ConfigMapList", "v1", "9", True),
-        [store.Item(f"cm{i}", "edge", "9", {}, {}, os.urandom(4096)) for i in range(200)],
-    )
+    w.replace_view(big, store.ViewMeta("ConfigMapList", "v1", "9", True),
+                   [store.Item(f"cm{i}", "edge", "9", {}, {}, os.urandom(4096)) for i in range(200)])
     w.apply_events(key, events_of("watch.pods-edge1.pb.body"))
     assert w.flush_sync(10)
     assert st.map_full >= 1 and st.writes_failed >= 1
@@ -293,11 +289,8 @@ def test_a_secrets_value_is_not_in_the_lmdb_file(cache_dir, ext):
     ok = store.ObjectKey("kubelet", "", "v1", "secrets", "edge", "db-credentials", "", ENC[ext])
     w.put_object(ok, body)
     key = store.ViewKey("kubelet", "", "v1", "secrets", "edge", "", "", "", ENC[ext])
-    w.replace_view(
-        key,
-        store.ViewMeta("SecretList", "v1", "300", True),
-        [store.Item("db-credentials", "edge", "300", {}, {}, body)],
-    )
+    w.replace_view(key, store.ViewMeta("SecretList", "v1", "300", True),
+                   [store.Item("db-credentials", "edge", "300", {}, {}, body)])
     assert w.flush_sync(10)
     assert st.get_object(ok) == body and st.raw_items(key) == [body]
     w.close()
@@ -327,11 +320,8 @@ def test_a_sealed_record_moved_to_another_key_does_not_open(cache_dir):
     st = store.Store.open(cache_dir, map_size=64 << 20)
     w = writer.Writer(st).start()
     key = store.ViewKey("kubelet", "", "v1", "secrets", "edge", "", "", "", "json")
-    w.replace_view(
-        key,
-        store.ViewMeta("SecretList", "v1", "300", True),
-        [store.Item(n, "edge", "300", {}, {}, n.encode() * 10) for n in ("a", "b")],
-    )
+    w.replace_view(key, store.ViewMeta("SecretList", "v1", "300", True),
+                   [store.Item(n, "edge", "300", {}, {}, n.encode() * 10) for n in ("a", "b")])
     assert w.flush_sync(10)
     w.close()
     st.close()

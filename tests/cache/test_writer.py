@@ -151,10 +151,8 @@ def _names(k: int) -> int:
 
 
 def _state_items(v: int, k: int) -> list[store.Item]:
-    return [
-        store.Item(f"p{j:02}", "ns", str(k * 1000 + j), {"k": str(k)}, {}, b"%d:%d:%d|" % (v, k, j) * 60)
-        for j in range(_names(k))
-    ]
+    return [store.Item(f"p{j:02}", "ns", str(k * 1000 + j), {"k": str(k)}, {}, b"%d:%d:%d|" % (v, k, j) * 60)
+            for j in range(_names(k))]
 
 
 def _child(path: str, wfd: int, seed: int) -> None:
@@ -180,10 +178,8 @@ def _child(path: str, wfd: int, seed: int) -> None:
                 asm.commit(meta.resource_version)
             else:
                 events = [("MODIFIED", it, it.resource_version) for it in items]
-                events += [
-                    ("DELETED", store.Item(f"p{j:02}", "ns", "", {}, {}, b""), str(k * 1000 + 500 + j))
-                    for j in range(_names(k), _names(k - 1))
-                ]
+                events += [("DELETED", store.Item(f"p{j:02}", "ns", "", {}, {}, b""), str(k * 1000 + 500 + j))
+                           for j in range(_names(k), _names(k - 1))]
                 events.append(("BOOKMARK", None, meta.resource_version))
                 w.apply_events(key, events)
         assert w.flush_sync(10)
@@ -206,8 +202,7 @@ def _check(path: str, acked: int) -> None:
             k = int(meta.resource_version) // 1000
             assert k >= acked and meta.complete  # nothing acknowledged is lost
             assert [(i.name, i.resource_version, i.raw) for i in items] == [
-                (i.name, i.resource_version, i.raw) for i in _state_items(v, k)
-            ]
+                (i.name, i.resource_version, i.raw) for i in _state_items(v, k)]
     finally:
         st.close()
 

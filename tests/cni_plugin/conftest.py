@@ -39,10 +39,8 @@ fi
 exec /usr/lib/cni/host-local
 """
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not (REAL_CNI / "host-local").exists(),
-    reason="needs root and containernetworking-plugins (tests/host-packages.sh)",
-)
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not (REAL_CNI / "host-local").exists(),
+                                reason="needs root and containernetworking-plugins (tests/host-packages.sh)")
 
 
 def _links() -> list[str]:
@@ -91,17 +89,8 @@ class Reply:
 class Node:
     """One simulated node: a CNI_PATH, data dirs, a network config, and the runtime's way of calling plugins."""
 
-    def __init__(
-        self,
-        root: Path,
-        plugin: Path,
-        *,
-        cni_version: str = "1.0.0",
-        network: str = "edgenet",
-        ranges: list | None = None,
-        ipam: dict | None = None,
-        delegate: dict | None = None,
-    ):
+    def __init__(self, root: Path, plugin: Path, *, cni_version: str = "1.0.0", network: str = "edgenet",
+                 ranges: list | None = None, ipam: dict | None = None, delegate: dict | None = None):
         self.root = root
         self.bin = root / "bin"
         self.bin.mkdir()
@@ -114,49 +103,26 @@ class Node:
         self.lease_dir = root / "host-local"
         self.network = network
         self.cni_version = cni_version
-        self.delegate = {
-            "type": "switched-host-local",
-            "dataDir": str(self.lease_dir),
-            "ranges": ranges or [[{"subnet": "10.77.0.0/24"}]],
-            **(delegate or {}),
-        }
-        self.ipam = {"type": "edge-ipam-snapshot", "dataDir": str(self.data_dir), "delegateTimeout": 5, **(ipam or {})}
+        self.delegate = {"type": "switched-host-local", "dataDir": str(self.lease_dir),
+                         "ranges": ranges or [[{"subnet": "10.77.0.0/24"}]], **(delegate or {})}
+        self.ipam = {"type": "edge-ipam-snapshot", "dataDir": str(self.data_dir), "delegateTimeout": 5,
+                     **(ipam or {})}
 
     def conf(self, **top) -> dict:
         ipam = {**self.ipam, "delegate": self.delegate}
         return {"cniVersion": self.cni_version, "name": self.network, "type": "bridge", "ipam": ipam, **top}
 
-    def run(
-        self,
-        command: str,
-        cid: str = "",
-        pod: str | None = "web",
-        *,
-        ifname: str = "eth0",
-        conf: dict | None = None,
-        netns: str = "/var/run/netns/plugin-only",
-        plugin: Path | None = None,
-        env: dict | None = None,
-        namespace: str = "default",
-        timeout: float = 60,
-    ) -> Reply:
+    def run(self, command: str, cid: str = "", pod: str | None = "web", *, ifname: str = "eth0",
+            conf: dict | None = None, netns: str = "/var/run/netns/plugin-only", plugin: Path | None = None,
+            env: dict | None = None, namespace: str = "default", timeout: float = 60) -> Reply:
         cni_args = "IgnoreUnknown=1"
         if pod is not None:
             cni_args += f";K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
-        full_env = {
-            "PATH": HOST_PATH,
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": cid,
-            "CNI_NETNS": netns,
-            "CNI_IFNAME": ifname,
-            "CNI_ARGS": cni_args,
-            "CNI_PATH": self.path,
-            **(env or {}),
-        }
+        full_env = {"PATH": HOST_PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
+                    "CNI_IFNAME": ifname, "CNI_ARGS": cni_args, "CNI_PATH": self.path, **(env or {})}
         stdin = json.dumps(self.conf() if conf is None else conf).encode()
-        proc = subprocess.run(
-            [str(plugin or self.plugin)], input=stdin, capture_output=True, env=full_env, timeout=timeout, check=False
-        )
+        proc = subprocess.run([str(plugin or self.plugin)], input=stdin, capture_output=True, env=full_env,
+                              timeout=timeout, check=False)
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         return Reply(proc.returncode, out, proc.stderr.decode(errors="replace"))
 
@@ -185,14 +151,8 @@ class Node:
         return out
 
     def inspect(self) -> dict:
-        proc = subprocess.run(
-            [str(self.plugin), "inspect", "--data-dir", str(self.data_dir), "--json"],
-            capture_output=True,
-            text=True,
-            env={"PATH": HOST_PATH},
-            check=True,
-            timeout=30,
-        )
+        proc = subprocess.run([str(self.plugin), "inspect", "--data-dir", str(self.data_dir), "--json"],
+                              capture_output=True, text=True, env={"PATH": HOST_PATH}, check=True, timeout=30)
         return json.loads(proc.stdout).get(self.network, {"records": [], "journal": [], "corrupt": []})
 
     def records(self) -> dict[str, dict]:
@@ -216,7 +176,6 @@ def make_node(tmp_path, plugin_file):
         root.mkdir()
         made.append(Node(root, plugin_file, **kw))
         return made[-1]
-
     return make
 
 
@@ -230,7 +189,6 @@ def netns():
         subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
         made.append(name)
         return f"/var/run/netns/{name}"
-
     yield make
     for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)

@@ -32,21 +32,14 @@ def test_the_file_runs_with_only_the_hosts_python(plugin_file, tmp_path):
     env = {"PATH": HOST_PATH, "CNI_COMMAND": "VERSION"}
     out = subprocess.run([str(plugin_file)], input=b"", capture_output=True, env=env, cwd=tmp_path, timeout=30)
     assert out.returncode == 0 and b'"supportedVersions"' in out.stdout
-    version = subprocess.run(
-        [str(plugin_file), "version"], capture_output=True, text=True, env={"PATH": HOST_PATH}, cwd=tmp_path, timeout=30
-    )
+    version = subprocess.run([str(plugin_file), "version"], capture_output=True, text=True, env={"PATH": HOST_PATH},
+                             cwd=tmp_path, timeout=30)
     assert version.stdout.split() == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
 def test_make_target_command(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "cni_plugin.build", str(tmp_path / "dist" / "edge-ipam-snapshot")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(build.PACKAGE).parent,
-        check=True,
-    )
+    out = subprocess.run([sys.executable, "-m", "cni_plugin.build", str(tmp_path / "dist" / "edge-ipam-snapshot")],
+                         capture_output=True, text=True, timeout=60, cwd=Path(build.PACKAGE).parent, check=True)
     assert "edge-ipam-snapshot" in out.stdout and (tmp_path / "dist" / "edge-ipam-snapshot").exists()
 
 

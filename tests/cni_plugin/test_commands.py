@@ -38,7 +38,6 @@ def active_ips(node) -> list[str]:
 
 # ---- restart and reboot ----
 
-
 def test_restart_with_new_container_online_keeps_the_ip_and_moves_the_lease(node):
     first = node.add("c1")
     assert first.code == 0 and first.ips == ["10.77.0.2/24"]
@@ -104,7 +103,6 @@ def test_reboot_old_del_before_new_add(node, offline):
 
 # ---- offline: new pods, and back online ----
 
-
 @pytest.mark.parametrize("mode", ["refused", "code11"])
 def test_new_pod_offline_gets_try_again_later(node, mode):
     node.add("c1")
@@ -149,7 +147,6 @@ def test_journal_replayed_by_a_del_too(node):
 
 
 # ---- refusals and failures that are not outages ----
-
 
 def test_refused_requested_ip_falls_back_to_any_address(node):
     ip = node.add("a1", pod="a").ips
@@ -226,7 +223,6 @@ def test_probe_decides_when_configured(make_node):
 
 # ---- concurrency, crashes, storage ----
 
-
 def test_fifty_parallel_adds_and_dels(node):
     pods = [f"p{i:02d}" for i in range(50)]
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
@@ -253,7 +249,6 @@ def test_old_del_racing_new_add_of_the_same_pod(node):
             dele = pool.submit(node.delete, f"old-{pod}", pod=pod)
             add = pool.submit(node.add, f"new-{pod}", pod=pod)
             return dele.result(), add.result()
-
     with concurrent.futures.ThreadPoolExecutor(len(pods)) as pool:
         outcomes = dict(zip(pods, pool.map(race, pods), strict=True))
     for pod, (dele, add) in outcomes.items():
@@ -305,10 +300,8 @@ def _read_only(node):
     """Run the plugin in a private mount namespace where the data dir is a read-only bind mount."""
     d = str(node.data_dir)
     wrapper = node.root / "ro-plugin"
-    wrapper.write_text(
-        f"#!/bin/sh\nexec unshare -m sh -c 'mount --bind {d} {d} && mount -o remount,bind,ro {d} {d}"
-        f" && exec {node.plugin}'\n"
-    )
+    wrapper.write_text(f"#!/bin/sh\nexec unshare -m sh -c 'mount --bind {d} {d} && mount -o remount,bind,ro {d} {d}"
+                       f" && exec {node.plugin}'\n")
     wrapper.chmod(0o755)
     return wrapper
 
@@ -396,7 +389,6 @@ def test_flannel_inheritance(node):
 
 # ---- versions and commands ----
 
-
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
 def test_spec_versions(make_node, version):
     node = make_node(cni_version=version)
@@ -408,10 +400,8 @@ def test_spec_versions(make_node, version):
     assert node.run("CHECK", "c1", conf=prev).code == 0
     assert node.delete("c1", conf=prev).code == 0
     version_reply = node.run("VERSION", conf={"cniVersion": version})
-    assert version_reply.out == {
-        "cniVersion": version,
-        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
-    }
+    assert version_reply.out == {"cniVersion": version, "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0",
+                                                                              "1.1.0"]}
 
 
 def test_check(node):
@@ -451,16 +441,13 @@ def test_gc_and_status(make_node):
     assert old.run("GC", conf=old.conf(**{"cni.dev/valid-attachments": []})).code == 1
 
 
-@pytest.mark.parametrize(
-    ("change", "code"),
-    [
-        (lambda c: c["ipam"].update(bogus=1), 2),
-        (lambda c: c.update(cniVersion="0.2.0"), 1),
-        (lambda c: c["ipam"].pop("delegate"), 7),
-        (lambda c: c["ipam"].update(delegateTimeout="soon"), 7),
-        (lambda c: c["ipam"]["delegate"].update(type="edge-ipam-snapshot"), 7),
-    ],
-)
+@pytest.mark.parametrize(("change", "code"), [
+    (lambda c: c["ipam"].update(bogus=1), 2),
+    (lambda c: c.update(cniVersion="0.2.0"), 1),
+    (lambda c: c["ipam"].pop("delegate"), 7),
+    (lambda c: c["ipam"].update(delegateTimeout="soon"), 7),
+    (lambda c: c["ipam"]["delegate"].update(type="edge-ipam-snapshot"), 7),
+])
 def test_config_errors_have_spec_codes(node, change, code):
     conf = node.conf()
     change(conf)
@@ -469,19 +456,9 @@ def test_config_errors_have_spec_codes(node, change, code):
 
 
 def test_environment_and_decode_errors(node):
-    proc = subprocess.run(
-        [str(node.plugin)],
-        input=b"{not json",
-        capture_output=True,
-        timeout=30,
-        env={
-            "PATH": HOST_PATH,
-            "CNI_COMMAND": "ADD",
-            "CNI_CONTAINERID": "c1",
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": node.path,
-        },
-    )
+    proc = subprocess.run([str(node.plugin)], input=b"{not json", capture_output=True, timeout=30,
+                          env={"PATH": HOST_PATH, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+                               "CNI_IFNAME": "eth0", "CNI_PATH": node.path})
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
     assert node.add("c1", ifname="").code == 4
     assert node.run("FROB", "c1").code == 4
@@ -495,7 +472,7 @@ def test_released_records_are_forgotten_after_retain_after_release(make_node):
     assert list(node.records()) == ["default/kept/eth0"]
 
 
-NEWER_IPAM = r"""#!/usr/bin/env python3
+NEWER_IPAM = r'''#!/usr/bin/env python3
 # A CNI 1.1.0 IPAM (GC, STATUS) in front of Debian's host-local 1.1.1, which stops at 1.0.0.
 import json, os, pathlib, subprocess, sys
 here = pathlib.Path(sys.argv[0]).parent
@@ -513,7 +490,7 @@ else:
     out = p.stdout.replace(b'"1.0.0"', b'"1.1.0"')
     sys.stdout.buffer.write(out)
     sys.exit(p.returncode)
-"""
+'''
 
 
 def test_gc_and_status_passed_to_a_delegate_that_speaks_1_1_0(make_node):
@@ -528,10 +505,8 @@ def test_gc_and_status_passed_to_a_delegate_that_speaks_1_1_0(make_node):
     assert node.run("GC", conf=gc).code == 0
     sent = json.loads((node.bin / "gc.json").read_text())
     # c1 is not a live container, but its lease backs c2's IP: the delegate must not collect it.
-    assert sent["cni.dev/valid-attachments"] == [
-        {"containerID": "c1", "ifname": "eth0"},
-        {"containerID": "c2", "ifname": "eth0"},
-    ]
+    assert sent["cni.dev/valid-attachments"] == [{"containerID": "c1", "ifname": "eth0"},
+                                                 {"containerID": "c2", "ifname": "eth0"}]
     assert sent["ipam"]["type"] == "newer-ipam" and sent["cniVersion"] == "1.1.0"
     assert node.run("STATUS").code == 0 and (node.bin / "status.json").exists()
     node.offline()

@@ -8,13 +8,9 @@ import pytest
 
 from cni_plugin import config, errors
 
-BASE = {
-    "cniVersion": "1.0.0",
-    "name": "edgenet",
-    "type": "bridge",
-    "bridge": "cni0",
-    "ipam": {"type": "edge-ipam-snapshot", "delegate": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]]}},
-}
+BASE = {"cniVersion": "1.0.0", "name": "edgenet", "type": "bridge", "bridge": "cni0",
+        "ipam": {"type": "edge-ipam-snapshot",
+                 "delegate": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]]}}}
 
 
 def conf(**ipam) -> dict:
@@ -30,52 +26,41 @@ def test_defaults():
     assert cfg.offline.codes == {11} and cfg.offline.on_timeout and cfg.offline.probe is None
 
 
-@pytest.mark.parametrize(
-    "msg",
-    [
-        'Post "https://10.96.0.1:443/api": dial tcp 10.96.0.1:443: connect: connection refused',
-        "context deadline exceeded",
-        "dial tcp: i/o timeout",
-        "connect: no route to host",
-        "the server is currently unable to handle the request",
-    ],
-)
+@pytest.mark.parametrize("msg", [
+    'Post "https://10.96.0.1:443/api": dial tcp 10.96.0.1:443: connect: connection refused',
+    "context deadline exceeded", "dial tcp: i/o timeout", "connect: no route to host",
+    "the server is currently unable to handle the request",
+])
 def test_default_offline_messages(msg):
     assert config.parse(conf()).offline.msg_regex.search(msg)
 
 
-@pytest.mark.parametrize(
-    "msg",
-    [
-        "failed to allocate for range 0: no IP addresses available in range set: 10.9.0.1-10.9.0.2",
-        "invalid CIDR address: bogus",
-        "requested IP address 10.9.0.2 is not available in range set 10.9.0.1-10.9.0.2",
-    ],
-)
+@pytest.mark.parametrize("msg", [
+    "failed to allocate for range 0: no IP addresses available in range set: 10.9.0.1-10.9.0.2",
+    "invalid CIDR address: bogus",
+    "requested IP address 10.9.0.2 is not available in range set 10.9.0.1-10.9.0.2",
+])
 def test_delegate_refusals_are_not_offline_messages(msg):
     assert not config.parse(conf()).offline.msg_regex.search(msg)
 
 
-@pytest.mark.parametrize(
-    ("change", "error"),
-    [
-        ({"bogus": 1}, errors.UnsupportedField),
-        ({"offline": {"bogus": 1}}, errors.UnsupportedField),
-        ({"delegate": None}, errors.InvalidConfig),
-        ({"delegate": {"type": "../bin/sh"}}, errors.InvalidConfig),
-        ({"delegate": {"type": "edge-ipam-snapshot"}}, errors.InvalidConfig),
-        ({"dataDir": "relative/dir"}, errors.InvalidConfig),
-        ({"key": "uid"}, errors.InvalidConfig),
-        ({"requestIP": "maybe"}, errors.InvalidConfig),
-        ({"delegateTimeout": 0}, errors.InvalidConfig),
-        ({"delegateTimeout": True}, errors.InvalidConfig),
-        ({"offline": {"codes": ["11"]}}, errors.InvalidConfig),
-        ({"offline": {"msgRegex": "("}}, errors.InvalidConfig),
-        ({"offline": {"probe": {"tcp": "nohost"}}}, errors.InvalidConfig),
-        ({"delegateCNIVersion": "0.2.0"}, errors.IncompatibleVersion),
-        ({"inherit": ["dataDir"]}, errors.InvalidConfig),
-    ],
-)
+@pytest.mark.parametrize(("change", "error"), [
+    ({"bogus": 1}, errors.UnsupportedField),
+    ({"offline": {"bogus": 1}}, errors.UnsupportedField),
+    ({"delegate": None}, errors.InvalidConfig),
+    ({"delegate": {"type": "../bin/sh"}}, errors.InvalidConfig),
+    ({"delegate": {"type": "edge-ipam-snapshot"}}, errors.InvalidConfig),
+    ({"dataDir": "relative/dir"}, errors.InvalidConfig),
+    ({"key": "uid"}, errors.InvalidConfig),
+    ({"requestIP": "maybe"}, errors.InvalidConfig),
+    ({"delegateTimeout": 0}, errors.InvalidConfig),
+    ({"delegateTimeout": True}, errors.InvalidConfig),
+    ({"offline": {"codes": ["11"]}}, errors.InvalidConfig),
+    ({"offline": {"msgRegex": "("}}, errors.InvalidConfig),
+    ({"offline": {"probe": {"tcp": "nohost"}}}, errors.InvalidConfig),
+    ({"delegateCNIVersion": "0.2.0"}, errors.IncompatibleVersion),
+    ({"inherit": ["dataDir"]}, errors.InvalidConfig),
+])
 def test_refusals(change, error):
     with pytest.raises(error) as e:
         config.parse(conf(**change))
@@ -83,15 +68,12 @@ def test_refusals(change, error):
         assert "bogus" in e.value.msg  # the spec wants the key (and value) in the message
 
 
-@pytest.mark.parametrize(
-    ("top", "error"),
-    [
-        ({"cniVersion": "0.2.0"}, errors.IncompatibleVersion),
-        ({"cniVersion": None}, errors.IncompatibleVersion),
-        ({"name": "bad/name"}, errors.InvalidConfig),
-        ({"ipam": None}, errors.InvalidConfig),
-    ],
-)
+@pytest.mark.parametrize(("top", "error"), [
+    ({"cniVersion": "0.2.0"}, errors.IncompatibleVersion),
+    ({"cniVersion": None}, errors.IncompatibleVersion),
+    ({"name": "bad/name"}, errors.InvalidConfig),
+    ({"ipam": None}, errors.InvalidConfig),
+])
 def test_top_level_refusals(top, error):
     with pytest.raises(error):
         config.parse({**copy.deepcopy(BASE), **top})

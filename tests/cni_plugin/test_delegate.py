@@ -10,32 +10,24 @@ from cni_plugin import config, delegate, errors
 
 
 def policy(**offline):
-    return config.parse(
-        {
-            "cniVersion": "1.0.0",
-            "name": "n",
-            "ipam": {"type": "edge-ipam-snapshot", "delegate": {"type": "host-local"}, "offline": offline},
-        }
-    ).offline
+    return config.parse({"cniVersion": "1.0.0", "name": "n", "ipam": {
+        "type": "edge-ipam-snapshot", "delegate": {"type": "host-local"}, "offline": offline}}).offline
 
 
 def err(code, msg, details=""):
     return json.dumps({"code": code, "msg": msg, "details": details}).encode()
 
 
-@pytest.mark.parametrize(
-    ("code", "out", "offline"),
-    [
-        (1, err(11, "try again later"), True),
-        (1, err(999, "dial tcp 10.96.0.1:443: connect: connection refused"), True),
-        (1, err(999, "plugin failed", "context deadline exceeded"), True),
-        (1, b"panic: Get https://10.96.0.1/: dial tcp: i/o timeout\n", True),  # not even JSON
-        (1, err(999, "failed to allocate for range 0: no IP addresses available in range set"), False),
-        (1, err(999, "invalid CIDR address: bogus"), False),
-        (1, err(7, "invalid configuration"), False),
-        (None, b"", True),  # the deadline passed
-    ],
-)
+@pytest.mark.parametrize(("code", "out", "offline"), [
+    (1, err(11, "try again later"), True),
+    (1, err(999, "dial tcp 10.96.0.1:443: connect: connection refused"), True),
+    (1, err(999, "plugin failed", "context deadline exceeded"), True),
+    (1, b"panic: Get https://10.96.0.1/: dial tcp: i/o timeout\n", True),  # not even JSON
+    (1, err(999, "failed to allocate for range 0: no IP addresses available in range set"), False),
+    (1, err(999, "invalid CIDR address: bogus"), False),
+    (1, err(7, "invalid configuration"), False),
+    (None, b"", True),  # the deadline passed
+])
 def test_default_policy(code, out, offline):
     reply = delegate.classify(policy(), code, out, b"", 1.0)
     assert not reply.ok and reply.offline is offline

@@ -10,14 +10,8 @@ pytestmark = needs_root
 
 
 def inspect(node, *args: str) -> str:
-    return subprocess.run(
-        [str(node.plugin), "inspect", "--data-dir", str(node.data_dir), *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": HOST_PATH},
-        timeout=30,
-        check=True,
-    ).stdout
+    return subprocess.run([str(node.plugin), "inspect", "--data-dir", str(node.data_dir), *args], capture_output=True,
+                          text=True, env={"PATH": HOST_PATH}, timeout=30, check=True).stdout
 
 
 def test_lists_records_states_and_pending_releases(node):
@@ -44,12 +38,6 @@ def test_reads_without_writing(node):
 
 
 def test_empty(tmp_path, plugin_file):
-    out = subprocess.run(
-        [str(plugin_file), "inspect", "--data-dir", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        env={"PATH": HOST_PATH},
-        timeout=30,
-        check=True,
-    ).stdout
+    out = subprocess.run([str(plugin_file), "inspect", "--data-dir", str(tmp_path / "none")], capture_output=True,
+                         text=True, env={"PATH": HOST_PATH}, timeout=30, check=True).stdout
     assert out.startswith("no snapshot under")

@@ -18,9 +18,8 @@ pytestmark = [needs_root, pytest.mark.netns]
 
 def addresses_in(netns: str, ifname: str = "eth0") -> list[str]:
     name = netns.rsplit("/", 1)[1]
-    out = subprocess.run(
-        ["ip", "-n", name, "-br", "addr", "show", "dev", ifname], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.split()
+    out = subprocess.run(["ip", "-n", name, "-br", "addr", "show", "dev", ifname], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
     return [a for a in out[2:] if not a.startswith("fe80:")]
 
 
@@ -33,9 +32,8 @@ def test_bridge_restart_offline_in_a_new_netns_keeps_the_ip(node, netns, host_li
     assert first.code == 0, first
     ip = [i["address"] for i in first.out["ips"]]
     assert addresses_in(ns1) == ip
-    assert (
-        node.run("CHECK", "c1", conf={**conf, "prevResult": first.out}, netns=ns1, plugin=REAL_CNI / "bridge").code == 0
-    )
+    assert node.run("CHECK", "c1", conf={**conf, "prevResult": first.out}, netns=ns1,
+                    plugin=REAL_CNI / "bridge").code == 0
     node.offline()
     # The node loses its API server; the pod's sandbox dies and is recreated.
     assert node.delete("c1", conf={**conf, "prevResult": first.out}, netns=ns1, plugin=REAL_CNI / "bridge").code == 0
@@ -68,7 +66,8 @@ def test_ptp_restart_online_keeps_the_ip(node, netns):
 def test_macvlan_on_a_veth_master(node, netns, host_links):
     master = f"eipm{uuid.uuid4().hex[:8]}"
     host_links.append(master)  # deleting one end of a veth pair deletes both
-    subprocess.run(["ip", "link", "add", master, "type", "veth", "peer", "name", f"{master}p"], check=True, timeout=30)
+    subprocess.run(["ip", "link", "add", master, "type", "veth", "peer", "name", f"{master}p"], check=True,
+                   timeout=30)
     conf = node.conf(type="macvlan", master=master, mode="bridge")
     ns1 = netns()
     first = node.add("c1", conf=conf, netns=ns1, plugin=REAL_CNI / "macvlan")

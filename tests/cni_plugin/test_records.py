@@ -17,9 +17,8 @@ RESULT = {"ips": [{"address": "10.1.0.2/24"}], "routes": [], "dns": {}}
 
 def rec(key="ns/pod/eth0", state=records.ACTIVE, **kw):
     now = time.time()
-    return records.Record(
-        key, state, kw.get("container", "c1"), kw.get("owner", "c1"), "eth0", RESULT, now, kw.get("updated", now)
-    )
+    return records.Record(key, state, kw.get("container", "c1"), kw.get("owner", "c1"), "eth0", RESULT, now,
+                          kw.get("updated", now))
 
 
 def test_round_trip_and_listing(tmp_path):
@@ -35,10 +34,8 @@ def test_round_trip_and_listing(tmp_path):
     assert store.get("ns/other/eth0") is None
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [b"", b"{", b"[]", b'{"key": "x"}', json.dumps({**json.loads(rec().to_json()), "state": "LIMBO"}).encode()],
-)
+@pytest.mark.parametrize("garbage", [b"", b"{", b"[]", b'{"key": "x"}',
+                                     json.dumps({**json.loads(rec().to_json()), "state": "LIMBO"}).encode()])
 def test_corrupt_record_is_moved_aside(tmp_path, garbage):
     store = records.Store.open(tmp_path, "net")
     path = tmp_path / "net" / "records" / records.filename("ns/pod/eth0")
@@ -58,10 +55,8 @@ def test_servable():
 def test_write_replaces_whole_and_sweeps_temp_files(tmp_path):
     target = tmp_path / "f.json"
     durable.write(target, b"old")
-    code = (
-        "import os, sys; from pathlib import Path; from cni_plugin import durable; "
-        "durable.write(Path(sys.argv[1]), b'new')"
-    )
+    code = ("import os, sys; from pathlib import Path; from cni_plugin import durable; "
+            "durable.write(Path(sys.argv[1]), b'new')")
     env = {**os.environ, durable.TEST_HOOK: "kill-before-rename", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=60, check=False)
     assert proc.returncode == -9

@@ -49,13 +49,8 @@ class Cluster:
     async def kubectl(self, *args: str, via: str = "proxy", timeout: float = 60) -> str:
         kubeconfig = self.proxy_kubeconfig if via == "proxy" else self.direct_kubeconfig
         proc = await asyncio.create_subprocess_exec(
-            str(KUBECTL),
-            "--kubeconfig",
-            str(kubeconfig),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=kubectl_env(),
+            str(KUBECTL), "--kubeconfig", str(kubeconfig), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=kubectl_env(),
         )
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
@@ -81,14 +76,8 @@ def proxy_kubeconfig(path: Path, server_url: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def proxy_for(kubeconfig: Path, tmp_path: Path, **overrides: object) -> AsyncIterator[server.Service]:
-    cfg = config.Config(
-        kubeconfig=str(kubeconfig),
-        listen="127.0.0.1:0",
-        ops_listen="127.0.0.1:0",
-        probe_interval=30,
-        cache_dir=str(tmp_path / "cache"),
-        **overrides,
-    )  # type: ignore[arg-type]
+    cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
+                        probe_interval=30, cache_dir=str(tmp_path / "cache"), **overrides)  # type: ignore[arg-type]
     async with server.running(cfg) as service:
         yield service
 

@@ -65,31 +65,20 @@ class Edge:
         rec = record.Recorder(w, tokens=book)
         self.recorder = CountingRecorder(rec)
         self.local = local.Local(st, w, tokens=book, node=NODE, bookmark_interval=1.0)
-        cfg = config.Config(
-            kubeconfig=str(self.upstream_kubeconfig),
-            listen=f"127.0.0.1:{port}",
-            ops_listen="",
-            cache_dir=str(self.cache_dir),
-            probe_interval=0.2,
-            probe_timeout=2.0,
-            offline_after=2,
-            online_after=1,
-            connect_timeout=1.0,
-            shutdown_timeout=0.5,
-        )
+        cfg = config.Config(kubeconfig=str(self.upstream_kubeconfig), listen=f"127.0.0.1:{port}", ops_listen="",
+                            cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=2.0, offline_after=2,
+                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5)
         self._stack = contextlib.AsyncExitStack()
         self.service = await self._stack.enter_async_context(
-            server.running(cfg, recorder=self.recorder, local=self.local)
-        )
+            server.running(cfg, recorder=self.recorder, local=self.local))
         self.service.upstream.on_change(self.local.upstream_changed)
         up = self.service.upstream
         self.local.is_online = lambda: bool(up.online)
         self._parts = (st, w, rec)
         self.proxy_kubeconfig.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: edge\n"
-            f'clusters: [{{name: c, cluster: {{server: "{self.service.url}"}}}}]\n'
-            "users: [{name: u, user: {}}]\ncontexts: [{name: edge, context: {cluster: c, user: u}}]\n"
-        )
+            f"clusters: [{{name: c, cluster: {{server: \"{self.service.url}\"}}}}]\n"
+            "users: [{name: u, user: {}}]\ncontexts: [{name: edge, context: {cluster: c, user: u}}]\n")
 
     async def stop_proxy(self) -> None:
         if self._stack is not None:
@@ -114,24 +103,12 @@ class Edge:
         await until(lambda: self.service.upstream.online is online, timeout)
 
     async def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> tuple[int, str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.tmp / "home"),
-            "KUBECACHEDIR": str(self.tmp / "kubecache-none"),
-        }
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.tmp / "home"),
+               "KUBECACHEDIR": str(self.tmp / "kubecache-none")}
         proc = await asyncio.create_subprocess_exec(
-            str(KUBECTL),
-            "--kubeconfig",
-            str(self.proxy_kubeconfig),
-            "--cache-dir",
-            str(self.tmp / "kc"),
-            "--request-timeout",
-            "20s",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+            str(KUBECTL), "--kubeconfig", str(self.proxy_kubeconfig), "--cache-dir", str(self.tmp / "kc"),
+            "--request-timeout", "20s", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
         # a fresh discovery cache for every call: kubectl must get discovery from the proxy each time

@@ -23,24 +23,17 @@ from kubernetes.client.rest import ApiException
 
 
 class Reflector:
-    def __init__(
-        self,
-        host: str,
-        path: str,
-        *,
-        field_selector: str = "",
-        label_selector: str = "",
-        user_agent: str = "informer/v1.0.0 (linux/amd64) kubernetes/0000000",
-        timeout_seconds: int = 300,
-        backoff: float = 0.2,
-    ) -> None:
+    def __init__(self, host: str, path: str, *, field_selector: str = "", label_selector: str = "",
+                 user_agent: str = "informer/v1.0.0 (linux/amd64) kubernetes/0000000", timeout_seconds: int = 300,
+                 backoff: float = 0.2) -> None:
         conf = kclient.Configuration()
         conf.host = host
         conf.retries = False
         self.api = kclient.ApiClient(conf)
         self.api.user_agent = user_agent
         self.path = path
-        self.selectors = {k: v for k, v in (("fieldSelector", field_selector), ("labelSelector", label_selector)) if v}
+        self.selectors = {k: v for k, v in (("fieldSelector", field_selector), ("labelSelector", label_selector))
+                          if v}
         self.timeout_seconds = timeout_seconds
         self.backoff = backoff
         self.items: dict[str, dict[str, Any]] = {}
@@ -87,13 +80,10 @@ class Reflector:
     def _get(self, query: dict[str, str], stream: bool) -> Any:
         """The urllib3 response of a GET (body not read); ApiException for an error status."""
         method, url, headers, body, post = self.api.param_serialize(
-            "GET",
-            self.path,
-            query_params=list({**self.selectors, **query}.items()),
-            header_params={"Accept": "application/json", "User-Agent": self.api.user_agent},
-            auth_settings=[],
-        )
-        resp = self.api.call_api(method, url, headers, body, post, _request_timeout=(5, 120) if stream else 60).response
+            "GET", self.path, query_params=list({**self.selectors, **query}.items()),
+            header_params={"Accept": "application/json", "User-Agent": self.api.user_agent}, auth_settings=[])
+        resp = self.api.call_api(method, url, headers, body, post,
+                                 _request_timeout=(5, 120) if stream else 60).response
         if resp.status >= 400:
             data = resp.data
             resp.release_conn()
@@ -116,9 +106,8 @@ class Reflector:
             self.list_errors.append(0)
             return False
         with self._lock:
-            self.items = {
-                f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o for o in doc.get("items") or []
-            }
+            self.items = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o
+                          for o in doc.get("items") or []}
             self.last_rv = doc["metadata"].get("resourceVersion", "")
         self.synced.set()
         return True
@@ -155,15 +144,8 @@ class Reflector:
         started = time.monotonic()
         events = 0
         try:
-            resp = self._get(
-                {
-                    "watch": "true",
-                    "resourceVersion": self.last_rv,
-                    "allowWatchBookmarks": "true",
-                    "timeoutSeconds": str(self.timeout_seconds),
-                },
-                stream=True,
-            )
+            resp = self._get({"watch": "true", "resourceVersion": self.last_rv, "allowWatchBookmarks": "true",
+                              "timeoutSeconds": str(self.timeout_seconds)}, stream=True)
         except ApiException as e:
             self.watch_errors.append(e.status)
             return ("relist" if e.status == 410 else ("retry" if e.status == 429 else "short")), f"HTTP {e.status}"

@@ -79,9 +79,8 @@ async def test_clients_keep_working_offline_and_converge_after(e):
 
     # kubectl (a new process each time: discovery, then the list) gets the same answers
     _, pods_off, _ = await e.kubectl("get", "pods", "-n", "edge", "-o", "json")
-    assert [p["metadata"]["name"] for p in json.loads(pods_off)["items"]] == [
-        p["metadata"]["name"] for p in json.loads(pods_json)["items"]
-    ]
+    assert [p["metadata"]["name"] for p in json.loads(pods_off)["items"]] == \
+        [p["metadata"]["name"] for p in json.loads(pods_json)["items"]]
     _, table, _ = await e.kubectl("get", "pods", "-n", "edge")  # asks for a Table: printed from the plain list
     assert all(p["metadata"]["name"] in table for p in json.loads(pods_json)["items"])
     _, node_off, _ = await e.kubectl("get", "node", NODE, "-o", "json")
@@ -111,39 +110,26 @@ async def test_clients_keep_working_offline_and_converge_after(e):
 
     # writes get the documented answers
     patched = await asyncio.to_thread(
-        kubelet.patch_node_status,
-        NODE,
-        {"status": {"conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T17:00:00Z"}]}},
-    )
+        kubelet.patch_node_status, NODE, {"status": {"conditions": [{"type": "Ready",
+                                                                      "lastHeartbeatTime": "2026-11-24T17:00:00Z"}]}})
     assert next(c for c in patched.status.conditions if c.type == "Ready").last_heartbeat_time.year == 2026
     with pytest.raises(ApiException) as exists:
         body = kclient.V1Node(metadata=kclient.V1ObjectMeta(name=NODE))
         await asyncio.to_thread(kubelet.create_node, body)
     assert exists.value.status == 409 and json.loads(exists.value.body)["reason"] == "AlreadyExists"
     with pytest.raises(ApiException) as refused:
-        await asyncio.to_thread(
-            kubelet.create_namespaced_config_map, "edge", kclient.V1ConfigMap(metadata=kclient.V1ObjectMeta(name="new"))
-        )
+        await asyncio.to_thread(kubelet.create_namespaced_config_map, "edge",
+                                kclient.V1ConfigMap(metadata=kclient.V1ObjectMeta(name="new")))
     assert refused.value.status == 503 and "retry-after" not in {k.lower() for k in refused.value.headers}
-    event = kclient.CoreV1Event(
-        metadata=kclient.V1ObjectMeta(name="edge-1.offline", namespace="default"),
-        involved_object=kclient.V1ObjectReference(kind="Node", name=NODE),
-        reason="Test",
-    )
+    event = kclient.CoreV1Event(metadata=kclient.V1ObjectMeta(name="edge-1.offline", namespace="default"),
+                                involved_object=kclient.V1ObjectReference(kind="Node", name=NODE), reason="Test")
     created = await asyncio.to_thread(kubelet.create_namespaced_event, "default", event)
     assert created.reason == "Test"
     token = await asyncio.to_thread(
-        kubelet.create_namespaced_service_account_token,
-        "default",
-        "edge",
-        kclient.AuthenticationV1TokenRequest(
-            spec=kclient.V1TokenRequestSpec(
-                audiences=[],
-                expiration_seconds=3600,
-                bound_object_ref=kclient.V1BoundObjectReference(kind="Pod", api_version="v1", name="web-0", uid="x"),
-            )
-        ),
-    )
+        kubelet.create_namespaced_service_account_token, "default", "edge",
+        kclient.AuthenticationV1TokenRequest(spec=kclient.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=3600,
+            bound_object_ref=kclient.V1BoundObjectReference(kind="Pod", api_version="v1", name="web-0", uid="x"))))
     assert token.status.token.count(".") == 2
 
     # ---------------------------------------------------------------- changes meanwhile, then the link returns

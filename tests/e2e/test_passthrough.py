@@ -18,32 +18,27 @@ PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 async def test_kubectl_get_and_yaml_match_direct(cluster):
     via_proxy = await cluster.kubectl("get", "pods", "-n", "edge", "-o", "name")
-    assert via_proxy.split() and via_proxy == await cluster.kubectl(
-        "get", "pods", "-n", "edge", "-o", "name", via="direct"
-    )
+    assert via_proxy.split() and via_proxy == await cluster.kubectl("get", "pods", "-n", "edge", "-o", "name",
+                                                                    via="direct")
     yaml_proxy = await cluster.kubectl("get", "configmap", "web-config", "-n", "edge", "-o", "yaml")
     assert "name: web-config" in yaml_proxy
-    assert yaml_proxy == await cluster.kubectl(
-        "get", "configmap", "web-config", "-n", "edge", "-o", "yaml", via="direct"
-    )
+    assert yaml_proxy == await cluster.kubectl("get", "configmap", "web-config", "-n", "edge", "-o", "yaml",
+                                               via="direct")
 
 
 async def test_kubectl_get_raw(cluster):
     assert json.loads(await cluster.kubectl("get", "--raw", "/version")) == json.loads(
-        await cluster.kubectl("get", "--raw", "/version", via="direct")
-    )
+        await cluster.kubectl("get", "--raw", "/version", via="direct"))
 
 
 async def test_kubectl_apply_and_delete(cluster, tmp_path):
     # --validate=false: the simulator serves no OpenAPI document for kubectl to validate against.
     manifest = tmp_path / "cm.yaml"
-    manifest.write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: e2e-applied, namespace: edge}\ndata: {greeting: hello}\n"
-    )
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: e2e-applied, namespace: edge}\n"
+                        "data: {greeting: hello}\n")
     assert "created" in await cluster.kubectl("apply", "--validate=false", "-f", str(manifest))
-    direct = json.loads(
-        await cluster.kubectl("get", "configmap", "e2e-applied", "-n", "edge", "-o", "json", via="direct")
-    )
+    direct = json.loads(await cluster.kubectl("get", "configmap", "e2e-applied", "-n", "edge", "-o", "json",
+                                              via="direct"))
     assert direct["data"] == {"greeting": "hello"}
     manifest.write_text(manifest.read_text().replace("hello", "bonjour"))
     assert "configured" in await cluster.kubectl("apply", "--validate=false", "-f", str(manifest))
@@ -53,18 +48,8 @@ async def test_kubectl_apply_and_delete(cluster, tmp_path):
 
 async def test_kubectl_get_watch_sees_events_while_open(cluster):
     proc = await asyncio.create_subprocess_exec(
-        str(KUBECTL),
-        "--kubeconfig",
-        str(cluster.proxy_kubeconfig),
-        "get",
-        "configmaps",
-        "-n",
-        "edge",
-        "-w",
-        "-o",
-        "name",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        str(KUBECTL), "--kubeconfig", str(cluster.proxy_kubeconfig), "get", "configmaps", "-n", "edge", "-w",
+        "-o", "name", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=kubectl_env(),
     )
     try:
@@ -114,12 +99,8 @@ async def test_kubernetes_python_client_list_and_watch(cluster):
 
 
 async def test_protobuf_bytes_through_proxy_equal_direct(cluster):
-    paths = [
-        "/api/v1/pods",
-        "/api/v1/namespaces/edge/configmaps/web-config",
-        "/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1",
-        "/apis/discovery.k8s.io/v1/endpointslices",
-    ]
+    paths = ["/api/v1/pods", "/api/v1/namespaces/edge/configmaps/web-config", "/api/v1/nodes?fieldSelector="
+             "metadata.name%3Dedge-1", "/apis/discovery.k8s.io/v1/endpointslices"]
     async with aiohttp.ClientSession(auto_decompress=False) as s:
         for path in paths:
             headers = {"Accept": PROTOBUF}
@@ -151,11 +132,8 @@ async def test_protobuf_watch_streams_event_by_event(cluster):
 
 async def test_client_going_away_cancels_upstream_watch(cluster):
     def open_upstream() -> list:
-        return [
-            w
-            for w in cluster.sim.api.watches
-            if w.request.transport is not None and not w.request.transport.is_closing()
-        ]
+        return [w for w in cluster.sim.api.watches
+                if w.request.transport is not None and not w.request.transport.is_closing()]
 
     async with aiohttp.ClientSession() as s, asyncio.timeout(30):
         r = await s.get(cluster.proxy_url + "/api/v1/namespaces/edge/configmaps?watch=true&resourceVersion=0")
@@ -168,13 +146,10 @@ async def test_client_going_away_cancels_upstream_watch(cluster):
 
 
 async def test_hop_by_hop_headers_removed_both_ways(cluster):
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(
-            cluster.proxy_url + "/api/v1/namespaces/edge/configmaps/web-config",
-            headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1", "TE": "trailers", "Proxy-Authorization": "x"},
-        ) as r,
-    ):
+    async with aiohttp.ClientSession() as s, s.get(
+        cluster.proxy_url + "/api/v1/namespaces/edge/configmaps/web-config",
+        headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1", "TE": "trailers", "Proxy-Authorization": "x"},
+    ) as r:
         assert r.status == 200
         assert "Keep-Alive" not in r.headers and "Proxy-Authenticate" not in r.headers
         assert r.headers.get("Transfer-Encoding", "chunked") == "chunked"  # framing is the proxy's own

@@ -82,16 +82,8 @@ def coredns_start() -> list[Call]:
     for path in ("/api/v1/namespaces", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
         calls.append(Call("GET", path, "limit=500&resourceVersion=0", accept, COREDNS_UA, token=COREDNS_TOKEN))
     for path in ("/api/v1/namespaces", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
-        calls.append(
-            Call(
-                "GET",
-                path,
-                "allowWatchBookmarks=true&resourceVersion=0&timeout=7m1s&timeoutSeconds=421&watch=true",
-                accept,
-                COREDNS_UA,
-                token=COREDNS_TOKEN,
-            )
-        )
+        calls.append(Call("GET", path, "allowWatchBookmarks=true&resourceVersion=0&timeout=7m1s&timeoutSeconds=421"
+                          "&watch=true", accept, COREDNS_UA, token=COREDNS_TOKEN))
     return calls
 
 
@@ -105,11 +97,8 @@ def _name(path: str) -> str:
 def _token_request(pod: str) -> bytes:
     ref = b"".join(protobuf.field_bytes(n, s.encode()) for n, s in ((1, "Pod"), (2, "v1"), (3, pod), (4, "uid-" + pod)))
     spec = protobuf.field_bytes(3, ref) + protobuf.field_varint(4, 3607)
-    return protobuf.wrap(
-        "authentication.k8s.io/v1",
-        "TokenRequest",
-        protobuf.field_bytes(1, b"") + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, b""),
-    )
+    return protobuf.wrap("authentication.k8s.io/v1", "TokenRequest",
+                         protobuf.field_bytes(1, b"") + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, b""))
 
 
 def body_for(call: Call, sim, n: int) -> tuple[bytes, str]:
@@ -118,12 +107,8 @@ def body_for(call: Call, sim, n: int) -> tuple[bytes, str]:
     if call.method == "PUT" and "/leases/" in p:
         lease = sim.get("leases", _name(p), "kube-node-lease") or {}
         lease.setdefault("metadata", {}).update(name=_name(p), namespace="kube-node-lease")
-        lease["spec"] = {
-            **(lease.get("spec") or {}),
-            "holderIdentity": _name(p),
-            "leaseDurationSeconds": 40,
-            "renewTime": f"2026-11-24T16:{n % 60:02d}:00.000000Z",
-        }
+        lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": _name(p), "leaseDurationSeconds": 40,
+                         "renewTime": f"2026-11-24T16:{n % 60:02d}:00.000000Z"}
         return protobuf.wrap("coordination.k8s.io/v1", "Lease", schema.to_protobuf(lease, "Lease")), PB
     if call.method == "POST" and p == "/api/v1/nodes":
         return sim.object_bytes("nodes", "edge-1"), PB
@@ -132,33 +117,16 @@ def body_for(call: Call, sim, n: int) -> tuple[bytes, str]:
     if call.method == "POST" and p.endswith("/events"):
         ns = p.split("/")[4]
         if "events.k8s.io" in p:
-            ev = {
-                "apiVersion": "events.k8s.io/v1",
-                "kind": "Event",
-                "metadata": {"name": f"kp.{n}", "namespace": ns},
-                "reason": "StartKubeProxy",
-                "action": "StartKubeProxy",
-                "reportingController": "kube-proxy",
-                "reportingInstance": "kube-proxy-edge-1",
-                "eventTime": "2026-11-24T16:00:00.000000Z",
-            }
+            ev = {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": f"kp.{n}", "namespace": ns},
+                  "reason": "StartKubeProxy", "action": "StartKubeProxy", "reportingController": "kube-proxy",
+                  "reportingInstance": "kube-proxy-edge-1", "eventTime": "2026-11-24T16:00:00.000000Z"}
             return json.dumps(ev).encode(), "application/json"
-        ev = {
-            "metadata": {"name": f"edge-1.{n:016x}", "namespace": ns},
-            "reason": "Started",
-            "message": "m",
-            "involvedObject": {"kind": "Node", "name": "edge-1"},
-            "count": 1,
-            "type": "Normal",
-        }
+        ev = {"metadata": {"name": f"edge-1.{n:016x}", "namespace": ns}, "reason": "Started", "message": "m",
+              "involvedObject": {"kind": "Node", "name": "edge-1"}, "count": 1, "type": "Normal"}
         return protobuf.wrap("v1", "Event", schema.to_protobuf(ev, "Event")), PB
     if call.method == "PATCH" and p.endswith("/nodes/edge-1/status"):
-        patch = {
-            "status": {
-                "$setElementOrder/conditions": [{"type": "Ready"}],
-                "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}],
-            }
-        }
+        patch = {"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
+                            "conditions": [{"type": "Ready", "lastHeartbeatTime": "2026-11-24T16:00:00Z"}]}}
         return json.dumps(patch).encode(), "application/strategic-merge-patch+json"
     if call.method == "PATCH" and "/events/" in p:
         return b'{"count":2,"lastTimestamp":"2026-11-24T16:00:00Z"}', "application/strategic-merge-patch+json"
@@ -226,10 +194,8 @@ async def play(session: aiohttp.ClientSession, url: str, calls: list[Call], sim)
         data, ct = (b"", "") if call.method in ("GET",) else body_for(call, sim, n)
         if ct:
             headers["Content-Type"] = ct
-        async with (
-            asyncio.timeout(20),
-            session.request(call.method, url + call.path, params=query, data=data or None, headers=headers) as r,
-        ):
+        async with asyncio.timeout(20), session.request(call.method, url + call.path, params=query, data=data or None,
+                                                        headers=headers) as r:
             source = r.headers.get("X-Edgeproxy-Source", "upstream")
             if call.watch:
                 out.append(Answer(r.status, None, "", await _first_events(r, query), source))
@@ -273,21 +239,18 @@ async def _first_events(r: aiohttp.ClientResponse, query: dict[str, str]) -> lis
                 types.append(typ)
                 if typ == "ERROR":
                     return types
-                if typ == "BOOKMARK" and (
-                    query.get("sendInitialEvents") != "true"
-                    or meta.annotations.get("k8s.io/initial-events-end") == "true"
-                ):
+                if typ == "BOOKMARK" and (query.get("sendInitialEvents") != "true"
+                                          or meta.annotations.get("k8s.io/initial-events-end") == "true"):
                     return types
 
 
-@pytest.mark.parametrize("trace", ["kubelet-startup.log", "kubelet-watchlist.log", "kube-proxy-startup.log", "coredns"])
+@pytest.mark.parametrize("trace", ["kubelet-startup.log", "kubelet-watchlist.log", "kube-proxy-startup.log",
+                                   "coredns"])
 async def test_replay_with_the_upstream_down(tmp_path, trace):
     calls = coredns_start() if trace == "coredns" else load_trace(trace)
     sim_tokens = {COREDNS_TOKEN: ("system:serviceaccount:kube-system:coredns", ("system:serviceaccounts",))}
-    async with (
-        edge_mod.edge(tmp_path, bookmark_interval=0.1, tokens=sim_tokens) as e,
-        aiohttp.ClientSession() as session,
-    ):
+    async with edge_mod.edge(tmp_path, bookmark_interval=0.1, tokens=sim_tokens) as e, \
+            aiohttp.ClientSession() as session:
         online = await play(session, e.url, calls, e.sim)
         await e.settle()
         await e.sim.down()

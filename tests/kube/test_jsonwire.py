@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from edgeproxy.kube import errors, jsonwire, protobuf
 from tests.kube import recorded
 
-HYPOTHESIS = hypothesis.settings(
-    max_examples=200, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
-)
+HYPOTHESIS = hypothesis.settings(max_examples=200, deadline=None,
+                                 suppress_health_check=[hypothesis.HealthCheck.too_slow])
 BLUEPRINT = "kubernetes.io/initial-events-list-blueprint"  # an empty list in the response's own encoding
 
 
@@ -28,15 +27,8 @@ def test_list_rebuilds_byte_identical(name):
     assert parts.remaining_item_count == doc["metadata"].get("remainingItemCount")
     assert [json.loads(i) for i in parts.items] == doc["items"] == parts.docs
     assert parts.pretty  # recorded with curl, so indented (json.MarshalIndent, no trailing newline)
-    rebuilt = jsonwire.build_list(
-        parts.kind,
-        parts.api_version,
-        parts.resource_version,
-        parts.items,
-        parts.continue_,
-        parts.remaining_item_count,
-        pretty=True,
-    )
+    rebuilt = jsonwire.build_list(parts.kind, parts.api_version, parts.resource_version, parts.items,
+                                  parts.continue_, parts.remaining_item_count, pretty=True)
     assert rebuilt == data
 
 
@@ -45,9 +37,8 @@ def test_compact_list_is_the_compacted_body_plus_newline(name):
     """What client-go gets: the same document compact, with json.Encoder's newline; items compacted one by one."""
     parts = jsonwire.parse_list(recorded.body(name, "json"))
     items = [jsonwire.compact(i) for i in parts.items]
-    body = jsonwire.build_list(
-        parts.kind, parts.api_version, parts.resource_version, items, parts.continue_, parts.remaining_item_count
-    )
+    body = jsonwire.build_list(parts.kind, parts.api_version, parts.resource_version, items, parts.continue_,
+                               parts.remaining_item_count)
     assert body == jsonwire.compact(recorded.body(name, "json")) + b"\n"
     again = jsonwire.parse_list(body)
     assert again.items == items
@@ -81,8 +72,7 @@ def test_objects_agree_with_protobuf_and_round_trip(name):
     raw = protobuf.unwrap(recorded.body(name, "protobuf")).raw
     assert jsonwire.object_meta(data) == protobuf.object_meta(raw)
     assert jsonwire.selector_fields(recorded.OBJECTS[name], data) == protobuf.selector_fields(
-        recorded.OBJECTS[name], raw
-    )
+        recorded.OBJECTS[name], raw)
     doc = json.loads(data)
     item = jsonwire.untyped(data)
     assert not item.startswith(b'{"kind"')
@@ -111,16 +101,9 @@ def test_watch_events_rebuild_byte_identical_and_agree_with_protobuf(name):
             continue
         jm, pm = jsonwire.object_meta(ev.doc), protobuf.object_meta(pev.raw)
         assert (jm.name, jm.namespace, jm.uid, jm.resource_version, jm.labels, jm.deletion_timestamp) == (
-            pm.name,
-            pm.namespace,
-            pm.uid,
-            pm.resource_version,
-            pm.labels,
-            pm.deletion_timestamp,
-        )
+            pm.name, pm.namespace, pm.uid, pm.resource_version, pm.labels, pm.deletion_timestamp)
         assert {k: v for k, v in jm.annotations.items() if k != BLUEPRINT} == {
-            k: v for k, v in pm.annotations.items() if k != BLUEPRINT
-        }
+            k: v for k, v in pm.annotations.items() if k != BLUEPRINT}
         if ev.type != "BOOKMARK":
             assert jsonwire.selector_fields("pods", ev.doc) == protobuf.selector_fields("pods", pev.raw)
     assert b"".join(out) == data
@@ -128,11 +111,8 @@ def test_watch_events_rebuild_byte_identical_and_agree_with_protobuf(name):
 
 def test_watchlist_added_objects_equal_list_items():
     parts = jsonwire.parse_list(recorded.body("pods-edge1.list", "json"))
-    by_key = {
-        (m.namespace, m.name, m.resource_version): jsonwire.compact(item)
-        for item in parts.items
-        for m in [jsonwire.object_meta(item)]
-    }
+    by_key = {(m.namespace, m.name, m.resource_version): jsonwire.compact(item)
+              for item in parts.items for m in [jsonwire.object_meta(item)]}
     lines = recorded.json_lines(recorded.body("watchlist.pods-edge1", "json"))
     added = [ev for ev in map(jsonwire.decode_event, lines) if ev.type == "ADDED"]
     assert len(added) == len(parts.items)
@@ -156,10 +136,8 @@ def test_partial_metadata_is_what_the_server_embeds_in_a_table():
     assert sum(p in table for p in partials) == len(items) - 1
     pb = protobuf.parse_list(protobuf.unwrap(recorded.body("pods-edge1.list", "protobuf")).raw).items
     for item, raw in zip(items, pb, strict=True):
-        assert (
-            json.loads(jsonwire.partial_metadata(item))["metadata"]["name"]
-            == protobuf.object_meta(protobuf.partial_metadata(raw)).name
-        )
+        assert json.loads(jsonwire.partial_metadata(item))["metadata"]["name"] == protobuf.object_meta(
+            protobuf.partial_metadata(raw)).name
 
 
 def test_bookmarks_are_rebuilt_byte_identical():
@@ -193,22 +171,13 @@ def test_non_ascii_items_keep_their_bytes():
 def test_watch_lines_not_written_by_go_still_decode():
     """Another member order and spacing take the general scanner; the object's bytes are still exact."""
     obj = b'{"kind":"Pod", "apiVersion":"v1","metadata":{"name":"\xc3\xa9"}}'
-    for line in (b'{ "object" : ' + obj + b' ,"type":"DELETED" }', b'{"type":"DELETED","object":' + obj + b"}  \r\n"):
+    for line in (b'{ "object" : ' + obj + b' ,"type":"DELETED" }', b'{"type":"DELETED","object":' + obj + b'}  \r\n'):
         ev = jsonwire.decode_event(line)
         assert (ev.type, ev.obj, ev.doc["metadata"]["name"]) == ("DELETED", obj, "é")
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        b'{"type":"RENAMED","object":{}}',
-        b'{"type":"ADDED"}',
-        b'{"type":"ADDED","object":{}} trailing',
-        b"[]",
-        b"",
-        b'{"type":"ADDED","object":[]}',
-    ],
-)
+@pytest.mark.parametrize("line", [b'{"type":"RENAMED","object":{}}', b'{"type":"ADDED"}', b'{"type":"ADDED",'
+                                  b'"object":{}} trailing', b'[]', b'', b'{"type":"ADDED","object":[]}'])
 def test_bad_watch_lines(line):
     with pytest.raises(errors.DecodeError):
         jsonwire.decode_event(line)
@@ -223,23 +192,11 @@ def test_deep_nesting_is_a_decode_error():
 
 # --- malformed input: DecodeError or a value, never another exception, never a hang --------------------------
 
-ON_DICTS = [
-    jsonwire.object_meta,
-    jsonwire.parse_status,
-    *[
-        (lambda b, r=r: jsonwire.selector_fields(r, b))
-        for r in ("pods", "nodes", "services", "secrets", "namespaces", "events", "replicationcontrollers")
-    ],
-]
-PARSERS = [
-    jsonwire.parse_list,
-    jsonwire.decode_event,
-    jsonwire.partial_metadata,
-    jsonwire.untyped,
-    lambda b: jsonwire.typed(b, "Pod", "v1"),
-    jsonwire.compact,
-    *ON_DICTS,
-]
+ON_DICTS = [jsonwire.object_meta, jsonwire.parse_status,
+            *[(lambda b, r=r: jsonwire.selector_fields(r, b)) for r in
+              ("pods", "nodes", "services", "secrets", "namespaces", "events", "replicationcontrollers")]]
+PARSERS = [jsonwire.parse_list, jsonwire.decode_event, jsonwire.partial_metadata, jsonwire.untyped,
+           lambda b: jsonwire.typed(b, "Pod", "v1"), jsonwire.compact, *ON_DICTS]
 
 
 def _survives(data: bytes) -> None:
@@ -256,34 +213,11 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data):
     _survives(data)
 
 
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "kind",
-                    "apiVersion",
-                    "metadata",
-                    "items",
-                    "type",
-                    "object",
-                    "spec",
-                    "status",
-                    "labels",
-                    "name",
-                    "podIPs",
-                    "involvedObject",
-                    "source",
-                ]
-            ),
-            inner,
-            max_size=4,
-        )
-    ),
-    max_leaves=12,
-)
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["kind", "apiVersion", "metadata", "items", "type", "object", "spec",
+                                          "status", "labels", "name", "podIPs", "involvedObject", "source"]),
+                         inner, max_size=4), max_leaves=12)
 
 
 @HYPOTHESIS
@@ -311,48 +245,19 @@ def test_mutated_recorded_lines_decode_or_raise_decode_error(data):
 def _pb_event(source_component: str) -> bytes:
     """A core/v1 Event message built from its generated.proto field numbers (no Event was recorded)."""
     f = protobuf.field_bytes
-    involved = b"".join(
-        f(n, v.encode())
-        for n, v in [
-            (1, "Pod"),
-            (2, "edge"),
-            (3, "web-1"),
-            (4, "u-1"),
-            (5, "v1"),
-            (6, "42"),
-            (7, "spec.containers{web}"),
-        ]
-    )
-    return (
-        f(1, f(1, b"web-1.17") + f(3, b"edge"))
-        + f(2, involved)
-        + f(3, b"Pulled")
-        + f(4, b"msg")
-        + f(5, f(1, source_component.encode()) + f(2, b"edge-1"))
-        + f(9, b"Normal")
-        + f(14, b"kubelet")
-    )
+    involved = b"".join(f(n, v.encode()) for n, v in [(1, "Pod"), (2, "edge"), (3, "web-1"), (4, "u-1"), (5, "v1"),
+                                                       (6, "42"), (7, "spec.containers{web}")])
+    return (f(1, f(1, b"web-1.17") + f(3, b"edge")) + f(2, involved) + f(3, b"Pulled") + f(4, b"msg")
+            + f(5, f(1, source_component.encode()) + f(2, b"edge-1")) + f(9, b"Normal") + f(14, b"kubelet"))
 
 
 @pytest.mark.parametrize("component", ["kubelet-old", ""])
 def test_event_fields_agree_between_encodings(component):
-    doc = {
-        "metadata": {"name": "web-1.17", "namespace": "edge"},
-        "involvedObject": {
-            "kind": "Pod",
-            "namespace": "edge",
-            "name": "web-1",
-            "uid": "u-1",
-            "apiVersion": "v1",
-            "resourceVersion": "42",
-            "fieldPath": "spec.containers{web}",
-        },
-        "reason": "Pulled",
-        "message": "msg",
-        "source": {"component": component, "host": "edge-1"},
-        "type": "Normal",
-        "reportingComponent": "kubelet",
-    }
+    doc = {"metadata": {"name": "web-1.17", "namespace": "edge"},
+           "involvedObject": {"kind": "Pod", "namespace": "edge", "name": "web-1", "uid": "u-1", "apiVersion": "v1",
+                              "resourceVersion": "42", "fieldPath": "spec.containers{web}"},
+           "reason": "Pulled", "message": "msg", "source": {"component": component, "host": "edge-1"},
+           "type": "Normal", "reportingComponent": "kubelet"}
     fields = jsonwire.selector_fields("events", doc)
     assert fields == protobuf.selector_fields("events", _pb_event(component))
     assert fields["source"] == (component or "kubelet")  # falls back to reportingComponent, as strategy.go does

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from edgeproxy.kube import errors, protobuf
 from tests.kube import recorded
 
-HYPOTHESIS = hypothesis.settings(
-    max_examples=200, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
-)
+HYPOTHESIS = hypothesis.settings(max_examples=200, deadline=None,
+                                 suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 
 def json_items(name: str) -> list[dict]:
@@ -26,9 +25,8 @@ def test_list_rebuilds_byte_identical(name):
     u = protobuf.unwrap(data)
     assert u.kind.endswith("List")
     parts = protobuf.parse_list(u.raw)
-    rebuilt = protobuf.build_list(
-        u.api_version, u.kind, parts.resource_version, parts.items, parts.continue_, parts.remaining_item_count
-    )
+    rebuilt = protobuf.build_list(u.api_version, u.kind, parts.resource_version, parts.items, parts.continue_,
+                                  parts.remaining_item_count)
     assert rebuilt == data
     doc = json.loads(recorded.body(name, "json"))
     assert parts.resource_version == doc["metadata"]["resourceVersion"]
@@ -44,11 +42,7 @@ def test_list_items_meta_matches_json(name):
         m = protobuf.object_meta(raw)
         md = item["metadata"]
         assert (m.name, m.namespace, m.uid, m.resource_version) == (
-            md["name"],
-            md.get("namespace", ""),
-            md["uid"],
-            md["resourceVersion"],
-        )
+            md["name"], md.get("namespace", ""), md["uid"], md["resourceVersion"])
         assert m.labels == md.get("labels", {})
         assert m.annotations == md.get("annotations", {})
         assert m.deletion_timestamp == md.get("deletionTimestamp")
@@ -60,17 +54,12 @@ def expected_fields(resource: str, obj: dict) -> dict[str, str]:
     out = {"metadata.name": md["name"], "metadata.namespace": md.get("namespace", "")}
     if resource == "pods":
         ips = [p["ip"] for p in status.get("podIPs", [])]
-        out |= {
-            "spec.nodeName": spec.get("nodeName", ""),
-            "spec.restartPolicy": spec.get("restartPolicy", ""),
-            "spec.schedulerName": spec.get("schedulerName", ""),
-            "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-            "spec.hostNetwork": "true" if spec.get("hostNetwork") else "false",
-            "status.phase": status.get("phase", ""),
-            "status.podIP": ips[0] if ips else "",
-            "status.podIPs": ",".join(ips),
-            "status.nominatedNodeName": status.get("nominatedNodeName", ""),
-        }
+        out |= {"spec.nodeName": spec.get("nodeName", ""), "spec.restartPolicy": spec.get("restartPolicy", ""),
+                "spec.schedulerName": spec.get("schedulerName", ""),
+                "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+                "spec.hostNetwork": "true" if spec.get("hostNetwork") else "false",
+                "status.phase": status.get("phase", ""), "status.podIP": ips[0] if ips else "",
+                "status.podIPs": ",".join(ips), "status.nominatedNodeName": status.get("nominatedNodeName", "")}
     elif resource == "nodes":
         out["spec.unschedulable"] = "true" if spec.get("unschedulable") else "false"
     elif resource == "services":
@@ -110,11 +99,8 @@ def test_object_rebuilds_and_matches_json(name):
     assert (u.api_version, u.kind) == (doc["apiVersion"], doc["kind"])
     m = protobuf.object_meta(u.raw)
     assert (m.name, m.namespace, m.resource_version, m.labels) == (
-        doc["metadata"]["name"],
-        doc["metadata"]["namespace"],
-        doc["metadata"]["resourceVersion"],
-        doc["metadata"].get("labels", {}),
-    )
+        doc["metadata"]["name"], doc["metadata"]["namespace"], doc["metadata"]["resourceVersion"],
+        doc["metadata"].get("labels", {}))
     assert protobuf.selector_fields(recorded.OBJECTS[name], u.raw) == expected_fields(recorded.OBJECTS[name], doc)
     # PartialObjectMetadata is field 1 of the object, byte for byte.
     md = protobuf.metadata_field(u.raw)
@@ -141,11 +127,8 @@ def test_watch_events_rebuild_byte_identical(name):
             continue
         m = protobuf.object_meta(ev.raw)
         md = doc["object"]["metadata"]
-        assert (m.name, m.namespace, m.resource_version) == (
-            md.get("name", ""),
-            md.get("namespace", ""),
-            md["resourceVersion"],
-        )
+        assert (m.name, m.namespace, m.resource_version) == (md.get("name", ""), md.get("namespace", ""),
+                                                              md["resourceVersion"])
         assert m.labels == md.get("labels", {})
         assert without_blueprint(m.annotations) == without_blueprint(md.get("annotations", {}))
         assert m.deletion_timestamp == md.get("deletionTimestamp")
@@ -159,7 +142,8 @@ def without_blueprint(annotations: dict) -> dict:
 
 def test_watchlist_added_objects_equal_list_items():
     items = protobuf.parse_list(protobuf.unwrap(recorded.body("pods-edge1.list", "protobuf")).raw).items
-    by_key = {(m.namespace, m.name, m.resource_version): raw for raw in items for m in [protobuf.object_meta(raw)]}
+    by_key = {(m.namespace, m.name, m.resource_version): raw
+              for raw in items for m in [protobuf.object_meta(raw)]}
     events = [protobuf.decode_event(f) for f in recorded.pb_frames(recorded.body("watchlist.pods-edge1", "protobuf"))]
     added = [e for e in events if e.type == "ADDED"]
     assert len(added) == len(items)
@@ -194,9 +178,8 @@ def test_status_bodies_parse(name):
 def test_rejects_non_envelopes_and_unknown_event_types():
     with pytest.raises(errors.DecodeError):
         protobuf.unwrap(b'{"kind":"Pod"}')
-    bad = protobuf.field_bytes(1, b"RENAMED") + protobuf.field_bytes(
-        2, protobuf.field_bytes(1, protobuf.wrap("v1", "Pod", b""))
-    )
+    bad = protobuf.field_bytes(1, b"RENAMED") + protobuf.field_bytes(2, protobuf.field_bytes(1, protobuf.wrap(
+        "v1", "Pod", b"")))
     with pytest.raises(errors.DecodeError, match="RENAMED"):
         protobuf.decode_event(bad)
 
@@ -208,7 +191,6 @@ def test_varints_round_trip():
 
 
 # --- malformed input: DecodeError or a value, never another exception, never a hang --------------------------
-
 
 def _samples() -> list[bytes]:
     out = [recorded.body("configmap-web-config.get", "protobuf"), recorded.body("nodes-edge1.list", "protobuf")]
@@ -224,10 +206,8 @@ PARSERS = {
     "partial_metadata": protobuf.partial_metadata,
     "decode_event": protobuf.decode_event,
     "parse_status": protobuf.parse_status,
-    **{
-        f"extract-{r}": (lambda raw, r=r: protobuf.extract(r, raw))
-        for r in ("pods", "nodes", "services", "secrets", "namespaces", "events", "replicationcontrollers")
-    },
+    **{f"extract-{r}": (lambda raw, r=r: protobuf.extract(r, raw))
+       for r in ("pods", "nodes", "services", "secrets", "namespaces", "events", "replicationcontrollers")},
 }
 
 

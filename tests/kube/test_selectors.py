@@ -94,21 +94,15 @@ def test_label_selector_matches(text, labels, expected):
     assert selectors.parse_labels(text).matches(labels) is expected
 
 
-_KEY_ERR = (
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
-    "character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
-    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
-)
-_VALUE_ERR = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
-    "start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used "
-    "for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
-)
-_SUBDOMAIN_ERR = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
-    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
+_KEY_ERR = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
+            "character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+            "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+_VALUE_ERR = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
+              "start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used "
+              "for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+_SUBDOMAIN_ERR = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                  "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+                  "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
 LABEL_ERRORS = [
     (",", "found ',', expected: !, identifier, or 'end of string'"),
     ("a,", "found '', expected: identifier after ','"),
@@ -124,35 +118,22 @@ LABEL_ERRORS = [
     ("a in (,,)", "unable to parse requirement: found ')', expected: ',', or identifier"),
     ("a in (b,,)", "unable to parse requirement: found ')', expected: ',', or identifier"),
     ("a=(", "unable to parse requirement: found '(', expected: identifier"),
-    (
-        "a>x",
-        "unable to parse requirement: values[0]: Invalid value: \"x\": for 'Gt', 'Lt' operators, the value must "
-        "be an integer",
-    ),
-    ("a>-1", 'unable to parse requirement: values[0][a]: Invalid value: "-1": ' + _VALUE_ERR),
+    ("a>x", "unable to parse requirement: values[0]: Invalid value: \"x\": for 'Gt', 'Lt' operators, the value must "
+            "be an integer"),
+    ("a>-1", "unable to parse requirement: values[0][a]: Invalid value: \"-1\": " + _VALUE_ERR),
     ("a=!b", "unable to parse requirement: found '!', expected: identifier"),
     ("a=b!", "found '!', expected: ',' or 'end of string'"),
-    ("a=-b", 'unable to parse requirement: values[0][a]: Invalid value: "-b": ' + _VALUE_ERR),
-    (
-        "a=" + "v" * 64,
-        'unable to parse requirement: values[0][a]: Invalid value: "'
-        + "v" * 64
-        + '": must be no more than 63 characters',
-    ),
-    ("-a", 'unable to parse requirement: <nil>: Invalid value: "-a": name part ' + _KEY_ERR),
-    ("/a", 'unable to parse requirement: <nil>: Invalid value: "/a": prefix part must be non-empty'),
-    ("A.com/a", 'unable to parse requirement: <nil>: Invalid value: "A.com/a": prefix part ' + _SUBDOMAIN_ERR),
-    (
-        "a/",
-        'unable to parse requirement: <nil>: Invalid value: "a/": name part must be non-empty; name part ' + _KEY_ERR,
-    ),
-    (
-        "a/b/c",
-        'unable to parse requirement: <nil>: Invalid value: "a/b/c": a qualified name '
-        + _KEY_ERR
-        + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
-    ),
-    ("\u00e9=1", 'unable to parse requirement: <nil>: Invalid value: "\u00e9": name part ' + _KEY_ERR),
+    ("a=-b", "unable to parse requirement: values[0][a]: Invalid value: \"-b\": " + _VALUE_ERR),
+    ("a=" + "v" * 64, "unable to parse requirement: values[0][a]: Invalid value: \"" + "v" * 64
+     + "\": must be no more than 63 characters"),
+    ("-a", "unable to parse requirement: <nil>: Invalid value: \"-a\": name part " + _KEY_ERR),
+    ("/a", "unable to parse requirement: <nil>: Invalid value: \"/a\": prefix part must be non-empty"),
+    ("A.com/a", "unable to parse requirement: <nil>: Invalid value: \"A.com/a\": prefix part " + _SUBDOMAIN_ERR),
+    ("a/", "unable to parse requirement: <nil>: Invalid value: \"a/\": name part must be non-empty; name part "
+           + _KEY_ERR),
+    ("a/b/c", "unable to parse requirement: <nil>: Invalid value: \"a/b/c\": a qualified name " + _KEY_ERR
+     + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"),
+    ("\u00e9=1", "unable to parse requirement: <nil>: Invalid value: \"\u00e9\": name part " + _KEY_ERR),
 ]
 
 
@@ -173,11 +154,8 @@ FIELD_CANONICAL = [
     ("spec.host=edge-1", "pods", "spec.nodeName=edge-1"),  # the legacy alias
     ("spec.nodeName=", "pods", "spec.nodeName="),  # unscheduled pods
     ("spec.clusterIP!=None", "services", "spec.clusterIP!=None"),
-    (
-        "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown",
-        "pods",
-        "status.phase!=Failed,status.phase!=Succeeded,status.phase!=Unknown",
-    ),
+    ("status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown", "pods",
+     "status.phase!=Failed,status.phase!=Succeeded,status.phase!=Unknown"),
     ("metadata.name=web-config", "configmaps", "metadata.name=web-config"),
     ("metadata.namespace=edge,metadata.name=a", "secrets", "metadata.name=a,metadata.namespace=edge"),
     ("a=x\\,y\\=z\\\\", None, "a=x\\,y\\=z\\\\"),
@@ -221,12 +199,8 @@ FIELD_ERRORS = [
     ("a=x\\", None, errors.InvalidSelector, "invalid field selector: invalid escape sequence: \\"),
     ("spec.foo=x", "pods", errors.UnsupportedField, "field label not supported: spec.foo"),
     ("metadata.namespace=x", "nodes", errors.UnsupportedField, "field label not supported: metadata.namespace"),
-    (
-        "spec.nodeName=x",
-        "configmaps",
-        errors.UnsupportedField,
-        '"spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace"',
-    ),
+    ("spec.nodeName=x", "configmaps", errors.UnsupportedField,
+     '"spec.nodeName" is not a known field selector: only "metadata.name", "metadata.namespace"'),
 ]
 
 
@@ -305,15 +279,12 @@ def test_every_recorded_selector_parses_and_is_stable(resource, labels, fields):
     assert selectors.parse_fields(fsel.canonical(), resource).canonical() == fsel.canonical()
 
 
-@pytest.mark.parametrize(
-    ("fixture", "label_selector", "field_selector", "field_of"),
-    [
-        ("services.proxysel.list.json.body", PROXY_SELECTOR, "", None),
-        ("endpointslices.proxysel.list.json.body", PROXY_SELECTOR, "", None),
-        ("pods-edge1.list.json.body", "", "spec.nodeName=edge-1", lambda o: {"spec.nodeName": o["spec"]["nodeName"]}),
-        ("nodes-edge1.list.json.body", "", "metadata.name=edge-1", lambda o: {"metadata.name": o["metadata"]["name"]}),
-    ],
-)
+@pytest.mark.parametrize(("fixture", "label_selector", "field_selector", "field_of"), [
+    ("services.proxysel.list.json.body", PROXY_SELECTOR, "", None),
+    ("endpointslices.proxysel.list.json.body", PROXY_SELECTOR, "", None),
+    ("pods-edge1.list.json.body", "", "spec.nodeName=edge-1", lambda o: {"spec.nodeName": o["spec"]["nodeName"]}),
+    ("nodes-edge1.list.json.body", "", "metadata.name=edge-1", lambda o: {"metadata.name": o["metadata"]["name"]}),
+])
 def test_what_the_server_returned_for_a_selector_matches_it(fixture, label_selector, field_selector, field_of):
     items = json.loads((FIXTURES / fixture).read_text())["items"]
     lsel, fsel = selectors.parse_labels(label_selector), selectors.parse_fields(field_selector)
@@ -389,12 +360,8 @@ LABELS = hs.dictionaries(hs.sampled_from(KEYS), hs.sampled_from([*VALUES, "3", "
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    hs.lists(label_requirements(), min_size=1, max_size=4),
-    hs.lists(LABELS, min_size=1, max_size=5),
-    SPACE,
-    hs.randoms(use_true_random=False),
-)
+@given(hs.lists(label_requirements(), min_size=1, max_size=4), hs.lists(LABELS, min_size=1, max_size=5), SPACE,
+       hs.randoms(use_true_random=False))
 def test_label_parse_canonical_parse_is_stable_and_keeps_the_meaning(reqs, label_sets, sp, rnd):
     text = (sp + "," + sp).join(r[0] for r in reqs)
     sel = selectors.parse_labels(text)
@@ -415,14 +382,9 @@ FIELD_VALUES = ["", "edge-1", "a,b", "x=y", "back\\slash", "Running"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    hs.lists(
-        hs.tuples(hs.sampled_from(FIELDS), hs.sampled_from(["=", "==", "!="]), hs.sampled_from(FIELD_VALUES)),
-        min_size=1,
-        max_size=4,
-    ),
-    hs.lists(hs.dictionaries(hs.sampled_from(FIELDS), hs.sampled_from(FIELD_VALUES), max_size=3), max_size=5),
-)
+@given(hs.lists(hs.tuples(hs.sampled_from(FIELDS), hs.sampled_from(["=", "==", "!="]), hs.sampled_from(FIELD_VALUES)),
+                min_size=1, max_size=4),
+       hs.lists(hs.dictionaries(hs.sampled_from(FIELDS), hs.sampled_from(FIELD_VALUES), max_size=3), max_size=5))
 def test_field_parse_canonical_parse_is_stable_and_keeps_the_meaning(terms, field_sets):
     text = ",".join(f"{f}{op}{selectors.escape_value(v)}" for f, op, v in terms)
     sel = selectors.parse_fields(text, "pods")

@@ -29,21 +29,11 @@ RECORDED = [
     ("configmap-missing.get.json.body", lambda: st.not_found("configmaps", "does-not-exist")),
     ("gone.pods-list-rv-exact.json.body", st.expired_list_rv),
     ("gone.pods-list-continue.json.body", lambda: st.expired_continue(CONTINUE_TOKEN)),
-    (
-        "node-edge1.pods-all.list.json.body",
-        lambda: st.forbidden(
-            "pods",
-            "",
-            NODE + ' "pods" in API group "" at the cluster scope: '
-            "can only list/watch pods with spec.nodeName field selector",
-        ),
-    ),
-    (
-        "node-edge1.secrets.list.json.body",
-        lambda: st.forbidden(
-            "secrets", "", NODE + ' "secrets" in API group "" in the namespace "edge": No Object name found'
-        ),
-    ),
+    ("node-edge1.pods-all.list.json.body", lambda: st.forbidden(
+        "pods", "", NODE + ' "pods" in API group "" at the cluster scope: '
+        "can only list/watch pods with spec.nodeName field selector")),
+    ("node-edge1.secrets.list.json.body", lambda: st.forbidden(
+        "secrets", "", NODE + ' "secrets" in API group "" in the namespace "edge": No Object name found')),
 ]
 
 
@@ -61,13 +51,10 @@ def test_compact_json_is_the_same_object_in_go_field_order(name, build):
     assert list(json.loads(body)) == list(recorded)  # kind, apiVersion, metadata, status, message, reason, ...
 
 
-@pytest.mark.parametrize(
-    ("name", "build"),
-    [
-        ("gone.pods-list-rv-exact.pb.body", st.expired_list_rv),
-        ("gone.pods-list-continue.pb.body", lambda: st.expired_continue(CONTINUE_TOKEN)),
-    ],
-)
+@pytest.mark.parametrize(("name", "build"), [
+    ("gone.pods-list-rv-exact.pb.body", st.expired_list_rv),
+    ("gone.pods-list-continue.pb.body", lambda: st.expired_continue(CONTINUE_TOKEN)),
+])
 def test_protobuf_body_is_byte_identical_to_the_server(name, build):
     assert st.encode(build(), "protobuf") == ("application/vnd.kubernetes.protobuf", fixture(name))
 
@@ -79,7 +66,6 @@ def test_watch_error_event_is_byte_identical_to_the_server(encoding):
 
 
 # --- every code the proxy answers with: shape, headers, and a protobuf decode back to the same Status -------------
-
 
 def decode_pb_status(body: bytes) -> dict:
     """A test-side reader of what encode_protobuf writes, built on the codec's field iterator."""
@@ -101,10 +87,8 @@ def decode_pb_status(body: bytes) -> dict:
             d: dict = {}
             for g, _, w in protobuf.iter_fields(v):
                 if g == 4:
-                    cause = {
-                        {1: "reason", 2: "message", 3: "field"}[h]: bytes(x).decode()
-                        for h, _, x in protobuf.iter_fields(w)
-                    }
+                    cause = {{1: "reason", 2: "message", 3: "field"}[h]: bytes(x).decode()
+                             for h, _, x in protobuf.iter_fields(w)}
                     d.setdefault("causes", []).append({k: x for k, x in cause.items() if x})
                 elif g == 5:
                     if w:
@@ -122,24 +106,13 @@ CASES = [
     (st.forbidden("pods", "p1", "nope"), 403, "Forbidden"),
     (st.not_found("leases", "edge-1", "coordination.k8s.io"), 404, "NotFound"),
     (st.method_not_supported("pods", "watch"), 405, "MethodNotAllowed"),
-    (
-        st.not_acceptable(["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]),
-        406,
-        "NotAcceptable",
-    ),
+    (st.not_acceptable(["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]), 406,
+     "NotAcceptable"),
     (st.already_exists("nodes", "edge-1"), 409, "AlreadyExists"),
     (st.conflict("leases", "edge-1", "the object has been modified", "coordination.k8s.io"), 409, "Conflict"),
     (st.too_old_rv(10, 20), 410, "Expired"),
-    (
-        st.invalid(
-            "ListOptions",
-            "",
-            [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch", "message": "Forbidden: x"}],
-            "meta.k8s.io",
-        ),
-        422,
-        "Invalid",
-    ),
+    (st.invalid("ListOptions", "", [{"reason": "FieldValueForbidden", "field": "resourceVersionMatch",
+                                     "message": "Forbidden: x"}], "meta.k8s.io"), 422, "Invalid"),
     (st.too_many_requests("slow down", 3), 429, "TooManyRequests"),
     (st.internal_error("boom <&>"), 500, "InternalError"),
     (st.service_unavailable("the cache has no complete list"), 503, "ServiceUnavailable"),
@@ -160,19 +133,14 @@ def test_every_status_round_trips_through_json_and_protobuf(s, code, reason):
 
 def test_messages_and_details_follow_apimachinery():
     assert st.not_found("leases", "edge-1", "coordination.k8s.io")["message"] == (
-        'leases.coordination.k8s.io "edge-1" not found'
-    )
-    assert json.loads(st.encode(st.already_exists("nodes", "edge-1"))[1])["details"] == {
-        "name": "edge-1",
-        "kind": "nodes",
-    }
+        'leases.coordination.k8s.io "edge-1" not found')
+    assert json.loads(st.encode(st.already_exists("nodes", "edge-1"))[1])["details"] == {"name": "edge-1",
+                                                                                        "kind": "nodes"}
     assert st.method_not_supported("pods", "watch")["message"] == 'watch is not supported on resources of kind "pods"'
     big = json.loads(st.encode(st.too_large_rv(400, 317))[1])
     assert big["message"] == "Timeout: Too large resource version: 400, current: 317"
-    assert big["details"] == {
-        "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-        "retryAfterSeconds": 1,
-    }
+    assert big["details"] == {"causes": [{"reason": "ResourceVersionTooLarge",
+                                          "message": "Too large resource version"}], "retryAfterSeconds": 1}
     assert st.retry_after(big) == 1 and st.retry_after(st.service_unavailable("x")) is None
     assert st.retry_after(st.too_many_requests("x", 5)) == 5
     assert st.internal_error("x")["details"] == {"causes": [{"message": "x"}]}
@@ -184,23 +152,15 @@ def test_go_json_escapes_html_characters_like_encoding_json():
     assert b"\\u003ca \\u0026 b\\u003e" in body and json.loads(body)["message"] == "Internal error occurred: <a & b>"
 
 
-@pytest.mark.parametrize(
-    ("err", "code", "reason"),
-    [
-        (errors.InvalidSelector("found ',', expected: identifier"), 400, "BadRequest"),
-        (errors.UnsupportedField("field label not supported: spec.foo"), 400, "BadRequest"),
-        (errors.NotAcceptable("only the following media types are accepted: application/json"), 406, "NotAcceptable"),
-        (errors.DecodeError("protobuf: truncated varint"), 500, "InternalError"),
-        (
-            errors.InvalidOptions(
-                'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: x',
-                [{"reason": "FieldValueForbidden", "message": "Forbidden: x", "field": "resourceVersionMatch"}],
-            ),
-            422,
-            "Invalid",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("err", "code", "reason"), [
+    (errors.InvalidSelector("found ',', expected: identifier"), 400, "BadRequest"),
+    (errors.UnsupportedField("field label not supported: spec.foo"), 400, "BadRequest"),
+    (errors.NotAcceptable("only the following media types are accepted: application/json"), 406, "NotAcceptable"),
+    (errors.DecodeError("protobuf: truncated varint"), 500, "InternalError"),
+    (errors.InvalidOptions('ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: x', [
+        {"reason": "FieldValueForbidden", "message": "Forbidden: x", "field": "resourceVersionMatch"}]), 422,
+     "Invalid"),
+])
 def test_from_error_carries_the_status_of_the_error(err, code, reason):
     s = st.from_error(err)
     assert (s["code"], s["reason"]) == (code, reason)

@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 from edgeproxy.kube import errors, watch
 from tests.kube import recorded
 
-HYPOTHESIS = hypothesis.settings(
-    max_examples=200, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
-)
+HYPOTHESIS = hypothesis.settings(max_examples=200, deadline=None,
+                                 suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 STREAMS = [(name, enc) for name in recorded.WATCHES for enc in ("protobuf", "json")]
 
@@ -83,14 +82,11 @@ def test_json_blank_lines_and_crlf_are_tolerated():
     assert watch.JsonSplitter().feed(b'{"a":1}\r\n\n  \n{"b":2}\n{"c"') == [b'{"a":1}', b'{"b":2}']
 
 
-@pytest.mark.parametrize(
-    ("content_type", "kind"),
-    [
-        ("application/vnd.kubernetes.protobuf;stream=watch", watch.ProtobufSplitter),
-        ("application/json", watch.JsonSplitter),
-        ("application/json;stream=watch", watch.JsonSplitter),
-    ],
-)
+@pytest.mark.parametrize(("content_type", "kind"), [
+    ("application/vnd.kubernetes.protobuf;stream=watch", watch.ProtobufSplitter),
+    ("application/json", watch.JsonSplitter),
+    ("application/json;stream=watch", watch.JsonSplitter),
+])
 def test_splitter_for(content_type, kind):
     assert isinstance(watch.splitter_for(content_type), kind)
 
