@@ -3,7 +3,8 @@
 Runs the built zipapp exactly as bridge would (env + stdin), with the host's python3 and the real Debian host-local
 as the delegate (behind the same offline switch the tests use). Baseline: host-local called directly, i.e. what a
 node pays without the snapshot; for start-up, the host's bare `python3 -c pass`. Rows: p50/p95 latency per path,
-wall time of 50 parallel ADDs (and of 50 parallel host-local ADDs), plugin start-up (VERSION) and file size.
+wall time of 50 parallel ADDs (and of 50 parallel host-local ADDs), plugin start-up (VERSION), CPU time per ADD
+(user+sys of the plugin and its delegate: steadier than wall time on a shared machine) and file size.
 Run alone: `python -m benchmarks.cni [--quick] [--json]`. Reports figures; asserts nothing about speed. Needs root
 only if /usr/lib/cni is not readable; creates no interfaces (no netns is needed to time IPAM).
 """
@@ -14,6 +15,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +58,13 @@ class _Node:
                               "delegate": self.delegate}}
         self.plain = {"cniVersion": "1.0.0", "name": "plain", "type": "bridge",
                       "ipam": {**self.delegate, "type": "host-local"}}
+
+    def cpu(self, exe: Path, conf: dict, command: str, cid: str, pod: str) -> float:
+        """CPU seconds (user + sys) the call cost, the plugin and the delegate it ran included."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.call(exe, conf, command, cid, pod)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     def call(self, exe: Path, conf: dict, command: str, cid: str, pod: str) -> float:
         env = {"PATH": HOST_PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/x",
@@ -132,6 +141,17 @@ def run(opts=None) -> list[dict]:
         rows += _rows("ADD restarted pod via delegate (same IP asked)", restart, base)
         rows += _rows("ADD restarted pod offline (from snapshot)", offline, base)
         rows += _rows("DEL via delegate", dels)
+        # CPU time does not depend on what else the machine runs: the steadier figure on a shared box.
+        cpu_base = []
+        for i in range(n):
+            cpu_base.append(node.cpu(REAL_CNI / "host-local", node.plain, "ADD", f"u{i}", f"u{i}"))
+            node.host_local("DEL", f"u{i}", f"u{i}")
+        cpu_new = [node.cpu(node.plugin, node.snap, "ADD", f"u{i}", f"cpu{i}") for i in range(n)]
+        node.offline(True)
+        cpu_off = [node.cpu(node.plugin, node.snap, "ADD", f"v{i}", f"cpu{i}") for i in range(n)]
+        node.offline(False)
+        rows += _rows("CPU per ADD via delegate", cpu_new, cpu_base)
+        rows += _rows("CPU per ADD offline (from snapshot)", cpu_off, cpu_base)
         wall_base, _ = _parallel(lambda i: node.host_local("ADD", f"ph{i}", f"ph{i}"), 50)
         wall, each = _parallel(lambda i: node.snapshot("ADD", f"p{i}", f"par{i}"), 50)
         rows.append({"scenario": SCENARIO, "metric": "50 parallel ADDs wall time", "value": round(wall, 2),

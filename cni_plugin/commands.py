@@ -23,6 +23,7 @@ from cni_plugin import config, delegate, errors, journal, records, request, resu
 
 log = logging.getLogger(__name__)
 REPLAY_LIMIT = 16  # journal entries replayed per invocation: bounds the latency an ADD pays for an old outage
+PRUNE_EVERY = 600.0  # seconds between sweeps of old RELEASED records outside GC
 
 
 @dataclass(slots=True)
@@ -59,6 +60,8 @@ def run(cfg: config.Config, req: request.Request, store: records.Store, env: Map
     inv = Invocation(cfg, req, store, journal.Journal(store), env)
     if req.command in ("GC", "STATUS") and result.parse_version(cfg.cni_version) < (1, 1, 0):
         raise errors.IncompatibleVersion(f"{req.command} needs cniVersion 1.1.0, config is {cfg.cni_version}")
+    if req.command == "CHECK" and result.parse_version(cfg.cni_version) < (0, 4, 0):
+        raise errors.IncompatibleVersion(f"CHECK needs cniVersion 0.4.0 or later, config is {cfg.cni_version}")
     return {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": status}[req.command](inv)
 
 
@@ -69,7 +72,7 @@ def add(inv: Invocation) -> dict:
     with store.key_lock(key):
         with store.lock():
             rec = store.get(key)
-            backlog = bool(inv.journal.pending())
+            backlog = inv.journal.any_pending()
         if rec and rec.owner == req.container_id and rec.servable(time.time(), cfg.held_max_age):
             # The delegate's lease is already under this container id (a retried ADD): nothing to ask for.
             return result.encode(_activate(inv, rec).result, cfg.cni_version)
@@ -144,6 +147,10 @@ def _serve_offline(inv: Invocation, reply: delegate.Reply) -> dict:
     with inv.store.lock():
         rec = inv.store.get(key)
     if rec is None or not rec.servable(time.time(), cfg.held_max_age):
+        if not reply.timed_out:
+            # The delegate answered "unreachable": it took no lease for this container. (After a timeout it may
+            # have, server-side, so the runtime's DEL must still be passed on.)
+            inv.journal.note_no_lease(inv.req.container_id, inv.req.ifname)
         why = "no snapshot" if rec is None else f"snapshot is {rec.state}"
         raise errors.TryAgainLater(f"delegate {cfg.delegate_type} is offline and {key} has {why}",
                                    f"{reply.msg} {reply.details}".strip())
@@ -204,8 +211,29 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
     return reply
 
 
+def _prune(inv: Invocation, now: float) -> None:
+    """Forget RELEASED records older than retainAfterRelease (pod names of Deployments never come back)."""
+    with inv.store.lock():
+        for rec in inv.store.all():
+            if (rec.state == records.RELEASED and now - rec.updated > inv.cfg.retain_after_release
+                    and inv.journal.get(rec.owner, rec.ifname) is None):
+                inv.store.delete(rec.key)
+        inv.journal.prune_no_lease(now)
+        inv.store.mark_pruned()
+
+
 def _replay(inv: Invocation, limit: int = REPLAY_LIMIT) -> delegate.Reply | None:
-    """Release journaled leases while the delegate answers; returns the offline reply that stopped it, if any."""
+    """Release journaled leases while the delegate answers; returns the offline reply that stopped it, if any.
+
+    Also prunes old records now and then (GC does it too, but only CNI 1.1.0 runtimes send GC, and few main
+    plugins pass it on).
+    """
+    now = time.time()
+    if inv.store.pruned_before(now - PRUNE_EVERY):
+        try:
+            _prune(inv, now)
+        except errors.StoreFailure as e:
+            log.warning("cannot prune old records: %s", e.msg)
     try:
         pending = inv.journal.pending()
     except errors.StoreFailure as e:
@@ -250,6 +278,8 @@ def delete(inv: Invocation) -> None:
                 log.info("DEL of %s for %s: its lease serves container %s, kept", req.container_id, key,
                          rec.container)
                 return None
+            if inv.journal.holds_no_lease(req.container_id, req.ifname):
+                return None  # a sandbox whose ADD we refused while offline: the delegate holds nothing for it
             reply = _release(inv, "", req.container_id, req.ifname, conf, req.cni_args)
         elif rec.state == records.RELEASED and not pending:
             return None  # repeated DEL
@@ -304,17 +334,12 @@ def gc(inv: Invocation) -> None:
         with store.key_lock(rec.key):
             with store.lock():
                 cur = store.get(rec.key)
-                pending = cur is not None and inv.journal.get(cur.owner, cur.ifname) is not None
-            if cur is None:
-                continue
-            if cur.state == records.ACTIVE and (cur.container, cur.ifname) not in valid:
+            if cur is not None and cur.state == records.ACTIVE and (cur.container, cur.ifname) not in valid:
                 log.info("GC: %s (container %s) is not a valid attachment; releasing", cur.key, cur.container)
                 reply = _release(inv, cur.key, cur.owner, cur.ifname, conf, "")
                 if not reply.ok and not reply.offline:
                     raise reply.error(cfg.delegate_type)
-            elif cur.state == records.RELEASED and not pending and now - cur.updated > cfg.retain_after_release:
-                with store.lock():
-                    store.delete(cur.key)
+    _prune(inv, now)
     _replay(inv)
     if "1.1.0" in inv.delegate.supported():
         # Leases held under an old container id back live pods: tell the delegate they are valid too.

@@ -164,7 +164,7 @@ def parse(net: dict) -> Config:
         request_ip=request_ip,
         delegate_timeout=_number(ipam, "delegateTimeout", 10.0, lo=0.05, hi=600),
         delegate_cni_version=dver, offline=_offline(ipam.get("offline")),
-        retain_after_release=_number(ipam, "retainAfterRelease", 7 * 86400.0, lo=0, hi=10 * 365 * 86400),
+        retain_after_release=_number(ipam, "retainAfterRelease", 86400.0, lo=0, hi=10 * 365 * 86400),
         held_max_age=_number(ipam, "heldMaxAge", None, lo=0, hi=10 * 365 * 86400),
     )
 

@@ -5,6 +5,8 @@ An entry carries everything the release needs later, when the pod and its config
 the interface, CNI_ARGS and the delegate's stdin config. commands.py writes an entry *before* asking the delegate to
 release (so a crash in between is replayed, never forgotten) and drops it once the delegate said yes; it replays
 pending entries whenever the delegate has just answered. Callers hold records.Store.lock() around add/drop.
+It also notes containers whose ADD the delegate refused while offline (`journal/no-lease/`): they hold no lease, so
+the DELs the runtime sends for those failed sandboxes (one per retry, for the whole outage) need no release at all.
 Neighbours: records.py (the directory and its lock), durable.py, commands.py, inspection.py.
 """
 
@@ -44,16 +46,39 @@ def entry_name(owner: str, ifname: str) -> str:
     return urllib.parse.quote(f"{owner}@{ifname}", safe="@") + ".json"
 
 
+NO_LEASE_MAX_AGE = 86400.0  # a runtime sends the DELs of a failed sandbox within minutes; a day is plenty
+
+
 class Journal:
-    __slots__ = ("dir",)
+    __slots__ = ("dir", "no_lease")
 
     def __init__(self, store: records.Store):
         self.dir: Path = store.root / "journal"
+        self.no_lease: Path = self.dir / "no-lease"
+
+    def note_no_lease(self, owner: str, ifname: str) -> None:
+        """Best effort: remember that (owner, ifname) got no lease (its ADD failed with the delegate offline)."""
+        try:
+            self.no_lease.mkdir(exist_ok=True)
+            durable.write(self.no_lease / entry_name(owner, ifname), b"")
+        except OSError as e:
+            log.warning("cannot note that %s holds no lease: %s", owner, e)
+
+    def holds_no_lease(self, owner: str, ifname: str) -> bool:
+        return (self.no_lease / entry_name(owner, ifname)).exists()
+
+    def prune_no_lease(self, now: float) -> None:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.no_lease):
+                if entry.name.startswith(durable.TMP_PREFIX) or now - entry.stat().st_mtime > NO_LEASE_MAX_AGE:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def add(self, release: Release) -> None:
         path = self.dir / release.name
         try:
-            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n")
+            # 0600: the delegate's config may carry what an API-backed IPAM needs to authenticate.
+            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n", 0o600)
         except OSError as e:
             raise records.io_error(f"write journal entry {path}", e) from e
 
@@ -78,6 +103,12 @@ class Journal:
             return None
         except OSError as e:
             raise records.io_error(f"read {path}", e) from e
+
+    def any_pending(self) -> bool:
+        with contextlib.suppress(OSError):
+            return any(e.name.endswith(".json") and not e.name.startswith(durable.TMP_PREFIX)
+                       for e in os.scandir(self.dir))
+        return False
 
     def pending(self) -> list[Release]:
         try:

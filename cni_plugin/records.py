@@ -166,6 +166,20 @@ class Store:
             raise io_error(f"list {self.records}", e) from e
         return [r for r in (self._load(self.records / n) for n in names) if r is not None]
 
+    def pruned_before(self, when: float) -> bool:
+        try:
+            return (self.root / "pruned").stat().st_mtime < when
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def mark_pruned(self) -> None:
+        try:
+            (self.root / "pruned").touch()
+        except OSError as e:
+            raise io_error("mark the prune time", e) from e
+
     def corrupt(self) -> list[str]:
         with contextlib.suppress(OSError):
             return sorted(n for n in os.listdir(self.records) if n.endswith(".corrupt"))

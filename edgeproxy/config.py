@@ -31,6 +31,7 @@ class Config:
     listen: str = "127.0.0.1:10261"  # the proxy listener: every path on it belongs to Kubernetes clients
     ops_listen: str = "127.0.0.1:10267"  # /healthz /readyz /metrics /debug/state; "" disables it
     cache_dir: str = "/var/lib/edgeproxy"
+    cache: bool = True  # record responses and answer from them offline; off: a plain pass-through proxy
     probe_interval: float = 5.0  # seconds between /readyz probes of each server
     probe_timeout: float = 2.0
     offline_after: int = 3  # consecutive failed probes before a server counts as down
@@ -67,6 +68,7 @@ _HELP = {
     "listen": "address of the proxy listener, HOST:PORT (default 127.0.0.1:10261)",
     "ops-listen": "address of the health/metrics listener, HOST:PORT; empty disables it (default 127.0.0.1:10267)",
     "cache-dir": "directory of the cache (default /var/lib/edgeproxy)",
+    "cache": "on or off: record responses and answer from them offline (default on; off: forward only)",
     "probe-interval": "seconds between /readyz probes of each server (default 5)",
     "probe-timeout": "timeout of one probe in seconds (default 2)",
     "offline-after": "failed probes in a row before a server is down (default 3)",
@@ -160,6 +162,11 @@ def _convert(name: str, type_: object, text: object) -> object:
     if not isinstance(text, str):
         return text
     type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    if type_name == "bool":
+        lowered = text.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{name}: {text!r} is not on/off")
+        return lowered in ("1", "true", "yes", "on")
     try:
         if type_name == "int":
             return int(text)

@@ -2,7 +2,7 @@
 
 Modules: simulator (the Simulator object: listener, faults, in-process API), api (HTTP), store (state, history,
 watchers), writes (write semantics), patch, seed (fixture cluster and synthetic load), resources (what is served),
-match (selectors), main (the `edgeproxy sim` command).
+main (the `edgeproxy sim` command).
 """
 
 from edgeproxy.sim.simulator import Simulator

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edgeproxy.kube import errors as kube_errors
-from edgeproxy.kube import protobuf, schema
-from edgeproxy.sim import errors, match, patch, resources, seed, store, writes
+from edgeproxy.kube import protobuf, schema, selectors
+from edgeproxy.sim import errors, patch, resources, seed, store, table, writes
 from edgeproxy.sim.store import Entry
 
 if TYPE_CHECKING:
@@ -66,21 +67,32 @@ class Target:
 # --- negotiation and encoding ----------------------------------------------------------------------------------
 
 
-def negotiate(accept: str) -> str | None:
-    """ "json" or "protobuf" from an Accept header; None if nothing in it can be served. A media type asking for
-    another shape (as=Table, as=PartialObjectMetadata...) is skipped, so kubectl's Table request gets the plain
-    list it falls back to (wire brief §4)."""
+TABLE = "Table"
+PARTIAL = "PartialObjectMetadata"
+SHAPE = web.RequestKey("shape", str)  # the negotiated shape of the answer: "", TABLE or PARTIAL
+
+
+def negotiate(accept: str) -> tuple[str, str] | None:
+    """(encoding "json"|"protobuf", shape ""|"Table"|"PartialObjectMetadata") of the first media type in an Accept
+    header the simulator can produce; None if none. Table is JSON only (it has no protobuf form)."""
     if not accept.strip():
-        return "json"
+        return "json", ""
     for part in accept.split(","):
-        mt, *params = (x.strip() for x in part.split(";"))
-        if any(p.replace(" ", "").lower().startswith("as=") for p in params):
-            continue
+        mt, *raw_params = (x.strip() for x in part.split(";"))
+        params = dict(p.replace(" ", "").split("=", 1) for p in raw_params if "=" in p)
         mt = mt.lower()
-        if mt == PROTOBUF:
-            return "protobuf"
-        if mt in (JSON, "application/*", "*/*"):
-            return "json"
+        encoding = "protobuf" if mt == PROTOBUF else "json" if mt in (JSON, "application/*", "*/*") else None
+        if encoding is None:
+            continue
+        as_ = params.get("as", "")
+        if not as_:
+            return encoding, ""
+        if params.get("g") != "meta.k8s.io":
+            continue
+        if as_ == TABLE and encoding == "json" and params.get("v") in ("v1", "v1beta1"):
+            return "json", TABLE
+        if as_ in (PARTIAL, PARTIAL + "List") and params.get("v") == "v1":
+            return encoding, PARTIAL
     return None
 
 
@@ -132,7 +144,7 @@ def _json_body(request_body: bytes, content_type: str, kind: str | None) -> Any:
     if ct == PROTOBUF:
         try:
             u = protobuf.unwrap(request_body)
-            return schema.to_json(u.kind, u.raw)
+            return schema.to_json(u.kind, u.raw, api_version=u.api_version)
         except kube_errors.KubeError as e:
             raise errors.bad_request(f"unable to decode the protobuf body: {e}") from e
     try:
@@ -146,6 +158,10 @@ def _json_body(request_body: bytes, content_type: str, kind: str | None) -> Any:
             except Exception as ye:
                 raise errors.bad_request(f"unable to decode the body: {ye}") from ye
         raise errors.bad_request(f"unable to decode the body: {e}") from e
+
+
+def _partial(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": PARTIAL, "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata") or {}}
 
 
 # --- continue tokens -----------------------------------------------------------------------------------------
@@ -207,7 +223,9 @@ class Api:
         return await handler(request)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        encoding = negotiate(request.headers.get("Accept", ""))
+        rep = negotiate(request.headers.get("Accept", ""))
+        encoding = rep[0] if rep else None
+        request[SHAPE] = rep[1] if rep else ""
         pretty = _pretty(request)
         try:
             return await self._route(request, encoding, pretty)
@@ -215,6 +233,15 @@ class Api:
             return status_response(e, encoding, pretty)
         except kube_errors.KubeError as e:
             return status_response(errors.ApiError(e.status, e.reason, str(e)), encoding, pretty)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a body of the wrong shape
+            log.debug("request failed: %s %s", request.method, request.path_qs, exc_info=True)
+            err = errors.ApiError(
+                500,
+                "InternalError",
+                f"an error on the server ({e!r}) has prevented the request from succeeding",
+                {"causes": [{"message": repr(e)}]},
+            )
+            return status_response(err, encoding, pretty)
 
     async def _route(self, request: web.Request, encoding: str | None, pretty: bool) -> web.StreamResponse:
         path = request.path
@@ -227,6 +254,16 @@ class Api:
         if path == "/version":
             return self._fixture_body("version.json", JSON)
         user = self._authenticate(request)
+        if path.startswith("/openapi/v3"):
+            gv = path.removeprefix("/openapi/v3").strip("/")
+            doc = (
+                resources.openapi_v3_index()
+                if not gv
+                else resources.openapi_v3(gv.split("/", 1)[1] if "/" in gv else gv)
+            )
+            if doc is None:
+                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            return web.Response(body=_dumps(doc, False), headers=_headers(JSON))
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/") if p]
         if not parts or parts[0] not in ("api", "apis"):
             raise errors.ApiError(
@@ -256,8 +293,17 @@ class Api:
             return await self._list(request, target, encoding, pretty)
         if verb == "get":
             entry = self._get_entry(target)
-            return self._object_response(target.resource, entry, encoding, pretty)
+            return self._object_response(
+                target.resource,
+                entry,
+                encoding,
+                pretty,
+                shape=request[SHAPE],
+                include=request.query.get("includeObject", ""),
+            )
         body = await request.read()
+        if verb == "create" and target.subresource == "token":
+            return self._token(target, _json_body(body, request.content_type, "TokenRequest"), encoding, pretty)
         if verb == "create":
             obj = _json_body(body, request.content_type, target.resource.kind)
             entry = writes.create(self.store, target.resource, target.namespace, obj)
@@ -279,7 +325,7 @@ class Api:
     def _patch(self, target: Target, content_type: str, obj: Any) -> Entry:
         ct = content_type.split(";")[0].strip().lower()
         key = (target.namespace if target.resource.namespaced else "", target.name)
-        if ct == patch.APPLY_PATCH and self.store.get(target.resource.name, key) is None:
+        if ct == patch.APPLY_PATCH and self.store.get(target.resource.key, key) is None:
             if isinstance(obj, dict):
                 obj.setdefault("metadata", {}).setdefault("name", target.name)
             return writes.create(self.store, target.resource, target.namespace, obj)
@@ -312,7 +358,7 @@ class Api:
             if target.name:
                 return "get"
             return "watch" if watch else "list"
-        if method == "POST" and not target.name:
+        if method == "POST" and (not target.name or target.subresource):
             return "create"
         if method == "PUT" and target.name:
             return "update"
@@ -352,14 +398,14 @@ class Api:
             return
         res = target.resource
         if res.name == "pods" and verb in ("list", "watch"):
-            fs = match.parse_fields(query.get("fieldSelector"))
-            if fs.value("spec.nodeName") != node:
+            fs = selectors.parse_fields(query.get("fieldSelector", ""))
+            if fs.exact("spec.nodeName") != node:
                 raise errors.forbidden(
                     res, user.name, verb, target.namespace, "can only list/watch pods with spec.nodeName field selector"
                 )
         if res.name in ("secrets", "configmaps") and verb in ("list", "watch"):
-            fs = match.parse_fields(query.get("fieldSelector"))
-            if fs.value("metadata.name") is None:
+            fs = selectors.parse_fields(query.get("fieldSelector", ""))
+            if fs.exact("metadata.name") is None:
                 raise errors.forbidden(res, user.name, verb, target.namespace, "No Object name found")
 
     # --- reads -----------------------------------------------------------------------------------------------
@@ -394,14 +440,31 @@ class Api:
 
     def _get_entry(self, target: Target) -> Entry:
         key = (target.namespace if target.resource.namespaced else "", target.name)
-        entry = self.store.get(target.resource.name, key)
+        entry = self.store.get(target.resource.key, key)
         if entry is None:
             raise errors.not_found(target.resource, target.name)
         return entry
 
     def _object_response(
-        self, res: resources.Resource, entry: Entry, encoding: str, pretty: bool, status: int = 200
+        self,
+        res: resources.Resource,
+        entry: Entry,
+        encoding: str,
+        pretty: bool,
+        status: int = 200,
+        shape: str = "",
+        include: str = "",
     ) -> web.Response:
+        if shape == TABLE:
+            doc = table.table(
+                res.name, [entry.obj], {"resourceVersion": str(entry.rv)}, include, res.api_version, res.kind
+            )
+            return web.Response(status=status, body=_dumps(doc, pretty), headers=_headers(JSON))
+        if shape == PARTIAL:
+            if encoding == "protobuf":
+                body = protobuf.wrap("meta.k8s.io/v1", PARTIAL, protobuf.partial_metadata(entry.pb))
+                return web.Response(status=status, body=body, headers=_headers(PROTOBUF))
+            return web.Response(status=status, body=_dumps(_partial(entry.obj), pretty), headers=_headers(JSON))
         if encoding == "protobuf":
             return web.Response(
                 status=status, body=protobuf.wrap(res.api_version, res.kind, entry.pb), headers=_headers(PROTOBUF)
@@ -409,10 +472,12 @@ class Api:
         body = _dumps(entry.typed(res.api_version), True) if pretty else entry.typed_json(res.api_version) + b"\n"
         return web.Response(status=status, body=body, headers=_headers(JSON))
 
-    def _selectors(self, res: resources.Resource, query: Any) -> tuple[match.LabelSelector, match.FieldSelector]:
+    def _selectors(
+        self, res: resources.Resource, query: Any
+    ) -> tuple[selectors.LabelSelector, selectors.FieldSelector]:
         try:
-            ls = match.parse_labels(query.get("labelSelector"))
-            fs = match.parse_fields(query.get("fieldSelector"), resources.supported_fields(res))
+            ls = selectors.parse_labels(query.get("labelSelector", ""))
+            fs = selectors.parse_fields(query.get("fieldSelector", ""), res.name, res.group)
         except kube_errors.UnsupportedField as e:
             raise errors.bad_request(
                 f'Unable to find "{res.api_version}, Resource={res.name}" that match label selector '
@@ -424,9 +489,9 @@ class Api:
 
     @staticmethod
     def _matcher(
-        res: resources.Resource, namespace: str, ls: match.LabelSelector, fs: match.FieldSelector
+        res: resources.Resource, namespace: str, ls: selectors.LabelSelector, fs: selectors.FieldSelector
     ) -> Callable[[dict[str, Any]], bool]:
-        fields = sorted(fs.fields)
+        fields = sorted({r.field for r in fs.requirements})
 
         def matches(obj: dict[str, Any]) -> bool:
             md = obj.get("metadata") or {}
@@ -475,7 +540,7 @@ class Api:
                 at = want
         list_rv = at if at is not None else self.store.rv
         try:
-            objs = self.store.snapshot(res.name, at)
+            objs = self.store.snapshot(res.key, at)
         except store.TooOld as e:
             raise errors.gone("The resourceVersion for the provided list is too old.") from e
         matches = self._matcher(res, target.namespace, ls, fs)
@@ -492,7 +557,23 @@ class Api:
             selected = selected[:limit]
             next_token = encode_continue(list_rv, "/" + last + "\x00")
         entries = [e for _, e in selected]
-        return self._list_response(res, entries, str(list_rv), next_token, remaining, encoding, pretty)
+        shape = request[SHAPE]
+        if shape == TABLE:
+            meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
+            if next_token:
+                meta["continue"] = next_token
+            if remaining is not None:
+                meta["remainingItemCount"] = remaining
+            doc = table.table(
+                res.name,
+                [e.obj for e in entries],
+                meta,
+                request.query.get("includeObject", ""),
+                res.api_version,
+                res.kind,
+            )
+            return web.Response(body=_dumps(doc, pretty), headers=_headers(JSON))
+        return self._list_response(res, entries, str(list_rv), next_token, remaining, encoding, pretty, shape)
 
     def _list_response(
         self,
@@ -503,34 +584,91 @@ class Api:
         remaining: int | None,
         encoding: str,
         pretty: bool,
+        shape: str = "",
     ) -> web.Response:
+        api_version, list_kind = res.api_version, res.list_kind
+        if shape == PARTIAL:
+            api_version, list_kind = "meta.k8s.io/v1", PARTIAL + "List"
         if encoding == "protobuf":
             memo: dict[Any, Any] = {}
             items = [e.pb_shared(memo) for e in entries]
-            body = protobuf.build_list(res.api_version, res.list_kind, rv, items, cont, remaining)
+            if shape == PARTIAL:
+                items = [protobuf.partial_metadata(i) for i in items]
+            body = protobuf.build_list(api_version, list_kind, rv, items, cont, remaining)
             return web.Response(body=body, headers=_headers(PROTOBUF))
         meta: dict[str, Any] = {"resourceVersion": rv}
         if cont:
             meta["continue"] = cont
         if remaining is not None:
             meta["remainingItemCount"] = remaining
-        if pretty:
-            doc = {
-                "kind": res.list_kind,
-                "apiVersion": res.api_version,
-                "metadata": meta,
-                "items": [e.obj for e in entries],
-            }
-            return web.Response(body=_dumps(doc, True), headers=_headers(JSON))
+        if pretty or shape == PARTIAL:
+            items = [_partial(e.obj) for e in entries] if shape == PARTIAL else [e.obj for e in entries]
+            doc = {"kind": list_kind, "apiVersion": api_version, "metadata": meta, "items": items}
+            return web.Response(body=_dumps(doc, pretty), headers=_headers(JSON))
         head = b'{"kind":"%s","apiVersion":"%s","metadata":%s,"items":[' % (
-            res.list_kind.encode(),
-            res.api_version.encode(),
+            list_kind.encode(),
+            api_version.encode(),
             schema.go_json_dumps(meta).encode(),
         )
         body = b"".join((head, b",".join(e.json for e in entries), b"]}\n"))
         return web.Response(body=body, headers=_headers(JSON))
 
     # --- writes ----------------------------------------------------------------------------------------------
+
+    def _token(self, target: Target, req: Any, encoding: str, pretty: bool) -> web.Response:
+        """POST serviceaccounts/<name>/token: a TokenRequest answered with a JWT-shaped token (not verifiable:
+        nothing in the simulator checks service account tokens but its own token table)."""
+        sa = self._get_entry(target)
+        req = req if isinstance(req, dict) else {}
+        spec = dict(req.get("spec") or {})
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        spec["expirationSeconds"] = seconds
+        spec.setdefault("audiences", ["https://kubernetes.default.svc.cluster.local"])
+        now = int(time.time())
+        sub = f"system:serviceaccount:{target.namespace}:{target.name}"
+        claims: dict[str, Any] = {
+            "aud": spec["audiences"],
+            "exp": now + seconds,
+            "iat": now,
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "nbf": now,
+            "sub": sub,
+            "kubernetes.io": {
+                "namespace": target.namespace,
+                "serviceaccount": {"name": target.name, "uid": sa.obj["metadata"].get("uid", "")},
+            },
+        }
+        ref = spec.get("boundObjectRef") or {}
+        if ref.get("kind") == "Pod":
+            claims["kubernetes.io"]["pod"] = {"name": ref.get("name", ""), "uid": ref.get("uid", "")}
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+        token = ".".join(
+            (
+                b64(b'{"alg":"RS256","kid":"edgeproxy-sim"}'),
+                b64(schema.go_json_dumps(claims).encode()),
+                b64(uuid.uuid4().bytes * 8),
+            )
+        )
+        self.sim.tokens[token] = (sub, ("system:serviceaccounts", f"system:serviceaccounts:{target.namespace}"))
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds))
+        md = {k: v for k, v in (req.get("metadata") or {}).items() if k in ("name", "namespace")}
+        md.setdefault("name", target.name)
+        md.setdefault("namespace", target.namespace)
+        md["creationTimestamp"] = None
+        out = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": md,
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": expires},
+        }
+        if encoding == "protobuf":
+            body = protobuf.wrap("authentication.k8s.io/v1", "TokenRequest", schema.to_protobuf(out))
+            return web.Response(status=201, body=body, headers=_headers(PROTOBUF))
+        return web.Response(status=201, body=_dumps(out, pretty), headers=_headers(JSON))
 
     def _delete(self, request: web.Request, target: Target, body: bytes, encoding: str, pretty: bool) -> web.Response:
         opts: dict[str, Any] = {}
@@ -589,7 +727,9 @@ class Api:
         if q.get("timeoutSeconds", "").isdigit():
             timeout = float(q["timeoutSeconds"])
         matches = self._matcher(res, target.namespace, ls, fs)
-        watch = Watch(self, request, res, encoding, matches, bookmarks)
+        watch = Watch(
+            self, request, res, encoding, matches, bookmarks, request[SHAPE], request.query.get("includeObject", "")
+        )
         from_rv: int | None = None
         if rv_param not in ("", "0"):
             try:
@@ -603,28 +743,31 @@ class Api:
             err = errors.too_large(from_rv, self.store.rv)
             await watch.write_error(err.status)
             return watch.resp
-        self.store.watchers[res.name].add(watch.push)
+        self.store.watchers[res.key].add(watch.push)
         self.watches.add(watch)
         try:
             if from_rv is None or send_initial:
                 snapshot_rv = self.store.rv
-                for _key, e in sorted(self.store.snapshot(res.name).items()):
+                for _key, e in sorted(self.store.snapshot(res.key).items()):
                     if matches(e.obj):
                         watch.queue.put_nowait(("ADDED", e))
                 if send_initial:
                     watch.queue.put_nowait(("BOOKMARK-END", snapshot_rv))
             else:
                 try:
-                    backlog = self.store.changes_since(res.name, from_rv)
+                    backlog = self.store.changes_since(res.key, from_rv)
                 except store.TooOld as e:
                     status = errors.gone(f"too old resource version: {e.requested} ({e.oldest})").status
                     await watch.write_error(status)
                     return watch.resp
                 for change in backlog:
                     watch.push(change)
-            await watch.run(timeout)
+            try:
+                await watch.run(timeout)
+            except ConnectionError:
+                pass  # the client went away
         finally:
-            self.store.watchers[res.name].discard(watch.push)
+            self.store.watchers[res.key].discard(watch.push)
             self.watches.discard(watch)
         return watch.resp
 
@@ -632,7 +775,20 @@ class Api:
 class Watch:
     """One open watch stream: filters changes for its selector, frames events, sends bookmarks."""
 
-    __slots__ = ("api", "bookmarks", "encoding", "last_rv", "matches", "queue", "request", "res", "resp")
+    __slots__ = (
+        "api",
+        "bookmarks",
+        "encoding",
+        "headers_sent",
+        "include",
+        "last_rv",
+        "matches",
+        "queue",
+        "request",
+        "res",
+        "resp",
+        "shape",
+    )
 
     def __init__(
         self,
@@ -642,8 +798,13 @@ class Watch:
         encoding: str,
         matches: Callable[[dict[str, Any]], bool],
         bookmarks: bool,
+        shape: str = "",
+        include: str = "",
     ) -> None:
         self.api = api
+        self.shape = shape
+        self.include = include
+        self.headers_sent = False
         self.request = request
         self.res = res
         self.encoding = encoding
@@ -678,6 +839,23 @@ class Watch:
             self.queue.put_nowait(("DELETED", change.prev.with_rv(change.rv)))
 
     def _frame(self, type: str, entry: Entry) -> bytes:
+        if self.shape == TABLE:
+            doc = table.table(
+                self.res.name,
+                [entry.obj],
+                {"resourceVersion": str(entry.rv)},
+                self.include,
+                self.res.api_version,
+                self.res.kind,
+                headers=not self.headers_sent,
+            )
+            self.headers_sent = True
+            return b'{"type":"%s","object":%s}\n' % (type.encode(), schema.go_json_dumps(doc).encode())
+        if self.shape == PARTIAL:
+            if self.encoding == "protobuf":
+                return protobuf.encode_event(type, "meta.k8s.io/v1", PARTIAL, protobuf.partial_metadata(entry.pb))
+            obj = schema.go_json_dumps(_partial(entry.obj)).encode()
+            return b'{"type":"%s","object":%s}\n' % (type.encode(), obj)
         if self.encoding == "protobuf":
             return protobuf.encode_event(type, self.res.api_version, self.res.kind, entry.pb)
         return b'{"type":"%s","object":%s}\n' % (type.encode(), entry.typed_json(self.res.api_version))
@@ -691,6 +869,16 @@ class Watch:
         if annotations:
             md["annotations"] = annotations
         raw = schema.to_protobuf({"metadata": md}, self.res.kind)
+        if self.shape == TABLE:
+            doc = table.table(
+                self.res.name, [], {"resourceVersion": str(rv)}, "", self.res.api_version, self.res.kind, False
+            )
+            return b'{"type":"BOOKMARK","object":%s}\n' % schema.go_json_dumps(doc).encode()
+        if self.shape == PARTIAL:
+            if self.encoding == "protobuf":
+                return protobuf.encode_event("BOOKMARK", "meta.k8s.io/v1", PARTIAL, protobuf.partial_metadata(raw))
+            obj = {"kind": PARTIAL, "apiVersion": "meta.k8s.io/v1", "metadata": md}
+            return b'{"type":"BOOKMARK","object":%s}\n' % schema.go_json_dumps(obj).encode()
         if self.encoding == "protobuf":
             return protobuf.encode_event("BOOKMARK", self.res.api_version, self.res.kind, raw)
         obj = schema.to_json(self.res.kind, raw)

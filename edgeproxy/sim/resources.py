@@ -6,6 +6,7 @@ protobuf tables), sim.store.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,13 @@ class Resource:
     short_names: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
     graceful: bool = False  # DELETE sets deletionTimestamp first (pods)
+    store_key: str = ""  # where the store keeps it, when two groups share the plural name
+
+    @property
+    def key(self) -> str:
+        """The name the store and the Simulator's Python API use: the plural, or plural.group for the second
+        group with that plural (events.events.k8s.io)."""
+        return self.store_key or self.name
 
     @property
     def api_version(self) -> str:
@@ -46,10 +54,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
     Resource("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", False, "runtimeclass"),
     Resource("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False, "csidriver"),
+    Resource("storage.k8s.io", "v1", "csinodes", "CSINode", False, "csinode"),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount", ("sa",), ("token",)),
+    Resource("events.k8s.io", "v1", "events", "Event", True, "event", ("ev",), store_key="events.events.k8s.io"),
 )
 
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.name): r for r in RESOURCES}
-BY_NAME: dict[str, Resource] = {r.name: r for r in RESOURCES}
+BY_NAME: dict[str, Resource] = {r.key: r for r in RESOURCES}
 
 
 def _get(obj: Mapping[str, Any], *path: str) -> Any:
@@ -110,13 +121,6 @@ _FIELDS: dict[str, dict[str, Callable[[Mapping[str, Any]], str]]] = {
         "type": lambda o: _s(o.get("type")),
     },
 }
-
-
-def supported_fields(resource: Resource) -> frozenset[str]:
-    names = {"metadata.name"} | set(_FIELDS.get(resource.name, {}))
-    if resource.namespaced:
-        names.add("metadata.namespace")
-    return frozenset(names)
 
 
 def field_value(resource: Resource, obj: Mapping[str, Any], field: str) -> str:
@@ -201,4 +205,62 @@ def aggregated_core() -> dict:
                 "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}],
             }
         ],
+    }
+
+
+def openapi_v3_index() -> dict:
+    """/openapi/v3: where each group-version's document is (client-go openapi3 root)."""
+    paths = {}
+    for gv in groups():
+        prefix = "api/" if "/" not in gv else "apis/"
+        paths[prefix + gv] = {"serverRelativeURL": f"/openapi/v3/{prefix}{gv}?hash={zlib.crc32(gv.encode()):08X}"}
+    return {"paths": paths}
+
+
+def openapi_v3(group_version: str) -> dict | None:
+    """A minimal OpenAPI v3 document for one group-version: the PATCH and POST operations with the
+    fieldValidation parameter and their GVK, which is what kubectl reads to choose server-side validation
+    (cli-runtime query_param_verifier_v3). No schemas: kubectl then builds apply patches from its own types."""
+    rs = groups().get(group_version)
+    if rs is None:
+        return None
+    field_validation = {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+    bodies = {
+        ct: {"schema": {"type": "object"}}
+        for ct in ("application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")
+    }
+    paths: dict[str, Any] = {}
+    base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+    for r in rs:
+        gvk = {"group": r.group, "version": r.version, "kind": r.kind}
+        collection = f"{base}/namespaces/{{namespace}}/{r.name}" if r.namespaced else f"{base}/{r.name}"
+        ok = {"200": {"description": "OK"}}
+        paths[collection] = {
+            "post": {
+                "parameters": [field_validation],
+                "x-kubernetes-action": "post",
+                "x-kubernetes-group-version-kind": gvk,
+                "responses": ok,
+            },
+        }
+        paths[collection + "/{name}"] = {
+            "patch": {
+                "parameters": [field_validation],
+                "requestBody": {"content": bodies},
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": gvk,
+                "responses": ok,
+            },
+            "put": {
+                "parameters": [field_validation],
+                "x-kubernetes-action": "put",
+                "x-kubernetes-group-version-kind": gvk,
+                "responses": ok,
+            },
+        }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
     }

@@ -111,6 +111,13 @@ def test_new_pod_offline_gets_try_again_later(node, mode):
     assert reply.code == 11
     assert "offline" in reply.out["msg"]
     assert "default/brand-new/eth0" not in node.records()
+    # The runtime DELs the failed sandbox (and retries with new ones): the delegate holds nothing for them, so
+    # there is nothing to journal and replay later.
+    for attempt in ("n1", "n1", "n2"):
+        if attempt == "n2":
+            assert node.add("n2", pod="brand-new").code == 11
+        assert node.delete(attempt, pod="brand-new").code == 0
+    assert node.journal() == []
 
 
 def test_back_online_journal_replayed_and_no_lease_leaked(node):
@@ -193,6 +200,8 @@ def test_hanging_delegate_is_timed_out_and_counted_as_offline(make_node):
     assert node.add("c2").ips == ip  # the restart is served from the snapshot
     assert node.add("n1", pod="new").code == 11
     assert time.monotonic() - started < 30  # bounded by the timeout, not by the hang
+    assert node.delete("n1", pod="new").code == 0
+    assert [e["owner"] for e in node.journal()] == ["n1"]  # a timed-out ADD may have allocated: release later
     assert not any(b"sleep\x00600" in cmdline for cmdline in _cmdlines())  # the hung delegate was killed
 
 
@@ -453,3 +462,52 @@ def test_environment_and_decode_errors(node):
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
     assert node.add("c1", ifname="").code == 4
     assert node.run("FROB", "c1").code == 4
+
+
+def test_released_records_are_forgotten_after_retain_after_release(make_node):
+    node = make_node(ipam={"retainAfterRelease": 0})
+    node.add("c1")
+    node.add("k1", pod="kept")
+    assert node.delete("c1").code == 0  # the first sweep runs with this DEL's replay
+    assert list(node.records()) == ["default/kept/eth0"]
+
+
+NEWER_IPAM = r'''#!/usr/bin/env python3
+# A CNI 1.1.0 IPAM (GC, STATUS) in front of Debian's host-local 1.1.1, which stops at 1.0.0.
+import json, os, pathlib, subprocess, sys
+here = pathlib.Path(sys.argv[0]).parent
+cmd, conf = os.environ["CNI_COMMAND"], json.load(sys.stdin) if os.environ["CNI_COMMAND"] != "VERSION" else {}
+if cmd == "VERSION":
+    print(json.dumps({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}))
+elif (here / "offline").exists():
+    print(json.dumps({"code": 11, "msg": "dial tcp 10.96.0.1:443: connect: connection refused"}))
+    sys.exit(1)
+elif cmd in ("GC", "STATUS"):
+    (here / f"{cmd.lower()}.json").write_text(json.dumps(conf))
+else:
+    conf["cniVersion"] = "1.0.0"
+    p = subprocess.run(["/usr/lib/cni/host-local"], input=json.dumps(conf).encode(), capture_output=True)
+    out = p.stdout.replace(b'"1.0.0"', b'"1.1.0"')
+    sys.stdout.buffer.write(out)
+    sys.exit(p.returncode)
+'''
+
+
+def test_gc_and_status_passed_to_a_delegate_that_speaks_1_1_0(make_node):
+    node = make_node(cni_version="1.1.0", delegate={"type": "newer-ipam"})
+    (node.bin / "newer-ipam").write_text(NEWER_IPAM)
+    (node.bin / "newer-ipam").chmod(0o755)
+    ip = node.add("c1").ips
+    node.offline()
+    assert node.add("c2").ips == ip  # served offline: the lease stays under c1
+    node.online()
+    gc = node.conf(**{"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}]})
+    assert node.run("GC", conf=gc).code == 0
+    sent = json.loads((node.bin / "gc.json").read_text())
+    # c1 is not a live container, but its lease backs c2's IP: the delegate must not collect it.
+    assert sent["cni.dev/valid-attachments"] == [{"containerID": "c1", "ifname": "eth0"},
+                                                 {"containerID": "c2", "ifname": "eth0"}]
+    assert sent["ipam"]["type"] == "newer-ipam" and sent["cniVersion"] == "1.1.0"
+    assert node.run("STATUS").code == 0 and (node.bin / "status.json").exists()
+    node.offline()
+    assert node.run("STATUS").code == 0  # the delegate's outage is not the plugin's unavailability

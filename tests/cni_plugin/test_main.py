@@ -9,9 +9,11 @@ from __future__ import annotations
 import subprocess
 import uuid
 
+import pytest
+
 from tests.cni_plugin.conftest import REAL_CNI, needs_root
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.netns]
 
 
 def addresses_in(netns: str, ifname: str = "eth0") -> list[str]:

@@ -3,7 +3,7 @@ to restart the proxy on the same cache (a reboot) while the simulator is down.
 
 The proxy goes upstream with the admin certificate (so every test client's query is allowed); the node's name is
 given (edge-1), as `edgeproxy serve` takes it from the node's client certificate. Probing is fast (0.2 s, one
-failure → offline, one success → online) and offline bookmarks come every second, so the tests run in seconds.
+failures → offline, one success → online) and offline bookmarks come every second, so the tests run in seconds.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Edge:
         self.recorder = CountingRecorder(rec)
         self.local = local.Local(st, w, tokens=book, node=NODE, bookmark_interval=1.0)
         cfg = config.Config(kubeconfig=str(self.upstream_kubeconfig), listen=f"127.0.0.1:{port}", ops_listen="",
-                            cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=0.5, offline_after=1,
-                            online_after=1, connect_timeout=1.0)
+                            cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=2.0, offline_after=2,
+                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5)
         self._stack = contextlib.AsyncExitStack()
         self.service = await self._stack.enter_async_context(
             server.running(cfg, recorder=self.recorder, local=self.local))

@@ -10,7 +10,9 @@ Runs in a thread (the client is synchronous); counts its lists and watches so te
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -41,6 +43,7 @@ class Reflector:
         self.watches = 0
         self.watch_errors: list[int] = []
         self.events: list[tuple[str, str, str]] = []  # (type, namespace/name, resourceVersion)
+        self.history: list[tuple[str, float, int, str]] = []  # each watch: (outcome, seconds, events, detail)
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -54,14 +57,18 @@ class Reflector:
         return self
 
     def stop(self) -> None:
+        """Stop and wait for the thread: hang up the open watch (again, should one start meanwhile)."""
         self.stopping.set()
-        resp = self._response
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:
-                resp.release_conn()
-        self._thread.join(10)
+        for _ in range(20):
+            resp = self._response
+            sock = getattr(getattr(resp, "_connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._thread.join(0.1)
+            if not self._thread.is_alive():
+                return
+        # still waiting for a watch's headers: the thread is a daemon and ends with the test process
 
     def snapshot(self) -> dict[str, str]:
         """namespace/name -> resourceVersion of what the client holds."""
@@ -71,9 +78,17 @@ class Reflector:
     # ---------------------------------------------------------------- the loop
 
     def _get(self, query: dict[str, str], stream: bool) -> Any:
-        return self.api.call_api(self.path, "GET", query_params=list({**self.selectors, **query}.items()),
-                                 header_params={"Accept": "application/json"}, auth_settings=[],
-                                 _preload_content=False, _request_timeout=(5, 120) if stream else 60)
+        """The urllib3 response of a GET (body not read); ApiException for an error status."""
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", self.path, query_params=list({**self.selectors, **query}.items()),
+            header_params={"Accept": "application/json", "User-Agent": self.api.user_agent}, auth_settings=[])
+        resp = self.api.call_api(method, url, headers, body, post,
+                                 _request_timeout=(5, 120) if stream else 60).response
+        if resp.status >= 400:
+            data = resp.data
+            resp.release_conn()
+            raise ApiException(status=resp.status, reason=resp.reason, body=data)
+        return resp
 
     def _list(self, rv: str) -> bool:
         """One list; True when it replaced the store. Returns False on an error (recorded)."""
@@ -108,7 +123,10 @@ class Reflector:
         while not self.stopping.is_set() and not self._list("0"):
             time.sleep(self.backoff)
         while not self.stopping.is_set():
-            outcome = self._watch()
+            started = time.monotonic()
+            n = len(self.events)
+            outcome, detail = self._watch()
+            self.history.append((outcome, round(time.monotonic() - started, 3), len(self.events) - n, detail))
             if outcome == "rewatch":
                 continue
             if outcome == "retry":
@@ -120,7 +138,7 @@ class Reflector:
                 time.sleep(self.backoff)
                 self._list(self.last_rv)
 
-    def _watch(self) -> str:
+    def _watch(self) -> tuple[str, str]:
         """One watch: "rewatch" (ended normally), "retry" (could not start), "relist" (410/ERROR), "short"."""
         self.watches += 1
         started = time.monotonic()
@@ -130,10 +148,10 @@ class Reflector:
                               "timeoutSeconds": str(self.timeout_seconds)}, stream=True)
         except ApiException as e:
             self.watch_errors.append(e.status)
-            return "relist" if e.status == 410 else ("retry" if e.status == 429 else "short")
-        except (urllib3.exceptions.HTTPError, OSError):
+            return ("relist" if e.status == 410 else ("retry" if e.status == 429 else "short")), f"HTTP {e.status}"
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             self.watch_errors.append(0)
-            return "retry"  # connection refused: back off and re-watch, no relist
+            return "retry", repr(e)  # connection refused: back off and re-watch, no relist
         self._response = resp
         buf = b""
         try:
@@ -146,15 +164,17 @@ class Reflector:
                     ev = json.loads(line)
                     events += 1
                     if self._apply(ev) == "error":
-                        return "relist"
-        except (urllib3.exceptions.HTTPError, OSError, ValueError):
-            pass  # the stream broke: like an EOF, judged by how long it lasted
+                        return "relist", "ERROR event"
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            detail = repr(e)  # the stream broke: like an EOF, judged by how long it lasted
+        else:
+            detail = "end"
         finally:
             self._response = None
-            resp.release_conn()
+            resp.close()  # a watch's connection is never reused (client-go's is not either once it ends)
         if time.monotonic() - started >= 1.0 or events:
-            return "rewatch"
-        return "short"
+            return "rewatch", detail
+        return "short", detail
 
     def _apply(self, ev: dict[str, Any]) -> str:
         typ, obj = ev.get("type"), ev.get("object") or {}

@@ -63,7 +63,12 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     api = python_client(e.url)
     cms_online = await asyncio.to_thread(api.list_namespaced_config_map, "edge")
     cm_online = await asyncio.to_thread(api.read_namespaced_config_map, "web-config", "edge")
+    kubelet = python_client(e.url, KUBELET_UA)
+    await asyncio.to_thread(kubelet.read_node, NODE)  # kubelet GETs its Node every 10 s before its status PATCH
     await e.settle()
+    # a watch that ends under a second with no event is a "very short watch" (back off, relist): let the
+    # informer's upstream watch get going (the simulator's bookmarks come every second), as any real one has
+    await until(lambda: informer.events, 10)
     held_before = informer.snapshot()
     lists_before = len(informer.lists)
     assert held_before and lists_before == 1
@@ -87,12 +92,16 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     cm = await asyncio.to_thread(api.read_namespaced_config_map, "web-config", "edge")
     assert cm.data == cm_online.data
     with pytest.raises(ApiException) as not_cached:
-        await asyncio.to_thread(api.read_namespaced_config_map, "never-read", "edge")
+        await asyncio.to_thread(api.read_namespaced_secret, "db-credentials", "edge")
     assert not_cached.value.status == 503  # not cached: 503, never 404
+    with pytest.raises(ApiException) as absent:
+        await asyncio.to_thread(api.read_namespaced_config_map, "no-such-config", "edge")
+    assert absent.value.status == 404  # the complete list of the namespace's configmaps proves it does not exist
 
     # the open informer re-watched locally (its upstream watch ended) without relisting
     await until(lambda: informer.watches >= 2, 10)
-    assert len(informer.lists) == lists_before and informer.snapshot() == held_before
+    assert len(informer.lists) == lists_before, informer.history
+    assert informer.snapshot() == held_before
     # a restarted informer lists from the cache and holds a watch
     restarted = Reflector(e.url, PODS, field_selector=ON_NODE, user_agent=KUBELET_UA).start()
     assert await asyncio.to_thread(restarted.synced.wait, 10)
@@ -100,7 +109,6 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     await until(lambda: any(t == "BOOKMARK" for t, _, _ in restarted.events), 10)
 
     # writes get the documented answers
-    kubelet = python_client(e.url, KUBELET_UA)
     patched = await asyncio.to_thread(
         kubelet.patch_node_status, NODE, {"status": {"conditions": [{"type": "Ready",
                                                                       "lastHeartbeatTime": "2026-11-24T17:00:00Z"}]}})

