@@ -145,13 +145,14 @@ class Delegate:
             return None
 
     def supported(self) -> list[str]:
-        return _versions(self.exe, {**self.env, "CNI_CONTAINERID": "", "CNI_IFNAME": ""}, self.cfg.delegate_timeout)
+        return _versions(self.exe, self.env, self.cfg.delegate_timeout)
 
     def call(self, command: str, conf: dict, *, container_id: str = "", ifname: str = "", netns: str = "",
              cni_args: str = "") -> Reply:
         """Run `command`; `conf` is the delegate's stdin (its cniVersion is set here)."""
-        env = {**self.env, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname,
-               "CNI_NETNS": netns, "CNI_ARGS": cni_args}
+        cni = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname, "CNI_NETNS": netns,
+               "CNI_ARGS": cni_args}
+        env = {**self.env, **{k: v for k, v in cni.items() if v}}  # unset, not empty, as a runtime passes them
         started = time.monotonic()
         reply = self._run(env, conf, self.version)
         if reply.code == 1 and not self.cfg.delegate_cni_version:

@@ -233,6 +233,15 @@ class Api:
             return status_response(e, encoding, pretty)
         except kube_errors.KubeError as e:
             return status_response(errors.ApiError(e.status, e.reason, str(e)), encoding, pretty)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a body of the wrong shape
+            log.debug("request failed: %s %s", request.method, request.path_qs, exc_info=True)
+            err = errors.ApiError(
+                500,
+                "InternalError",
+                f"an error on the server ({e!r}) has prevented the request from succeeding",
+                {"causes": [{"message": repr(e)}]},
+            )
+            return status_response(err, encoding, pretty)
 
     async def _route(self, request: web.Request, encoding: str | None, pretty: bool) -> web.StreamResponse:
         path = request.path
@@ -753,7 +762,10 @@ class Api:
                     return watch.resp
                 for change in backlog:
                     watch.push(change)
-            await watch.run(timeout)
+            try:
+                await watch.run(timeout)
+            except ConnectionError:
+                pass  # the client went away
         finally:
             self.store.watchers[res.key].discard(watch.push)
             self.watches.discard(watch)

@@ -123,7 +123,8 @@ class Simulator:
     async def start(self) -> str:
         """Listen; returns the base URL (https://127.0.0.1:PORT)."""
         self._ssl_ctx = self._ssl()
-        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a watch whose client went away ends at once instead of at its timeout
+        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         await self._listen()
         if self.control_port is not None:
