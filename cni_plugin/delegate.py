@@ -67,7 +67,13 @@ def _exec(exe: str, env: Mapping[str, str], stdin: bytes, timeout: float) -> tup
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            # Something outside its process group still holds the pipes: stop reading, the child itself is dead.
+            out, err = b"", b""
+            proc.kill()
+            proc.wait()
         return None, out, err
     return proc.returncode, out, err
 
