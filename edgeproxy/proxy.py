@@ -27,7 +27,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edgeproxy import httpclient, metrics, upstream
+from edgeproxy import httpclient, logs, metrics, upstream
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -149,6 +149,7 @@ class Proxy:
         info, error = self.classify(request)
         decision = route(info, self.upstream.online)
         answered_by = "upstream"
+        note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
         try:
             if decision is Route.UPSTREAM:
@@ -158,13 +159,13 @@ class Proxy:
                     else:
                         resp = await self._forward(request, info, start)
                 except upstream.Unavailable as e:
-                    answered_by = "cache"
+                    answered_by, note = "cache", str(e)
                     resp = await self._local(request, info, str(e), start)
             elif decision is Route.LOCAL:
-                answered_by = "cache"
+                answered_by, note = "cache", "offline"
                 resp = await self._local(request, info, "offline", start)
             else:
-                answered_by = "proxy"
+                answered_by, note = "proxy", str(error) if error is not None else "offline"
                 if error is not None:
                     resp = status_response(error.status, error.reason, str(error))
                 else:
@@ -177,6 +178,10 @@ class Proxy:
                 metrics.REQUESTS.labels(info.client.component, info.verb, info.resource, code, answered_by).inc()
             else:
                 metrics.REQUESTS.labels("", request.method.lower(), "", code, answered_by).inc()
+            logs.request(component=info.client.component if info is not None else "",
+                         verb=info.verb if info is not None else request.method.lower(), path=request.path,
+                         code=int(code), source=answered_by, duration=time.monotonic() - start,
+                         resource=info.resource if info is not None else "", note=note)
 
     async def _local(self, request: web.BaseRequest, info: kube_request.RequestInfo | None, reason: str,
                      start: float) -> web.StreamResponse:

@@ -9,10 +9,15 @@ aggregated APIs can register any `/apis/...` path. So the proxy's own endpoints 
     GET /readyz       200 while the proxy can answer (online, or offline from the cache); the body says which
     GET /metrics      Prometheus text format (metrics.py)
     GET /debug/state  JSON: upstream servers and their health, online/offline, configuration (no secrets)
+    GET /debug/components[?component=NAME]  JSON: per component, the last requests, errors, counts (debug diagnose)
+    GET /debug/logs   the last log lines, JSON, one per line (debug collect)
+
+With --tls-listen, the proxy listener also serves HTTPS (for clients with their own ServiceAccount tokens: client-go
+sends credentials only to https:// servers), and under systemd it reports READY/WATCHDOG/STOPPING (notify.py).
 
 The boundary: this module wires things together and owns process lifetime (uvloop, SIGTERM); it handles no Kubernetes
-request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, metrics.py; cli.py calls
-`configure` and `run`.
+request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, metrics.py, tls.py (the
+HTTPS listener's certificate, credential reload), notify.py (systemd); cli.py calls `configure` and `run`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -32,7 +38,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from edgeproxy import config as config_mod
-from edgeproxy import metrics, proxy, upstream
+from edgeproxy import logs, metrics, notify, proxy, tasks, tls, upstream
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Service:
     url: str
     ops_url: str | None
     started_at: float
+    tls_url: str | None = None
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -54,6 +61,7 @@ class Service:
             "version": _version(),
             "started_at": self.started_at,
             "listen": self.url,
+            "tls_listen": self.tls_url,
             "ops_listen": self.ops_url,
             "upstream": self.upstream.state(),
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
@@ -92,11 +100,23 @@ def ops_app(service: Service) -> web.Application:
         return web.Response(text=json.dumps(service.state(), indent=2, default=str) + "\n",
                             content_type="application/json")
 
+    async def components(request: web.Request) -> web.Response:
+        # What each component asked and got (logs.Activity), for `edgeproxy debug diagnose COMPONENT`.
+        wanted = request.query.get("component")
+        doc = {"known": sorted(logs.activity()), "components": logs.activity(wanted)}
+        return web.Response(text=json.dumps(doc, default=str) + "\n", content_type="application/json")
+
+    async def recent_logs(request: web.Request) -> web.Response:
+        # The last log lines (JSON, one per line), for `edgeproxy debug collect`.
+        return web.Response(text="".join(line + "\n" for line in logs.recent()), content_type="application/x-ndjson")
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/debug/state", state)
+    app.router.add_get("/debug/components", components)
+    app.router.add_get("/debug/logs", recent_logs)
     return app
 
 
@@ -124,6 +144,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases))
     await up.start()
     runners: list[web.BaseRunner] = []
+    reloading: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
@@ -133,10 +154,17 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             ops_host, ops_port = config.ops_host_port
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
             service.ops_url = await start_listener(runners, ops, ops_host, ops_port)
+        if config.tls_listen:
+            service.tls_url = await _start_tls(runners[0], config)
+        reloader = _credential_reloader(config, up)
+        if reloader is not None:
+            reloading = tasks.spawn(reloader.run(), name="credential-reloader")
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
                  ", ".join(s.url for s in up.servers))
         yield service
     finally:
+        if reloading is not None:
+            reloading.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
@@ -164,9 +192,75 @@ async def serve(config: config_mod.Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config):
+    async with running(config) as service:
+        # Type=notify: ready once the listeners are bound, online or not (kubelet must start offline too); then the
+        # watchdog is petted from this event loop, so a wedged loop gets the service restarted.
+        notify.ready(_status_line(service))
+        watchdog = notify.start_watchdog()
+        service.upstream.on_change(lambda online: notify.status(_status_line(service)))
         await stop.wait()
         log.info("edgeproxy stopping")
+        notify.stopping("stopping: finishing open requests")
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _status_line(service: Service) -> str:
+    state = "online" if service.upstream.online else "OFFLINE, answering from the cache"
+    return f"{state}; serving on {service.url}" + (f" and {service.tls_url}" if service.tls_url else "")
+
+
+# ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----
+
+
+async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
+    """Add the HTTPS site to the proxy listener's runner: the same handler, so a request with its own token goes
+    upstream with it and is cached under its identity. Client certificates, when presented, are verified against
+    the client CA (the cluster CA)."""
+    if config.tls_cert_file:
+        cert, key = config.tls_cert_file, config.tls_key_file
+    else:
+        pki_dir = config.tls_pki_dir or os.path.join(config.cache_dir, "pki")
+        sans = [s.strip() for s in config.tls_sans.split(",") if s.strip()]
+        cert_path, key_path, ca_path = tls.own_serving_cert(pki_dir, sans)
+        cert, key = str(cert_path), str(key_path)
+        log.info("HTTPS listener uses a certificate from the proxy's own CA %s", ca_path)
+    ctx = tls.server_context(cert, key, config.client_ca_file or None)
+    metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
+    host, port = config_mod.split_address(config.tls_listen)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
+    await site.start()
+    sock_host, sock_port = runner.addresses[-1][:2]
+    return f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+
+
+def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tls.Reloader | None:
+    """Re-read the kubeconfig and the files it names when they change (kubelet rotates its client certificate):
+    new connections use the new certificate; open ones, watches included, keep theirs."""
+    if not config.kubeconfig or config.cert_reload_interval <= 0:
+        return None
+
+    def files() -> list[str]:
+        c = up.credentials
+        return [p for p in (config.kubeconfig, c.cert_file, c.key_file, c.ca_file) if p]
+
+    def certs() -> list[str]:
+        c = up.credentials
+        return [p for p in (c.cert_file, c.ca_file) if p]
+
+    def reload() -> None:
+        try:
+            creds = upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)
+            upstream.ssl_context(creds)  # a half-written pair fails here, and the old context stays in use
+        except Exception:
+            metrics.CERT_RELOADS.labels("failed").inc()
+            raise
+        up.set_credentials(creds)
+        metrics.CERT_RELOADS.labels("ok").inc()
+
+    return tls.Reloader(files, reload, certs=certs, interval=config.cert_reload_interval,
+                        warn_days=config.cert_warn_days,
+                        on_expiry=lambda path, ts: metrics.CERT_EXPIRY.labels(path).set(ts))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
