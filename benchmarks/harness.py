@@ -225,3 +225,50 @@ def loadgen(url: str, *, concurrency: int = 1, duration: float | None = None, re
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
+
+
+# ---- the simulator as a child process ----
+@contextlib.contextmanager
+def simulator(work: Path, *, pods: int = 0, nodes: int = 0, services: int = 0,
+              endpointslices: int = 0) -> Iterator[tuple[str, Path]]:
+    """The simulator in its own process, seeded: (https URL, PKI directory with ca/admin/node certificates)."""
+    port = free_port()
+    pki = work / "pki"
+    argv = [sys.executable, "-m", "benchmarks.harness", "sim", "--port", str(port), "--pki", str(pki),
+            "--pods", str(pods), "--nodes", str(nodes), "--services", str(services),
+            "--endpointslices", str(endpointslices)]
+    with process(argv, port=port, log=work / "sim.log"):
+        yield f"https://127.0.0.1:{port}", pki
+
+
+def _sim_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness sim")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pki", required=True)
+    for name in ("pods", "nodes", "services", "endpointslices"):
+        p.add_argument(f"--{name}", type=int, default=0)
+    args = p.parse_args(argv)
+
+    async def serve() -> None:
+        import asyncio
+
+        from edgeproxy.sim.simulator import Simulator
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        sim = Simulator(port=args.port, pki_dir=args.pki)
+        sim.seed(pods=args.pods, nodes=args.nodes, services=args.services, endpointslices=args.endpointslices)
+        async with sim:
+            await stop.wait()
+
+    import uvloop
+
+    uvloop.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["sim"]:
+        sys.exit(_sim_main(sys.argv[2:]))
+    sys.exit("usage: python -m benchmarks.harness sim --port P --pki DIR [--pods N ...]")

@@ -118,6 +118,9 @@ async def watch(url_s: str, events: int, ctx: ssl.SSLContext | None, headers: li
     conn = await _connect(url, ctx)
     conn.writer.write(_request_bytes(url, headers))
     head = await conn.reader.readuntil(b"\r\n\r\n")
+    if int(head[9:12]) != 200 or b"transfer-encoding: chunked" not in head.lower():
+        conn.writer.close()
+        return {"events": 0, "seconds": 0, "events_per_s": None, "error": head.decode("latin-1").split("\r\n")[0]}
     protobuf = b"protobuf" in head.lower()
     start = time.perf_counter()
     buf = bytearray()

@@ -1,7 +1,8 @@
 """Build the plugin as one executable file: `python -m cni_plugin.build dist/edge-ipam-snapshot`.
 
 A zipapp (PEP 441): `#!/usr/bin/env python3`, then a zip of this package's sources and a __main__.py calling
-cni_plugin.main.main(). It needs only the host's python3 (3.11+), which is why the package is standard library only.
+cni_plugin.main.main(). It needs only the host's python3 (3.10+; an older one gets a CNI error, not a traceback),
+which is why the package is standard library only.
 Deterministic: sorted entries with a fixed timestamp, so the same sources give the same bytes (and the same hash).
 Each module also ships as an unchecked-hash .pyc (PEP 552) for the building interpreter's version: zipimport cannot
 cache bytecode, and compiling every module on every CNI call would double the plugin's start-up time. Another
@@ -23,7 +24,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 SHEBANG = b"#!/usr/bin/env python3\n"
-MAIN = b"import sys\nfrom cni_plugin import main\nsys.exit(main.main())\n"
+# A host python3 too old for the code still answers in CNI JSON instead of a traceback.
+MAIN = b"""import sys
+if sys.version_info < (3, 10):
+    sys.stdout.write('{"cniVersion": "1.0.0", "code": 100, "msg": "edge-ipam-snapshot needs python3 3.10 or later, '
+                     'this host has %s"}\\n' % sys.version.split()[0])
+    sys.exit(1)
+from cni_plugin import main
+sys.exit(main.main())
+"""
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 

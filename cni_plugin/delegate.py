@@ -67,7 +67,13 @@ def _exec(exe: str, env: Mapping[str, str], stdin: bytes, timeout: float) -> tup
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            # Something outside its process group still holds the pipes: stop reading, the child itself is dead.
+            out, err = b"", b""
+            proc.kill()
+            proc.wait()
         return None, out, err
     return proc.returncode, out, err
 
@@ -145,13 +151,14 @@ class Delegate:
             return None
 
     def supported(self) -> list[str]:
-        return _versions(self.exe, {**self.env, "CNI_CONTAINERID": "", "CNI_IFNAME": ""}, self.cfg.delegate_timeout)
+        return _versions(self.exe, self.env, self.cfg.delegate_timeout)
 
     def call(self, command: str, conf: dict, *, container_id: str = "", ifname: str = "", netns: str = "",
              cni_args: str = "") -> Reply:
         """Run `command`; `conf` is the delegate's stdin (its cniVersion is set here)."""
-        env = {**self.env, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname,
-               "CNI_NETNS": netns, "CNI_ARGS": cni_args}
+        cni = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname, "CNI_NETNS": netns,
+               "CNI_ARGS": cni_args}
+        env = {**self.env, **{k: v for k, v in cni.items() if v}}  # unset, not empty, as a runtime passes them
         started = time.monotonic()
         reply = self._run(env, conf, self.version)
         if reply.code == 1 and not self.cfg.delegate_cni_version:

@@ -77,7 +77,8 @@ class Journal:
     def add(self, release: Release) -> None:
         path = self.dir / release.name
         try:
-            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n")
+            # 0600: the delegate's config may carry what an API-backed IPAM needs to authenticate.
+            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n", 0o600)
         except OSError as e:
             raise records.io_error(f"write journal entry {path}", e) from e
 

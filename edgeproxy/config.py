@@ -31,6 +31,7 @@ class Config:
     listen: str = "127.0.0.1:10261"  # the proxy listener: every path on it belongs to Kubernetes clients
     ops_listen: str = "127.0.0.1:10267"  # /healthz /readyz /metrics /debug/state; "" disables it
     cache_dir: str = "/var/lib/edgeproxy"
+    cache: bool = True  # record responses and answer from them offline; off: a plain pass-through proxy
     probe_interval: float = 5.0  # seconds between /readyz probes of each server
     probe_timeout: float = 2.0
     offline_after: int = 3  # consecutive failed probes before a server counts as down
@@ -40,6 +41,15 @@ class Config:
     component_aliases: tuple[tuple[str, str], ...] = (("hollow-kubelet", "kubelet"), ("hollow-proxy", "kube-proxy"))
     log_level: str = "info"
     log_format: str = "text"
+    # The HTTPS listener for in-cluster clients with their own ServiceAccount tokens (issue 7). "" = off.
+    tls_listen: str = ""
+    tls_cert_file: str = ""  # with tls_key_file; both "" = a certificate from the proxy's own CA in tls_pki_dir
+    tls_key_file: str = ""
+    tls_pki_dir: str = ""  # "" = <cache_dir>/pki
+    tls_sans: str = "127.0.0.1,::1,localhost"  # names of that own certificate, comma-separated
+    client_ca_file: str = ""  # verify presented client certificates against it (the cluster CA)
+    cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
+    cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -58,6 +68,7 @@ _HELP = {
     "listen": "address of the proxy listener, HOST:PORT (default 127.0.0.1:10261)",
     "ops-listen": "address of the health/metrics listener, HOST:PORT; empty disables it (default 127.0.0.1:10267)",
     "cache-dir": "directory of the cache (default /var/lib/edgeproxy)",
+    "cache": "on or off: record responses and answer from them offline (default on; off: forward only)",
     "probe-interval": "seconds between /readyz probes of each server (default 5)",
     "probe-timeout": "timeout of one probe in seconds (default 2)",
     "offline-after": "failed probes in a row before a server is down (default 3)",
@@ -65,6 +76,15 @@ _HELP = {
     "connect-timeout": "seconds to connect to one server before trying the next (default 3)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
+    "tls-listen": "address of the HTTPS listener for in-cluster clients (kube-proxy, CoreDNS) with their own tokens, "
+                  "HOST:PORT; empty disables it (default)",
+    "tls-cert-file": "serving certificate of the HTTPS listener (default: one from the proxy's own CA)",
+    "tls-key-file": "its key",
+    "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
+    "tls-sans": "names (IPs, DNS) of that own serving certificate, comma-separated (default 127.0.0.1,::1,localhost)",
+    "client-ca-file": "CA to verify client certificates against on the HTTPS listener (the cluster CA)",
+    "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
+    "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
 }
 
 
@@ -98,6 +118,10 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     split_address(config.listen)
     if config.ops_listen:
         split_address(config.ops_listen)
+    if config.tls_listen:
+        split_address(config.tls_listen)
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together")
     return config
 
 
@@ -138,6 +162,11 @@ def _convert(name: str, type_: object, text: object) -> object:
     if not isinstance(text, str):
         return text
     type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    if type_name == "bool":
+        lowered = text.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{name}: {text!r} is not on/off")
+        return lowered in ("1", "true", "yes", "on")
     try:
         if type_name == "int":
             return int(text)

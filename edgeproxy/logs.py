@@ -198,7 +198,7 @@ class Activity:
     def add(self, entry: dict[str, Any], resource: str) -> None:
         self.total += 1
         self.last.append(entry)
-        if entry["code"] >= 400 or entry.get("error"):
+        if entry["code"] >= 400:
             self.errors.append(entry)
         key = (entry["verb"], resource, entry["code"], entry["source"])
         if key in self.counts or len(self.counts) < self.MAX_COUNT_KEYS:
@@ -227,6 +227,12 @@ def activity(component: str | None = None) -> dict[str, Any]:
         return {k: v.snapshot() for k, v in items}
 
 
+def reset_activity() -> None:
+    """Forget every component's record (a test's clean slate)."""
+    with _activity_lock:
+        _activity.clear()
+
+
 def _record(component: str, resource: str, entry: dict[str, Any]) -> None:
     with _activity_lock:
         act = _activity.get(component)
@@ -247,18 +253,18 @@ def request(
     source: str,
     duration: float,
     resource: str = "",
-    error: str = "",
+    note: str = "",
     **fields: Any,
 ) -> bool:
     """The request log: every request at DEBUG, else one in N and every 5xx at INFO. Returns whether it logged.
 
-    `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals); `error` what went
-    wrong, if anything (an upstream failure, a decode error); every call is also kept for `debug diagnose`.
+    `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals); `note` why it was not
+    upstream, if it was not (offline, the connect error, a bad request); every call is also kept for `debug diagnose`.
     """
     entry: dict[str, Any] = {"ts": round(datetime.datetime.now(datetime.UTC).timestamp(), 3), "verb": verb,
                              "path": path, "code": code, "source": source, "duration_ms": round(duration * 1000, 3)}
-    if error:
-        entry["error"] = error
+    if note:
+        entry["note"] = note
     _record(component, resource, entry)
     if request_log.isEnabledFor(logging.DEBUG):
         level = logging.DEBUG
@@ -269,7 +275,7 @@ def request(
     if not request_log.isEnabledFor(level):
         return False
     extra = {"component": component, "verb": verb, "path": path, "code": code, "source": source,
-             "duration_ms": round(duration * 1000, 3), **({"error": error} if error else {}), **_safe_extra(fields)}
+             "duration_ms": round(duration * 1000, 3), **({"note": note} if note else {}), **_safe_extra(fields)}
     request_log.log(level, "%s %s %s %d %s %.1fms", component, verb, path, code, source, duration * 1000,
                     extra=extra)
     return True

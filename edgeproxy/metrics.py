@@ -59,8 +59,16 @@ STATE_CHANGES = prom.Counter("edgeproxy_state_changes", "Online/offline transiti
 # hits and misses by component/resource, views and bytes held, commit latency, pending writes, evictions,
 # seconds offline. Keep the names under edgeproxy_cache_* and the labels bounded as above.
 
-# ---- TLS and operations (issue 7) ----
-# certificate expiry (edgeproxy_certificate_expiry_timestamp_seconds{file}), build info.
+# ---- TLS and operations (issue 7: tls.py via server.py) ----
+CERT_EXPIRY = prom.Gauge(
+    "edgeproxy_certificate_expiry_timestamp_seconds", "When each certificate the proxy uses expires (Unix time), by "
+    "file: the upstream client certificate, the cluster CA, the HTTPS listener's certificate.", ["file"],
+    registry=REGISTRY,
+)
+CERT_RELOADS = prom.Counter(
+    "edgeproxy_certificate_reloads", "Reloads of the upstream credentials after their files changed, by result "
+    "(ok; failed: the old ones stay in use, retried at the next check).", ["result"], registry=REGISTRY,
+)
 
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 

@@ -21,14 +21,13 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Protocol
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edgeproxy import metrics, upstream
+from edgeproxy import httpclient, logs, metrics, upstream
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -41,7 +40,7 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade",
 })
 _RECORDED_VERBS = frozenset({"get", "list", "watch"})
-_MAX_BUFFERED_BODY = 4 << 20  # request bodies up to this are read whole (retryable on failover); larger stream
+MAX_BUFFERED_BODY = 4 << 20  # request bodies up to this are read whole (retryable on failover); larger stream
 
 
 class Route(enum.Enum):
@@ -75,7 +74,7 @@ class Recorder(Protocol):
 
 
 class Local(Protocol):
-    async def handle(self, request: web.Request, info: kube_request.RequestInfo | None,
+    async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse: ...
 
 
@@ -92,7 +91,7 @@ class Unavailable503:
 
     __slots__ = ()
 
-    async def handle(self, request: web.Request, info: kube_request.RequestInfo | None,
+    async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse:
         return status_response(503, "ServiceUnavailable", f"the API server is unreachable: {reason}")
 
@@ -124,17 +123,17 @@ class _Buffered(web.StreamResponse):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "aliases", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "local", "recorder", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None) -> None:
         self.upstream = up
-        self.aliases = dict(aliases or {})  # User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.classify = Classifier(aliases)  # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
         self.recorder = recorder
         self.local: Local = local or Unavailable503()
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
         self._tx = metrics.UPSTREAM_BYTES.labels(direction="sent")
-        self._watches: set[aiohttp.ClientResponse] = set()
+        self._watches: set[httpclient.Response] = set()
         up.on_change(self._state_changed)
 
     def _state_changed(self, online: bool) -> None:
@@ -145,11 +144,12 @@ class Proxy:
             for up in list(self._watches):
                 up.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.monotonic()
-        info, error = classify(request, self.aliases)
+        info, error = self.classify(request)
         decision = route(info, self.upstream.online)
         answered_by = "upstream"
+        note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
         try:
             if decision is Route.UPSTREAM:
@@ -159,13 +159,13 @@ class Proxy:
                     else:
                         resp = await self._forward(request, info, start)
                 except upstream.Unavailable as e:
-                    answered_by = "cache"
+                    answered_by, note = "cache", str(e)
                     resp = await self._local(request, info, str(e), start)
             elif decision is Route.LOCAL:
-                answered_by = "cache"
+                answered_by, note = "cache", "offline"
                 resp = await self._local(request, info, "offline", start)
             else:
-                answered_by = "proxy"
+                answered_by, note = "proxy", str(error) if error is not None else "offline"
                 if error is not None:
                     resp = status_response(error.status, error.reason, str(error))
                 else:
@@ -178,8 +178,12 @@ class Proxy:
                 metrics.REQUESTS.labels(info.client.component, info.verb, info.resource, code, answered_by).inc()
             else:
                 metrics.REQUESTS.labels("", request.method.lower(), "", code, answered_by).inc()
+            logs.request(component=info.client.component if info is not None else "",
+                         verb=info.verb if info is not None else request.method.lower(), path=request.path,
+                         code=int(code), source=answered_by, duration=time.monotonic() - start,
+                         resource=info.resource if info is not None else "", note=note)
 
-    async def _local(self, request: web.Request, info: kube_request.RequestInfo | None, reason: str,
+    async def _local(self, request: web.BaseRequest, info: kube_request.RequestInfo | None, reason: str,
                      start: float) -> web.StreamResponse:
         watching = info is not None and info.watch
         if watching:
@@ -193,17 +197,17 @@ class Proxy:
         _observe_latency(info, "cache", start)
         return resp
 
-    async def _forward(self, request: web.Request, info: kube_request.RequestInfo | None,
+    async def _forward(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                        start: float) -> web.StreamResponse:
         headers = forward_headers(request.headers)
-        body: bytes | aiohttp.StreamReader | None = None
+        body: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
             length = request.content_length
-            if length is not None and length <= _MAX_BUFFERED_BODY:
+            if length is not None and length <= MAX_BUFFERED_BODY:
                 body = await request.read()
                 self._tx.inc(len(body))
             else:
-                body = request.content
+                body = _counted(request.content.iter_any(), self._tx)
         _, up = await self.upstream.send(request.method, request.raw_path, headers, body)
         watching = info is not None and info.watch and up.status == 200
         resp = (web.StreamResponse if watching else _Buffered)(status=up.status, reason=up.reason)
@@ -223,7 +227,7 @@ class Proxy:
                 gauge.inc()
                 self._watches.add(up)
             try:
-                async for chunk in up.content.iter_any():
+                while chunk := await up.read():
                     self._rx.inc(len(chunk))
                     if sink is not None:
                         sink.feed(chunk)
@@ -231,7 +235,7 @@ class Proxy:
                 ok = True
             except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
                 return resp
-            except aiohttp.ClientError as e:
+            except httpclient.Broken as e:
                 # The API server broke the stream. A watch just ends (the client re-watches from its last
                 # resourceVersion); anything else must not look complete to the client, so the connection is dropped.
                 log.info("upstream stream broke on %s %s: %s", request.method, request.raw_path, e)
@@ -258,7 +262,7 @@ class Proxy:
                 except Exception:
                     log.exception("sink.done failed for %s", request.raw_path)
 
-    async def _tunnel(self, request: web.Request, info: kube_request.RequestInfo | None,
+    async def _tunnel(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                       start: float) -> web.StreamResponse:
         """HTTP/1.1 Upgrade (SPDY/3.1 or WebSocket for exec, attach, port-forward): a raw byte pipe both ways."""
         headers = forward_headers(request.headers, keep_upgrade=True)
@@ -297,13 +301,45 @@ class Proxy:
             writer.close()
 
 
-def classify(request: web.Request, aliases: Mapping[str, str] | None = None
+async def _counted(chunks: AsyncIterator[bytes], counter: metrics.prom.Counter) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        counter.inc(len(chunk))
+        yield chunk
+
+
+def classify(request: web.BaseRequest, aliases: Mapping[str, str] | None = None
              ) -> tuple[kube_request.RequestInfo | None, kube_errors.KubeError | None]:
+    """kube.request.parse on an aiohttp request: (info, None), or (None, the error it raised)."""
     path, _, query = request.raw_path.partition("?")
     try:
         return kube_request.parse(request.method, path, query, request.headers, aliases=aliases), None
     except kube_errors.KubeError as e:
         return None, e
+
+
+class Classifier:
+    """`classify` with a memo: clients repeat the same requests (kubelet's lease and node status every 10 s, its
+    per-object watches), and parse() is a pure function of the method, the path and query, and three headers."""
+
+    __slots__ = ("_memo", "aliases", "size")
+
+    def __init__(self, aliases: Mapping[str, str] | None = None, size: int = 4096) -> None:
+        self.aliases = dict(aliases or {})
+        self.size = size
+        self._memo: dict[tuple[str | None, ...], tuple[kube_request.RequestInfo | None,
+                                                      kube_errors.KubeError | None]] = {}
+
+    def __call__(self, request: web.BaseRequest) -> tuple[kube_request.RequestInfo | None,
+                                                          kube_errors.KubeError | None]:
+        h = request.headers
+        key = (request.method, request.raw_path, h.get("User-Agent"), h.get("Authorization"), h.get("Accept"))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = classify(request, self.aliases)
+            if len(self._memo) >= self.size:
+                self._memo.clear()  # cheaper than LRU bookkeeping on every request; refills with what is hot
+            self._memo[key] = hit
+        return hit
 
 
 def copy_response_headers(source: CIMultiDictProxy[str], target: CIMultiDict[str]) -> None:
@@ -320,7 +356,7 @@ def _observe_latency(info: kube_request.RequestInfo | None, answered_by: str, st
     metrics.REQUEST_SECONDS.labels(verb, answered_by).observe(time.monotonic() - start)
 
 
-def _is_upgrade(request: web.Request) -> bool:
+def _is_upgrade(request: web.BaseRequest) -> bool:
     return "Upgrade" in request.headers and "upgrade" in request.headers.get("Connection", "").lower()
 
 
@@ -339,7 +375,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, list[tuple
     return int(code), reason, headers
 
 
-async def _relay_plain(request: web.Request, status: int, reason: str, headers: list[tuple[str, str]],
+async def _relay_plain(request: web.BaseRequest, status: int, reason: str, headers: list[tuple[str, str]],
                        reader: asyncio.StreamReader, info: kube_request.RequestInfo | None,
                        start: float) -> web.StreamResponse:
     """The server declined the upgrade (401, 403, 404, 400...): relay its answer as an ordinary response."""
@@ -391,7 +427,7 @@ class _TunnelParser:
                     pass
 
 
-async def _pipe(request: web.Request, resp: web.StreamResponse, reader: asyncio.StreamReader,
+async def _pipe(request: web.BaseRequest, resp: web.StreamResponse, reader: asyncio.StreamReader,
                 writer: asyncio.StreamWriter, rx: metrics.prom.Counter) -> None:
     """Bytes both ways until the upstream side ends; the client's side ending cancels this handler (aiohttp)."""
     request.protocol.set_parser(_TunnelParser(writer))  # type: ignore[arg-type]

@@ -9,10 +9,15 @@ aggregated APIs can register any `/apis/...` path. So the proxy's own endpoints 
     GET /readyz       200 while the proxy can answer (online, or offline from the cache); the body says which
     GET /metrics      Prometheus text format (metrics.py)
     GET /debug/state  JSON: upstream servers and their health, online/offline, configuration (no secrets)
+    GET /debug/components[?component=NAME]  JSON: per component, the last requests, errors, counts (debug diagnose)
+    GET /debug/logs   the last log lines, JSON, one per line (debug collect)
+
+With --tls-listen, the proxy listener also serves HTTPS (for clients with their own ServiceAccount tokens: client-go
+sends credentials only to https:// servers), and under systemd it reports READY/WATCHDOG/STOPPING (notify.py).
 
 The boundary: this module wires things together and owns process lifetime (uvloop, SIGTERM); it handles no Kubernetes
-request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, metrics.py; cli.py calls
-`configure` and `run`.
+request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, metrics.py, tls.py (the
+HTTPS listener's certificate, credential reload), notify.py (systemd); cli.py calls `configure` and `run`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +38,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from edgeproxy import config as config_mod
-from edgeproxy import metrics, proxy, upstream
+from edgeproxy import logs, metrics, notify, proxy, tasks, tls, upstream
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ class Service:
     url: str
     ops_url: str | None
     started_at: float
+    tls_url: str | None = None
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -53,6 +61,7 @@ class Service:
             "version": _version(),
             "started_at": self.started_at,
             "listen": self.url,
+            "tls_listen": self.tls_url,
             "ops_listen": self.ops_url,
             "upstream": self.upstream.state(),
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
@@ -61,10 +70,17 @@ class Service:
         }
 
 
-def proxy_app(handler: proxy.Proxy) -> web.Application:
-    app = web.Application(client_max_size=0)  # bodies are streamed, not read whole by aiohttp
-    app.router.add_route("*", "/{tail:.*}", handler.handle)
-    return app
+def proxy_server(handler: proxy.Proxy) -> web.Server:
+    """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
+    the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
+    cancels its handler, which closes its upstream request (a watch would otherwise linger until its next event)."""
+
+    def request_factory(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
+        # Bodies up to proxy.MAX_BUFFERED_BODY are read whole (larger ones stream, never through read()).
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=proxy.MAX_BUFFERED_BODY + 1)
+
+    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -84,20 +100,34 @@ def ops_app(service: Service) -> web.Application:
         return web.Response(text=json.dumps(service.state(), indent=2, default=str) + "\n",
                             content_type="application/json")
 
+    async def components(request: web.Request) -> web.Response:
+        # What each component asked and got (logs.Activity), for `edgeproxy debug diagnose COMPONENT`.
+        wanted = request.query.get("component")
+        doc = {"known": sorted(logs.activity()), "components": logs.activity(wanted)}
+        return web.Response(text=json.dumps(doc, default=str) + "\n", content_type="application/json")
+
+    async def recent_logs(request: web.Request) -> web.Response:
+        # The last log lines (JSON, one per line), for `edgeproxy debug collect`.
+        return web.Response(text="".join(line + "\n" for line in logs.recent()), content_type="application/x-ndjson")
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/debug/state", state)
+    app.router.add_get("/debug/components", components)
+    app.router.add_get("/debug/logs", recent_logs)
     return app
 
 
 def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy.Recorder | None, proxy.Local | None]:
-    """The recorder (tee to the cache) and the local side (answers from it). None: forward only, 503 offline.
+    """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
+    the cache in config.cache_dir. With `--cache off`: (None, None), forward only and 503 while offline."""
+    if not config.cache:
+        return None, None
+    from edgeproxy import offline
 
-    The offline issue opens the cache.Store in config.cache_dir here and returns (record.Recorder, local.Local).
-    """
-    return None, None
+    return offline.hooks(config, up)
 
 
 @contextlib.asynccontextmanager
@@ -113,34 +143,47 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         recorder, local = cache_hooks(config, up)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases))
     await up.start()
-    runners: list[web.AppRunner] = []
+    runners: list[web.BaseRunner] = []
+    reloading: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
-        url = await _start(runners, proxy_app(handler), host, port, config.shutdown_timeout)
+        url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
+                                                             shutdown_timeout=config.shutdown_timeout), host, port)
         service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time())
         if config.ops_host_port is not None:
             ops_host, ops_port = config.ops_host_port
-            service.ops_url = await _start(runners, ops_app(service), ops_host, ops_port, 1.0)
+            ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
+            service.ops_url = await start_listener(runners, ops, ops_host, ops_port)
+        if config.tls_listen:
+            service.tls_url = await _start_tls(runners[0], config)
+        reloader = _credential_reloader(config, up)
+        if reloader is not None:
+            reloading = tasks.spawn(reloader.run(), name="credential-reloader")
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
                  ", ".join(s.url for s in up.servers))
         yield service
     finally:
+        if reloading is not None:
+            reloading.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
+        for hook in (recorder, local):  # commit what the cache was handed before exiting
+            close = getattr(hook, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
 
 
-async def _start(runners: list[web.AppRunner], app: web.Application, host: str, port: int,
-                 shutdown_timeout: float) -> str:
-    # handler_cancellation: a client that goes away cancels its handler, which closes its upstream request (a watch
-    # would otherwise linger until its next event). access_log off: request logs are sampled elsewhere.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+async def start_listener(runners: list[web.BaseRunner], runner: web.BaseRunner, host: str, port: int, *,
+                         ssl_context: ssl.SSLContext | None = None) -> str:
+    """Set up `runner`, listen on host:port (port 0: any free one), append it to `runners`; return its base URL."""
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     sock_host, sock_port = runner.addresses[-1][:2]
-    return f"http://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+    scheme = "https" if ssl_context is not None else "http"
+    return f"{scheme}://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
 
 
 async def serve(config: config_mod.Config) -> None:
@@ -149,9 +192,75 @@ async def serve(config: config_mod.Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config):
+    async with running(config) as service:
+        # Type=notify: ready once the listeners are bound, online or not (kubelet must start offline too); then the
+        # watchdog is petted from this event loop, so a wedged loop gets the service restarted.
+        notify.ready(_status_line(service))
+        watchdog = notify.start_watchdog()
+        service.upstream.on_change(lambda online: notify.status(_status_line(service)))
         await stop.wait()
         log.info("edgeproxy stopping")
+        notify.stopping("stopping: finishing open requests")
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _status_line(service: Service) -> str:
+    state = "online" if service.upstream.online else "OFFLINE, answering from the cache"
+    return f"{state}; serving on {service.url}" + (f" and {service.tls_url}" if service.tls_url else "")
+
+
+# ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----
+
+
+async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
+    """Add the HTTPS site to the proxy listener's runner: the same handler, so a request with its own token goes
+    upstream with it and is cached under its identity. Client certificates, when presented, are verified against
+    the client CA (the cluster CA)."""
+    if config.tls_cert_file:
+        cert, key = config.tls_cert_file, config.tls_key_file
+    else:
+        pki_dir = config.tls_pki_dir or os.path.join(config.cache_dir, "pki")
+        sans = [s.strip() for s in config.tls_sans.split(",") if s.strip()]
+        cert_path, key_path, ca_path = tls.own_serving_cert(pki_dir, sans)
+        cert, key = str(cert_path), str(key_path)
+        log.info("HTTPS listener uses a certificate from the proxy's own CA %s", ca_path)
+    ctx = tls.server_context(cert, key, config.client_ca_file or None)
+    metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
+    host, port = config_mod.split_address(config.tls_listen)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
+    await site.start()
+    sock_host, sock_port = runner.addresses[-1][:2]
+    return f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+
+
+def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tls.Reloader | None:
+    """Re-read the kubeconfig and the files it names when they change (kubelet rotates its client certificate):
+    new connections use the new certificate; open ones, watches included, keep theirs."""
+    if not config.kubeconfig or config.cert_reload_interval <= 0:
+        return None
+
+    def files() -> list[str]:
+        c = up.credentials
+        return [p for p in (config.kubeconfig, c.cert_file, c.key_file, c.ca_file) if p]
+
+    def certs() -> list[str]:
+        c = up.credentials
+        return [p for p in (c.cert_file, c.ca_file) if p]
+
+    def reload() -> None:
+        try:
+            creds = upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)
+            upstream.ssl_context(creds)  # a half-written pair fails here, and the old context stays in use
+        except Exception:
+            metrics.CERT_RELOADS.labels("failed").inc()
+            raise
+        up.set_credentials(creds)
+        metrics.CERT_RELOADS.labels("ok").inc()
+
+    return tls.Reloader(files, reload, certs=certs, interval=config.cert_reload_interval,
+                        warn_days=config.cert_warn_days,
+                        on_expiry=lambda path, ts: metrics.CERT_EXPIRY.labels(path).set(ts))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

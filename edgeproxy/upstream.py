@@ -23,14 +23,14 @@ import ssl
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
 import yaml
 from multidict import CIMultiDict
 
-from edgeproxy import metrics, tasks
+from edgeproxy import httpclient, metrics, tasks
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class Server:
     until `offline_after` probes or connection attempts in a row fail (a request that cannot connect is answered
     locally at once anyway, so starting with the API server down costs no wait)."""
 
-    __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "oks", "port", "scheme", "up", "url")
+    __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "netloc", "oks", "port", "scheme", "up",
+                 "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -193,6 +194,7 @@ class Server:
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.netloc = parts.netloc  # the Host header
         self.up = True
         self.oks = 0
         self.fails = 0
@@ -205,10 +207,6 @@ class Server:
                 "probe_latency_seconds": self.latency}
 
 
-# Errors that prove nothing reached the server: failing over (or answering locally) cannot repeat a request.
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# A pooled keep-alive connection the server closed: safe to retry idempotent requests only.
-_STALE_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -216,7 +214,7 @@ class Upstream:
     """The API servers of one kubeconfig: a shared ClientSession, the prober, and the online state."""
 
     __slots__ = (
-        "_callbacks", "_creds", "_listeners", "_prober", "_session", "_ssl_anonymous", "_ssl_identity",
+        "_creds", "_listeners", "_pool", "_prober", "_session", "_ssl_anonymous", "_ssl_identity",
         "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "interval", "offline_after",
         "online", "online_after", "probe_timeout", "servers",
     )
@@ -232,7 +230,8 @@ class Upstream:
         self.online = True  # until probes say otherwise
         self.changed_at = time.time()
         self._listeners: list[Callable[[bool], None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # for probes only; requests use the lean pool
+        self._pool = httpclient.Pool(connect_timeout=connect_timeout)
         self._prober: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._token: str | None = None
@@ -249,15 +248,9 @@ class Upstream:
     async def start(self) -> None:
         """Open the session and start probing."""
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # gzip bodies pass through byte for byte
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        self._session = aiohttp.ClientSession(  # the prober's
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-            read_bufsize=1 << 18,
-            max_field_size=65536,
         )
         self._prober = tasks.spawn(self._probe_loop(), name="upstream-prober")
 
@@ -270,6 +263,7 @@ class Upstream:
                 pass
         if self._session is not None:
             await self._session.close()
+        self._pool.close()
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         """Call `callback(online)` on the event loop whenever the overall state flips."""
@@ -308,33 +302,35 @@ class Upstream:
         return sorted(self.servers, key=lambda s: not s.up)
 
     async def send(self, method: str, path_qs: str, headers: CIMultiDict[str],
-                   body: bytes | aiohttp.StreamReader | None = None) -> tuple[Server, aiohttp.ClientResponse]:
-        """Send one request, failing over server by server; the caller streams and then releases the response.
+                   body: bytes | AsyncIterator[bytes] | None = None) -> tuple[Server, httpclient.Response]:
+        """Send one request, failing over server by server; the caller streams the body, then releases or closes.
 
-        Raises Unavailable when no server took it. `headers` are sent as given (hop-by-hop already removed); the
-        kubeconfig's token is added unless the request carries its own Authorization.
+        Raises Unavailable when no server answered (nothing reached the client yet: it can be answered locally).
+        `headers` are sent as given (hop-by-hop and framing headers already removed); the kubeconfig's token is added
+        unless the request carries its own Authorization. Only idempotent requests (or ones that never left) go on
+        to the next server.
         """
-        assert self._session is not None, "Upstream.start() first"
         own_auth = self.authorize(headers)
-        can_retry_stale = method in _IDEMPOTENT and not isinstance(body, aiohttp.StreamReader)
+        idempotent = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
+        items = list(headers.items())
         errors = []
         for server in self.ordered():
+            ctx = self.ssl_for(server, own_auth)
+            head = httpclient.request_head(method, path_qs, server.netloc, items, body)
             try:
-                resp = await self._session.request(
-                    method, server.url + path_qs, headers=headers, data=body, allow_redirects=False,
-                    ssl=self.ssl_for(server, own_auth) or True, compress=None,
-                    server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
-                )
-            except _CONNECT_ERRORS as e:
-                errors.append(f"{server.url}: {_describe(e)}")
-                self.note_failure(server, _describe(e))
+                resp = await self._pool.request(
+                    server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
+                    method, head, body, retry_stale=idempotent)
+            except httpclient.ConnectFailed as e:
+                errors.append(f"{server.url}: {e}")
+                self.note_failure(server, str(e))
                 continue
-            except _STALE_ERRORS as e:
-                if not can_retry_stale:
-                    raise Unavailable(f"{server.url}: {_describe(e)}") from e
-                errors.append(f"{server.url}: {_describe(e)}")
-                self.note_failure(server, _describe(e))
-                continue
+            except httpclient.HttpClientError as e:
+                errors.append(f"{server.url}: {e}")
+                self.note_failure(server, str(e))
+                if idempotent:
+                    continue
+                raise Unavailable("; ".join(errors)) from e
             if server.fails or not server.up:  # failures count only in a row
                 self._record(server, True, "")
             return server, resp
@@ -394,6 +390,7 @@ class Upstream:
     async def _probe_loop(self) -> None:
         while True:
             self._refresh_token()
+            self._pool.prune()
             try:
                 await self.probe_all()
             except Exception:  # a bug here must not stop probing

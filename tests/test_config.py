@@ -18,6 +18,9 @@ def test_defaults():
     assert c.listen == "127.0.0.1:10261" and c.ops_listen == "127.0.0.1:10267"
     assert c.listen_host_port == ("127.0.0.1", 10261)
     assert ("hollow-kubelet", "kubelet") in c.component_aliases
+    assert c.cache is True
+    assert config.load(parse(["--cache", "off"]), environ={}).cache is False
+    assert config.load(parse([]), environ={"EDGEPROXY_CACHE": "0"}).cache is False
 
 
 def test_precedence_flag_env_file(tmp_path):
@@ -44,7 +47,7 @@ def test_aliases_and_ipv6():
 
 
 @pytest.mark.parametrize("argv", [["--listen", "nope"], ["--probe-timeout", "x"], ["--config", "/nonexistent/f"],
-                                  ["--component-aliases", "nosep"]])
+                                  ["--component-aliases", "nosep"], ["--cache", "maybe"]])
 def test_bad_settings_are_config_errors(argv):
     with pytest.raises(config.ConfigError):
         config.load(parse(argv), environ={})

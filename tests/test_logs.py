@@ -96,9 +96,9 @@ def test_activity_per_component_keeps_last_requests_and_errors(stream):
         logs.request(component="diag-kubelet", verb="get", path=f"/api/v1/nodes/n{i}", code=200, source="upstream",
                      duration=0.001, resource="nodes")
     logs.request(component="diag-kubelet", verb="list", path="/api/v1/pods", code=503, source="cache",
-                 duration=0.0, resource="pods", error="view incomplete")
+                 duration=0.0, resource="pods", note="view incomplete")
     snap = logs.activity("diag-kubelet")["diag-kubelet"]
     assert snap["total"] == 61
     assert len(snap["last"]) == 50 and snap["last"][-1]["path"] == "/api/v1/pods"
-    assert snap["errors"] == [snap["last"][-1]] and snap["errors"][0]["error"] == "view incomplete"
+    assert snap["errors"] == [snap["last"][-1]] and snap["errors"][0]["note"] == "view incomplete"
     assert {"verb": "get", "resource": "nodes", "code": 200, "source": "upstream", "n": 60} in snap["counts"]

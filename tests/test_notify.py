@@ -110,3 +110,51 @@ def test_watchdog_for_another_process_is_not_ours(monkeypatch):
 def test_a_gone_listener_does_not_raise(tmp_path, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     assert notify.ready() is False
+
+
+@pytest.mark.timeout(60)
+async def test_serve_sends_ready_then_watchdog_then_stopping(tmp_path):
+    """`edgeproxy serve` as systemd runs it (Type=notify, WatchdogSec): READY once listening, even with the API server
+    unreachable (kubelet must start offline too), then WATCHDOG pets, then STOPPING on SIGTERM."""
+    import signal
+    import sys
+
+    from tests.test_proxy import free_port
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEPROXY_", "WATCHDOG_"))}
+    env.update(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
+        "--listen", f"127.0.0.1:{free_port()}", "--ops-listen", f"127.0.0.1:{free_port()}",
+        "--cache-dir", str(tmp_path / "cache"), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(30):
+            ready = received_msg(await loop.sock_recv(sock, 4096))
+            assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid)
+            assert "serving on http://127.0.0.1:" in ready["STATUS"]
+            seen = []
+            while len(seen) < 2:
+                msg = received_msg(await loop.sock_recv(sock, 4096))
+                if "WATCHDOG" in msg:
+                    seen.append(msg)
+            proc.send_signal(signal.SIGTERM)
+            while "STOPPING" not in (msg := received_msg(await loop.sock_recv(sock, 4096))):
+                pass
+            assert msg["STOPPING"] == "1"
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        sock.close()

@@ -74,7 +74,8 @@ async def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
         port, ops_port = free_port(), free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
-            "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}", "--cache-dir", str(tmp_path),
+            "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}",
+            "--cache-dir", str(tmp_path / "cache"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:

@@ -1,18 +1,24 @@
 """tls.py, the proxy's side: the HTTPS listener's own CA and certificate, client-certificate verification against the
-cluster CA, and the Reloader that swaps credentials when their files change (retrying while they are half written)."""
+cluster CA, and the Reloader that swaps credentials when their files change (retrying while they are half written);
+then through a running proxy and the simulator: a client certificate rotated on disk mid-watch, the HTTPS listener."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import logging
 import os
 import socket
 import ssl
 import threading
 
+import aiohttp
 import pytest
+from prometheus_client import parser
 
-from edgeproxy import tls
+from edgeproxy import config, server, tls
+from edgeproxy.sim.simulator import Simulator
 
 
 def test_own_serving_cert_is_made_once_and_reused(tmp_path):
@@ -135,3 +141,97 @@ def test_reloader_warns_days_ahead_of_expiry(tmp_path, caplog):
     assert caplog.text.count("expires in") == 1  # once a day, not at every poll
     (record,) = [rec for rec in caplog.records if "expires in" in rec.getMessage()]
     assert record.event == "certificate_expiring" and 4 < record.days_left < 6
+
+
+# ---- through the running proxy: rotation mid-watch, the HTTPS listener ----
+
+def write_pem(path, cert, key) -> None:
+    """Replace `path` atomically with cert+key in one file, as kubelet's kubelet-client-current.pem holds them."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(cert.read_bytes() + key.read_bytes())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def metric_samples(text: str) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parser.text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.timeout(60)
+async def test_client_cert_rotated_on_disk_mid_watch(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        pem = tmp_path / "client.pem"
+        write_pem(pem, sim.pki.node_cert, sim.pki.node_key)  # the node identity: may not list every pod
+        kubeconfig = tmp_path / "upstream.kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": sim.url, "certificate-authority": str(sim.pki.ca_cert)}}],
+            "users": [{"name": "u", "user": {"client-certificate": str(pem), "client-key": str(pem)}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }))
+        cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
+                            probe_interval=30, cache_dir=str(tmp_path / "cache"), cert_reload_interval=0.05)
+        async with server.running(cfg) as svc, aiohttp.ClientSession() as s:
+            all_pods = svc.url + "/api/v1/pods"
+            async with s.get(all_pods) as r:
+                assert r.status == 403  # system:node:edge-1 may only list its own pods
+            # a watch opened with the old certificate
+            watch = await s.get(svc.url + "/api/v1/nodes?watch=1&fieldSelector=metadata.name%3Dedge-1"
+                                          "&resourceVersion=0")
+            assert watch.status == 200
+            first = json.loads(await asyncio.wait_for(watch.content.readline(), 10))
+            assert first["type"] == "ADDED"
+            old_creds = svc.upstream.credentials
+
+            # kubelet rotates: the file is replaced (here by the admin's certificate, so the swap shows)
+            write_pem(pem, sim.pki.admin_cert, sim.pki.admin_key)
+            async with asyncio.timeout(10):
+                while svc.upstream.credentials is old_creds:
+                    await asyncio.sleep(0.02)
+
+            async with s.get(all_pods) as r:  # a new connection: the new certificate
+                assert r.status == 200, await r.text()
+            sim.patch("nodes", "edge-1", {"metadata": {"labels": {"rotated": "yes"}}})
+            event = json.loads(await asyncio.wait_for(watch.content.readline(), 10))
+            assert event["type"] == "MODIFIED"  # the watch from before the rotation is still flowing
+            assert event["object"]["metadata"]["labels"]["rotated"] == "yes"
+            watch.close()
+
+            async with s.get(svc.ops_url + "/metrics") as r:
+                samples = metric_samples(await r.text())
+            assert samples[("edgeproxy_certificate_reloads_total", (("result", "ok"),))] >= 1
+            expiry = samples[("edgeproxy_certificate_expiry_timestamp_seconds", (("file", str(pem)),))]
+            assert expiry == tls.load_certificate(sim.pki.admin_cert).not_valid_after_utc.timestamp()
+
+
+@pytest.mark.timeout(60)
+async def test_https_listener_passes_the_callers_token(tmp_path):
+    tokens = {"coredns-sa-token-0123456789": ("system:serviceaccount:kube-system:coredns",
+                                              ("system:serviceaccounts",))}
+    async with Simulator(pki_dir=tmp_path / "pki", tokens=tokens) as sim:
+        kubeconfig = sim.kubeconfig(tmp_path / "upstream.kubeconfig", user="node")
+        cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
+                            tls_listen="127.0.0.1:0", client_ca_file=str(sim.pki.ca_cert), probe_interval=30,
+                            cache_dir=str(tmp_path / "cache"))
+        async with server.running(cfg) as svc:
+            assert svc.tls_url.startswith("https://127.0.0.1:")
+            own_ca = tmp_path / "cache" / "pki" / "ca.crt"
+            ctx = ssl.create_default_context(cafile=str(own_ca))
+            async with aiohttp.ClientSession() as s:
+                # the caller's own token goes upstream: the simulator sees the ServiceAccount, not the node
+                async with s.get(svc.tls_url + "/api/v1/pods", ssl=ctx,
+                                 headers={"Authorization": "Bearer coredns-sa-token-0123456789",
+                                          "User-Agent": "coredns/1.11"}) as r:
+                    assert r.status == 200  # the node may not list all pods; the token's (unrestricted) user may
+                async with s.get(svc.tls_url + "/api/v1/pods", ssl=ctx,
+                                 headers={"Authorization": "Bearer not-a-token"}) as r:
+                    assert r.status == 401
+                # a client certificate from another CA is refused at the handshake
+                stranger = tls.make_ca("stranger")
+                tls.issue(stranger, "mallory", client=True).write(tmp_path / "m.crt", tmp_path / "m.key")
+                bad = ssl.create_default_context(cafile=str(own_ca))
+                bad.load_cert_chain(tmp_path / "m.crt", tmp_path / "m.key")
+                with pytest.raises(aiohttp.ClientError):
+                    async with s.get(svc.tls_url + "/version", ssl=bad) as r:
+                        await r.read()

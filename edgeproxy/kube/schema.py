@@ -45,7 +45,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "RuntimeClass": ("node.k8s.io/v1", "RuntimeClass"),
     "CSIDriver": ("storage.k8s.io/v1", "CSIDriver"),
     "Status": ("v1", "Status"),
+    "ServiceAccount": ("v1", "ServiceAccount"),
+    "CSINode": ("storage.k8s.io/v1", "CSINode"),
+    "TokenRequest": ("authentication.k8s.io/v1", "TokenRequest"),
+    "DeleteOptions": ("meta.k8s.io/v1", "DeleteOptions"),
 }
+# kinds whose name another group also uses: (apiVersion, kind) -> message
+GROUP_KINDS: dict[tuple[str, str], str] = {("events.k8s.io/v1", "Event"): "EventsV1Event"}
 
 _TABLES = """
 ObjectMeta
@@ -716,13 +722,74 @@ CSIDriverSpec
   3 volumeLifecycleModes string[]
   4 storageCapacity bool *
   5 fsGroupPolicy string *
-  6 tokenRequests TokenRequest[]
+  6 tokenRequests CSIDriverTokenRequest[]
   7 requiresRepublish bool *
   8 seLinuxMount bool *
   9 nodeAllocatableUpdatePeriodSeconds int64 *
 TokenRequest
+  1 metadata ObjectMeta
+  2 spec TokenRequestSpec
+  3 status TokenRequestStatus
+TokenRequestSpec
+  1 audiences string[] n
+  4 expirationSeconds int64 *
+  3 boundObjectRef BoundObjectReference *
+BoundObjectReference
+  1 kind string
+  2 apiVersion string
+  3 name string
+  4 uid string
+TokenRequestStatus
+  1 token string n
+  2 expirationTimestamp Time
+CSIDriverTokenRequest
   1 audience string n
   2 expirationSeconds int64 *
+ServiceAccount
+  1 metadata ObjectMeta
+  2 secrets ObjectReference[]
+  3 imagePullSecrets LocalObjectReference[]
+  4 automountServiceAccountToken bool *
+CSINode
+  1 metadata ObjectMeta
+  2 spec CSINodeSpec
+CSINodeSpec
+  1 drivers CSINodeDriver[] n
+CSINodeDriver
+  1 name string n
+  2 nodeID string n
+  3 topologyKeys string[] n
+  4 allocatable VolumeNodeResources *
+VolumeNodeResources
+  1 count int32 *
+EventsV1Event
+  1 metadata ObjectMeta
+  2 eventTime MicroTime
+  3 series EventsV1EventSeries *
+  4 reportingController string
+  5 reportingInstance string
+  6 action string
+  7 reason string
+  8 regarding ObjectReference
+  9 related ObjectReference *
+  10 note string
+  11 type string
+  12 deprecatedSource EventSource
+  13 deprecatedFirstTimestamp Time
+  14 deprecatedLastTimestamp Time
+  15 deprecatedCount int32
+EventsV1EventSeries
+  1 count int32 n
+  2 lastObservedTime MicroTime
+DeleteOptions
+  1 gracePeriodSeconds int64 *
+  2 preconditions Preconditions *
+  3 orphanDependents bool *
+  4 propagationPolicy string *
+  5 dryRun string[]
+Preconditions
+  1 uid string *
+  2 resourceVersion string *
 """
 
 _SCALARS = frozenset(
@@ -945,20 +1012,28 @@ def _value(typ: str, no: int, v: Any) -> bytes:
     return _len_prefixed(_key(no, wt), payload)
 
 
-def to_protobuf(obj: dict, kind: str | None = None, memo: _Memo | None = None) -> bytes:
-    """The bare protobuf message of a JSON object (kind from the object unless given); unknown fields dropped.
+def _message(kind: str | None, api_version: str | None) -> str:
+    msg = GROUP_KINDS.get((api_version or "", kind or ""))
+    if msg is not None:
+        return msg
+    if kind not in KINDS:
+        raise errors.InvalidRequest(f"schema: no protobuf table for kind {kind!r}")
+    return KINDS[kind][1]
+
+
+def to_protobuf(obj: dict, kind: str | None = None, memo: _Memo | None = None, api_version: str | None = None) -> bytes:
+    """The bare protobuf message of a JSON object (kind and apiVersion from the object unless given; the
+    apiVersion matters only for kinds two groups define, GROUP_KINDS); unknown fields dropped.
 
     `memo` (a dict the caller keeps for a batch, and must not keep objects in it that it changes afterwards)
     encodes sub-objects shared between the batch's objects once."""
     global _memo
-    kind = kind or obj.get("kind")
-    if kind not in KINDS:
-        raise errors.InvalidRequest(f"schema: no protobuf table for kind {kind!r}")
+    msg = _message(kind or obj.get("kind"), api_version or obj.get("apiVersion"))
     if memo is None:
-        return _encode_message(KINDS[kind][1], obj)
+        return _encode_message(msg, obj)
     _memo = memo
     try:
-        return _encode_message(KINDS[kind][1], obj)
+        return _encode_message(msg, obj)
     finally:
         _memo = None
 
@@ -1077,12 +1152,11 @@ def _scalar(typ: str, v: Any) -> Any:
     raise AssertionError(typ)
 
 
-def to_json(kind: str, raw: bytes | memoryview, *, typed: bool = True) -> dict:
+def to_json(kind: str, raw: bytes | memoryview, *, typed: bool = True, api_version: str | None = None) -> dict:
     """The JSON dict of a bare protobuf message; `typed` puts kind/apiVersion first (as a GET returns it,
     not as a list item). Fields the table does not know are skipped."""
-    if kind not in KINDS:
-        raise errors.InvalidRequest(f"schema: no protobuf table for kind {kind!r}")
-    api_version, msg = KINDS[kind]
+    msg = _message(kind, api_version)
+    api_version = api_version or KINDS[kind][0]
     body = _decode_message(msg, raw)
     if not typed:
         return body

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def _json_body(request_body: bytes, content_type: str, kind: str | None) -> Any:
     if ct == PROTOBUF:
         try:
             u = protobuf.unwrap(request_body)
-            return schema.to_json(u.kind, u.raw)
+            return schema.to_json(u.kind, u.raw, api_version=u.api_version)
         except kube_errors.KubeError as e:
             raise errors.bad_request(f"unable to decode the protobuf body: {e}") from e
     try:
@@ -232,6 +233,15 @@ class Api:
             return status_response(e, encoding, pretty)
         except kube_errors.KubeError as e:
             return status_response(errors.ApiError(e.status, e.reason, str(e)), encoding, pretty)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a body of the wrong shape
+            log.debug("request failed: %s %s", request.method, request.path_qs, exc_info=True)
+            err = errors.ApiError(
+                500,
+                "InternalError",
+                f"an error on the server ({e!r}) has prevented the request from succeeding",
+                {"causes": [{"message": repr(e)}]},
+            )
+            return status_response(err, encoding, pretty)
 
     async def _route(self, request: web.Request, encoding: str | None, pretty: bool) -> web.StreamResponse:
         path = request.path
@@ -292,6 +302,8 @@ class Api:
                 include=request.query.get("includeObject", ""),
             )
         body = await request.read()
+        if verb == "create" and target.subresource == "token":
+            return self._token(target, _json_body(body, request.content_type, "TokenRequest"), encoding, pretty)
         if verb == "create":
             obj = _json_body(body, request.content_type, target.resource.kind)
             entry = writes.create(self.store, target.resource, target.namespace, obj)
@@ -313,7 +325,7 @@ class Api:
     def _patch(self, target: Target, content_type: str, obj: Any) -> Entry:
         ct = content_type.split(";")[0].strip().lower()
         key = (target.namespace if target.resource.namespaced else "", target.name)
-        if ct == patch.APPLY_PATCH and self.store.get(target.resource.name, key) is None:
+        if ct == patch.APPLY_PATCH and self.store.get(target.resource.key, key) is None:
             if isinstance(obj, dict):
                 obj.setdefault("metadata", {}).setdefault("name", target.name)
             return writes.create(self.store, target.resource, target.namespace, obj)
@@ -346,7 +358,7 @@ class Api:
             if target.name:
                 return "get"
             return "watch" if watch else "list"
-        if method == "POST" and not target.name:
+        if method == "POST" and (not target.name or target.subresource):
             return "create"
         if method == "PUT" and target.name:
             return "update"
@@ -428,7 +440,7 @@ class Api:
 
     def _get_entry(self, target: Target) -> Entry:
         key = (target.namespace if target.resource.namespaced else "", target.name)
-        entry = self.store.get(target.resource.name, key)
+        entry = self.store.get(target.resource.key, key)
         if entry is None:
             raise errors.not_found(target.resource, target.name)
         return entry
@@ -528,7 +540,7 @@ class Api:
                 at = want
         list_rv = at if at is not None else self.store.rv
         try:
-            objs = self.store.snapshot(res.name, at)
+            objs = self.store.snapshot(res.key, at)
         except store.TooOld as e:
             raise errors.gone("The resourceVersion for the provided list is too old.") from e
         matches = self._matcher(res, target.namespace, ls, fs)
@@ -538,6 +550,8 @@ class Api:
         selected = [(k, e) for k, e in keyed if (skip is None or k > skip) and matches(e.obj)]
         next_token = ""
         remaining = None
+        if rv_param == "0" and not cont:
+            limit = 0  # served from the watch cache, which ignores limit (traces/SUMMARY.md: one page)
         if limit and len(selected) > limit:
             last = selected[limit - 1][0]
             if ls.empty and fs.empty:
@@ -602,6 +616,61 @@ class Api:
         return web.Response(body=body, headers=_headers(JSON))
 
     # --- writes ----------------------------------------------------------------------------------------------
+
+    def _token(self, target: Target, req: Any, encoding: str, pretty: bool) -> web.Response:
+        """POST serviceaccounts/<name>/token: a TokenRequest answered with a JWT-shaped token (not verifiable:
+        nothing in the simulator checks service account tokens but its own token table)."""
+        sa = self._get_entry(target)
+        req = req if isinstance(req, dict) else {}
+        spec = dict(req.get("spec") or {})
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        spec["expirationSeconds"] = seconds
+        spec.setdefault("audiences", ["https://kubernetes.default.svc.cluster.local"])
+        now = int(time.time())
+        sub = f"system:serviceaccount:{target.namespace}:{target.name}"
+        claims: dict[str, Any] = {
+            "aud": spec["audiences"],
+            "exp": now + seconds,
+            "iat": now,
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "nbf": now,
+            "sub": sub,
+            "kubernetes.io": {
+                "namespace": target.namespace,
+                "serviceaccount": {"name": target.name, "uid": sa.obj["metadata"].get("uid", "")},
+            },
+        }
+        ref = spec.get("boundObjectRef") or {}
+        if ref.get("kind") == "Pod":
+            claims["kubernetes.io"]["pod"] = {"name": ref.get("name", ""), "uid": ref.get("uid", "")}
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+        token = ".".join(
+            (
+                b64(b'{"alg":"RS256","kid":"edgeproxy-sim"}'),
+                b64(schema.go_json_dumps(claims).encode()),
+                b64(uuid.uuid4().bytes * 8),
+            )
+        )
+        self.sim.tokens[token] = (sub, ("system:serviceaccounts", f"system:serviceaccounts:{target.namespace}"))
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds))
+        md = {k: v for k, v in (req.get("metadata") or {}).items() if k in ("name", "namespace")}
+        md.setdefault("name", target.name)
+        md.setdefault("namespace", target.namespace)
+        md["creationTimestamp"] = None
+        out = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": md,
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": expires},
+        }
+        if encoding == "protobuf":
+            body = protobuf.wrap("authentication.k8s.io/v1", "TokenRequest", schema.to_protobuf(out))
+            return web.Response(status=201, body=body, headers=_headers(PROTOBUF))
+        return web.Response(status=201, body=_dumps(out, pretty), headers=_headers(JSON))
 
     def _delete(self, request: web.Request, target: Target, body: bytes, encoding: str, pretty: bool) -> web.Response:
         opts: dict[str, Any] = {}
@@ -676,28 +745,31 @@ class Api:
             err = errors.too_large(from_rv, self.store.rv)
             await watch.write_error(err.status)
             return watch.resp
-        self.store.watchers[res.name].add(watch.push)
+        self.store.watchers[res.key].add(watch.push)
         self.watches.add(watch)
         try:
             if from_rv is None or send_initial:
                 snapshot_rv = self.store.rv
-                for _key, e in sorted(self.store.snapshot(res.name).items()):
+                for _key, e in sorted(self.store.snapshot(res.key).items()):
                     if matches(e.obj):
                         watch.queue.put_nowait(("ADDED", e))
                 if send_initial:
                     watch.queue.put_nowait(("BOOKMARK-END", snapshot_rv))
             else:
                 try:
-                    backlog = self.store.changes_since(res.name, from_rv)
+                    backlog = self.store.changes_since(res.key, from_rv)
                 except store.TooOld as e:
                     status = errors.gone(f"too old resource version: {e.requested} ({e.oldest})").status
                     await watch.write_error(status)
                     return watch.resp
                 for change in backlog:
                     watch.push(change)
-            await watch.run(timeout)
+            try:
+                await watch.run(timeout)
+            except ConnectionError:
+                pass  # the client went away
         finally:
-            self.store.watchers[res.name].discard(watch.push)
+            self.store.watchers[res.key].discard(watch.push)
             self.watches.discard(watch)
         return watch.resp
 

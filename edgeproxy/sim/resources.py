@@ -25,6 +25,13 @@ class Resource:
     short_names: tuple[str, ...] = ()
     subresources: tuple[str, ...] = ()
     graceful: bool = False  # DELETE sets deletionTimestamp first (pods)
+    store_key: str = ""  # where the store keeps it, when two groups share the plural name
+
+    @property
+    def key(self) -> str:
+        """The name the store and the Simulator's Python API use: the plural, or plural.group for the second
+        group with that plural (events.events.k8s.io)."""
+        return self.store_key or self.name
 
     @property
     def api_version(self) -> str:
@@ -47,10 +54,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
     Resource("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", False, "runtimeclass"),
     Resource("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False, "csidriver"),
+    Resource("storage.k8s.io", "v1", "csinodes", "CSINode", False, "csinode"),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount", ("sa",), ("token",)),
+    Resource("events.k8s.io", "v1", "events", "Event", True, "event", ("ev",), store_key="events.events.k8s.io"),
 )
 
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.name): r for r in RESOURCES}
-BY_NAME: dict[str, Resource] = {r.name: r for r in RESOURCES}
+BY_NAME: dict[str, Resource] = {r.key: r for r in RESOURCES}
 
 
 def _get(obj: Mapping[str, Any], *path: str) -> Any:

@@ -67,7 +67,7 @@ def fixture_cluster() -> dict[str, list[dict[str, Any]]]:
         for o in group
     }
     rv = _Rvs(used)
-    out: dict[str, list[dict[str, Any]]] = {r.name: [] for r in resources.RESOURCES}
+    out: dict[str, list[dict[str, Any]]] = {r.key: [] for r in resources.RESOURCES}
 
     # nodes: edge-2 mirrors edge-1
     edge1 = nodes[0]
@@ -160,6 +160,34 @@ def fixture_cluster() -> dict[str, list[dict[str, Any]]]:
     out["secrets"] = sorted([*secrets, registry, tls], key=lambda o: o["metadata"]["name"])
 
     created = edge1["metadata"]["creationTimestamp"]
+    namespaces = ("default", "edge", "kube-node-lease", "kube-public", "kube-system")
+    out["serviceaccounts"] = [
+        {
+            "metadata": {
+                "name": "default",
+                "namespace": n,
+                "uid": _uid("sa", n, "default"),
+                "resourceVersion": rv(),
+                "creationTimestamp": created,
+            }
+        }
+        for n in namespaces
+    ]
+    out["csinodes"] = [
+        {
+            "metadata": {
+                "name": n["metadata"]["name"],
+                "uid": _uid("csinode", n["metadata"]["name"]),
+                "resourceVersion": rv(),
+                "creationTimestamp": created,
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": n["metadata"]["name"], "uid": n["metadata"]["uid"]}
+                ],
+            },
+            "spec": {"drivers": None},
+        }
+        for n in out["nodes"]
+    ]
     out["namespaces"] = [
         {
             "metadata": {
@@ -172,7 +200,7 @@ def fixture_cluster() -> dict[str, list[dict[str, Any]]]:
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         }
-        for n in ("default", "edge", "kube-node-lease", "kube-public", "kube-system")
+        for n in namespaces
     ]
     out["leases"] = [
         {
@@ -363,4 +391,4 @@ def clone_endpointslices(
 def load(st: store.Store, objects: dict[str, list[dict[str, Any]]]) -> None:
     for res_name, objs in objects.items():
         res = resources.BY_NAME[res_name]
-        st.load(res_name, (Entry(res.kind, o, int(o["metadata"]["resourceVersion"])) for o in objs))
+        st.load(res_name, (Entry(res.kind, o, int(o["metadata"]["resourceVersion"]), res.api_version) for o in objs))

@@ -123,7 +123,8 @@ class Simulator:
     async def start(self) -> str:
         """Listen; returns the base URL (https://127.0.0.1:PORT)."""
         self._ssl_ctx = self._ssl()
-        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a watch whose client went away ends at once instead of at its timeout
+        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         await self._listen()
         if self.control_port is not None:
@@ -178,9 +179,21 @@ class Simulator:
 
     def kubeconfig(self, path: str | pathlib.Path, user: str = "admin") -> pathlib.Path:
         """Write a kubeconfig for "admin" (system:masters) or "node" (system:node:edge-1) with file references."""
+        name = f"sim-{user}"
+        if not self.tls_enabled:  # plain HTTP: anonymous admin, no credentials
+            doc: dict[str, Any] = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "sim", "cluster": {"server": self.url}}],
+                "users": [{"name": name, "user": {}}],
+                "contexts": [{"name": name, "context": {"cluster": "sim", "user": name}}],
+                "current-context": name,
+            }
+            p = pathlib.Path(path)
+            p.write_text(json.dumps(doc, indent=2) + "\n")
+            return p
         assert self.pki is not None, "start() the simulator first"
         cert, key = self.pki.client(user)
-        name = f"sim-{user}"
         doc = {
             "apiVersion": "v1",
             "kind": "Config",

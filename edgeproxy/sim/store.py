@@ -31,10 +31,11 @@ def copy_json(v: Any) -> Any:
 class Entry:
     """One stored version of an object with its encodings, made lazily and cached."""
 
-    __slots__ = ("_json", "_pb", "kind", "obj", "rv")
+    __slots__ = ("_json", "_pb", "api_version", "kind", "obj", "rv")
 
-    def __init__(self, kind: str, obj: dict[str, Any], rv: int) -> None:
+    def __init__(self, kind: str, obj: dict[str, Any], rv: int, api_version: str | None = None) -> None:
         self.kind = kind
+        self.api_version = api_version  # needed only for kinds two groups define (events.k8s.io Event)
         self.obj = obj
         self.rv = rv
         self._pb: bytes | None = None
@@ -49,13 +50,13 @@ class Entry:
     def pb(self) -> bytes:
         """The bare protobuf message (a list item or the raw inside an envelope)."""
         if self._pb is None:
-            self._pb = schema.to_protobuf(self.obj, self.kind)
+            self._pb = schema.to_protobuf(self.obj, self.kind, api_version=self.api_version)
         return self._pb
 
     def pb_shared(self, memo: dict[Any, Any]) -> bytes:
         """`pb`, encoding sub-objects shared with other entries once per `memo` (stored dicts never change)."""
         if self._pb is None:
-            self._pb = schema.to_protobuf(self.obj, self.kind, memo)
+            self._pb = schema.to_protobuf(self.obj, self.kind, memo, self.api_version)
         return self._pb
 
     @property
@@ -77,7 +78,7 @@ class Entry:
         """The same object stamped with another resourceVersion (a selector transition's DELETED event)."""
         obj = dict(self.obj)
         obj["metadata"] = dict(obj.get("metadata") or {}, resourceVersion=str(rv))
-        return Entry(self.kind, obj, rv)
+        return Entry(self.kind, obj, rv, self.api_version)
 
 
 class Change:
@@ -110,8 +111,8 @@ class Store:
         self.oldest = 1  # a watch from any RV >= oldest can be served from the history
         self.history_size = history_size
         self.history: collections.deque[Change] = collections.deque()
-        self.objects: dict[str, dict[Key, Entry]] = {r.name: {} for r in resources.RESOURCES}
-        self.watchers: dict[str, set[Callable[[Change | None], None]]] = {r.name: set() for r in resources.RESOURCES}
+        self.objects: dict[str, dict[Key, Entry]] = {r.key: {} for r in resources.RESOURCES}
+        self.watchers: dict[str, set[Callable[[Change | None], None]]] = {r.key: set() for r in resources.RESOURCES}
         self._changed: asyncio.Event | None = None
 
     # --- reads ----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _defaults(res: resources.Resource, obj: dict[str, Any]) -> None:
 
 def _stamp(res: resources.Resource, obj: dict[str, Any], rv: int) -> Entry:
     obj["metadata"]["resourceVersion"] = str(rv)
-    return Entry(res.kind, obj, rv)
+    return Entry(res.kind, obj, rv, res.api_version)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -138,7 +138,7 @@ def create(st: store.Store, res: resources.Resource, namespace: str, body: Any) 
         else:
             raise errors.invalid(res, "", "metadata.name: Required value: name or generateName is required")
     key = (md.get("namespace", ""), md["name"])
-    if st.get(res.name, key) is not None:
+    if st.get(res.key, key) is not None:
         raise errors.already_exists(res, md["name"])
     md["uid"] = str(uuid.uuid4())
     md["creationTimestamp"] = now()
@@ -146,7 +146,7 @@ def create(st: store.Store, res: resources.Resource, namespace: str, body: Any) 
         md.pop(k, None)
     _defaults(res, obj)
     entry = _stamp(res, _ordered(obj), st.next_rv())
-    st.commit(res.name, "ADDED", entry, None)
+    st.commit(res.key, "ADDED", entry, None)
     return entry
 
 
@@ -176,7 +176,7 @@ def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _existing(st: store.Store, res: resources.Resource, namespace: str, name: str) -> Entry:
-    entry = st.get(res.name, (namespace if res.namespaced else "", name))
+    entry = st.get(res.key, (namespace if res.namespaced else "", name))
     if entry is None:
         raise errors.not_found(res, name)
     return entry
@@ -218,10 +218,10 @@ def _replace(st: store.Store, res: resources.Resource, old: Entry, new: dict[str
         return old  # a no-op write does not bump the resourceVersion
     if md.get("deletionTimestamp") and not md.get("finalizers"):
         entry = _stamp(res, new, st.next_rv())
-        st.commit(res.name, "DELETED", entry, old)
+        st.commit(res.key, "DELETED", entry, old)
         return entry
     entry = _stamp(res, new, st.next_rv())
-    st.commit(res.name, "MODIFIED", entry, old)
+    st.commit(res.key, "MODIFIED", entry, old)
     return entry
 
 
@@ -281,7 +281,7 @@ def delete(
         return _mark_deleting(st, res, old, 0), False
     final = copy_json(old.obj)
     entry = _stamp(res, final, st.next_rv())
-    st.commit(res.name, "DELETED", entry, old)
+    st.commit(res.key, "DELETED", entry, old)
     return entry, True
 
 
@@ -291,5 +291,5 @@ def _mark_deleting(st: store.Store, res: resources.Resource, old: Entry, grace: 
     md["deletionTimestamp"] = _later(grace)
     md["deletionGracePeriodSeconds"] = grace
     entry = _stamp(res, _ordered(new), st.next_rv())
-    st.commit(res.name, "MODIFIED", entry, old)
+    st.commit(res.key, "MODIFIED", entry, old)
     return entry

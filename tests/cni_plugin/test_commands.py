@@ -272,12 +272,19 @@ def test_sigkill_between_temp_write_and_rename(node):
     assert list(node.leases()) == [ip[0].split("/")[0]]
     assert not any(p.name.startswith(".tmp.") for p in records_dir.iterdir())
     assert node.add("b2", pod="b").code == 0
-    # A kill while a restart marks the old record: the record stays whole and the pod keeps its IP.
-    node.delete("a1", pod="a")
+    # A kill while a restart (no DEL first, as after a reboot) journals the old lease's release: nothing was
+    # renamed, so the record still says ACTIVE under a1, whose lease is indeed still held.
     killed = node.add("a2", pod="a", env={"EDGE_IPAM_SNAPSHOT_TEST_HOOK": "kill-before-rename"})
     assert killed.rc == -9
-    node.delete("a2", pod="a")
-    assert node.add("a3", pod="a").ips == ip
+    assert any(p.name.startswith(".tmp.") for p in (node.data_dir / "edgenet" / "journal").iterdir())
+    rec = node.records()["default/a/eth0"]
+    assert (rec["state"], rec["owner"]) == ("ACTIVE", "a1") and node.leases()[ip[0].split("/")[0]] == ("a1", "eth0")
+    assert node.delete("a2", pod="a").code == 0
+    node.offline()
+    assert node.add("a3", pod="a").ips == ip  # still safe to serve
+    node.online()
+    assert node.delete("a3", pod="a").code == 0
+    assert node.add("a4", pod="a").ips == ip
     active_ips(node)
 
 

@@ -82,3 +82,4 @@ def test_unwritable_store_is_a_store_failure(tmp_path):
     blocker.write_text("")
     with pytest.raises(errors.StoreFailure):
         records.Store.open(blocker, "net")  # a data dir under a regular file
+

@@ -261,3 +261,80 @@ async def test_partial_object_metadata_for_the_metadata_client(admin, accept):
         assert doc["kind"] == "PartialObjectMetadataList" and doc["items"][0]["kind"] == "PartialObjectMetadata"
         names = [i["metadata"]["name"] for i in doc["items"]]
     assert "web-config" in names and len(names) == 10
+
+
+async def test_what_kubelet_and_kube_proxy_write_as_the_traces_show(sim, node):
+    pb = {"Accept": f"{PROTOBUF}, */*", "Content-Type": PROTOBUF}
+    # TokenRequest for a pod's projected service account token
+    ref = {"kind": "Pod", "apiVersion": "v1", "name": "db-0", "uid": "u-1"}
+    req = {"metadata": {}, "spec": {"audiences": None, "expirationSeconds": 3607, "boundObjectRef": ref}}
+    body = protobuf.wrap("authentication.k8s.io/v1", "TokenRequest", schema.to_protobuf(req, "TokenRequest"))
+    async with node.post("/api/v1/namespaces/edge/serviceaccounts/default/token", data=body, headers=pb) as r:
+        assert r.status == 201
+        u = protobuf.unwrap(await r.read())
+    tr = schema.to_json(u.kind, u.raw)
+    assert tr["status"]["token"].count(".") == 2 and tr["status"]["expirationTimestamp"]
+    # core/v1 Event in protobuf, then a PATCH of its count
+    ev = {
+        "metadata": {"name": "edge-1.1", "namespace": "edge"},
+        "reason": "Started",
+        "message": "m",
+        "involvedObject": {"kind": "Node", "name": "edge-1"},
+        "count": 1,
+        "type": "Normal",
+    }
+    body = protobuf.wrap("v1", "Event", schema.to_protobuf(ev, "Event"))
+    async with node.post("/api/v1/namespaces/edge/events", data=body, headers=pb) as r:
+        assert r.status == 201
+    headers = {"Content-Type": "application/strategic-merge-patch+json"}
+    status, got = await _json(
+        node, "PATCH", "/api/v1/namespaces/edge/events/edge-1.1", data='{"count":2}', headers=headers
+    )
+    assert status == 200 and got["count"] == 2
+    # events.k8s.io/v1 Event (kube-proxy) in JSON, kept apart from core events
+    ev2 = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "kp.1", "namespace": "default"},
+        "reason": "StartKubeProxy",
+        "action": "StartKubeProxy",
+        "reportingController": "kube-proxy",
+        "reportingInstance": "kube-proxy-edge-1",
+        "eventTime": "2026-11-24T16:00:00.000000Z",
+    }
+    status, got = await _json(node, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", json=ev2)
+    assert status == 201 and got["eventTime"] == "2026-11-24T16:00:00.000000Z"
+    async with node.get("/apis/events.k8s.io/v1/namespaces/default/events/kp.1", headers={"Accept": PROTOBUF}) as r:
+        u = protobuf.unwrap(await r.read())
+    assert schema.to_json(u.kind, u.raw, api_version=u.api_version)["reportingController"] == "kube-proxy"
+    assert (
+        sim.get("events.events.k8s.io", "kp.1", "default") is not None and sim.get("events", "kp.1", "default") is None
+    )
+    # CSINode read, Node re-registration refused, pod deleted with protobuf DeleteOptions
+    async with node.get("/apis/storage.k8s.io/v1/csinodes/edge-1", headers=pb) as r:
+        assert r.status == 200
+    async with node.post("/api/v1/nodes", data=sim.object_bytes("nodes", "edge-1"), headers=pb) as r:
+        assert r.status == 409
+    opts = protobuf.wrap(
+        "meta.k8s.io/v1", "DeleteOptions", schema.to_protobuf({"gracePeriodSeconds": 0}, "DeleteOptions")
+    )
+    async with node.delete("/api/v1/namespaces/edge/pods/db-2", data=opts, headers=pb) as r:
+        assert r.status == 200
+    assert sim.get("pods", "db-2", "edge") is None
+
+
+async def test_rv_zero_lists_ignore_limit_as_the_watch_cache_does(admin):
+    status, doc = await _json(admin, "GET", "/api/v1/pods?limit=5&resourceVersion=0")
+    assert status == 200 and len(doc["items"]) == 30 and "continue" not in doc["metadata"]
+
+
+async def test_plain_http_for_baselines(tmp_path):
+    import aiohttp
+
+    from edgeproxy import sim as sim_pkg
+
+    async with sim_pkg.Simulator(tls_enabled=False, anonymous=True, pki_dir=tmp_path) as s:
+        assert s.url.startswith("http://")
+        async with aiohttp.ClientSession() as c, c.get(f"{s.url}/api/v1/namespaces/edge/pods/db-0") as r:
+            assert r.status == 200
+        assert "client-certificate" not in s.kubeconfig(tmp_path / "k").read_text()

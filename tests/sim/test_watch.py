@@ -199,3 +199,17 @@ async def test_watch_rv_from_the_future_is_an_error_event(sim, admin):
 async def test_send_initial_events_requires_bookmarks_and_not_older_than(admin):
     async with admin.get("/api/v1/pods?watch=true&sendInitialEvents=true") as r:
         assert r.status == 422
+
+
+async def test_a_watch_whose_client_left_is_dropped(sim, admin):
+    import asyncio
+
+    async with admin.get("/api/v1/pods?watch=true&resourceVersion=304") as r:
+        assert r.status == 200
+        async with asyncio.timeout(5):
+            while not sim.api.watches:
+                await asyncio.sleep(0.01)
+        r.close()
+    async with asyncio.timeout(5):
+        while sim.api.watches or sim.store.watchers["pods"]:
+            await asyncio.sleep(0.01)

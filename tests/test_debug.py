@@ -1,0 +1,297 @@
+"""`edgeproxy debug`: check names a wrong CA, an expired certificate and an unreachable upstream in one clear line
+each; collect writes a tarball with no secret value in it; the dashboard queries only metrics edgeproxy exports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import json
+import socket
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from cache import store
+from edgeproxy import cli, debug, tls
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cr3t-bearer-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca = tls.make_ca("cluster-ca")
+    ca.write(d / "ca.crt", d / "ca.key")
+    other = tls.make_ca("some-other-ca")
+    other.write(d / "other-ca.crt", d / "other-ca.key")
+    tls.issue(ca, "kube-apiserver", sans=["127.0.0.1", "localhost"]).write(d / "server.crt", d / "server.key")
+    tls.issue(ca, "system:node:edge-1", ["system:nodes"], client=True).write(d / "node.crt", d / "node.key")
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=400)
+    tls.issue(ca, "system:node:edge-1", ["system:nodes"], client=True, days=30,
+              not_before=long_ago).write(d / "expired.crt", d / "expired.key")
+    return d
+
+
+@pytest.fixture
+async def apiserver(pki):
+    """An HTTPS server with the cluster's serving certificate that answers /readyz (what the check probes)."""
+    async def readyz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context(pki / "server.crt",
+                                                                               pki / "server.key", pki / "ca.crt"))
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"https://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, token: str | None = None) -> Path:
+    user = {"client-certificate": str(cert), "client-key": str(key)}
+    if token:
+        user["token"] = token
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    return path
+
+
+def check_args(tmp_path: Path, kubeconfig: Path, **kw) -> argparse.Namespace:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700, exist_ok=True)
+    env = tmp_path / "edgeproxy.env"
+    env.write_text(f"EDGEPROXY_KUBECONFIG={kubeconfig}\nEDGEPROXY_CACHE_DIR={cache_dir}\n"
+                   f"EDGEPROXY_OPS_LISTEN=127.0.0.1:{free_port()}\n")
+    values = dict(config=str(env), kubeconfig=None, cache_dir=None, ops_listen=None, ops_url=None, timeout=5.0,
+                  skip_cache=False)
+    values.update(kw)
+    return argparse.Namespace(**values)
+
+
+def lines_with(report: debug.Report, status: str) -> list[str]:
+    return [f"{f.area} {f.message}" for f in report.findings if f.status == status]
+
+
+async def test_healthy_upstream_passes(tmp_path, pki, apiserver):
+    kc = write_kubeconfig(tmp_path / "kc", apiserver, pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    args = check_args(tmp_path, kc)
+    store.Store.open(str(tmp_path / "cache"), map_size=16 << 20).close()  # an empty, valid cache
+    report = await asyncio.to_thread(debug.run_check, args)
+    assert not report.failed, report.render()
+    (up,) = [f for f in report.findings if f.area == "upstream"]
+    assert "ready (connect" in up.message and "/readyz" in up.message
+    assert any(f.area == "cache" and "every record reads back" in f.message for f in report.findings)
+
+
+async def test_wrong_ca_is_named(tmp_path, pki, apiserver):
+    kc = write_kubeconfig(tmp_path / "kc", apiserver, pki / "other-ca.crt", pki / "node.crt", pki / "node.key")
+    report = await asyncio.to_thread(debug.run_check, check_args(tmp_path, kc))
+    (line,) = [f for f in report.failed if f.area == "upstream"]
+    assert "WRONG CA" in line.message and str(pki / "other-ca.crt") in line.message
+    assert "/etc/kubernetes/pki/ca.crt" in line.fix
+    assert "1 problem(s) to fix" in report.render()
+
+
+async def test_expired_client_certificate_is_named(tmp_path, pki, apiserver):
+    kc = write_kubeconfig(tmp_path / "kc", apiserver, pki / "ca.crt", pki / "expired.crt", pki / "expired.key")
+    report = await asyncio.to_thread(debug.run_check, check_args(tmp_path, kc))
+    expired = [f for f in report.failed if f.area == "certificate"]
+    assert len(expired) == 1
+    assert "client certificate" in expired[0].message and "EXPIRED" in expired[0].message
+    assert "kubelet" in expired[0].fix
+
+
+async def test_unreachable_upstream_is_named(tmp_path, pki):
+    dead = f"https://127.0.0.1:{free_port()}"
+    kc = write_kubeconfig(tmp_path / "kc", dead, pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    args = check_args(tmp_path, kc)
+    assert cli.main(["debug", "check", "--config", args.config]) == 1
+    report = await asyncio.to_thread(debug.run_check, args)
+    (line,) = [f for f in report.failed if f.area == "upstream"]
+    assert line.message.startswith(f"{dead}: UNREACHABLE")
+    assert "serves from its cache" in line.fix
+
+
+def test_open_cache_and_bad_mode(tmp_path, pki):
+    kc = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    args = check_args(tmp_path, kc, timeout=0.5)
+    (tmp_path / "cache").chmod(0o755)
+    report = debug.run_check(args)
+    assert any("others can read the cache" in m for m in lines_with(report, "fail"))
+
+
+def test_report_render_is_one_screen():
+    report = debug.Report()
+    report.add("ok", "config", "fine")
+    report.add("fail", "upstream", "https://x: UNREACHABLE", "check the link")
+    text = report.render()
+    assert text.splitlines() == ["ok    config       fine", "FAIL  upstream     https://x: UNREACHABLE",
+                                 "                   fix: check the link", "verdict: 1 problem(s) to fix"]
+
+
+# ---- collect ----
+
+
+def test_redaction_keeps_paths_and_drops_secrets():
+    env = "EDGEPROXY_KUBECONFIG=/etc/edgeproxy/upstream.kubeconfig\nEDGEPROXY_BOOTSTRAP_TOKEN=abcdef.0123456789abcdef\n"
+    out = debug.redact_env(env)
+    assert "/etc/edgeproxy/upstream.kubeconfig" in out and "abcdef.0123456789abcdef" not in out
+    kc = ("users:\n- name: u\n  user:\n    token: " + TOKEN + "\n    tokenFile: /var/run/token\n"
+          "    client-key-data: " + base64.b64encode(b"KEY").decode() + "\n")
+    red = debug.redact_kubeconfig(kc)
+    assert TOKEN not in red and "S0VZ" not in red and "/var/run/token" in red
+
+
+async def test_collect_tarball_has_no_secret(tmp_path, pki, apiserver):
+    key_text = (pki / "node.key").read_text()
+    kc = write_kubeconfig(tmp_path / "kc", apiserver, pki / "ca.crt", pki / "node.crt", pki / "node.key",
+                          token=TOKEN)
+    args = check_args(tmp_path, kc)
+    Path(args.config).write_text(Path(args.config).read_text() + f"EDGEPROXY_ADMIN_PASSWORD=hunter2-{TOKEN[:10]}\n")
+    out = tmp_path / "bundle.tar.gz"
+    rc = await asyncio.to_thread(cli.main, ["debug", "collect", "--config", args.config, "--out", str(out)])
+    assert rc == 0
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        blob = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
+    assert any(n.endswith("/check.txt") for n in names)
+    assert any(n.endswith("/config/upstream.kubeconfig") for n in names)
+    assert any(n.endswith("/config/edgeproxy.env") for n in names)
+    assert TOKEN.encode() not in blob
+    assert b"hunter2" not in blob
+    assert key_text.encode() not in blob and b"PRIVATE KEY-----\n" not in blob
+    assert str(apiserver).encode() in blob  # the useful parts are there
+    assert (out.stat().st_mode & 0o077) == 0
+
+
+def test_scrub_catches_what_redaction_missed():
+    text = (b"GET /api Authorization: Bearer abc.def-ghi\n"
+            b"jwt eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl\n"
+            b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n"
+            b"known hunter2-0123456789\n")
+    out = debug.scrub(text, [b"hunter2-0123456789"])
+    for secret in (b"abc.def-ghi", b"eyJzdWIiOiJ4In0", b"MHcCAQEE", b"hunter2-0123456789"):
+        assert secret not in out
+
+
+# ---- dashboard ----
+
+
+def test_dashboard_is_generated_and_queries_only_exported_metrics():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import make_dashboard
+    finally:
+        sys.path.pop(0)
+    committed = (ROOT / "docs/grafana-dashboard.json").read_text()
+    assert committed == make_dashboard.render(), "run python docs/make_dashboard.py"
+    from edgeproxy import metrics
+
+    exported = set()
+    for family in metrics.REGISTRY.collect():
+        exported.add(family.name)
+        if family.type == "counter":
+            exported.add(family.name + "_total")
+        if family.type == "histogram":
+            exported.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+    import re
+
+    queried = set()
+    for p in json.loads(committed)["panels"]:
+        for t in p.get("targets", []):
+            queried.update(re.findall(r"\b(edgeproxy_[a-z_]+)", t["expr"]))
+    assert queried and queried <= exported, queried - exported
+
+
+# ---- against a running proxy and the simulator ----
+
+
+@pytest.fixture
+async def running_proxy(tmp_path):
+    from edgeproxy import config, server
+    from edgeproxy.sim.simulator import Simulator
+
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        kubeconfig = sim.kubeconfig(tmp_path / "upstream.kubeconfig", user="node")
+        cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
+                            probe_interval=30, cache_dir=str(tmp_path / "cache"))
+        async with server.running(cfg) as svc:
+            yield sim, svc, kubeconfig
+
+
+async def test_diagnose_shows_what_a_component_asked_and_got(tmp_path, running_proxy, capsys):
+    import aiohttp
+
+    from edgeproxy import logs
+
+    _, svc, kubeconfig = running_proxy
+    logs.reset_activity()  # the record is per process; other tests' requests are not this one's
+    ua = {"User-Agent": "kube-proxy/v1.32.0 (linux/amd64) kubernetes/abc"}
+    async with aiohttp.ClientSession() as s:
+        for path in ("/api/v1/services", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices",
+                     "/api/v1/pods"):  # the last one the node identity may not do: 403
+            async with s.get(svc.url + path, headers=ua) as r:
+                await r.read()
+    args = ["debug", "diagnose", "kube-proxy", "--ops-url", svc.ops_url, "--kubeconfig", str(kubeconfig),
+            "--cache-dir", str(tmp_path / "cache"), "--config", str(tmp_path / "none.env")]
+    (tmp_path / "none.env").write_text("")
+    assert await asyncio.to_thread(cli.main, args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("kube-proxy: 4 requests since ")
+    assert re_line(out, r"list\s+services\s+200 upstream\s+2")
+    assert re_line(out, r"list\s+endpointslices\s+200 upstream\s+1")
+    assert "last errors (1):" in out and re_line(out, r"list\s+403 upstream .* /api/v1/pods")
+    assert await asyncio.to_thread(cli.main, [*args[:2], "coredns", *args[3:]]) == 1
+    assert "Components seen: kube-proxy" in capsys.readouterr().out
+
+
+def re_line(text: str, pattern: str) -> bool:
+    import re
+
+    return any(re.search(pattern, line) for line in text.splitlines())
+
+
+async def test_collect_from_a_running_proxy(tmp_path, running_proxy):
+    import aiohttp
+    from prometheus_client import parser
+
+    _, svc, kubeconfig = running_proxy
+    headers = {"User-Agent": "kubelet/v1.32.0", "Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s, s.get(svc.url + "/api/v1/nodes", headers=headers) as r:
+        await r.read()
+    env = tmp_path / "edgeproxy.env"
+    env.write_text(f"EDGEPROXY_KUBECONFIG={kubeconfig}\nEDGEPROXY_CACHE_DIR={tmp_path / 'cache'}\n")
+    out = tmp_path / "b.tar.gz"
+    assert await asyncio.to_thread(cli.main, ["debug", "collect", "--config", str(env), "--ops-url", svc.ops_url,
+                                              "--out", str(out)]) == 0
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert {"check.txt", "state.json", "metrics.txt", "components.json", "logs/recent.jsonl", "host.txt"} <= set(files)
+    families = {f.name for f in parser.text_string_to_metric_families(files["metrics.txt"].decode())}
+    assert {"edgeproxy_requests", "edgeproxy_online"} <= families
+    assert json.loads(files["state.json"])["upstream"]["online"] is True
+    key = (Path(json.loads(files["state.json"])["config"]["kubeconfig"]))
+    assert key == kubeconfig
+    blob = b"".join(files.values())
+    assert TOKEN.encode() not in blob
+    node_key = Path(str(kubeconfig)).parent / "pki" / "node.key"
+    assert node_key.read_bytes() not in blob
