@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeproxy import kubeconfig
+from edgeproxy import kubeconfig, tls
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +41,9 @@ TARGETS = (
     Target("kubelet-edgeproxy.conf", "/etc/systemd/system/kubelet.service.d/20-edgeproxy.conf", kubelet=True),
 )
 KUBELET_KUBECONFIG = "/etc/edgeproxy/kubelet.kubeconfig"
+LISTENER_PKI = "/etc/edgeproxy/pki"  # the HTTPS listener's own CA and certificate; ca.crt is what clients trust
+DEFAULT_SANS = ("127.0.0.1", "::1", "localhost")
+SERVING_DAYS = 3650  # a loopback listener's certificate from a per-host CA; its expiry is exported and checked
 
 
 def source_dir() -> Path:
@@ -60,8 +63,9 @@ def default_exec(prefix: str | None) -> str:
     return f"{shlex.quote(sys.executable)} -m edgeproxy"
 
 
-def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False) -> list[tuple[Path, str]]:
-    """Install every file under `root`; returns (path, what happened) for each."""
+def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False,
+            tls_sans: tuple[str, ...] | None = DEFAULT_SANS) -> list[tuple[Path, str]]:
+    """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI."""
     src = source_dir()
     done: list[tuple[Path, str]] = []
     for target in TARGETS:
@@ -80,7 +84,39 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
         dest = root / KUBELET_KUBECONFIG.lstrip("/")
         kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
         done.append((dest, "written"))
+    if tls_sans is not None:
+        done.extend(listener_pki(root, tls_sans, force=force))
     return done
+
+
+def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> list[tuple[Path, str]]:
+    """The HTTPS listener's CA and serving certificate in /etc/edgeproxy/pki, made once (kept unless --force).
+
+    Made here, as root, because the service cannot write /etc (ProtectSystem=strict) and in-cluster clients need
+    the CA at a stable, readable path (kube-proxy and CoreDNS mount it with a hostPath; see `edgeproxy kubeconfig`).
+    The key becomes the edgeproxy user's through tmpfiles.d (`z` line), once systemd-sysusers has created the user.
+    """
+    d = root / LISTENER_PKI.lstrip("/")
+    cert = d / "serving.crt"
+    if cert.exists() and not force:
+        return [(cert, "kept (yours; --force re-issues it)")]
+    if force:
+        for name in ("serving.crt", "serving.key"):
+            (d / name).unlink(missing_ok=True)
+    cert, key, ca = tls.own_serving_cert(d, sans, days=SERVING_DAYS)
+    os.chmod(d, 0o755)
+    for path, mode in ((ca, 0o644), (cert, 0o644), (key, 0o600), (d / "ca.key", 0o600)):
+        os.chmod(path, mode)
+    try:
+        import pwd
+
+        user = pwd.getpwnam("edgeproxy")
+    except KeyError:
+        pass
+    else:
+        if os.geteuid() == 0:
+            os.chown(key, user.pw_uid, user.pw_gid)
+    return [(ca, "written"), (cert, "written"), (key, "written")]
 
 
 NEXT_STEPS = """\
@@ -96,7 +132,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "(default: the edgeproxy on PATH, else this Python with -m edgeproxy)")
     parser.add_argument("--exec", dest="exec_cmd", help="the exact command ExecStart runs before `serve ...`")
     parser.add_argument("--no-kubelet", action="store_true", help="leave kubelet alone (no drop-in, no kubeconfig)")
-    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy")
+    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy and re-issue the "
+                                                               "HTTPS listener's certificate")
+    parser.add_argument("--tls-san", action="append", default=None, metavar="NAME",
+                        help="extra name (IP or DNS) for the HTTPS listener's certificate, e.g. 169.254.2.1 for pods "
+                             "that reach the proxy on a link-local address (repeatable; 127.0.0.1, ::1, localhost "
+                             "are always in)")
+    parser.add_argument("--no-tls", action="store_true", help="make no CA or certificate for the HTTPS listener")
     parser.add_argument("--now", action="store_true", help="then create the user and directories, reload systemd and "
                                                             "start the service (root / only)")
 
@@ -105,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     exec_cmd = args.exec_cmd or default_exec(args.prefix)
     try:
-        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force)
-    except OSError as e:
+        sans = None if args.no_tls else tuple(dict.fromkeys((*DEFAULT_SANS, *(args.tls_san or ()))))
+        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans)
+    except (OSError, ValueError) as e:
         print(f"edgeproxy install-systemd: {e}", file=sys.stderr)
         return 1
     for path, what in done:

@@ -71,3 +71,32 @@ def test_install_command_runs_as_a_process(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert "written" in out.stdout
+
+
+def test_listener_pki_is_made_once_with_readable_ca_and_private_key(tmp_path):
+    from edgeproxy import tls
+
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true",
+                     "--tls-san", "169.254.2.1"]) == 0
+    pki = tmp_path / "etc/edgeproxy/pki"
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o755
+    assert stat.S_IMODE((pki / "ca.crt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((pki / "serving.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((pki / "ca.key").stat().st_mode) == 0o600
+    cert = tls.load_certificate(pki / "serving.crt")
+    names = {str(n.value) for n in cert.extensions.get_extension_for_class(tls.x509.SubjectAlternativeName).value}
+    assert names == {"127.0.0.1", "::1", "localhost", "169.254.2.1"}
+    before = (pki / "serving.crt").read_bytes()
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true"]) == 0
+    assert (pki / "serving.crt").read_bytes() == before  # kept: clients already trust it
+    # the env file names these files, and the kubeconfig of in-cluster clients names the CA
+    env = (tmp_path / "etc/default/edgeproxy").read_text()
+    assert "EDGEPROXY_TLS_CERT_FILE=/etc/edgeproxy/pki/serving.crt" in env
+    from edgeproxy import kubeconfig
+
+    assert kubeconfig.PROXY_CA == "/etc/edgeproxy/pki/ca.crt"
+
+
+def test_no_tls_makes_no_pki(tmp_path):
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls"]) == 0
+    assert not (tmp_path / "etc/edgeproxy/pki").exists()
