@@ -41,18 +41,22 @@ class Record:
     ifname: str
     result: dict  # result.normalize() form
     created: float
-    updated: float
+    updated: float  # last write
+    since: float  # when it entered its current state (HELD age, RELEASED age)
 
     def servable(self, now: float, held_max_age: float | None) -> bool:
         """May this record be handed out while the delegate is offline?"""
         if self.state == ACTIVE:
             return True
         if self.state == HELD:
-            return held_max_age is None or now - self.updated <= held_max_age
+            return held_max_age is None or now - self.since <= held_max_age
         return False
 
     def replace(self, **changes) -> Record:
-        return dataclasses.replace(self, updated=time.time(), **changes)
+        now = time.time()
+        if changes.get("state", self.state) != self.state:
+            changes.setdefault("since", now)
+        return dataclasses.replace(self, updated=now, **changes)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1).encode() + b"\n"
