@@ -146,3 +146,12 @@ def test_tables_and_errors_are_not_recorded(c):
     assert c.recorder.begin(table, 200, recording.headers("pods-edge1.table.json")) is None
     assert c.recorder.begin(info(PODS + "&limit=10&continue=x"), 410,
                             recording.headers("gone.pods-list-continue.pb")) is None
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_list_repeating_its_views_version_is_not_parsed_again(c, ext):
+    hdrs = ENC[ext][1]
+    c.feed(info(PODS, hdrs), f"pods-edge1.list.{ext}")
+    c.feed(info(PODS + "&resourceVersion=0", hdrs), f"pods-edge1.list.{ext}")
+    assert c.recorder.unchanged == 1
+    assert c.store.view(pods_key(ext)).complete
