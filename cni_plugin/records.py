@@ -29,6 +29,7 @@ from cni_plugin import durable, errors
 ACTIVE, HELD, RELEASED = "ACTIVE", "HELD", "RELEASED"
 STATES = (ACTIVE, HELD, RELEASED)
 SUFFIX = ".json"
+FORMAT = 1  # the "v" of every record file
 log = logging.getLogger(__name__)
 
 
@@ -59,13 +60,16 @@ class Record:
         return dataclasses.replace(self, updated=now, **changes)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1).encode() + b"\n"
+        return json.dumps({"v": FORMAT, **dataclasses.asdict(self)}, sort_keys=True, indent=1).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
         raw = json.loads(data)
         fields = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(raw, dict) or set(raw) != fields or raw["state"] not in STATES:
+        # Strict, so a damaged file is caught; a later format must convert FORMAT 1 records here, not reject them.
+        if not isinstance(raw, dict) or raw.pop("v", None) != FORMAT:
+            raise ValueError(f"not a format {FORMAT} record")
+        if set(raw) != fields or raw["state"] not in STATES:
             raise ValueError("record fields or state are not what this version writes")
         if not isinstance(raw["result"], dict) or not isinstance(raw["result"].get("ips"), list):
             raise ValueError("record result has no ips")
