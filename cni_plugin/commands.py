@@ -80,7 +80,7 @@ def add(inv: Invocation) -> dict:
             # A new container of the same pod (restart, reboot). Its lease is under the old id: free it, then ask
             # for the same IP under the new id. If the delegate is offline, the old lease keeps backing the IP.
             reply = _release(inv, key, rec.owner, rec.ifname, config.delegate_conf(cfg, cfg.cni_version),
-                             req.cni_args)
+                             req.cni_args, deleting=False)
             if reply.offline:
                 return _serve_offline(inv, reply)
             if not reply.ok:
@@ -108,7 +108,7 @@ def add(inv: Invocation) -> dict:
             raise errors.DelegateGarbled(f"delegate {cfg.delegate_type} returned no IPs")
         now = time.time()
         new = records.Record(key, records.ACTIVE, req.container_id, req.container_id, req.ifname, internal,
-                             rec.created if rec else now, now)
+                             rec.created if rec else now, now, now)
         try:
             with store.lock():
                 store.put(new)
@@ -172,16 +172,19 @@ def _retire_conflicts(inv: Invocation, new: records.Record) -> None:
 
 # ---- releases and the journal ----
 
-def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni_args: str) -> delegate.Reply:
+def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni_args: str, *,
+             deleting: bool = True) -> delegate.Reply:
     """Release the delegate lease of (owner, ifname), which backs record `key` ("" for none); caller holds its key lock.
 
-    Journal first and mark the record RELEASED, then ask; on success drop the entry; if the delegate is offline put
-    the record back to HELD (the lease is still held) and keep the entry for replay.
+    Journal first and mark the record RELEASED, then ask; on success drop the entry. If the delegate is offline the
+    lease is still held, so the record is put back as it was (HELD if this release is the pod's deletion) and the
+    entry kept for replay.
     """
     store, jr = inv.store, inv.journal
     with store.lock():
         rec = store.get(key) if key else None
         prior = rec.state if rec is not None and rec.owner == owner else None
+        before = rec
         old = jr.get(owner, ifname)
         entry = journal.Release(owner, ifname, key if prior else "", cni_args, conf,
                                 old.created if old else time.time(), old.attempts if old else 0)
@@ -203,7 +206,9 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
             if reply.offline and prior in (records.ACTIVE, records.HELD):
                 cur = store.get(key)
                 if cur is not None and cur.owner == owner and cur.state == records.RELEASED:
-                    store.put(cur.replace(state=records.HELD))
+                    back = records.HELD if deleting else prior
+                    since = before.since if back == prior else time.time()
+                    store.put(cur.replace(state=back, since=since))
             entry = jr.get(owner, ifname)
             if entry is not None:
                 jr.add(journal.Release(entry.owner, entry.ifname, entry.key, entry.cni_args, entry.conf,
@@ -215,7 +220,7 @@ def _prune(inv: Invocation, now: float) -> None:
     """Forget RELEASED records older than retainAfterRelease (pod names of Deployments never come back)."""
     with inv.store.lock():
         for rec in inv.store.all():
-            if (rec.state == records.RELEASED and now - rec.updated > inv.cfg.retain_after_release
+            if (rec.state == records.RELEASED and now - rec.since > inv.cfg.retain_after_release
                     and inv.journal.get(rec.owner, rec.ifname) is None):
                 inv.store.delete(rec.key)
         inv.journal.prune_no_lease(now)
