@@ -5,10 +5,12 @@ delegate for the IP it had. Offline (delegate.py says so) ADD serves an ACTIVE o
 nothing else: a new pod gets code 11, a RELEASED record is never served (the IP may be someone else's by now). DEL is
 idempotent; a release the outage prevents is journaled and replayed once the delegate answers again.
 The one invariant: a record is ACTIVE/HELD only while the delegate's lease under its `owner` is believed held. So a
-record is marked RELEASED *before* its lease is released (and put back to HELD if the delegate turns out offline),
-and the release is journaled first, so a crash at any point leaves a record that is either safe to serve or not
-served. The per-pod key lock is held across the delegate exec (the runtime already serialises one container's
-operations); the network lock only around read-modify-write, so one slow delegate call never blocks other pods.
+record is marked RELEASED *before* its lease is released (and put back, as HELD after a DEL, if the delegate turns
+out offline), and the release is journaled first, so a crash at any point leaves a record that is either safe to
+serve or not served. A new container of a pod (restart, reboot) releases the old container's lease and asks for the
+same IP under its own id; offline it inherits the record and the lease stays under the old id (`owner`).
+The per-pod key lock is held across the delegate exec (the runtime already serialises one container's operations);
+the network lock only around read-modify-write, so one slow delegate call never blocks other pods.
 Neighbours: main.py (calls `run`), config.py, records.py, journal.py, delegate.py, result.py.
 """
 
