@@ -115,7 +115,7 @@ def plot(rows: Sequence[dict[str, object]], out: Path) -> list[Path]:
                 if isinstance(r.get("baseline"), int | float):
                     labels.append("baseline")
                     values.append(float(r["baseline"]))  # type: ignore[arg-type]
-            colors = ["#4c72b0" if lab == "edgeproxy" else "#999999" for lab in labels]
+            colors = ["#4c72b0" if lab.startswith("edgeproxy") else "#999999" for lab in labels]
             ax.bar(range(len(values)), values, color=colors)
             ax.set_xticks(range(len(values)), labels, rotation=20, fontsize=8)
             ax.set_title(metric, fontsize=9)
@@ -203,6 +203,22 @@ def process(argv: Sequence[str], *, port: int | None = None, log: Path | None = 
                 proc.wait()
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process `pid` and its children (nginx's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1] is the parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def loadgen(url: str, *, concurrency: int = 1, duration: float | None = None, requests: int | None = None,

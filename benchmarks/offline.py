@@ -48,10 +48,10 @@ def _free_port() -> int:
 # ---------------------------------------------------------------- the simulator child
 
 
-async def _sim_child(pods: int, pki: str, kubeconfig: str) -> None:
+async def _sim_child(pods: int, pki: str, kubeconfig: str, bookmark_interval: float) -> None:
     from edgeproxy import sim as sim_pkg
 
-    sim = sim_pkg.Simulator(pki_dir=pki, control_port=0)
+    sim = sim_pkg.Simulator(pki_dir=pki, control_port=0, bookmark_interval=bookmark_interval)
     await sim.start()
     sim.seed(pods=pods, namespace=NAMESPACE)
     sim.kubeconfig(kubeconfig, user="admin")
@@ -64,11 +64,11 @@ async def _sim_child(pods: int, pki: str, kubeconfig: str) -> None:
 
 
 class Sim:
-    def __init__(self, pods: int, workdir: Path) -> None:
+    def __init__(self, pods: int, workdir: Path, bookmark_interval: float = 60.0) -> None:
         self.kubeconfig = workdir / "kubeconfig"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.offline", "--sim-child", str(pods), str(workdir / "pki"),
-             str(self.kubeconfig)], stdout=subprocess.PIPE, text=True)
+             str(self.kubeconfig), str(bookmark_interval)], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         info = json.loads(self.proc.stdout.readline())
         self.url, self.control = info["url"], info["control"]
@@ -92,11 +92,13 @@ class Proxy:
     def __init__(self, kubeconfig: Path, cache_dir: Path) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        ops = _free_port()
+        self.ops_url = f"http://127.0.0.1:{ops}"
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeproxy", "--log-level", "warning", "serve", "--kubeconfig", str(kubeconfig),
-             "--cache-dir", str(cache_dir), "--listen", f"127.0.0.1:{self.port}", "--ops-listen", "",
-             "--probe-interval", "0.5", "--probe-timeout", "0.5", "--offline-after", "1", "--online-after", "1",
+             "--cache-dir", str(cache_dir), "--listen", f"127.0.0.1:{self.port}", "--ops-listen", f"127.0.0.1:{ops}",
+             "--probe-interval", "0.5", "--probe-timeout", "2", "--offline-after", "2", "--online-after", "1",
              "--connect-timeout", "1"])
 
     def stop(self) -> None:
@@ -108,6 +110,108 @@ class Proxy:
 
 
 # ---------------------------------------------------------------- measuring
+
+
+# What kubelet, kube-proxy and CoreDNS keep informers on (traces/SUMMARY.md): 23 list+watch loops.
+_INFORMERS = [
+    ("kubelet", "/api/v1/pods", "spec.nodeName=edge-1", ""),
+    ("kubelet", "/api/v1/nodes", "metadata.name=edge-1", ""),
+    ("kubelet", "/api/v1/services", "spec.clusterIP!=None", ""),
+    ("kubelet", "/apis/node.k8s.io/v1/runtimeclasses", "", ""),
+    ("kubelet", "/apis/storage.k8s.io/v1/csidrivers", "", ""),
+    *[("kubelet", "/api/v1/namespaces/edge/configmaps", f"metadata.name={n}", "")
+      for n in ("api-config", "cache-config", "db-config", "edge-site-info", "feature-flags", "kube-root-ca.crt",
+                "nginx-conf", "queue-config", "web-config")],
+    *[("kubelet", "/api/v1/namespaces/edge/secrets", f"metadata.name={n}", "")
+      for n in ("db-credentials", "registry-pull", "web-tls")],
+    ("kube-proxy", "/api/v1/services", "spec.clusterIP!=None",
+     "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"),
+    ("kube-proxy", "/apis/discovery.k8s.io/v1/endpointslices", "",
+     "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"),
+    ("kube-proxy", "/api/v1/nodes", "metadata.name=edge-1", ""),
+    ("coredns", "/api/v1/namespaces", "", ""),
+    ("coredns", "/api/v1/services", "", ""),
+    ("coredns", "/apis/discovery.k8s.io/v1/endpointslices", "", ""),
+]
+
+
+async def _metric(session: aiohttp.ClientSession, proxy: Proxy, verb: str, answered_by: str) -> float:
+    async with session.get(proxy.ops_url + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("edgeproxy_requests_total{") and f'verb="{verb}"' in line and \
+                f'answered_by="{answered_by}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _reconnect(root: Path, outage: float, window: float) -> list[dict]:
+    """The link drops for `outage` seconds under 23 informers (kubelet's, kube-proxy's, CoreDNS's, as reflectors
+    on the kubernetes client); after it returns, the LIST requests that reach upstream in `window` seconds."""
+    from tests.e2e.reflector import Reflector
+
+    work = root / "reconnect"
+    work.mkdir(parents=True, exist_ok=True)
+    sim = Sim(0, work, bookmark_interval=1.0)
+    proxy = Proxy(sim.kubeconfig, work / "cache")
+    reflectors = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            await _until(s, proxy.url + "/version", "application/json", None, time.perf_counter() + 30)
+            for component, path, fields, labels in _INFORMERS:
+                ua = f"{component}/v1.32.0 (linux/amd64) kubernetes/cd13ec4"
+                reflectors.append(Reflector(proxy.url, path, field_selector=fields, label_selector=labels,
+                                            user_agent=ua).start())
+            for r in reflectors:
+                await asyncio.to_thread(r.synced.wait, 30)
+            await asyncio.sleep(3.0)  # watches going, lists recorded
+            lists_before = sum(len(r.lists) for r in reflectors)
+            await sim.fault(s, down=True)
+            await asyncio.sleep(outage)
+            upstream_lists = await _metric(s, proxy, "list", "upstream")
+            relists_offline = sum(len(r.lists) for r in reflectors) - lists_before
+            await sim.fault(s, down=False)
+            t_up = time.perf_counter()
+            await asyncio.sleep(window)
+            after = await _metric(s, proxy, "list", "upstream") - upstream_lists
+            relists_after = sum(len(r.lists) for r in reflectors) - lists_before - relists_offline
+    finally:
+        for r in reflectors:
+            r.stop()
+        proxy.stop()
+        sim.stop()
+    del t_up
+    return [
+        _row(f"LIST requests reaching upstream in the {window:.0f} s after reconnection ({len(_INFORMERS)} "
+             f"informers, {outage:.0f} s outage)", after, "count", relists_by_clients_offline=relists_offline,
+             relists_by_clients_after=relists_after, lists_upstream_before_the_outage=upstream_lists,
+             baseline=17, baseline_name="kubelet alone without a caching proxy (traces/SUMMARY.md, first minute)"),
+    ]
+
+
+async def _death(root: Path, mode: str) -> dict:
+    """Upstream death to the first locally served answer, a small recorded LIST polled every 5 ms (each request
+    given 0.5 s). mode "down": the API server stops listening (connection refused); "hang": it accepts and never
+    answers (a black hole), which only the prober can tell."""
+    work = root / f"death-{mode}"
+    work.mkdir(parents=True, exist_ok=True)
+    sim = Sim(100, work)
+    proxy = Proxy(sim.kubeconfig, work / "cache")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as s:
+            small = proxy.url + "/api/v1/nodes"
+            await _until(s, small, ACCEPT["protobuf"], None, time.perf_counter() + 30)
+            await asyncio.sleep(1.0)  # recorded and committed
+            t0 = time.perf_counter()
+            await sim.fault(s, **{mode: True})
+            t_local = await _until(s, small, ACCEPT["protobuf"], "cache", t0 + 60)
+    finally:
+        proxy.stop()
+        sim.stop()
+    what = "connection refused" if mode == "down" else "black hole: accepted, never answered"
+    return _row(f"upstream death to first locally served answer ({what})", (t_local - t0) * 1000, "ms",
+                note="a LIST every 5 ms; probe every 0.5 s, timeout 2 s, offline after 2 failures")
 
 
 async def _timed_get(session: aiohttp.ClientSession, url: str, accept: str, **kw: Any) -> tuple[float, int, int,
@@ -133,7 +237,7 @@ async def _until(session: aiohttp.ClientSession, url: str, accept: str, source: 
                  ) -> float:
     """Poll until GET url answers 200 (from `source` if given); the time it completed (perf_counter)."""
     while time.perf_counter() < deadline:
-        with contextlib.suppress(aiohttp.ClientError, OSError):
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
             async with session.get(url, headers={"Accept": accept, "User-Agent": UA}) as r:
                 await r.read()
                 if r.status == 200 and (source is None or r.headers.get("X-Edgeproxy-Source", "upstream") == source):
@@ -156,16 +260,10 @@ async def _size(n: int, root: Path, runs: int, rows: list[dict], extra: bool) ->
                 direct, size = await _median(s, sim.url + path, accept, runs, ssl=sim.ssl)
                 through, _ = await _median(s, proxy.url + path, accept, runs)
                 online[enc] = (direct, through, size)
-            await asyncio.sleep(1.0)  # let the last recorded list commit
-            small = proxy.url + f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1&resourceVersion=0"
-            t0 = time.perf_counter()
+            # let the recorder parse and the writer commit the big lists before the link drops (benchmark pacing)
+            await asyncio.sleep(max(2.0, n / 2500))
             await sim.fault(s, down=True)
-            if extra:
-                t_local = await _until(s, proxy.url + "/api/v1/namespaces/edge/pods", ACCEPT["protobuf"], "cache",
-                                       t0 + 30)
-                rows.append(_row("upstream death to first locally served answer", (t_local - t0) * 1000, "ms",
-                                 note="simulator stops listening (connection refused); requests every 5 ms"))
-            await _until(s, small, ACCEPT["protobuf"], "cache", t0 + 30)
+            await _until(s, proxy.url + path, ACCEPT["protobuf"], "cache", time.perf_counter() + 60)
             for enc, accept in ACCEPT.items():
                 offline, size = await _median(s, proxy.url + path, accept, runs)
                 direct, through, _ = online[enc]
@@ -190,6 +288,9 @@ def run(opts: Any = None) -> list[dict]:
     runs = 3 if quick else 7
     root = Path(getattr(opts, "workdir", None) or tempfile.mkdtemp(prefix="edgeproxy-bench-offline-"))
     rows: list[dict] = []
+    rows += asyncio.run(_reconnect(root, outage=10.0, window=20.0 if quick else 60.0))
+    for mode in ("down", "hang"):
+        rows.append(asyncio.run(_death(root, mode)))
     for n in sizes:
         asyncio.run(_size(n, root, runs, rows, extra=(n == 10000 or (n == sizes[0] and 10000 not in sizes))))
     return rows
@@ -201,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--sim-child", nargs=3, metavar=("PODS", "PKI", "KUBECONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--sim-child", nargs=4, metavar=("PODS", "PKI", "KUBECONFIG", "BOOKMARKS"),
+                        help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.sim_child:
-        pods, pki, kubeconfig = opts.sim_child
-        asyncio.run(_sim_child(int(pods), pki, kubeconfig))
+        pods, pki, kubeconfig, bookmarks = opts.sim_child
+        asyncio.run(_sim_child(int(pods), pki, kubeconfig, float(bookmarks)))
         return 0
     rows = run(opts)
     if opts.json:

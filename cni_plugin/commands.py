@@ -5,10 +5,12 @@ delegate for the IP it had. Offline (delegate.py says so) ADD serves an ACTIVE o
 nothing else: a new pod gets code 11, a RELEASED record is never served (the IP may be someone else's by now). DEL is
 idempotent; a release the outage prevents is journaled and replayed once the delegate answers again.
 The one invariant: a record is ACTIVE/HELD only while the delegate's lease under its `owner` is believed held. So a
-record is marked RELEASED *before* its lease is released (and put back to HELD if the delegate turns out offline),
-and the release is journaled first, so a crash at any point leaves a record that is either safe to serve or not
-served. The per-pod key lock is held across the delegate exec (the runtime already serialises one container's
-operations); the network lock only around read-modify-write, so one slow delegate call never blocks other pods.
+record is marked RELEASED *before* its lease is released (and put back, as HELD after a DEL, if the delegate turns
+out offline), and the release is journaled first, so a crash at any point leaves a record that is either safe to
+serve or not served. A new container of a pod (restart, reboot) releases the old container's lease and asks for the
+same IP under its own id; offline it inherits the record and the lease stays under the old id (`owner`).
+The per-pod key lock is held across the delegate exec (the runtime already serialises one container's operations);
+the network lock only around read-modify-write, so one slow delegate call never blocks other pods.
 Neighbours: main.py (calls `run`), config.py, records.py, journal.py, delegate.py, result.py.
 """
 
@@ -80,7 +82,7 @@ def add(inv: Invocation) -> dict:
             # A new container of the same pod (restart, reboot). Its lease is under the old id: free it, then ask
             # for the same IP under the new id. If the delegate is offline, the old lease keeps backing the IP.
             reply = _release(inv, key, rec.owner, rec.ifname, config.delegate_conf(cfg, cfg.cni_version),
-                             req.cni_args)
+                             req.cni_args, deleting=False)
             if reply.offline:
                 return _serve_offline(inv, reply)
             if not reply.ok:
@@ -108,7 +110,7 @@ def add(inv: Invocation) -> dict:
             raise errors.DelegateGarbled(f"delegate {cfg.delegate_type} returned no IPs")
         now = time.time()
         new = records.Record(key, records.ACTIVE, req.container_id, req.container_id, req.ifname, internal,
-                             rec.created if rec else now, now)
+                             rec.created if rec else now, now, now)
         try:
             with store.lock():
                 store.put(new)
@@ -172,16 +174,19 @@ def _retire_conflicts(inv: Invocation, new: records.Record) -> None:
 
 # ---- releases and the journal ----
 
-def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni_args: str) -> delegate.Reply:
+def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni_args: str, *,
+             deleting: bool = True) -> delegate.Reply:
     """Release the delegate lease of (owner, ifname), which backs record `key` ("" for none); caller holds its key lock.
 
-    Journal first and mark the record RELEASED, then ask; on success drop the entry; if the delegate is offline put
-    the record back to HELD (the lease is still held) and keep the entry for replay.
+    Journal first and mark the record RELEASED, then ask; on success drop the entry. If the delegate is offline the
+    lease is still held, so the record is put back as it was (HELD if this release is the pod's deletion) and the
+    entry kept for replay.
     """
     store, jr = inv.store, inv.journal
     with store.lock():
         rec = store.get(key) if key else None
         prior = rec.state if rec is not None and rec.owner == owner else None
+        before = rec
         old = jr.get(owner, ifname)
         entry = journal.Release(owner, ifname, key if prior else "", cni_args, conf,
                                 old.created if old else time.time(), old.attempts if old else 0)
@@ -203,7 +208,9 @@ def _release(inv: Invocation, key: str, owner: str, ifname: str, conf: dict, cni
             if reply.offline and prior in (records.ACTIVE, records.HELD):
                 cur = store.get(key)
                 if cur is not None and cur.owner == owner and cur.state == records.RELEASED:
-                    store.put(cur.replace(state=records.HELD))
+                    back = records.HELD if deleting else prior
+                    since = before.since if back == prior else time.time()
+                    store.put(cur.replace(state=back, since=since))
             entry = jr.get(owner, ifname)
             if entry is not None:
                 jr.add(journal.Release(entry.owner, entry.ifname, entry.key, entry.cni_args, entry.conf,
@@ -215,7 +222,7 @@ def _prune(inv: Invocation, now: float) -> None:
     """Forget RELEASED records older than retainAfterRelease (pod names of Deployments never come back)."""
     with inv.store.lock():
         for rec in inv.store.all():
-            if (rec.state == records.RELEASED and now - rec.updated > inv.cfg.retain_after_release
+            if (rec.state == records.RELEASED and now - rec.since > inv.cfg.retain_after_release
                     and inv.journal.get(rec.owner, rec.ifname) is None):
                 inv.store.delete(rec.key)
         inv.journal.prune_no_lease(now)

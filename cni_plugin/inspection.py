@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for network, part in data.items():
         print(f"network {network}: {len(part['records'])} records, {len(part['journal'])} pending releases")
-        print(f"  {'KEY':40} {'STATE':8} {'IPS':34} {'CONTAINER':14} {'OWNER':14} AGE")
+        print(f"  {'KEY':40} {'STATE':8} {'IPS':34} {'CONTAINER':14} {'OWNER':14} IN STATE")
         for r in part["records"]:
             ips = ",".join(ip["address"] for ip in r["result"]["ips"])
             print(f"  {r['key']:40} {r['state']:8} {ips:34} {r['container'][:12]:14} {r['owner'][:12]:14} "
-                  f"{_age(r['updated'])}")
+                  f"{_age(r['since'])}")
         for e in part["journal"]:
             error = f": {e['last_error']}" if e["last_error"] else ""
             print(f"  pending release: owner {e['owner'][:12]} {e['ifname']} ({e['key'] or 'no record'}), "

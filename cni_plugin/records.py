@@ -29,6 +29,7 @@ from cni_plugin import durable, errors
 ACTIVE, HELD, RELEASED = "ACTIVE", "HELD", "RELEASED"
 STATES = (ACTIVE, HELD, RELEASED)
 SUFFIX = ".json"
+FORMAT = 1  # the "v" of every record file
 log = logging.getLogger(__name__)
 
 
@@ -41,27 +42,34 @@ class Record:
     ifname: str
     result: dict  # result.normalize() form
     created: float
-    updated: float
+    updated: float  # last write
+    since: float  # when it entered its current state (HELD age, RELEASED age)
 
     def servable(self, now: float, held_max_age: float | None) -> bool:
         """May this record be handed out while the delegate is offline?"""
         if self.state == ACTIVE:
             return True
         if self.state == HELD:
-            return held_max_age is None or now - self.updated <= held_max_age
+            return held_max_age is None or now - self.since <= held_max_age
         return False
 
     def replace(self, **changes) -> Record:
-        return dataclasses.replace(self, updated=time.time(), **changes)
+        now = time.time()
+        if changes.get("state", self.state) != self.state:
+            changes.setdefault("since", now)
+        return dataclasses.replace(self, updated=now, **changes)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1).encode() + b"\n"
+        return json.dumps({"v": FORMAT, **dataclasses.asdict(self)}, sort_keys=True, indent=1).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
         raw = json.loads(data)
         fields = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(raw, dict) or set(raw) != fields or raw["state"] not in STATES:
+        # Strict, so a damaged file is caught; a later format must convert FORMAT 1 records here, not reject them.
+        if not isinstance(raw, dict) or raw.pop("v", None) != FORMAT:
+            raise ValueError(f"not a format {FORMAT} record")
+        if set(raw) != fields or raw["state"] not in STATES:
             raise ValueError("record fields or state are not what this version writes")
         if not isinstance(raw["result"], dict) or not isinstance(raw["result"].get("ips"), list):
             raise ValueError("record result has no ips")

@@ -8,9 +8,10 @@ Status until that exists). What it does not do: decode bodies (record.py does, o
 (upstream.py), serve ops endpoints (server.py's second listener).
 
 Seams for the cache:
-- `recorder.begin(info, status, headers) -> sink | None` is called for get/list/watch responses before the first body
-  byte; `sink.feed(chunk)` gets every body chunk as it is written to the client and must not block (it enqueues);
-  `sink.done(ok)` ends it (ok: the upstream body ended cleanly).
+- `recorder.begin(info, status, headers) -> sink | None` is called for get/list/watch (and create/update/patch:
+  TokenRequests, the node agent's heartbeats) responses before the first body byte; `sink.feed(chunk)` gets every
+  body chunk as it is written to the client and must not block (it enqueues); `sink.done(ok)` ends it (ok: the
+  upstream body ended cleanly).
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
   offline, or a request that failed to connect before any byte reached the client (per-request failover).
 """
@@ -39,7 +40,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade",
 })
-_RECORDED_VERBS = frozenset({"get", "list", "watch"})
+# The recorder sees reads, and the writes whose answers it keeps for offline use: TokenRequest answers (create
+# serviceaccounts/token) and the node agent's Lease PUT / node status PATCH answers; it returns None for the rest.
+_RECORDED_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch"})
 MAX_BUFFERED_BODY = 4 << 20  # request bodies up to this are read whole (retryable on failover); larger stream
 
 

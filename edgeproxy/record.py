@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import re
 import threading
 import time
 import zlib
@@ -49,7 +50,7 @@ class Recorder:
     """The recorder seam of edgeproxy.proxy. One per process."""
 
     __slots__ = ("_chunks", "_lock", "_pending", "_pool", "dropped", "errors", "max_pending_bytes", "tokens",
-                 "writer")
+                 "unchanged", "writer")
 
     def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
                  max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
@@ -63,6 +64,7 @@ class Recorder:
         self._chunks: dict[tuple[store.ViewKey, str], tuple[cache_writer.ListAssembly, float]] = {}
         self.dropped = 0  # responses dropped because parsing fell behind
         self.errors = 0  # responses or events that did not parse
+        self.unchanged = 0  # lists skipped: their complete view already held that resourceVersion
 
     # ---------------------------------------------------------------- the seam
 
@@ -143,6 +145,9 @@ class Recorder:
         self._pool.shutdown(wait=True)
 
     def _list(self, info: Any, key: store.ViewKey, encoding: str, body: bytes) -> None:
+        if not info.continue_ and self._unchanged(key, encoding, body):
+            self.unchanged += 1
+            return
         if encoding == "protobuf":
             u = protobuf.unwrap(body)
             if not u.kind.endswith("List"):
@@ -175,6 +180,23 @@ class Recorder:
         else:
             assembly.commit(parts.resource_version)
 
+    def _unchanged(self, key: store.ViewKey, encoding: str, body: bytes) -> bool:
+        """Whether a whole list repeats what its complete view already holds: the same resourceVersion is the same
+        state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse."""
+        meta = self.writer.store.view(key)
+        if meta is None or not meta.complete or not meta.resource_version:
+            return False
+        if encoding == "protobuf":
+            rv, cont = _pb_list_meta(body)
+        else:
+            m = _JSON_LIST_META.match(body, 0, 1024)
+            if m is None:
+                return False
+            rv, cont = m.group(1).decode(), ""
+            if b'"continue"' in body[m.start() : m.end()]:
+                return False
+        return not cont and rv == meta.resource_version
+
     def _expire_chunks(self, now: float) -> None:
         for k, (assembly, at) in list(self._chunks.items()):
             if now - at > CHUNK_TTL:
@@ -185,6 +207,25 @@ class Recorder:
         assert self.tokens is not None
         ask = tokens_.read_request(body, content_type, info.namespace or "", info.name or "")
         self.tokens.remember(ask, body, content_type)
+
+
+# The head of a JSON list as the API server writes it: kind, apiVersion, then metadata with resourceVersion first.
+_JSON_LIST_META = re.compile(rb'\s*\{\s*"kind"\s*:\s*"[^"]*"\s*,\s*"apiVersion"\s*:\s*"[^"]*"\s*,\s*"metadata"\s*:\s*'
+                             rb'\{\s*"resourceVersion"\s*:\s*"(\d+)"[^{}]*\}')
+
+
+def _pb_list_meta(body: bytes) -> tuple[str, str]:
+    """(resourceVersion, continue) of a protobuf list body, reading only its ListMeta."""
+    for no, _, value in protobuf.iter_fields(memoryview(body)[4:]):
+        if no != 2:
+            continue
+        for f, _, v in protobuf.iter_fields(value):
+            if f == 1:
+                meta = {g: bytes(x).decode() for g, wt, x in protobuf.iter_fields(v) if wt == protobuf.LEN}
+                return meta.get(2, ""), meta.get(3, "")
+            break
+        break
+    return "", ""
 
 
 def _produced(info: Any) -> str:

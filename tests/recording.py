@@ -69,7 +69,7 @@ class Cache:
 def cache(path: Path, **local_kw) -> Iterator[Cache]:
     st = store.Store.open(str(path), map_size=256 << 20, durable=False)
     w = writer.Writer(st).start()
-    rec = record.Recorder(w)
+    rec = record.Recorder(w, tokens=local_kw.get("tokens"))
     loc = local.Local(st, w, **local_kw)
     try:
         yield Cache(st, w, rec, loc)

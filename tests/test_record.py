@@ -1,8 +1,9 @@
 """record: recorded API server answers, fed through the recorder seam, become views, objects and blobs."""
 
 import pytest
+from multidict import CIMultiDict
 
-from edgeproxy import views
+from edgeproxy import tokens, views
 from edgeproxy.kube import jsonwire, protobuf, watch
 from tests import recording
 from tests.recording import KUBECTL_JSON, body, info
@@ -146,3 +147,28 @@ def test_tables_and_errors_are_not_recorded(c):
     assert c.recorder.begin(table, 200, recording.headers("pods-edge1.table.json")) is None
     assert c.recorder.begin(info(PODS + "&limit=10&continue=x"), 410,
                             recording.headers("gone.pods-list-continue.pb")) is None
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_list_repeating_its_views_version_is_not_parsed_again(c, ext):
+    hdrs = ENC[ext][1]
+    c.feed(info(PODS, hdrs), f"pods-edge1.list.{ext}")
+    c.feed(info(PODS + "&resourceVersion=0", hdrs), f"pods-edge1.list.{ext}")
+    assert c.recorder.unchanged == 1
+    assert c.store.view(pods_key(ext)).complete
+
+
+def test_a_token_request_answer_is_remembered(tmp_path):
+    book = tokens.TokenBook(tmp_path / "tokens", node="edge-1")
+    with recording.cache(tmp_path / "cache", tokens=book) as c:
+        ask = tokens.Ask("edge", "default", tokens.DEFAULT_AUDIENCES, 3607,
+                         tokens.Binding("Pod", "v1", "web-0", "u-1"))
+        ct, answer = tokens.build_answer(ask, "header.e30.sig", 4102444800.0, ask.audiences, 3607, "protobuf")
+        req = info("/api/v1/namespaces/edge/serviceaccounts/default/token", method="POST")
+        sink = c.recorder.begin(req, 201, CIMultiDict({"Content-Type": ct}))
+        sink.feed(answer)
+        sink.done(True)
+        c.sync()
+    sent = tokens.Ask("edge", "default", (), 3607, tokens.Binding("Pod", "v1", "web-0", "u-1"))
+    served = book.answer(sent, "protobuf")
+    assert (served.source, served.body) == ("cached", answer)

@@ -25,6 +25,7 @@ import base64
 import datetime
 import functools
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -944,11 +945,11 @@ _OMITTABLE = frozenset({"string", "bool", "int32", "int64"})
 # Objects cloned by the thousand share unchanged sub-objects; with a memo (id -> (object, bytes)) each shared dict
 # is encoded once per memo. The memo keeps the object referenced so its id cannot be reused while it lives.
 _Memo = dict[tuple[int, object], tuple[dict | list, bytes]]
-_memo: _Memo | None = None
+_local = threading.local()  # .memo: the batch memo of this thread's to_protobuf call, if any
 
 
 def _encode_message(msg: str, obj: dict) -> bytes:
-    memo = _memo
+    memo = getattr(_local, "memo", None)
     if memo is not None:
         hit = memo.get((id(obj), msg))
         if hit is not None and hit[0] is obj:
@@ -979,7 +980,7 @@ def _collect(msg: str, obj: dict, parts: list[tuple[int, bytes]]) -> None:
             continue
         if f.repeated:
             if v:
-                memo = _memo
+                memo = getattr(_local, "memo", None)
                 hit = memo.get((id(v), f)) if memo is not None else None
                 if hit is not None and hit[0] is v:
                     parts.append((f.no, hit[1]))
@@ -1027,15 +1028,14 @@ def to_protobuf(obj: dict, kind: str | None = None, memo: _Memo | None = None, a
 
     `memo` (a dict the caller keeps for a batch, and must not keep objects in it that it changes afterwards)
     encodes sub-objects shared between the batch's objects once."""
-    global _memo
     msg = _message(kind or obj.get("kind"), api_version or obj.get("apiVersion"))
     if memo is None:
         return _encode_message(msg, obj)
-    _memo = memo
+    _local.memo = memo
     try:
         return _encode_message(msg, obj)
     finally:
-        _memo = None
+        _local.memo = None
 
 
 def list_item_kind(list_kind: str) -> str:

@@ -550,6 +550,8 @@ class Api:
         selected = [(k, e) for k, e in keyed if (skip is None or k > skip) and matches(e.obj)]
         next_token = ""
         remaining = None
+        if rv_param == "0" and not cont:
+            limit = 0  # served from the watch cache, which ignores limit (traces/SUMMARY.md: one page)
         if limit and len(selected) > limit:
             last = selected[limit - 1][0]
             if ls.empty and fs.empty:

@@ -34,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pods", type=int, default=0, help="add N synthetic pods (spread over the nodes)")
     parser.add_argument("--services", type=int, default=0, help="add N synthetic services")
     parser.add_argument("--endpointslices", type=int, default=0, help="add N synthetic endpointslices")
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve plain HTTP without authentication (for baselines that cannot present client certificates)",
+    )
     parser.add_argument("--bookmark-interval", type=float, default=60.0, help="seconds between watch bookmarks")
     parser.add_argument("--history", type=int, default=10_000, help="events kept for watches and continue tokens")
     parser.add_argument("--ready-file", default=None, help="write a JSON line with the URLs and paths here once up")
@@ -56,13 +61,18 @@ async def _serve(args: argparse.Namespace) -> int:
         history_size=args.history,
         bookmark_interval=args.bookmark_interval,
         control_port=None if args.control_port < 0 else args.control_port,
+        tls_enabled=not args.plain_http,
+        anonymous=args.plain_http,
     )
     started = time.perf_counter()
     sim.seed(nodes=args.nodes, pods=args.pods, services=args.services, endpointslices=args.endpointslices)
     seeded = time.perf_counter() - started
     url = await sim.start()
-    admin = sim.kubeconfig(directory / "admin.kubeconfig", "admin")
-    node = sim.kubeconfig(directory / "node.kubeconfig", "node")
+    if args.plain_http:
+        admin = node = sim.kubeconfig(directory / "admin.kubeconfig", "admin")
+    else:
+        admin = sim.kubeconfig(directory / "admin.kubeconfig", "admin")
+        node = sim.kubeconfig(directory / "node.kubeconfig", "node")
     info = {
         "url": url,
         "control": sim.control_url,
@@ -81,7 +91,10 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"  objects: {info['objects']}  (seeded in {seeded:.2f}s)")
     sys.stdout.flush()
     if args.ready_file:
-        pathlib.Path(args.ready_file).write_text(json.dumps(info) + "\n")
+        ready = pathlib.Path(args.ready_file)
+        tmp = ready.with_name(ready.name + ".tmp")
+        tmp.write_text(json.dumps(info) + "\n")
+        tmp.rename(ready)  # whoever waits for the file sees it whole
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

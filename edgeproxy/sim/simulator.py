@@ -179,9 +179,21 @@ class Simulator:
 
     def kubeconfig(self, path: str | pathlib.Path, user: str = "admin") -> pathlib.Path:
         """Write a kubeconfig for "admin" (system:masters) or "node" (system:node:edge-1) with file references."""
+        name = f"sim-{user}"
+        if not self.tls_enabled:  # plain HTTP: anonymous admin, no credentials
+            doc: dict[str, Any] = {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "sim", "cluster": {"server": self.url}}],
+                "users": [{"name": name, "user": {}}],
+                "contexts": [{"name": name, "context": {"cluster": "sim", "user": name}}],
+                "current-context": name,
+            }
+            p = pathlib.Path(path)
+            p.write_text(json.dumps(doc, indent=2) + "\n")
+            return p
         assert self.pki is not None, "start() the simulator first"
         cert, key = self.pki.client(user)
-        name = f"sim-{user}"
         doc = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -518,3 +518,13 @@ def test_gc_and_status_passed_to_a_delegate_that_speaks_1_1_0(make_node):
     assert node.run("STATUS").code == 0 and (node.bin / "status.json").exists()
     node.offline()
     assert node.run("STATUS").code == 0  # the delegate's outage is not the plugin's unavailability
+
+
+def test_held_records_expire_for_offline_serving_after_held_max_age(make_node):
+    node = make_node(ipam={"heldMaxAge": 0})
+    node.add("c1")
+    node.add("k1", pod="kept")
+    node.offline()
+    node.delete("c1")
+    assert node.add("c2").code == 11  # deleted while offline, too long ago by this config
+    assert node.add("k2", pod="kept").code == 0  # ACTIVE records are not subject to it

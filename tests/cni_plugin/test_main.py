@@ -23,6 +23,24 @@ def addresses_in(netns: str, ifname: str = "eth0") -> list[str]:
     return [a for a in out[2:] if not a.startswith("fe80:")]
 
 
+def tcp_hello(server_ns: str, client_ns: str, address: str) -> str:
+    """Listen in one namespace, connect from another; returns what the client read."""
+    serve = ("import socket; s = socket.socket(); s.bind(('0.0.0.0', 7777)); s.listen(); print('ready', flush=True);"
+             " c, _ = s.accept(); c.sendall(b'hello'); c.close()")
+    fetch = f"import socket; print(socket.create_connection(('{address}', 7777), timeout=10).recv(5).decode())"
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns.rsplit("/", 1)[1], "python3", "-c", serve],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        client = subprocess.run(["ip", "netns", "exec", client_ns.rsplit("/", 1)[1], "python3", "-c", fetch],
+                                capture_output=True, text=True, timeout=30, check=False)
+        server.wait(timeout=30)
+        return client.stdout.strip() or client.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_bridge_restart_offline_in_a_new_netns_keeps_the_ip(node, netns, host_links):
     bridge = f"eip{uuid.uuid4().hex[:8]}"
     host_links.append(bridge)
@@ -43,7 +61,14 @@ def test_bridge_restart_offline_in_a_new_netns_keeps_the_ip(node, netns, host_li
     assert addresses_in(ns2) == ip
     assert node.add("n1", pod="newcomer", conf=conf, netns=netns(), plugin=REAL_CNI / "bridge").code == 11
     node.online()
-    assert node.delete("c2", conf={**conf, "prevResult": second.out}, netns=ns2, plugin=REAL_CNI / "bridge").code == 0
+    # The served address works: a new pod on the bridge reaches the restarted one over TCP.
+    ns3 = netns()
+    peer = node.add("p1", pod="peer", conf=conf, netns=ns3, plugin=REAL_CNI / "bridge")
+    assert peer.code == 0, peer
+    assert tcp_hello(ns2, ns3, ip[0].split("/")[0]) == "hello"
+    for cid, pod, ns, res in (("c2", "web", ns2, second), ("p1", "peer", ns3, peer)):
+        reply = node.delete(cid, pod=pod, conf={**conf, "prevResult": res.out}, netns=ns, plugin=REAL_CNI / "bridge")
+        assert reply.code == 0
     assert node.leases() == {}
 
 

@@ -17,8 +17,8 @@ RESULT = {"ips": [{"address": "10.1.0.2/24"}], "routes": [], "dns": {}}
 
 def rec(key="ns/pod/eth0", state=records.ACTIVE, **kw):
     now = time.time()
-    return records.Record(key, state, kw.get("container", "c1"), kw.get("owner", "c1"), "eth0", RESULT, now,
-                          kw.get("updated", now))
+    return records.Record(key, state, kw.get("container", "c1"), kw.get("owner", "c1"), "eth0", RESULT, now, now,
+                          kw.get("since", now))
 
 
 def test_round_trip_and_listing(tmp_path):
@@ -47,8 +47,11 @@ def test_corrupt_record_is_moved_aside(tmp_path, garbage):
 def test_servable():
     now = time.time()
     assert rec().servable(now, None)
-    assert rec(state=records.HELD, updated=now - 100).servable(now, None)
-    assert not rec(state=records.HELD, updated=now - 100).servable(now, 50)
+    assert rec(state=records.HELD, since=now - 100).servable(now, None)
+    assert not rec(state=records.HELD, since=now - 100).servable(now, 50)
+    held = rec(state=records.HELD, since=now - 100)
+    assert held.replace(container="c2").since == held.since  # a rewrite is not a new state
+    assert held.replace(state=records.ACTIVE).since >= now
     assert not rec(state=records.RELEASED).servable(now, None)
 
 

@@ -321,3 +321,20 @@ async def test_what_kubelet_and_kube_proxy_write_as_the_traces_show(sim, node):
     async with node.delete("/api/v1/namespaces/edge/pods/db-2", data=opts, headers=pb) as r:
         assert r.status == 200
     assert sim.get("pods", "db-2", "edge") is None
+
+
+async def test_rv_zero_lists_ignore_limit_as_the_watch_cache_does(admin):
+    status, doc = await _json(admin, "GET", "/api/v1/pods?limit=5&resourceVersion=0")
+    assert status == 200 and len(doc["items"]) == 30 and "continue" not in doc["metadata"]
+
+
+async def test_plain_http_for_baselines(tmp_path):
+    import aiohttp
+
+    from edgeproxy import sim as sim_pkg
+
+    async with sim_pkg.Simulator(tls_enabled=False, anonymous=True, pki_dir=tmp_path) as s:
+        assert s.url.startswith("http://")
+        async with aiohttp.ClientSession() as c, c.get(f"{s.url}/api/v1/namespaces/edge/pods/db-0") as r:
+            assert r.status == 200
+        assert "client-certificate" not in s.kubeconfig(tmp_path / "k").read_text()

@@ -34,3 +34,17 @@ async def test_seeded_objects_change_independently(sim):
     )
     a, b = sim.get("pods", "load-00000", "edge"), sim.get("pods", "load-00001", "edge")
     assert a["spec"]["containers"][0]["image"] != "x:2" and b["spec"]["containers"][0]["image"] == "x:2"
+
+
+async def test_an_empty_cluster_seeded_from_the_templates(tmp_path):
+    from edgeproxy import sim as sim_pkg
+
+    s = sim_pkg.Simulator(fixture=False, pki_dir=tmp_path)
+    assert not s.store.objects["pods"]
+    s.seed(nodes=2, pods=10)
+    assert len(s.store.objects["nodes"]) == 2 and len(s.store.objects["pods"]) == 10
+    assert {e.obj["spec"]["nodeName"] for e in s.store.objects["pods"].values()} == {
+        "load-node-00000",
+        "load-node-00001",
+    }
+    assert ("", "edge") in s.store.objects["namespaces"]
