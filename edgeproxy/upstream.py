@@ -3,7 +3,8 @@
 Everything else reads `Upstream.online` (and registers `on_change` callbacks) to decide between forwarding and
 answering locally; nothing else opens connections to the API server. The boundary: this module sends a request and
 hands back the response head and body stream; it never reads a body it forwards (proxy.py streams it) and knows nothing
-of the cache. Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), metrics.py.
+of the cache. Forwarded requests go over httpclient.py's lean keep-alive connections; probes use an aiohttp session.
+Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), httpclient.py, metrics.py.
 
 Identity. A request without an Authorization header goes up as the kubeconfig's user: its client certificate in TLS
 and, if it has one, its bearer token. A request with its own Authorization header goes up over a TLS connection that

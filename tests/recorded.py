@@ -75,7 +75,7 @@ class RecordedAPIServer:
         self.watch_started = asyncio.Event()
         self.watch_gone = asyncio.Event()  # a watch's client went away mid-stream
         self.ready = True  # /readyz: 200 "ok", or 500 as an API server whose etcd is gone answers
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=64 << 20)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
     def pick(self, path: str, query: str, accept: str) -> str | None:
