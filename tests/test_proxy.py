@@ -155,7 +155,7 @@ async def test_request_body_goes_up_unchanged(through):
 
 
 async def test_large_request_body_streams_up_unchanged(through):
-    api, svc, s = through
+    _, svc, s = through
     body = recorded.load("pods-edge1.list.json").body * 25  # 5 MB: over the read-whole limit, sent chunked
     assert len(body) > proxy.MAX_BUFFERED_BODY
     async with s.put(svc.url + "/api/v1/namespaces/edge/configmaps/big", data=body,
