@@ -426,6 +426,9 @@ class Upstream:
             self.changed_at = time.time()
             metrics.ONLINE.set(1 if online else 0)
             metrics.STATE_CHANGES.labels(state="online" if online else "offline").inc()
+            if not online:
+                # Requests still waiting on a hung server are answered locally now instead of hanging on.
+                self._pool.abort_waiting("the API server went offline before answering")
             log.warning("edgeproxy is %s", "ONLINE: forwarding to the API server" if online
                         else "OFFLINE: no API server reachable, answering locally",
                         extra={"event": "online" if online else "offline",
