@@ -51,6 +51,38 @@ ROWS: list[tuple[str, list[tuple[str, list[tuple[str, str]], str, str, int]]]] =
             (f"sum by (state) (increase(edgeproxy_state_changes_total{{{SEL}}}[$__rate_interval]))",
              "went {{state}}")], "short", "timeseries", 6),
     ]),
+    ("Cache and offline", [
+        ("Answered from the cache: hit ratio", [
+            (f'sum(rate(edgeproxy_requests_total{{{SEL},answered_by="cache",code=~"2.."}}[$__rate_interval])) / '
+             f'sum(rate(edgeproxy_requests_total{{{SEL},answered_by="cache"}}[$__rate_interval]))', "hits"),
+        ], "percentunit", "timeseries", 6),
+        ("Time offline", [(f"edgeproxy_offline_current_seconds{{{SEL}}}", "offline now {{instance}}"),
+                          (f"increase(edgeproxy_offline_seconds_total{{{SEL}}}[$__range])", "in range {{instance}}")],
+         "s", "timeseries", 6),
+        ("Views and objects held", [(f"sum(edgeproxy_cache_views{{{SEL}}})", "views"),
+                                    (f"sum(edgeproxy_cache_items{{{SEL}}})", "items in views"),
+                                    (f"sum(edgeproxy_cache_objects{{{SEL}}})", "objects")], "short", "timeseries", 6),
+        ("Cache bytes used / bound", [(f"edgeproxy_cache_used_bytes{{{SEL}}}", "used {{instance}}"),
+                                      (f"edgeproxy_cache_max_bytes{{{SEL}}}", "bound {{instance}}")],
+         "bytes", "timeseries", 6),
+        ("Commit latency p50 / p99", [
+            ("histogram_quantile(0.5, sum by (le) (rate(edgeproxy_cache_commit_duration_seconds_bucket"
+             f"{{{SEL}}}[$__rate_interval])))", "p50"),
+            ("histogram_quantile(0.99, sum by (le) (rate(edgeproxy_cache_commit_duration_seconds_bucket"
+             f"{{{SEL}}}[$__rate_interval])))", "p99")], "s", "timeseries", 6),
+        ("Pending writes", [(f"sum(edgeproxy_cache_pending_writes{{{SEL}}})", "operations"),
+                            (f"sum(edgeproxy_cache_pending_bytes{{{SEL}}})", "bytes")], "short", "timeseries", 6),
+        ("Events applied / lists replaced per s", [
+            (f"sum(rate(edgeproxy_cache_events_applied_total{{{SEL}}}[$__rate_interval]))", "events"),
+            (f"sum(rate(edgeproxy_cache_lists_replaced_total{{{SEL}}}[$__rate_interval]))", "lists")],
+         "ops", "timeseries", 6),
+        ("Evictions, dropped and failed writes", [
+            (f"sum(increase(edgeproxy_cache_evictions_total{{{SEL}}}[$__rate_interval]))", "evictions"),
+            (f"sum(increase(edgeproxy_cache_writes_dropped_total{{{SEL}}}[$__rate_interval]))", "dropped"),
+            (f"sum(increase(edgeproxy_cache_writes_failed_total{{{SEL}}}[$__rate_interval]))", "failed"),
+            (f"sum(increase(edgeproxy_cache_corrupt_records_total{{{SEL}}}[$__rate_interval]))", "corrupt")],
+         "short", "timeseries", 6),
+    ]),
     ("TLS", [
         ("Days until certificates expire", [
             (f"min by (instance, file) ((edgeproxy_certificate_expiry_timestamp_seconds{{{SEL}}} - time()) / 86400)",

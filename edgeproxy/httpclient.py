@@ -364,10 +364,11 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per (host, port, TLS context) and the means to open new ones."""
 
-    __slots__ = ("_idle", "connect_timeout", "idle_timeout")
+    __slots__ = ("_idle", "_waiting", "connect_timeout", "idle_timeout")
 
     def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 60.0) -> None:
         self._idle: dict[tuple[object, ...], list[_Conn]] = {}
+        self._waiting: set[_Conn] = set()  # sent, no response head yet
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
 
@@ -394,6 +395,7 @@ class Pool:
 
     async def _send(self, conn: _Conn, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
                     ) -> Response:
+        self._waiting.add(conn)
         try:
             if body is None or isinstance(body, bytes | bytearray):
                 return await conn.request(head, body, method)
@@ -401,6 +403,16 @@ class Pool:
         except asyncio.CancelledError:
             conn.abort()
             raise
+        finally:
+            self._waiting.discard(conn)
+
+    def abort_waiting(self, why: str) -> int:
+        """Fail every request still waiting for its response head (a hung API server): their callers get Broken
+        and can answer some other way. Returns how many there were."""
+        waiting = list(self._waiting)
+        for conn in waiting:
+            conn._fail(Broken(why))
+        return len(waiting)
 
     async def _connect(self, key: tuple[object, ...], host: str, port: int, ssl: object,
                        server_hostname: str | None) -> _Conn:

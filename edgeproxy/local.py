@@ -335,10 +335,11 @@ class Local:
             "Content-Type": protobuf.WATCH_CONTENT_TYPE if enc == "protobuf" else JSON_CT, **_NO_CACHE})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        if not replay and store_.compare_rv(rv, view_rv) != 0:
-            # older: the events since are unknown (no history offline); newer: not seen yet. Either way the
-            # reflector relists, which the cache answers (wire brief §3: too old → 410; newer → 410 for a watch).
-            cmp = store_.compare_rv(rv, view_rv)
+        cmp = store_.compare_rv(rv, view_rv) if rv not in ("", "0") else 0
+        if (not replay and cmp != 0) or (cmp is not None and cmp > 0):
+            # older: the events since are unknown (no history offline); newer: not seen yet (a watch-list too: its
+            # snapshot cannot be as new as asked). Either way the reflector relists (or retries the watch-list with
+            # resourceVersion=""), which the cache answers (wire brief §3).
             st = status.too_old_rv(rv, view_rv) if cmp is None or cmp < 0 else status.gone(
                 f"too large resource version: {rv}, current: {view_rv}")
             await resp.write(status.watch_error_event(st, enc))

@@ -8,7 +8,13 @@ name), servers from the kubeconfig.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import prometheus_client as prom
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from cache import writer as cache_writer
 
 REGISTRY = prom.CollectorRegistry(auto_describe=True)
 
@@ -55,9 +61,104 @@ ONLINE = prom.Gauge("edgeproxy_online", "1 while any API server is up; 0 while a
 STATE_CHANGES = prom.Counter("edgeproxy_state_changes", "Online/offline transitions, by the state entered.",
                              ["state"], registry=REGISTRY)
 
-# ---- the cache (record.py, local.py, cache.Writer): issue 4/6 add theirs here ----
-# hits and misses by component/resource, views and bytes held, commit latency, pending writes, evictions,
-# seconds offline. Keep the names under edgeproxy_cache_* and the labels bounded as above.
+# ---- the cache and time offline: read at scrape time from the running Store, Writer and Upstream ----
+# Hits and misses are edgeproxy_requests_total{answered_by="cache"} by code (2xx: answered from the cache; 503: not
+# cached, or not completely). The rest comes from the cache's own counters (kept across restarts in the store's meta
+# database, so a restart does not reset them) through one collector: nothing on the data path pays for it.
+
+
+class _CacheCollector:
+    """edgeproxy_cache_* and edgeproxy_offline_*, from what server.py attaches (the last attach wins)."""
+
+    def __init__(self) -> None:
+        self.store: Any = None
+        self.writer: Any = None
+        self.upstream: Any = None
+        self._offline_since: float | None = None
+        self._offline_total = 0.0
+
+    def attach(self, *, store: Any = None, writer: Any = None, upstream: Any = None) -> None:
+        self.store, self.writer = store, writer
+        if upstream is not None:
+            self.upstream = upstream
+            self._offline_total = 0.0
+            self._offline_since = None if upstream.online else time.monotonic()
+            upstream.on_change(lambda online, up=upstream: self._changed(up, online))
+
+    def detach(self, upstream: Any) -> None:
+        if self.upstream is upstream:
+            self.store = self.writer = self.upstream = None
+            self._offline_since = None
+
+    def _changed(self, upstream: Any, online: bool) -> None:
+        if upstream is not self.upstream:
+            return  # a proxy stopped earlier in this process (tests)
+        now = time.monotonic()
+        if online and self._offline_since is not None:
+            self._offline_total += now - self._offline_since
+            self._offline_since = None
+        elif not online and self._offline_since is None:
+            self._offline_since = now
+
+    def describe(self) -> list[Any]:
+        return []  # families vary with what is attached; auto_describe must not call collect() at registration
+
+    def collect(self) -> Any:
+        if self.upstream is not None:
+            current = time.monotonic() - self._offline_since if self._offline_since is not None else 0.0
+            yield GaugeMetricFamily("edgeproxy_offline_current_seconds", "Seconds the proxy has been offline now "
+                                    "(0 while online).", value=current)
+            yield CounterMetricFamily("edgeproxy_offline_seconds", "Seconds spent offline since the proxy started.",
+                                      value=self._offline_total + current)
+        store, writer = self.store, self.writer
+        if store is not None:
+            try:
+                stats = store.stats()
+            except Exception:  # a closing store: skip this scrape's cache families
+                stats = None
+            if stats is not None:
+                for name, help_text in _CACHE_GAUGES:
+                    yield GaugeMetricFamily(f"edgeproxy_cache_{name}", help_text, value=stats.get(name, 0))
+                for name, help_text in _CACHE_COUNTERS:
+                    yield CounterMetricFamily(f"edgeproxy_cache_{name}", help_text, value=stats.get(name, 0))
+        if writer is not None:
+            yield GaugeMetricFamily("edgeproxy_cache_pending_writes", "Operations queued for the cache writer.",
+                                    value=writer.pending_ops)
+            yield GaugeMetricFamily("edgeproxy_cache_pending_bytes", "Bytes queued for the cache writer (past its "
+                                    "bound, events are dropped and their view marked incomplete).",
+                                    value=writer.pending_bytes)
+            counts = list(writer.commit_counts)
+            buckets, running = [], 0
+            for bound, n in zip((*cache_writer.COMMIT_BUCKETS, float("inf")), counts, strict=True):
+                running += n
+                buckets.append((_bound(bound), running))
+            yield HistogramMetricFamily("edgeproxy_cache_commit_duration_seconds", "Duration of the cache's group "
+                                        "commits (one LMDB transaction, fsync included).", buckets=buckets,
+                                        sum_value=writer.commit_seconds)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+_CACHE_GAUGES = (
+    ("views", "List views held (per client and query)."),
+    ("items", "Objects held in list views."),
+    ("objects", "Single objects held (GETs)."),
+    ("used_bytes", "Bytes of the pages the cache occupies."),
+    ("max_bytes", "The cache's size bound; past it, least recently used views are evicted."),
+)
+_CACHE_COUNTERS = (
+    ("evictions", "Views evicted to stay under the size bound."),
+    ("commits", "Group commits (LMDB transactions) of the cache writer."),
+    ("events_applied", "Watch events applied to views."),
+    ("lists_replaced", "List responses that replaced a view."),
+    ("writes_failed", "Writes that failed (their views were marked incomplete)."),
+    ("writes_dropped", "Writes dropped because the writer's queue was full (views marked incomplete)."),
+    ("corrupt_records", "Records that failed their checksum or seal on read (never served)."),
+)
+CACHE = _CacheCollector()
+REGISTRY.register(CACHE)
 
 # ---- TLS and operations (issue 7: tls.py via server.py) ----
 CERT_EXPIRY = prom.Gauge(

@@ -355,7 +355,8 @@ class _WatchState:
         del ok  # a plain watch that ends, cleanly or not, leaves its view consistent at its last event
 
     def fail(self, why: str) -> None:
-        log.warning("record: %s for %s; view marked incomplete", why, self.key.describe())
+        log.warning("record: %s for %s; view marked incomplete", why, self.key.describe(),
+                    extra={"event": "view_incomplete", "view": self.key.describe(), "why": why})
         self.recorder.errors += 1
         self.broken = True
         self.end(False)

@@ -159,10 +159,12 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
+        metrics.CACHE.attach(store=getattr(local, "store", None), writer=getattr(local, "writer", None), upstream=up)
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
                  ", ".join(s.url for s in up.servers))
         yield service
     finally:
+        metrics.CACHE.detach(up)
         if reloading is not None:
             reloading.cancel()
         for runner in reversed(runners):

@@ -196,7 +196,7 @@ def test_scrub_catches_what_redaction_missed():
 # ---- dashboard ----
 
 
-def test_dashboard_is_generated_and_queries_only_exported_metrics():
+def test_dashboard_is_generated_and_queries_only_exported_metrics(tmp_path):
     sys.path.insert(0, str(ROOT / "docs"))
     try:
         import make_dashboard
@@ -204,10 +204,25 @@ def test_dashboard_is_generated_and_queries_only_exported_metrics():
         sys.path.pop(0)
     committed = (ROOT / "docs/grafana-dashboard.json").read_text()
     assert committed == make_dashboard.render(), "run python docs/make_dashboard.py"
+    from cache import writer
     from edgeproxy import metrics
 
+    class Up:  # what the collector reads of an Upstream
+        online = True
+
+        def on_change(self, callback):
+            pass
+
+    st = store.Store.open(str(tmp_path / "cache"), map_size=16 << 20)
+    up = Up()
+    metrics.CACHE.attach(store=st, writer=writer.Writer(st), upstream=up)
+    try:
+        families = list(metrics.REGISTRY.collect())
+    finally:
+        metrics.CACHE.detach(up)
+        st.close()
     exported = set()
-    for family in metrics.REGISTRY.collect():
+    for family in families:
         exported.add(family.name)
         if family.type == "counter":
             exported.add(family.name + "_total")
@@ -295,3 +310,36 @@ async def test_collect_from_a_running_proxy(tmp_path, running_proxy):
     assert TOKEN.encode() not in blob
     node_key = Path(str(kubeconfig)).parent / "pki" / "node.key"
     assert node_key.read_bytes() not in blob
+
+
+# ---- /metrics of a running proxy with its cache: the families the dashboard and `debug collect` rely on ----
+
+
+async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_proxy):
+    import aiohttp
+    from prometheus_client import parser
+
+    _, svc, _ = running_proxy
+    ua = {"User-Agent": "kubelet/v1.32.0 (linux/amd64) kubernetes/abc"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(svc.url + "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", headers=ua) as r:
+            assert r.status == 200
+            await r.read()
+        await svc.proxy.local.writer.flush()
+        async with s.get(svc.ops_url + "/metrics") as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    for name in ("edgeproxy_requests", "edgeproxy_request_duration_seconds", "edgeproxy_online",
+                 "edgeproxy_upstream_up", "edgeproxy_open_watches", "edgeproxy_upstream_bytes",
+                 "edgeproxy_cache_views", "edgeproxy_cache_used_bytes", "edgeproxy_cache_evictions",
+                 "edgeproxy_cache_pending_writes", "edgeproxy_cache_commit_duration_seconds",
+                 "edgeproxy_offline_seconds", "edgeproxy_offline_current_seconds",
+                 "edgeproxy_certificate_expiry_timestamp_seconds"):
+        assert name in families, name
+    value = {s.name: s.value for f in families.values() for s in f.samples if not s.labels or s.name.endswith("_count")}
+    assert value["edgeproxy_cache_views"] >= 1  # the kubelet's pod list became a view
+    assert value["edgeproxy_cache_commit_duration_seconds_count"] >= 1
+    assert value["edgeproxy_offline_current_seconds"] == 0
+    expiry = [s for s in families["edgeproxy_certificate_expiry_timestamp_seconds"].samples]
+    assert any(s.labels["file"].endswith("node.crt") for s in expiry)

@@ -358,3 +358,13 @@ async def test_a_failed_over_watch_is_held_briefly_while_the_prober_still_says_o
         data = await r.read()  # ends by itself, long before timeoutSeconds: the client re-watches
     frames = watch.ProtobufSplitter().feed(data)
     assert frames and all(protobuf.decode_event(f).type == "BOOKMARK" for f in frames)
+
+
+async def test_a_watch_list_newer_than_the_view_is_410(c, http):
+    fill(c)
+    url = (PODS + "&watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+           "&resourceVersion=999")
+    async with http.get(url, headers=KUBELET) as r, asyncio.timeout(5):
+        data = await r.read()
+    ev = protobuf.decode_event(watch.ProtobufSplitter().feed(data)[0])
+    assert ev.type == "ERROR" and protobuf.parse_status(ev.raw)["code"] == 410

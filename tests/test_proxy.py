@@ -155,7 +155,7 @@ async def test_request_body_goes_up_unchanged(through):
 
 
 async def test_large_request_body_streams_up_unchanged(through):
-    api, svc, s = through
+    _, svc, s = through
     body = recorded.load("pods-edge1.list.json").body * 25  # 5 MB: over the read-whole limit, sent chunked
     assert len(body) > proxy.MAX_BUFFERED_BODY
     async with s.put(svc.url + "/api/v1/namespaces/edge/configmaps/big", data=body,
@@ -208,6 +208,22 @@ async def test_going_offline_ends_upstream_watches(through):
         rest = await r.read()  # the watch ends (cleanly: the client re-watches, and is answered locally)
         assert first + rest == recorded.frames(recorded.load("watch.pods-edge1.json").body, "")[0]
         await api.watch_gone.wait()
+
+
+async def test_going_offline_answers_requests_hung_upstream_locally(recorded_upstream):
+    api, url = recorded_upstream
+    local = _Local()
+    async with server.running(proxy_config(), creds=upstream.Credentials(servers=(url,)), local=local) as svc, \
+            aiohttp.ClientSession() as s, asyncio.timeout(20):
+        api.hang.set()
+        pending = asyncio.ensure_future(s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config"))
+        await api.hanging.wait()
+        api.ready = False
+        while svc.upstream.online:
+            await svc.upstream.probe_all()
+        async with await pending as r:
+            assert r.status == 503 and (await r.json())["message"] == "from the local hook"
+    assert local.calls and local.calls[0][0] == "get" and "offline" in local.calls[0][1]
 
 
 async def test_gzip_passes_through_byte_identical(recorded_upstream):
