@@ -362,9 +362,13 @@ class Store:
         except (ValueError, TypeError, struct.error, msgpack.UnpackException) as e:
             raise errors.CorruptRecord(f"record does not decode: {e}") from e
 
-    def _corrupt(self) -> None:
+    def _corrupt(self, view_id: bytes | None = None) -> None:
+        """Count a record that did not decode; one of a view's items makes the view incomplete (a view short of
+        an item must not be served as the list) until a fresh list replaces it."""
         with self._lock:
             self.corrupt_records += 1
+            if view_id is not None:
+                self._stale.add(view_id)
 
     # ---------------------------------------------------------------- reads
 
@@ -413,7 +417,7 @@ class Store:
                 try:
                     out.append(decode(k, v))
                 except (errors.CorruptRecord, errors.SealError):
-                    self._corrupt()
+                    self._corrupt(view_id)
         self._reads[view_id] = time.time()
         return self._meta_of(view_id, doc), out
 
@@ -431,7 +435,7 @@ class Store:
                 try:
                     append(decode(k, v))
                 except (errors.CorruptRecord, errors.SealError):
-                    self._corrupt()
+                    self._corrupt(view_id)
         self._reads[view_id] = time.time()
         return self._meta_of(view_id, doc), out
 
@@ -457,7 +461,7 @@ class Store:
         try:
             return self._decode_item(k, value)
         except (errors.CorruptRecord, errors.SealError):
-            self._corrupt()
+            self._corrupt(view_id)
             return None
 
     def views(self, client: str | None = None) -> list[tuple[ViewKey, ViewMeta]]:

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ PODS = "/api/v1/pods"
 ON_NODE = "fieldSelector=spec.nodeName%3Dedge-1"
 JSON = "application/json"
 PB = "application/vnd.kubernetes.protobuf"
+ROOT = Path(__file__).resolve().parents[2]
 KUBELET = "kubelet/v1.32.0 (linux/amd64) kubernetes/cd13ec4"
 
 
@@ -60,10 +63,11 @@ class Rig:
         await self.sim.down()
         await until(lambda: not self.service.upstream.online, 10)
 
-    async def get(self, path_qs: str, accept: str = JSON, via: str = "proxy") -> tuple[int, bytes]:
+    async def get(self, path_qs: str, accept: str = JSON, via: str = "proxy",
+                  timeout: float = 20) -> tuple[int, bytes]:
         """A GET whose path and query go on the wire exactly as written (no re-encoding)."""
         session, base = (self.http, self.service.url) if via == "proxy" else (self.direct, self.sim.url)
-        async with asyncio.timeout(20), session.get(yarl.URL(base + path_qs, encoded=True),
+        async with asyncio.timeout(timeout), session.get(yarl.URL(base + path_qs, encoded=True),
                                                     headers={"Accept": accept, "User-Agent": KUBELET}) as r:
             return r.status, await r.read()
 
@@ -139,3 +143,91 @@ async def test_malformed_requests_get_a_status_online_and_offline_and_the_proxy_
                 assert st["message"] in status_of(online[query][1])["message"], query
         code, body = await r.get(f"{PODS}?{ON_NODE}")  # still serving, from the cache
         assert code == 200 and jsonwire.parse_list(body).items == jsonwire.parse_list(ok_body).items
+
+
+# ---------------------------------------------------------------- 3. a corrupt cache record
+
+CONFIGMAPS = "/api/v1/namespaces/edge/configmaps"
+
+
+async def edgeproxy_cli(*args: str, timeout: float = 30) -> tuple[int, str]:
+    """`python -m edgeproxy ARGS` from this worktree: (exit code, stdout + stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgeproxy", *args, cwd=str(ROOT), env=subprocess_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    async with asyncio.timeout(timeout):
+        out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+def subprocess_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HOME": "/nonexistent"}
+
+
+async def scrape(service: server.Service) -> dict[str, float]:
+    """The proxy's /metrics as {sample name with labels: value}."""
+    async with aiohttp.ClientSession() as s, asyncio.timeout(10), s.get(f"{service.ops_url}/metrics") as r:
+        text = await r.text()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def flip_everywhere(data_file: Path, needle: bytes) -> int:
+    """Flip one byte inside every copy of `needle` in the LMDB file (a stopped proxy's): what a bad sector does."""
+    data = bytearray(data_file.read_bytes())
+    at, flipped = data.find(needle), 0
+    while at != -1:
+        data[at + len(needle) // 2] ^= 0x20
+        flipped += 1
+        at = data.find(needle, at + 1)
+    data_file.write_bytes(bytes(data))
+    return flipped
+
+
+async def test_a_corrupt_record_is_never_served_and_is_counted_and_verify_reports_it(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http:
+            r = Rig(sim, service, http, http)
+            code, pods = await r.get(f"{PODS}?{ON_NODE}")
+            assert code == 200
+            code, cms = await r.get(CONFIGMAPS)  # a complete view of a whole namespace: it can prove absence
+            assert code == 200
+            code, services = await r.get("/api/v1/services")
+            assert code == 200
+            await r.settle()
+        victim_pod = json.loads(jsonwire.parse_list(pods).items[3])
+        victim_cm = json.loads(jsonwire.parse_list(cms).items[0])
+        for obj in (victim_pod, victim_cm):
+            assert flip_everywhere(tmp_path / "cache" / "data.mdb", obj["metadata"]["uid"].encode()) >= 1
+
+        await sim.down()
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http:
+            r = Rig(sim, service, http, http)
+            # a list with a corrupt item is not served short of it: kubelet would kill the missing pod
+            code, body = await r.get(f"{PODS}?{ON_NODE}")
+            assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+            # nor is the object itself, and never a 404 (the complete view no longer proves it absent)
+            md = victim_pod["metadata"]
+            code, body = await r.get(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}")
+            assert code == 503, body[:300]
+            code, body = await r.get(f"{CONFIGMAPS}/{victim_cm['metadata']['name']}")
+            assert code == 503, body[:300]
+            code, body = await r.get(CONFIGMAPS)
+            assert code == 503, body[:300]
+            code, body = await r.get(f"{PODS}?{ON_NODE}&watch=true&resourceVersion=0", timeout=5)
+            assert code == 503, body[:300]
+            # what is intact is still served, byte for byte
+            assert await r.get("/api/v1/services") == (200, services)
+            other = json.loads(jsonwire.parse_list(cms).items[1])["metadata"]["name"]
+            code, body = await r.get(f"{CONFIGMAPS}/{other}")
+            assert code == 200 and json.loads(body)["metadata"]["name"] == other
+            found = await scrape(service)
+            assert found.get("edgeproxy_cache_corrupt_records_total", 0) >= 2, found
+
+        code, out = await edgeproxy_cli("cache", "--cache-dir", str(tmp_path / "cache"), "verify")
+        assert code == 1, out
+        assert out.count("checksum") >= 2, out
