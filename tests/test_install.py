@@ -89,6 +89,13 @@ def test_listener_pki_is_made_once_with_readable_ca_and_private_key(tmp_path):
     before = (pki / "serving.crt").read_bytes()
     assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true"]) == 0
     assert (pki / "serving.crt").read_bytes() == before  # kept: clients already trust it
+    ca_before = (pki / "ca.crt").read_bytes()
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--reissue-tls",
+                     "--tls-san", "10.1.2.3"]) == 0
+    assert (pki / "serving.crt").read_bytes() != before and (pki / "ca.crt").read_bytes() == ca_before
+    names = {str(n.value) for n in tls.load_certificate(pki / "serving.crt").extensions.get_extension_for_class(
+        tls.x509.SubjectAlternativeName).value}
+    assert "10.1.2.3" in names
     # the env file names these files, and the kubeconfig of in-cluster clients names the CA
     env = (tmp_path / "etc/default/edgeproxy").read_text()
     assert "EDGEPROXY_TLS_CERT_FILE=/etc/edgeproxy/pki/serving.crt" in env
