@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -454,3 +455,69 @@ async def test_an_undecodable_watch_frame_reaches_the_client_unchanged_and_the_v
         await offline_by_probe(api, service)
         code, body = await r.get(f"{PODS}?{ON_NODE}", accept=accept)
         assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+# ---------------------------------------------------------------- 4. a full disk, a full map
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Any:
+    """A small tmpfs mounted at `path` (root only), unmounted on exit."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_loses_no_forwarded_byte_counts_write_failures_and_recording_resumes(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        sim.seed(pods=1000)  # a pod list of about 5 MB of JSON: more than the disk holds
+        with tmpfs(tmp_path / "cache", "2m") as cache_dir:
+            async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http, aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+                r = Rig(sim, service, http, direct)
+                before = (await scrape(service)).get("edgeproxy_cache_writes_failed_total", 0)
+                for accept in (JSON, PB):
+                    got = await r.get(PODS, accept=accept)
+                    assert got[0] == 200 and got == await r.get(PODS, accept=accept, via="direct")  # every byte
+                await r.settle()
+                assert (await scrape(service))["edgeproxy_cache_writes_failed_total"] > before
+                assert not [k for k, m in r.store.views() if k.resource == "pods" and m.complete]
+                code, small = await r.get(f"{CONFIGMAPS}/web-config")  # the proxy goes on serving
+                assert code == 200 and (code, small) == await r.get(f"{CONFIGMAPS}/web-config", via="direct")
+
+                # space comes back: the next list is recorded, and served offline
+                subprocess.run(["mount", "-o", "remount,size=64m", str(cache_dir)], check=True)
+                code, listed = await r.get(PODS)
+                assert code == 200
+                await r.settle()
+                assert [m.complete for k, m in r.store.views() if k.resource == "pods"] == [True]
+                await r.offline()
+                code, body = await r.get(PODS)
+                assert code == 200 and json.loads(body) == json.loads(listed)
+
+
+async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_record(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        sim.seed(pods=1000)
+        async with serving(sim, tmp_path, cache_map_size=1 << 20) as service, aiohttp.ClientSession() as http, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+            r = Rig(sim, service, http, direct)
+            got = await r.get(PODS, accept=PB)
+            assert got[0] == 200 and got == await r.get(PODS, accept=PB, via="direct")
+            code, services = await r.get("/api/v1/services")
+            assert code == 200
+            await r.settle()
+            found = await scrape(service)
+            assert found["edgeproxy_cache_map_full_total"] >= 1 and found["edgeproxy_cache_writes_failed_total"] >= 1
+            assert [m.complete for k, m in r.store.views() if k.resource == "services"] == [True]
+            assert not [k for k, m in r.store.views() if k.resource == "pods" and m.complete]
+            await r.offline()
+            assert await r.get("/api/v1/services") == (200, services)
+            code, body = await r.get(PODS, accept=PB)
+            assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
