@@ -64,7 +64,7 @@ def default_exec(prefix: str | None) -> str:
 
 
 def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False,
-            tls_sans: tuple[str, ...] | None = DEFAULT_SANS) -> list[tuple[Path, str]]:
+            tls_sans: tuple[str, ...] | None = DEFAULT_SANS, reissue_tls: bool = False) -> list[tuple[Path, str]]:
     """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI."""
     src = source_dir()
     done: list[tuple[Path, str]] = []
@@ -85,7 +85,7 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
         kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
         done.append((dest, "written"))
     if tls_sans is not None:
-        done.extend(listener_pki(root, tls_sans, force=force))
+        done.extend(listener_pki(root, tls_sans, force=reissue_tls))
     return done
 
 
@@ -99,7 +99,7 @@ def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> l
     d = root / LISTENER_PKI.lstrip("/")
     cert = d / "serving.crt"
     if cert.exists() and not force:
-        return [(cert, "kept (yours; --force re-issues it)")]
+        return [(cert, "kept (clients trust it; --reissue-tls makes a new one)")]
     if force:
         for name in ("serving.crt", "serving.key"):
             (d / name).unlink(missing_ok=True)
@@ -132,8 +132,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "(default: the edgeproxy on PATH, else this Python with -m edgeproxy)")
     parser.add_argument("--exec", dest="exec_cmd", help="the exact command ExecStart runs before `serve ...`")
     parser.add_argument("--no-kubelet", action="store_true", help="leave kubelet alone (no drop-in, no kubeconfig)")
-    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy and re-issue the "
-                                                               "HTTPS listener's certificate")
+    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy")
+    parser.add_argument("--reissue-tls", action="store_true", help="make the HTTPS listener's certificate again (for "
+                                                                    "new --tls-san names; the CA is kept)")
     parser.add_argument("--tls-san", action="append", default=None, metavar="NAME",
                         help="extra name (IP or DNS) for the HTTPS listener's certificate, e.g. 169.254.2.1 for pods "
                              "that reach the proxy on a link-local address (repeatable; 127.0.0.1, ::1, localhost "
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     exec_cmd = args.exec_cmd or default_exec(args.prefix)
     try:
         sans = None if args.no_tls else tuple(dict.fromkeys((*DEFAULT_SANS, *(args.tls_san or ()))))
-        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans)
+        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans,
+                       reissue_tls=args.reissue_tls)
     except (OSError, ValueError) as e:
         print(f"edgeproxy install-systemd: {e}", file=sys.stderr)
         return 1

@@ -159,7 +159,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
-        metrics.CACHE.attach(store=getattr(local, "store", None), writer=getattr(local, "writer", None), upstream=up)
+        metrics.CACHE.attach(store=getattr(local, "store", None), writer=getattr(local, "writer", None), upstream=up,
+                             recorder=recorder)
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
                  ", ".join(s.url for s in up.servers))
         yield service

@@ -416,9 +416,10 @@ class Upstream:
         if server.up != before:
             metrics.UPSTREAM_UP.labels(server=server.url).set(1 if server.up else 0)
             if server.up:
-                log.info("upstream %s is up", server.url)
+                log.info("upstream %s is up", server.url, extra={"event": "server_up", "server": server.url})
             else:
-                log.warning("upstream %s is down: %s", server.url, server.last_error)
+                log.warning("upstream %s is down: %s", server.url, server.last_error,
+                            extra={"event": "server_down", "server": server.url, "error": server.last_error})
         online = any(s.up for s in self.servers)
         if online != self.online:
             self.online = online
@@ -429,7 +430,9 @@ class Upstream:
                 # Requests still waiting on a hung server are answered locally now instead of hanging on.
                 self._pool.abort_waiting("the API server went offline before answering")
             log.warning("edgeproxy is %s", "ONLINE: forwarding to the API server" if online
-                        else "OFFLINE: no API server reachable, answering locally")
+                        else "OFFLINE: no API server reachable, answering locally",
+                        extra={"event": "online" if online else "offline",
+                               "servers_up": [s.url for s in self.servers if s.up]})
             for callback in list(self._listeners):
                 try:
                     callback(online)

@@ -343,3 +343,19 @@ async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_prox
     assert value["edgeproxy_offline_current_seconds"] == 0
     expiry = [s for s in families["edgeproxy_certificate_expiry_timestamp_seconds"].samples]
     assert any(s.labels["file"].endswith("node.crt") for s in expiry)
+
+
+def test_kubelet_wiring_is_checked(tmp_path):
+    from edgeproxy import config, install
+
+    install.install(tmp_path, "/bin/true", tls_sans=None)
+    dropin = tmp_path / "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf"
+    kc = tmp_path / "etc/edgeproxy/kubelet.kubeconfig"
+    dropin.write_text(dropin.read_text().replace("/etc/edgeproxy/kubelet.kubeconfig", str(kc)))
+    report = debug.Report()
+    debug.check_kubelet(config.Config(), report, str(dropin))
+    assert report.findings[-1].status == "ok" and "http://127.0.0.1:10261" in report.findings[-1].message
+    report = debug.Report()
+    debug.check_kubelet(config.Config(listen="127.0.0.1:9999"), report, str(dropin))
+    (line,) = report.failed
+    assert "points at http://127.0.0.1:10261, the proxy listens on 127.0.0.1:9999" in line.message
