@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,10 +25,12 @@ from typing import Any
 import aiohttp
 import pytest
 import yarl
+from aiohttp import web
 
-from edgeproxy import config, server
+from edgeproxy import config, server, upstream
 from edgeproxy.kube import jsonwire
 from edgeproxy.sim import Simulator
+from tests import recorded
 from tests.e2e.edge import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -231,3 +234,290 @@ async def test_a_corrupt_record_is_never_served_and_is_counted_and_verify_report
         code, out = await edgeproxy_cli("cache", "--cache-dir", str(tmp_path / "cache"), "verify")
         assert code == 1, out
         assert out.count("checksum") >= 2, out
+
+
+# ---------------------------------------------------------------- an upstream that mangles recorded bytes
+
+
+@dataclasses.dataclass
+class Answer:
+    """What the mangling upstream sends for one request: a recording, cut after `cut` of its body (then the
+    connection is dropped), with Content-Length or chunked framing, and watch frame `flip` made undecodable."""
+
+    name: str  # a recording in tests/fixtures, e.g. "pods-edge1.list.json"
+    cut: float | None = None
+    chunked: bool = False
+    flip: int | None = None
+
+
+class Mangler:
+    """A tiny API server answering with what a real kube-apiserver sent (tests/recorded.py), mangled on request.
+    /readyz answers 200 while `ready`; the answers are looked up by (path, is a watch)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, bool], Answer] = {}
+        self.ready = True
+        self.sent: list[bytes] = []  # the body bytes of each answer, as sent (mangled)
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    def body(self, answer: Answer) -> bytes:
+        rec = recorded.load(answer.name)
+        if answer.flip is None:
+            return rec.body
+        frames = recorded.frames(rec.body, rec.content_type)
+        bad = bytearray(frames[answer.flip])
+        bad[4 if "protobuf" in rec.content_type else 0] ^= 0xFF  # a bad field tag / not JSON: cannot decode
+        frames[answer.flip] = bytes(bad)
+        return b"".join(frames)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/readyz":
+            return web.Response(text="ok") if self.ready else web.Response(status=500, text="[-]etcd failed")
+        answer = self.answers.get((request.path, request.query.get("watch") in ("true", "1")))
+        if answer is None:
+            rec = recorded.load(recorded.NOT_FOUND)
+            return web.Response(status=rec.status, body=rec.body, content_type="application/json")
+        rec = recorded.load(answer.name)
+        body = self.body(answer)
+        self.sent.append(body if answer.cut is None else body[: int(len(body) * answer.cut)])
+        headers = {k: v for k, v in rec.headers if k.lower() not in ("content-length", "date")}
+        resp = web.StreamResponse(status=rec.status, headers=headers)
+        if answer.chunked or "stream=watch" in rec.content_type or answer.name.startswith("watch."):
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(body)
+        await resp.prepare(request)
+        if answer.cut is not None:
+            await resp.write(self.sent[-1])
+            assert request.transport is not None
+            request.transport.abort()  # mid-body: the rest never comes
+            return resp
+        for frame in recorded.frames(body, rec.content_type) if answer.name.startswith("watch.") else [body]:
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def mangled(tmp: Path) -> AsyncIterator[tuple[Mangler, server.Service, aiohttp.ClientSession]]:
+    api = Mangler()
+    runner = web.AppRunner(api.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    cfg = config.Config(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", cache_dir=str(tmp / "cache"),
+                        probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
+                        shutdown_timeout=0.5)
+    creds = upstream.Credentials(servers=(f"http://{host}:{port}",))
+    try:
+        async with server.running(cfg, creds=creds) as service, aiohttp.ClientSession() as http:
+            yield api, service, http
+    finally:
+        await runner.cleanup()
+
+
+def rig_of(service: server.Service, http: aiohttp.ClientSession) -> Rig:
+    return Rig(None, service, http, http)  # type: ignore[arg-type]
+
+
+async def offline_by_probe(api: Mangler, service: server.Service) -> None:
+    api.ready = False  # /readyz 500: an API server whose etcd is gone
+    await until(lambda: not service.upstream.online, 10)
+
+
+# ---------------------------------------------------------------- 2. truncated upstream streams
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_list_cut_mid_body_is_an_error_to_the_client_and_never_a_cached_list(tmp_path, framing):
+    chunked = framing == "chunked"
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        full = recorded.load("pods-edge1.list.json").body
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json", chunked=chunked)
+        assert await r.get(f"{PODS}?{ON_NODE}") == (200, full)
+        # the same list again, cut halfway; and a list the proxy never sees whole
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json", cut=0.5, chunked=chunked)
+        api.answers[("/api/v1/nodes", False)] = Answer("nodes-edge1.list.json", cut=0.5, chunked=chunked)
+        for path in (f"{PODS}?{ON_NODE}", "/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1"):
+            with pytest.raises(aiohttp.ClientPayloadError):  # the client sees an error, never a short 200 body
+                await r.get(path)
+        assert len(api.sent) == 3
+        await r.settle()
+        await offline_by_probe(api, service)
+        # the view complete before the cut is served with its last committed state (the recording is indented,
+        # as curl asked for it; the proxy stores what client-go gets, compact); the other is a 503
+        code, body = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200 and json.loads(body) == json.loads(full)
+        code, body = await r.get("/api/v1/nodes?fieldSelector=metadata.name%3Dedge-1")
+        assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+def the_view(rig_: Rig, resource: str, encoding: str) -> Any:
+    """(key, meta) of the one view of `resource` in `encoding`."""
+    found = [(k, m) for k, m in rig_.store.views() if k.resource == resource and k.encoding == encoding]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def read_rest(resp: aiohttp.ClientResponse, timeout: float = 10) -> tuple[bytes, bool]:
+    """The rest of a streamed body, and whether it ended with an error (rather than a clean end)."""
+    out = bytearray()
+    async with asyncio.timeout(timeout):
+        try:
+            async for chunk in resp.content.iter_any():
+                out += chunk
+        except aiohttp.ClientPayloadError:
+            return bytes(out), True
+    return bytes(out), False
+
+
+async def test_a_watch_cut_mid_event_ends_for_the_client_and_the_view_keeps_its_last_event(tmp_path):
+    async with rig(tmp_path) as r:
+        code, listed = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200
+        rv = json.loads(listed)["metadata"]["resourceVersion"]
+        victim = json.loads(jsonwire.parse_list(listed).items[0])["metadata"]
+        url = yarl.URL(f"{r.service.url}{PODS}?watch=true&{ON_NODE}&resourceVersion={rv}", encoded=True)
+        async with asyncio.timeout(20), r.http.get(url, headers={"Accept": JSON, "User-Agent": KUBELET}) as w:
+            assert w.status == 200
+            r.sim.patch("pods", victim["name"], {"metadata": {"labels": {"cut": "before"}}},
+                        namespace=victim["namespace"])
+            line = await w.content.readline()
+            assert json.loads(line)["type"] == "MODIFIED"
+            code, expected = await r.get(f"{PODS}?{ON_NODE}", via="direct")  # the simulator's state now
+            assert r.sim.cut_watches() == 1
+            rest, _ = await read_rest(w)
+            # the client got the half frame as sent (the proxy is transparent) and then the end of the stream:
+            # client-go's decoder fails on it and re-watches from its last resourceVersion
+            assert rest and not rest.endswith(b"\n")
+        await r.settle()
+        _, meta = the_view(r, "pods", "json")
+        assert meta.complete and meta.resource_version == json.loads(expected)["metadata"]["resourceVersion"]
+        await r.offline()
+        code, body = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200 and json.loads(body) == json.loads(expected)  # the state at the last event, all of it
+
+
+async def test_a_watch_list_cut_before_its_end_bookmark_never_becomes_a_view(tmp_path):
+    async with rig(tmp_path) as r:
+        code, listed = await r.get(f"{PODS}?{ON_NODE}")  # a complete view of this query, from a list
+        assert code == 200
+        await r.settle()
+        r.sim.slow(0.05)  # the initial events trickle, so the stream can be cut among them
+        wl = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+        async with contextlib.AsyncExitStack() as stack:
+            streams = []
+            for path_qs in (f"{PODS}?{wl}&{ON_NODE}", f"{CONFIGMAPS}?{wl}"):
+                url = yarl.URL(r.service.url + path_qs, encoded=True)
+                w = await stack.enter_async_context(r.http.get(url, headers={"Accept": JSON, "User-Agent": KUBELET}))
+                assert w.status == 200
+                async with asyncio.timeout(10):
+                    assert json.loads(await w.content.readline())["type"] == "ADDED"
+                streams.append(w)
+            await r.sim.down()
+            for w in streams:
+                rest, _ = await read_rest(w)
+                assert b"initial-events-end" not in rest
+        r.sim.slow(0)
+        await r.settle()
+        await until(lambda: not r.service.upstream.online, 10)
+        code, body = await r.get(f"{PODS}?{ON_NODE}")  # the view from the list, untouched
+        assert code == 200 and json.loads(body) == json.loads(listed)
+        code, body = await r.get(CONFIGMAPS)  # never seen whole: no list, no empty list
+        assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+# ---------------------------------------------------------------- 6. upstream garbage
+
+
+@pytest.mark.parametrize("enc", ["json", "pb"])
+async def test_an_undecodable_watch_frame_reaches_the_client_unchanged_and_the_view_is_incomplete(tmp_path, enc):
+    accept, encoding = (PB, "protobuf") if enc == "pb" else (JSON, "json")
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        api.answers[(PODS, False)] = Answer(f"pods-edge1.list.{enc}")
+        assert (await r.get(f"{PODS}?{ON_NODE}", accept=accept))[0] == 200
+        await r.settle()
+        assert the_view(r, "pods", encoding)[1].complete
+        api.answers[(PODS, True)] = Answer(f"watch.pods-edge1.{enc}", flip=1)
+        code, body = await r.get(f"{PODS}?watch=true&{ON_NODE}&resourceVersion=304&allowWatchBookmarks=true",
+                                 accept=accept)
+        assert code == 200 and body == api.sent[-1]  # every byte as the upstream sent it, the bad frame too
+        assert body != recorded.load(f"watch.pods-edge1.{enc}").body
+        await r.settle()
+        _, meta = the_view(r, "pods", encoding)
+        assert not meta.complete  # it missed the change in the frame it could not read
+        found = await scrape(service)
+        assert found["edgeproxy_cache_record_errors_total"] >= 1
+        await offline_by_probe(api, service)
+        code, body = await r.get(f"{PODS}?{ON_NODE}", accept=accept)
+        assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+# ---------------------------------------------------------------- 4. a full disk, a full map
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Any:
+    """A small tmpfs mounted at `path` (root only), unmounted on exit."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_loses_no_forwarded_byte_counts_write_failures_and_recording_resumes(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        sim.seed(pods=1000)  # a pod list of about 5 MB of JSON: more than the disk holds
+        with tmpfs(tmp_path / "cache", "2m") as cache_dir:
+            async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http, aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+                r = Rig(sim, service, http, direct)
+                before = (await scrape(service)).get("edgeproxy_cache_writes_failed_total", 0)
+                for accept in (JSON, PB):
+                    got = await r.get(PODS, accept=accept)
+                    assert got[0] == 200 and got == await r.get(PODS, accept=accept, via="direct")  # every byte
+                await r.settle()
+                assert (await scrape(service))["edgeproxy_cache_writes_failed_total"] > before
+                assert not [k for k, m in r.store.views() if k.resource == "pods" and m.complete]
+                code, small = await r.get(f"{CONFIGMAPS}/web-config")  # the proxy goes on serving
+                assert code == 200 and (code, small) == await r.get(f"{CONFIGMAPS}/web-config", via="direct")
+
+                # space comes back: the next list is recorded, and served offline
+                subprocess.run(["mount", "-o", "remount,size=64m", str(cache_dir)], check=True)
+                code, listed = await r.get(PODS)
+                assert code == 200
+                await r.settle()
+                assert [m.complete for k, m in r.store.views() if k.resource == "pods"] == [True]
+                await r.offline()
+                code, body = await r.get(PODS)
+                assert code == 200 and json.loads(body) == json.loads(listed)
+
+
+async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_record(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        sim.seed(pods=1000)
+        async with serving(sim, tmp_path, cache_map_size=1 << 20) as service, aiohttp.ClientSession() as http, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+            r = Rig(sim, service, http, direct)
+            got = await r.get(PODS, accept=PB)
+            assert got[0] == 200 and got == await r.get(PODS, accept=PB, via="direct")
+            code, services = await r.get("/api/v1/services")
+            assert code == 200
+            await r.settle()
+            found = await scrape(service)
+            assert found["edgeproxy_cache_map_full_total"] >= 1 and found["edgeproxy_cache_writes_failed_total"] >= 1
+            assert [m.complete for k, m in r.store.views() if k.resource == "services"] == [True]
+            assert not [k for k, m in r.store.views() if k.resource == "pods" and m.complete]
+            await r.offline()
+            assert await r.get("/api/v1/services") == (200, services)
+            code, body = await r.get(PODS, accept=PB)
+            assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
