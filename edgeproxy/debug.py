@@ -471,8 +471,30 @@ def run_diagnose(args: argparse.Namespace) -> int:
     print(f"\nlast errors ({len(data['errors'])}):" if data["errors"] else "\nno errors", file=out)
     for entry in data["errors"][-args.limit:]:
         print("  " + _entry_line(entry), file=out)
+    watches = _open_watches(base, args.component, args.timeout)
+    if watches:
+        print("\nwatches open now: " + ", ".join(f"{n} from {who}" for who, n in sorted(watches.items())), file=out)
     if cfg is not None and not args.skip_cache:
         _print_views(cfg, args.component, out)
+
+
+def _open_watches(base: str, component: str, timeout: float) -> dict[str, int]:
+    """{answered_by: n} of the component's open watches, from the metrics."""
+    from prometheus_client import parser
+
+    try:
+        status, body = fetch(base, "/metrics", timeout)
+    except OSError:
+        return {}
+    if status != 200:
+        return {}
+    out: dict[str, int] = {}
+    for family in parser.text_string_to_metric_families(body.decode(errors="replace")):
+        if family.name == "edgeproxy_open_watches":
+            for sample in family.samples:
+                if sample.labels.get("component") == component and sample.value:
+                    out[sample.labels.get("answered_by", "?")] = int(sample.value)
+    return out
     return 0
 
 

@@ -283,8 +283,9 @@ def run(args: argparse.Namespace) -> int:
 
     # The cache's parsing and writing threads share the GIL with the event loop. With the default 5 ms switch
     # interval a CPU-bound parse makes the loop wait up to 5 ms each time it wants the GIL back, on every forwarded
-    # chunk; 0.5 ms keeps the client's path responsive while recording.
-    sys.setswitchinterval(0.0005)
+    # chunk: a 10k-pod JSON list took 2.0 s through the proxy while the previous one was being recorded. 0.1 ms
+    # brings it to 0.7 s (protobuf 0.78 -> 0.38 s) for ~8% more CPU on a small GET.
+    sys.setswitchinterval(0.0001)
     uvloop.run(serve(config))
     return 0
 
