@@ -122,12 +122,18 @@ def ops_app(service: Service) -> web.Application:
 
 def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy.Recorder | None, proxy.Local | None]:
     """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
-    the cache in config.cache_dir. With `--cache off`: (None, None), forward only and 503 while offline."""
+    the cache in config.cache_dir. With `--cache off`, or a cache that cannot be opened (a full disk at start):
+    (None, None), forward only and 503 while offline."""
     if not config.cache:
         return None, None
     from edgeproxy import offline
 
-    return offline.hooks(config, up)
+    try:
+        return offline.hooks(config, up)
+    except Exception:  # a full disk, a read-only or broken cache directory: forwarding must go on without it
+        log.exception("the cache at %s cannot be opened: forwarding only, nothing is recorded or answered offline",
+                      config.cache_dir)
+        return None, None
 
 
 @contextlib.asynccontextmanager
