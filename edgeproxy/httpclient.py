@@ -131,6 +131,11 @@ class _Conn(asyncio.Protocol):
             except ValueError as e:
                 self._fail(Broken(f"bad response head: {e}"))
                 return
+            if 100 <= status < 200 and status != 101:
+                # An interim answer (100 Continue, 103 Early Hints): the final head follows.
+                if rest:
+                    self.data_received(rest)
+                return
             self._start_body(status, headers)
             waiter = self._head_waiter
             if waiter is not None and not waiter.done():

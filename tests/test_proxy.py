@@ -154,6 +154,15 @@ async def test_request_body_goes_up_unchanged(through):
     assert api.seen[-1][2]["Content-Type"] == "application/json"
 
 
+async def test_expect_100_continue_is_answered_by_the_proxy(through):
+    api, svc, s = through
+    body = recorded.load("configmap-web-config.get.json").body
+    async with s.post(svc.url + "/api/v1/namespaces/edge/configmaps", data=body, expect100=True,
+                      headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 201 and await r.read() == body
+    assert "Expect" not in api.seen[-1][2]
+
+
 async def test_large_request_body_streams_up_unchanged(through):
     _, svc, s = through
     body = recorded.load("pods-edge1.list.json").body * 25  # 5 MB: over the read-whole limit, sent chunked
