@@ -16,6 +16,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +30,7 @@ import yarl
 from aiohttp import web
 
 from edgeproxy import config, server, upstream
-from edgeproxy.kube import jsonwire
+from edgeproxy.kube import jsonwire, protobuf
 from edgeproxy.sim import Simulator
 from tests import recorded
 from tests.e2e.edge import until
@@ -521,3 +523,160 @@ async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_rec
             assert await r.get("/api/v1/services") == (200, services)
             code, body = await r.get(PODS, accept=PB)
             assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+# ---------------------------------------------------------------- 5. kill -9 while recording
+
+
+class Serve:
+    """`python -m edgeproxy serve` in a subprocess on a cache directory; its URLs from its start-up log line."""
+
+    def __init__(self, kubeconfig: Path, cache_dir: Path) -> None:
+        self.args = ["serve", "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache_dir),
+                     "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--probe-interval", "0.2",
+                     "--offline-after", "1", "--online-after", "1", "--connect-timeout", "1"]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = self.ops_url = ""
+        self.log: list[str] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self) -> Serve:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgeproxy", *self.args, cwd=str(ROOT), env=subprocess_env(),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(20):
+            while not self.url:
+                line = (await self.proc.stderr.readline()).decode()
+                assert line, "edgeproxy serve exited:\n" + "".join(self.log)
+                self.log.append(line)
+                m = re.search(r"serving on (http://\S+) \(ops on (http://\S+)\)", line)
+                if m:
+                    self.url, self.ops_url = m.groups()
+        self._drain = asyncio.ensure_future(self._read_rest())  # a full pipe would stop the proxy
+        return self
+
+    async def _read_rest(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.log.append(line.decode())
+
+    async def metric(self, http: aiohttp.ClientSession, name: str) -> float:
+        async with asyncio.timeout(10), http.get(f"{self.ops_url}/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return 0.0
+
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            async with asyncio.timeout(20):
+                await self.proc.wait()
+        if self._drain is not None:
+            await self._drain
+
+
+def served_items(body: bytes, accept: str) -> tuple[str, dict[str, tuple[str, bytes]]]:
+    """(list resourceVersion, {namespace/name: (resourceVersion, item bytes)}) of a list body."""
+    if accept == PB:
+        parts = protobuf.parse_list(protobuf.unwrap(body).raw)
+        metas = [(protobuf.object_meta(raw), bytes(raw)) for raw in parts.items]
+    else:
+        parts = jsonwire.parse_list(body)
+        metas = [(jsonwire.object_meta(raw), bytes(raw)) for raw in parts.items]
+    return parts.resource_version, {f"{m.namespace}/{m.name}": (m.resource_version, raw) for m, raw in metas}
+
+
+def sim_state(sim: Simulator, rv: str, on_node: bool, accept: str) -> dict[str, tuple[str, bytes]]:
+    """The simulator's pods as they were at `rv`, in the form served_items gives."""
+    out = {}
+    for (ns, name), e in sim.store.snapshot("pods", int(rv)).items():
+        if on_node and (e.obj.get("spec") or {}).get("nodeName") != "edge-1":
+            continue
+        out[f"{ns}/{name}"] = (str(e.rv), e.pb if accept == PB else e.json)
+    return out
+
+
+async def test_kill_9_while_recording_a_busy_watch_leaves_only_states_the_cluster_had(tmp_path):
+    queries = [(PODS, JSON), (PODS, PB), (f"{PODS}?{ON_NODE}", PB), (f"{PODS}?{ON_NODE}", JSON)]
+    async with Simulator(pki_dir=tmp_path / "pki", history_size=200_000) as sim, aiohttp.ClientSession() as http:
+        sim.seed(pods=300)
+        kubeconfig = sim.kubeconfig(tmp_path / "upstream.kubeconfig", "admin")
+        cache_dir = tmp_path / "cache"
+        for round_ in range(2):  # each round kills a proxy that took over the previous one's cache
+            await sim.up()
+            proxy = await Serve(kubeconfig, cache_dir).start()
+            watches = []
+            try:
+                for path_qs, accept in queries:  # an informer per query: list, then watch from the list's version
+                    code, body = await get(http, proxy.url + path_qs, accept)
+                    assert code == 200
+                    rv, _ = served_items(body, accept)
+                    sep = "&" if "?" in path_qs else "?"
+                    watches.append(asyncio.ensure_future(drain_watch(
+                        http, f"{proxy.url}{path_qs}{sep}watch=true&resourceVersion={rv}&allowWatchBookmarks=true",
+                        accept)))
+                churn = asyncio.ensure_future(busy(sim, round_))
+                applied = start = await proxy.metric(http, "edgeproxy_cache_events_applied_total")
+                async with asyncio.timeout(30):  # kill while events pour in and are being committed
+                    while applied < start + 600:
+                        applied = await proxy.metric(http, "edgeproxy_cache_events_applied_total")
+                await proxy.stop(signal.SIGKILL)
+                churn.cancel()
+                for w in watches:
+                    await asyncio.wait_for(w, 10)  # each client saw its stream end
+            finally:
+                await proxy.stop(signal.SIGKILL)
+            code, out = await edgeproxy_cli("cache", "--cache-dir", str(cache_dir), "verify")
+            assert code == 0, f"round {round_}: {out}"
+
+            await sim.down()  # a reboot while offline: everything served comes from what the kill left
+            proxy = await Serve(kubeconfig, cache_dir).start()
+            try:
+                served = 0
+                for path_qs, accept in queries:
+                    code, body = await get(http, proxy.url + path_qs, accept)
+                    if code == 503:
+                        continue  # not complete: never half of one
+                    assert code == 200, body[:300]
+                    rv, items = served_items(body, accept)
+                    assert items == sim_state(sim, rv, ON_NODE in path_qs, accept), f"{path_qs} {accept} at {rv}"
+                    served += 1
+                assert served >= 1  # plain watches that break leave their views complete at their last event
+            finally:
+                await proxy.stop()
+        code, out = await edgeproxy_cli("cache", "--cache-dir", str(cache_dir), "verify")
+        assert code == 0, out
+
+
+async def get(http: aiohttp.ClientSession, url: str, accept: str) -> tuple[int, bytes]:
+    async with asyncio.timeout(20), http.get(yarl.URL(url, encoded=True),
+                                             headers={"Accept": accept, "User-Agent": KUBELET}) as r:
+        return r.status, await r.read()
+
+
+async def drain_watch(http: aiohttp.ClientSession, url: str, accept: str) -> None:
+    """Read a watch until it ends, however it ends."""
+    try:
+        async with http.get(yarl.URL(url, encoded=True), headers={"Accept": accept, "User-Agent": KUBELET}) as r:
+            assert r.status == 200
+            async for _ in r.content.iter_any():
+                pass
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError):
+        pass
+
+
+async def busy(sim: Simulator, salt: int = 0) -> None:
+    """Change pods as fast as the event loop allows: relabel them round robin, delete one now and then."""
+    names = sorted(sim.store.objects["pods"])
+    i = salt
+    while True:
+        ns, name = names[i % len(names)]
+        if i % 97 == 0 and name.startswith("load") and sim.get("pods", name, ns) is not None:
+            sim.delete("pods", name, ns, grace=0)
+        elif sim.get("pods", name, ns) is not None:
+            sim.patch("pods", name, {"metadata": {"labels": {"churn": f"{salt}-{i}"}}}, namespace=ns)
+        i += 1
+        if i % 20 == 0:
+            await asyncio.sleep(0)  # let the simulator write the events out
