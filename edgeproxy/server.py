@@ -276,7 +276,10 @@ def run(args: argparse.Namespace) -> int:
         if not config.kubeconfig:
             raise config_mod.ConfigError("--kubeconfig (or EDGEPROXY_KUBECONFIG) is required")
         upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)  # fail fast, before the loop
-    except (config_mod.ConfigError, upstream.UpstreamError) as e:
+        # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
+        logs.setup(level=getattr(args, "log_level", None) or config.log_level,
+                   fmt=getattr(args, "log_format", None) or config.log_format)
+    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:
         print(f"edgeproxy serve: {e}", file=sys.stderr)
         return 2
     import uvloop
