@@ -247,9 +247,9 @@ def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tl
         c = up.credentials
         return [p for p in (config.kubeconfig, c.cert_file, c.key_file, c.ca_file) if p]
 
-    def certs() -> list[str]:
+    def certs() -> list[str]:  # expiry reported and warned about; the listener's own files are not reloaded
         c = up.credentials
-        return [p for p in (c.cert_file, c.ca_file) if p]
+        return [p for p in (c.cert_file, c.ca_file, config.tls_cert_file, config.client_ca_file) if p]
 
     def reload() -> None:
         try:
