@@ -41,6 +41,7 @@ TARGETS = (
     Target("kubelet-edgeproxy.conf", "/etc/systemd/system/kubelet.service.d/20-edgeproxy.conf", kubelet=True),
 )
 KUBELET_KUBECONFIG = "/etc/edgeproxy/kubelet.kubeconfig"
+UPSTREAM_KUBECONFIG = "/etc/edgeproxy/upstream.kubeconfig"  # EDGEPROXY_KUBECONFIG in systemd/edgeproxy.env
 LISTENER_PKI = "/etc/edgeproxy/pki"  # the HTTPS listener's own CA and certificate; ca.crt is what clients trust
 DEFAULT_SANS = ("127.0.0.1", "::1", "localhost")
 SERVING_DAYS = 3650  # a loopback listener's certificate from a per-host CA; its expiry is exported and checked
@@ -64,8 +65,10 @@ def default_exec(prefix: str | None) -> str:
 
 
 def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False,
-            tls_sans: tuple[str, ...] | None = DEFAULT_SANS, reissue_tls: bool = False) -> list[tuple[Path, str]]:
-    """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI."""
+            tls_sans: tuple[str, ...] | None = DEFAULT_SANS, reissue_tls: bool = False,
+            server: str | None = None) -> list[tuple[Path, str]]:
+    """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI;
+    server: also write the upstream kubeconfig for that API server (kept if there, unless force)."""
     src = source_dir()
     done: list[tuple[Path, str]] = []
     for target in TARGETS:
@@ -84,6 +87,13 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
         dest = root / KUBELET_KUBECONFIG.lstrip("/")
         kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
         done.append((dest, "written"))
+    if server:
+        dest = root / UPSTREAM_KUBECONFIG.lstrip("/")
+        if dest.exists() and not force:
+            done.append((dest, "kept (yours; --force replaces it)"))
+        else:
+            kubeconfig.write(dest, kubeconfig.render("upstream", server=server), mode=0o644)
+            done.append((dest, "written"))
     if tls_sans is not None:
         done.extend(listener_pki(root, tls_sans, force=reissue_tls))
     return done
@@ -131,6 +141,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="installation prefix of edgeproxy: ExecStart runs PREFIX/bin/edgeproxy "
                                          "(default: the edgeproxy on PATH, else this Python with -m edgeproxy)")
     parser.add_argument("--exec", dest="exec_cmd", help="the exact command ExecStart runs before `serve ...`")
+    parser.add_argument("--server", help="the API server URL: also writes the upstream kubeconfig "
+                                         f"{UPSTREAM_KUBECONFIG} (the one in /etc/kubernetes/kubelet.conf)")
     parser.add_argument("--no-kubelet", action="store_true", help="leave kubelet alone (no drop-in, no kubeconfig)")
     parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy")
     parser.add_argument("--reissue-tls", action="store_true", help="make the HTTPS listener's certificate again (for "
@@ -150,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sans = None if args.no_tls else tuple(dict.fromkeys((*DEFAULT_SANS, *(args.tls_san or ()))))
         done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans,
-                       reissue_tls=args.reissue_tls)
+                       reissue_tls=args.reissue_tls, server=args.server)
     except (OSError, ValueError) as e:
         print(f"edgeproxy install-systemd: {e}", file=sys.stderr)
         return 1
@@ -159,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if args.now:
         if root.resolve() != Path("/"):
             print("--now works only with --root /", file=sys.stderr)
+            return 2
+        if not (root / UPSTREAM_KUBECONFIG.lstrip("/")).exists():
+            print(f"--now needs {UPSTREAM_KUBECONFIG}: pass --server https://API-SERVER:6443", file=sys.stderr)
             return 2
         for line in NEXT_STEPS.splitlines():
             print(f"+ {line}")

@@ -3,9 +3,9 @@
 What it does: every request on the proxy listener is classified (kube.request), routed by the pure `route()` below,
 and either forwarded to the API server with its response streamed back unchanged (status, headers minus hop-by-hop,
 body bytes as they arrive: watch events are flushed one by one, gzip passes through still gzipped), tunnelled both
-ways when it is an HTTP/1.1 Upgrade (exec, attach, port-forward), or answered by the `local` hook (the cache; a 503
-Status until that exists). What it does not do: decode bodies (record.py does, off the client's path), decide health
-(upstream.py), serve ops endpoints (server.py's second listener).
+ways when it is an HTTP/1.1 Upgrade (exec, attach, port-forward), or answered by the `local` hook (local.py over the
+cache; a 503 Status with `--cache off`). What it does not do: decode bodies (record.py does, off the client's path),
+decide health (upstream.py), hold connections (httpclient.py), serve ops endpoints (server.py's second listener).
 
 Seams for the cache:
 - `recorder.begin(info, status, headers) -> sink | None` is called for get/list/watch (and create/update/patch:

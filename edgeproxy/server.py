@@ -253,9 +253,9 @@ def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tl
         c = up.credentials
         return [p for p in (config.kubeconfig, c.cert_file, c.key_file, c.ca_file) if p]
 
-    def certs() -> list[str]:
+    def certs() -> list[str]:  # expiry reported and warned about; the listener's own files are not reloaded
         c = up.credentials
-        return [p for p in (c.cert_file, c.ca_file) if p]
+        return [p for p in (c.cert_file, c.ca_file, config.tls_cert_file, config.client_ca_file) if p]
 
     def reload() -> None:
         try:
@@ -282,7 +282,10 @@ def run(args: argparse.Namespace) -> int:
         if not config.kubeconfig:
             raise config_mod.ConfigError("--kubeconfig (or EDGEPROXY_KUBECONFIG) is required")
         upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)  # fail fast, before the loop
-    except (config_mod.ConfigError, upstream.UpstreamError) as e:
+        # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
+        logs.setup(level=getattr(args, "log_level", None) or config.log_level,
+                   fmt=getattr(args, "log_format", None) or config.log_format)
+    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:
         print(f"edgeproxy serve: {e}", file=sys.stderr)
         return 2
     import uvloop

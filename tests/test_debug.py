@@ -328,7 +328,8 @@ async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_prox
         async with s.get(svc.url + "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", headers=ua) as r:
             assert r.status == 200
             await r.read()
-        await svc.proxy.local.writer.flush()
+        await asyncio.to_thread(svc.proxy.recorder.flush, 10)  # the recorder hands the list to the writer...
+        await svc.proxy.local.writer.flush()  # ...which commits it
         async with s.get(svc.ops_url + "/metrics") as r:
             assert r.headers["Content-Type"].startswith("text/plain")
             text = await r.text()

@@ -184,3 +184,14 @@ async def test_installed_files_run_the_proxy_end_to_end(tmp_path):
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 30)
             notify_sock.close()
+
+
+def test_server_writes_the_upstream_kubeconfig_once(tmp_path):
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
+                     "--server", "https://10.0.0.1:6443"]) == 0
+    kc = tmp_path / "etc/edgeproxy/upstream.kubeconfig"
+    text = kc.read_text()
+    assert '"https://10.0.0.1:6443"' in text and "/var/lib/edgeproxy/pki/client.pem" in text
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
+                     "--server", "https://10.9.9.9:6443"]) == 0
+    assert kc.read_text() == text  # kept
