@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -34,6 +35,8 @@ import lmdb
 import msgpack
 
 from cache import errors, seal
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAP_SIZE = 1 << 30
 PROTECTED_COMPONENTS = ("kubelet", "kube-proxy", "coredns")
@@ -359,9 +362,13 @@ class Store:
         except (ValueError, TypeError, struct.error, msgpack.UnpackException) as e:
             raise errors.CorruptRecord(f"record does not decode: {e}") from e
 
-    def _corrupt(self) -> None:
+    def _corrupt(self, view_id: bytes | None = None) -> None:
+        """Count a record that did not decode; one of a view's items makes the view incomplete (a view short of
+        an item must not be served as the list) until a fresh list replaces it."""
         with self._lock:
             self.corrupt_records += 1
+            if view_id is not None:
+                self._stale.add(view_id)
 
     # ---------------------------------------------------------------- reads
 
@@ -410,7 +417,7 @@ class Store:
                 try:
                     out.append(decode(k, v))
                 except (errors.CorruptRecord, errors.SealError):
-                    self._corrupt()
+                    self._corrupt(view_id)
         self._reads[view_id] = time.time()
         return self._meta_of(view_id, doc), out
 
@@ -428,7 +435,7 @@ class Store:
                 try:
                     append(decode(k, v))
                 except (errors.CorruptRecord, errors.SealError):
-                    self._corrupt()
+                    self._corrupt(view_id)
         self._reads[view_id] = time.time()
         return self._meta_of(view_id, doc), out
 
@@ -454,7 +461,7 @@ class Store:
         try:
             return self._decode_item(k, value)
         except (errors.CorruptRecord, errors.SealError):
-            self._corrupt()
+            self._corrupt(view_id)
             return None
 
     def views(self, client: str | None = None) -> list[tuple[ViewKey, ViewMeta]]:
@@ -697,6 +704,12 @@ class Store:
         if old is not None:
             self._delete_gen(txn, old["g"])
         self._put_view(txn, view_id, key, meta, gen, n, size)
+        if meta.complete and (old is None or not old["c"] or view_id in self._stale):
+            # A state change (absent or incomplete -> complete): offline lists of this query can now be answered.
+            # `event` and the fields become JSON keys with edgeproxy's log format (edgeproxy.logs).
+            log.info("cache: view complete: %s (%d items, rv %s)", key.describe(), n, meta.resource_version,
+                     extra={"event": "view_complete", "view": key.describe(), "items": n,
+                            "resource_version": meta.resource_version})
         self._stale.discard(view_id)
 
     def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item],
@@ -848,12 +861,17 @@ class Store:
         candidates.sort(key=lambda c: (c[0], c[1]))
         evicted = 0
         target = self.max_bytes * self.low_water
+        gone: list[str] = []
         for _, _, view_id, doc in candidates:
             self._delete_view(txn, view_id, doc)
             evicted += 1
+            gone.append(ViewKey(*doc["k"]).describe())
             if self.used_bytes(txn) <= target:
                 break
         self.evictions += evicted
+        log.info("cache: evicted %d view(s) to stay under %d bytes: %s", evicted, self.max_bytes,
+                 ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""),
+                 extra={"event": "eviction", "views": evicted, "evicted": gone[:20], "max_bytes": self.max_bytes})
         return evicted
 
     def purge(self, client: str | None = None) -> int:

@@ -32,6 +32,7 @@ class Config:
     ops_listen: str = "127.0.0.1:10267"  # /healthz /readyz /metrics /debug/state; "" disables it
     cache_dir: str = "/var/lib/edgeproxy"
     cache: bool = True  # record responses and answer from them offline; off: a plain pass-through proxy
+    cache_map_size: int = 0  # bytes of the cache's LMDB map, the most it can ever hold; 0 = cache.store's default
     probe_interval: float = 5.0  # seconds between /readyz probes of each server
     probe_timeout: float = 2.0
     offline_after: int = 3  # consecutive failed probes before a server counts as down
@@ -69,6 +70,7 @@ _HELP = {
     "ops-listen": "address of the health/metrics listener, HOST:PORT; empty disables it (default 127.0.0.1:10267)",
     "cache-dir": "directory of the cache (default /var/lib/edgeproxy)",
     "cache": "on or off: record responses and answer from them offline (default on; off: forward only)",
+    "cache-map-size": "bytes the cache may ever hold (its LMDB map; evicting from 3/4 of it; default 1 GiB)",
     "probe-interval": "seconds between /readyz probes of each server (default 5)",
     "probe-timeout": "timeout of one probe in seconds (default 2)",
     "offline-after": "failed probes in a row before a server is down (default 3)",

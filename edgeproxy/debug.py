@@ -44,6 +44,7 @@ from edgeproxy import config as config_mod
 from edgeproxy import tls, upstream
 
 DEFAULT_ENV_FILE = "/etc/default/edgeproxy"
+KUBELET_DROPIN = "/etc/systemd/system/kubelet.service.d/20-edgeproxy.conf"
 SERVICE_USER = "edgeproxy"
 WARN_DAYS = 30.0
 
@@ -389,12 +390,39 @@ def check_cache(cfg: config_mod.Config, report: Report) -> None:
         report.add("ok", "cache", f"every record reads back: {summary}{extra}")
 
 
+def check_kubelet(cfg: config_mod.Config, report: Report, dropin: str = KUBELET_DROPIN) -> None:
+    """Whether kubelet is wired to the proxy: the drop-in is there and its kubeconfig names the proxy listener."""
+    if not os.path.exists(dropin):
+        if os.path.isdir("/etc/systemd/system/kubelet.service.d") or os.path.exists("/etc/kubernetes/kubelet.conf"):
+            report.add("warn", "kubelet", "kubelet talks to the API server directly (no edgeproxy drop-in)",
+                       "edgeproxy install-systemd, then systemctl restart kubelet")
+        return
+    match = re.search(r"--kubeconfig=(\S+?)\"?$", Path(dropin).read_text(), re.M)
+    if not match:
+        report.add("warn", "kubelet", f"{dropin} sets no --kubeconfig", "edgeproxy install-systemd --force")
+        return
+    try:
+        server = upstream.load_kubeconfig(match.group(1)).servers[0]
+    except upstream.UpstreamError as e:
+        report.add("fail", "kubelet", f"kubelet's kubeconfig: {e}", "edgeproxy install-systemd")
+        return
+    host, port = config_mod.split_address(cfg.listen)
+    wanted = {f"http://{host}:{port}", f"http://localhost:{port}"} if host == "127.0.0.1" else {f"http://{host}:{port}"}
+    if server not in wanted:
+        report.add("fail", "kubelet", f"kubelet's kubeconfig {match.group(1)} points at {server}, the proxy listens "
+                   f"on {cfg.listen}", f"edgeproxy kubeconfig --component kubelet --server http://{cfg.listen} "
+                   f"--out {match.group(1)}; systemctl restart kubelet")
+    else:
+        report.add("ok", "kubelet", f"kubelet goes through the proxy ({server})")
+
+
 def run_check(args: argparse.Namespace) -> Report:
     report = Report()
     cfg = load_settings(args, report)
     if cfg is None:
         return report
     creds = check_files(cfg, report)
+    check_kubelet(cfg, report)
     if creds is not None:
         check_certificates(creds, cfg, report)
         check_upstream(creds, report, args.timeout)
@@ -443,8 +471,30 @@ def run_diagnose(args: argparse.Namespace) -> int:
     print(f"\nlast errors ({len(data['errors'])}):" if data["errors"] else "\nno errors", file=out)
     for entry in data["errors"][-args.limit:]:
         print("  " + _entry_line(entry), file=out)
+    watches = _open_watches(base, args.component, args.timeout)
+    if watches:
+        print("\nwatches open now: " + ", ".join(f"{n} from {who}" for who, n in sorted(watches.items())), file=out)
     if cfg is not None and not args.skip_cache:
         _print_views(cfg, args.component, out)
+
+
+def _open_watches(base: str, component: str, timeout: float) -> dict[str, int]:
+    """{answered_by: n} of the component's open watches, from the metrics."""
+    from prometheus_client import parser
+
+    try:
+        status, body = fetch(base, "/metrics", timeout)
+    except OSError:
+        return {}
+    if status != 200:
+        return {}
+    out: dict[str, int] = {}
+    for family in parser.text_string_to_metric_families(body.decode(errors="replace")):
+        if family.name == "edgeproxy_open_watches":
+            for sample in family.samples:
+                if sample.labels.get("component") == component and sample.value:
+                    out[sample.labels.get("answered_by", "?")] = int(sample.value)
+    return out
     return 0
 
 

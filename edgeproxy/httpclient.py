@@ -131,6 +131,11 @@ class _Conn(asyncio.Protocol):
             except ValueError as e:
                 self._fail(Broken(f"bad response head: {e}"))
                 return
+            if 100 <= status < 200 and status != 101:
+                # An interim answer (100 Continue, 103 Early Hints): the final head follows.
+                if rest:
+                    self.data_received(rest)
+                return
             self._start_body(status, headers)
             waiter = self._head_waiter
             if waiter is not None and not waiter.done():
@@ -364,10 +369,13 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per (host, port, TLS context) and the means to open new ones."""
 
-    __slots__ = ("_idle", "connect_timeout", "idle_timeout")
+    __slots__ = ("_idle", "_waiting", "connect_timeout", "idle_timeout")
 
-    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 60.0) -> None:
+    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 30.0) -> None:
+        # idle_timeout: shorter than the API server's and common load balancers' idle timeouts, so a pooled
+        # connection is not reused just as the other side closes it (a write could then not be retried safely).
         self._idle: dict[tuple[object, ...], list[_Conn]] = {}
+        self._waiting: set[_Conn] = set()  # sent, no response head yet
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
 
@@ -377,6 +385,10 @@ class Pool:
 
         Raises ConnectFailed (nothing sent), Stale (a reused connection died before answering; retried once on a
         fresh connection when `retry_stale`), Broken.
+
+        A write is retried on a stale connection too (unlike Go's transport): the API server closing an idle
+        keep-alive connection just as a request was written is the common case, and Kubernetes writes carry their own
+        guards (resourceVersion preconditions, AlreadyExists), so a write that did land is refused, not doubled.
         """
         key = (host, port, id(ssl))
         conn = self._take(key)
@@ -394,6 +406,7 @@ class Pool:
 
     async def _send(self, conn: _Conn, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
                     ) -> Response:
+        self._waiting.add(conn)
         try:
             if body is None or isinstance(body, bytes | bytearray):
                 return await conn.request(head, body, method)
@@ -401,6 +414,16 @@ class Pool:
         except asyncio.CancelledError:
             conn.abort()
             raise
+        finally:
+            self._waiting.discard(conn)
+
+    def abort_waiting(self, why: str) -> int:
+        """Fail every request still waiting for its response head (a hung API server): their callers get Broken
+        and can answer some other way. Returns how many there were."""
+        waiting = list(self._waiting)
+        for conn in waiting:
+            conn._fail(Broken(why))
+        return len(waiting)
 
     async def _connect(self, key: tuple[object, ...], host: str, port: int, ssl: object,
                        server_hostname: str | None) -> _Conn:
@@ -417,10 +440,12 @@ class Pool:
 
     def _take(self, key: tuple[object, ...]) -> _Conn | None:
         idle = self._idle.get(key)
+        cutoff = time.monotonic() - self.idle_timeout
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
+            if conn.transport is not None and not conn.transport.is_closing() and conn.idle_since >= cutoff:
                 return conn
+            conn.abort()  # closed by the server, or idle long enough that a load balancer may have dropped it
         return None
 
     def put(self, conn: _Conn) -> None:

@@ -41,6 +41,7 @@ TARGETS = (
     Target("kubelet-edgeproxy.conf", "/etc/systemd/system/kubelet.service.d/20-edgeproxy.conf", kubelet=True),
 )
 KUBELET_KUBECONFIG = "/etc/edgeproxy/kubelet.kubeconfig"
+UPSTREAM_KUBECONFIG = "/etc/edgeproxy/upstream.kubeconfig"  # EDGEPROXY_KUBECONFIG in systemd/edgeproxy.env
 LISTENER_PKI = "/etc/edgeproxy/pki"  # the HTTPS listener's own CA and certificate; ca.crt is what clients trust
 DEFAULT_SANS = ("127.0.0.1", "::1", "localhost")
 SERVING_DAYS = 3650  # a loopback listener's certificate from a per-host CA; its expiry is exported and checked
@@ -64,8 +65,10 @@ def default_exec(prefix: str | None) -> str:
 
 
 def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = False,
-            tls_sans: tuple[str, ...] | None = DEFAULT_SANS) -> list[tuple[Path, str]]:
-    """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI."""
+            tls_sans: tuple[str, ...] | None = DEFAULT_SANS, reissue_tls: bool = False,
+            server: str | None = None) -> list[tuple[Path, str]]:
+    """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI;
+    server: also write the upstream kubeconfig for that API server (kept if there, unless force)."""
     src = source_dir()
     done: list[tuple[Path, str]] = []
     for target in TARGETS:
@@ -84,8 +87,15 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
         dest = root / KUBELET_KUBECONFIG.lstrip("/")
         kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
         done.append((dest, "written"))
+    if server:
+        dest = root / UPSTREAM_KUBECONFIG.lstrip("/")
+        if dest.exists() and not force:
+            done.append((dest, "kept (yours; --force replaces it)"))
+        else:
+            kubeconfig.write(dest, kubeconfig.render("upstream", server=server), mode=0o644)
+            done.append((dest, "written"))
     if tls_sans is not None:
-        done.extend(listener_pki(root, tls_sans, force=force))
+        done.extend(listener_pki(root, tls_sans, force=reissue_tls))
     return done
 
 
@@ -99,7 +109,7 @@ def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> l
     d = root / LISTENER_PKI.lstrip("/")
     cert = d / "serving.crt"
     if cert.exists() and not force:
-        return [(cert, "kept (yours; --force re-issues it)")]
+        return [(cert, "kept (clients trust it; --reissue-tls makes a new one)")]
     if force:
         for name in ("serving.crt", "serving.key"):
             (d / name).unlink(missing_ok=True)
@@ -131,9 +141,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="installation prefix of edgeproxy: ExecStart runs PREFIX/bin/edgeproxy "
                                          "(default: the edgeproxy on PATH, else this Python with -m edgeproxy)")
     parser.add_argument("--exec", dest="exec_cmd", help="the exact command ExecStart runs before `serve ...`")
+    parser.add_argument("--server", help="the API server URL: also writes the upstream kubeconfig "
+                                         f"{UPSTREAM_KUBECONFIG} (the one in /etc/kubernetes/kubelet.conf)")
     parser.add_argument("--no-kubelet", action="store_true", help="leave kubelet alone (no drop-in, no kubeconfig)")
-    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy and re-issue the "
-                                                               "HTTPS listener's certificate")
+    parser.add_argument("--force", action="store_true", help="also replace /etc/default/edgeproxy")
+    parser.add_argument("--reissue-tls", action="store_true", help="make the HTTPS listener's certificate again (for "
+                                                                    "new --tls-san names; the CA is kept)")
     parser.add_argument("--tls-san", action="append", default=None, metavar="NAME",
                         help="extra name (IP or DNS) for the HTTPS listener's certificate, e.g. 169.254.2.1 for pods "
                              "that reach the proxy on a link-local address (repeatable; 127.0.0.1, ::1, localhost "
@@ -148,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     exec_cmd = args.exec_cmd or default_exec(args.prefix)
     try:
         sans = None if args.no_tls else tuple(dict.fromkeys((*DEFAULT_SANS, *(args.tls_san or ()))))
-        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans)
+        done = install(root, exec_cmd, kubelet=not args.no_kubelet, force=args.force, tls_sans=sans,
+                       reissue_tls=args.reissue_tls, server=args.server)
     except (OSError, ValueError) as e:
         print(f"edgeproxy install-systemd: {e}", file=sys.stderr)
         return 1
@@ -157,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if args.now:
         if root.resolve() != Path("/"):
             print("--now works only with --root /", file=sys.stderr)
+            return 2
+        if not (root / UPSTREAM_KUBECONFIG.lstrip("/")).exists():
+            print(f"--now needs {UPSTREAM_KUBECONFIG}: pass --server https://API-SERVER:6443", file=sys.stderr)
             return 2
         for line in NEXT_STEPS.splitlines():
             print(f"+ {line}")

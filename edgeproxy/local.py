@@ -269,12 +269,18 @@ class Local:
         convert = shape == POM and src.key.shape != POM
         want = self._item_filter(info, src)
         if want is None and not start and not convert and not _limited(info):
-            raws = self.store.raw_items(src.key)  # the fast path: the exact view, joined as stored
+            got_raw = self.store.read_raw(src.key)  # the fast path: the exact view, joined as stored
+            if got_raw is None or not got_raw[0].complete:  # a corrupt item was skipped: never a list short of it
+                return _unavailable(info, "offline", what="the cached list has a record that does not read back")
+            raws = got_raw[1]
         else:
+            got = self.store.read_view(src.key)
+            if got is None or not got[0].complete:
+                return _unavailable(info, "offline", what="the cached list has a record that does not read back")
             raws: list[bytes] = []
             limit = info.limit if _limited(info) else None
             cont = last = ""
-            for item in self.store.items(src.key):
+            for item in got[1]:
                 key = f"{item.namespace}/{item.name}"
                 if start and key <= start:
                     continue
@@ -331,11 +337,17 @@ class Local:
         if replay and not src.meta.complete:
             return _unavailable(info, reason, what="no complete cached list for this watch")
         kind, api_version = _object_kind(src, shape)
+        cmp = store_.compare_rv(rv, view_rv) if rv not in ("", "0") else 0
+        frames: list[bytes] | None = None
+        if replay and not (cmp is not None and cmp > 0):
+            # read before the headers go: a view found short of a corrupt item is still answered 503
+            frames = await asyncio.to_thread(self._initial_events, info, src, enc, shape, kind, api_version)
+            if frames is None:
+                return _unavailable(info, reason, what="the cached list has a record that does not read back")
         resp = web.StreamResponse(status=200, headers={
             "Content-Type": protobuf.WATCH_CONTENT_TYPE if enc == "protobuf" else JSON_CT, **_NO_CACHE})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        cmp = store_.compare_rv(rv, view_rv) if rv not in ("", "0") else 0
         if (not replay and cmp != 0) or (cmp is not None and cmp > 0):
             # older: the events since are unknown (no history offline); newer: not seen yet (a watch-list too: its
             # snapshot cannot be as new as asked). Either way the reflector relists (or retries the watch-list with
@@ -345,8 +357,7 @@ class Local:
             await resp.write(status.watch_error_event(st, enc))
             await resp.write_eof()
             return resp
-        if replay:
-            frames = await asyncio.to_thread(self._initial_events, info, src, enc, shape, kind, api_version)
+        if frames is not None:
             for chunk in _batches(frames):
                 await resp.write(chunk)
             if info.send_initial_events:
@@ -360,11 +371,15 @@ class Local:
         return resp
 
     def _initial_events(self, info: Any, src: Source, enc: str, shape: str, kind: str,
-                        api_version: str) -> list[bytes]:
+                        api_version: str) -> list[bytes] | None:
+        """The view as ADDED events; None when it cannot be replayed whole (a record did not read back)."""
         want = self._item_filter(info, src)
         convert = shape == POM and src.key.shape != POM
+        got = self.store.read_view(src.key)
+        if got is None or not got[0].complete:
+            return None
         out = []
-        for item in self.store.items(src.key):
+        for item in got[1]:
             if want is not None and not want(item):
                 continue
             raw = _pom_item(enc, item.raw) if convert else item.raw

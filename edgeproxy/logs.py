@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 ENV_LEVEL = "EDGEPROXY_LOG_LEVEL"
@@ -193,7 +194,7 @@ class Activity:
         self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.counts: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
         self.total = 0
-        self.first_seen = datetime.datetime.now(datetime.UTC).timestamp()
+        self.first_seen = time.time()
 
     def add(self, entry: dict[str, Any], resource: str) -> None:
         self.total += 1
@@ -261,7 +262,7 @@ def request(
     `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals); `note` why it was not
     upstream, if it was not (offline, the connect error, a bad request); every call is also kept for `debug diagnose`.
     """
-    entry: dict[str, Any] = {"ts": round(datetime.datetime.now(datetime.UTC).timestamp(), 3), "verb": verb,
+    entry: dict[str, Any] = {"ts": round(time.time(), 3), "verb": verb,
                              "path": path, "code": code, "source": source, "duration_ms": round(duration * 1000, 3)}
     if note:
         entry["note"] = note

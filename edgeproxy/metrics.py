@@ -73,12 +73,13 @@ class _CacheCollector:
     def __init__(self) -> None:
         self.store: Any = None
         self.writer: Any = None
+        self.recorder: Any = None
         self.upstream: Any = None
         self._offline_since: float | None = None
         self._offline_total = 0.0
 
-    def attach(self, *, store: Any = None, writer: Any = None, upstream: Any = None) -> None:
-        self.store, self.writer = store, writer
+    def attach(self, *, store: Any = None, writer: Any = None, upstream: Any = None, recorder: Any = None) -> None:
+        self.store, self.writer, self.recorder = store, writer, recorder
         if upstream is not None:
             self.upstream = upstream
             self._offline_total = 0.0
@@ -87,7 +88,7 @@ class _CacheCollector:
 
     def detach(self, upstream: Any) -> None:
         if self.upstream is upstream:
-            self.store = self.writer = self.upstream = None
+            self.store = self.writer = self.recorder = self.upstream = None
             self._offline_since = None
 
     def _changed(self, upstream: Any, online: bool) -> None:
@@ -121,6 +122,14 @@ class _CacheCollector:
                     yield GaugeMetricFamily(f"edgeproxy_cache_{name}", help_text, value=stats.get(name, 0))
                 for name, help_text in _CACHE_COUNTERS:
                     yield CounterMetricFamily(f"edgeproxy_cache_{name}", help_text, value=stats.get(name, 0))
+        recorder = self.recorder
+        if recorder is not None and hasattr(recorder, "errors"):
+            yield CounterMetricFamily("edgeproxy_cache_record_errors", "Upstream responses or watch frames that did "
+                                      "not parse (forwarded unchanged; their views marked incomplete).",
+                                      value=recorder.errors)
+            yield CounterMetricFamily("edgeproxy_cache_record_dropped", "Responses not recorded because parsing fell "
+                                      "behind (forwarded unchanged; their views marked incomplete).",
+                                      value=recorder.dropped)
         if writer is not None:
             yield GaugeMetricFamily("edgeproxy_cache_pending_writes", "Operations queued for the cache writer.",
                                     value=writer.pending_ops)
@@ -156,6 +165,7 @@ _CACHE_COUNTERS = (
     ("writes_failed", "Writes that failed (their views were marked incomplete)."),
     ("writes_dropped", "Writes dropped because the writer's queue was full (views marked incomplete)."),
     ("corrupt_records", "Records that failed their checksum or seal on read (never served)."),
+    ("map_full", "Group commits that found the cache's LMDB map (or the disk under it) full."),
 )
 CACHE = _CacheCollector()
 REGISTRY.register(CACHE)

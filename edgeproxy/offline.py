@@ -56,7 +56,7 @@ def hooks(config: Any, up: Any) -> tuple[record.Recorder, local.Local]:
     w = writer.Writer(st).start()
     node = node_name(config, getattr(up, "credentials", None))
     book = tokens.TokenBook(cache_dir / "tokens", node=node or "unknown")
-    rec = record.Recorder(w, tokens=book)
+    rec = record.Recorder(w, tokens=book, owns_writer=True)
     loc = local.Local(st, w, tokens=book, node=node,
                       bookmark_interval=float(getattr(config, "bookmark_interval", 0) or local.BOOKMARK_INTERVAL),
                       is_online=lambda: bool(up.online))

@@ -3,9 +3,9 @@
 What it does: every request on the proxy listener is classified (kube.request), routed by the pure `route()` below,
 and either forwarded to the API server with its response streamed back unchanged (status, headers minus hop-by-hop,
 body bytes as they arrive: watch events are flushed one by one, gzip passes through still gzipped), tunnelled both
-ways when it is an HTTP/1.1 Upgrade (exec, attach, port-forward), or answered by the `local` hook (the cache; a 503
-Status until that exists). What it does not do: decode bodies (record.py does, off the client's path), decide health
-(upstream.py), serve ops endpoints (server.py's second listener).
+ways when it is an HTTP/1.1 Upgrade (exec, attach, port-forward), or answered by the `local` hook (local.py over the
+cache; a 503 Status with `--cache off`). What it does not do: decode bodies (record.py does, off the client's path),
+decide health (upstream.py), hold connections (httpclient.py), serve ops endpoints (server.py's second listener).
 
 Seams for the cache:
 - `recorder.begin(info, status, headers) -> sink | None` is called for get/list/watch (and create/update/patch:
@@ -106,7 +106,7 @@ def forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, keep_u
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        dropped = lower in HOP_BY_HOP or lower in named or lower in ("host", "content-length")
+        dropped = lower in HOP_BY_HOP or lower in named or lower in ("host", "content-length", "expect")
         if dropped and not (keep_upgrade and lower in ("connection", "upgrade")):
             continue
         out.add(name, value)
@@ -205,6 +205,10 @@ class Proxy:
         headers = forward_headers(request.headers)
         body: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
+            if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+                # The proxy takes the body itself (no router here to do it), then sends it on without Expect.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
             length = request.content_length
             if length is not None and length <= MAX_BUFFERED_BODY:
                 body = await request.read()

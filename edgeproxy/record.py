@@ -51,12 +51,13 @@ WRITER_WAIT = 60.0  # seconds the parsing thread waits for the writer per piece 
 class Recorder:
     """The recorder seam of edgeproxy.proxy. One per process."""
 
-    __slots__ = ("_chunks", "_lock", "_pending", "_pool", "dropped", "errors", "max_pending_bytes", "tokens",
-                 "unchanged", "writer")
+    __slots__ = ("_chunks", "_lock", "_owns_writer", "_pending", "_pool", "dropped", "errors", "max_pending_bytes",
+                 "tokens", "unchanged", "writer")
 
     def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
-                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+                 max_pending_bytes: int = MAX_PENDING_BYTES, owns_writer: bool = False) -> None:
         self.writer = writer
+        self._owns_writer = owns_writer  # close() then commits what is queued and closes the writer and its store
         self.tokens = tokens
         self.max_pending_bytes = max_pending_bytes
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
@@ -145,6 +146,9 @@ class Recorder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._owns_writer:  # at exit: commit what was handed over (the writer thread is a daemon), then close
+            self.writer.close()
+            self.writer.store.close()
 
     def _list(self, info: Any, key: store.ViewKey, encoding: str, body: bytes) -> None:
         if not info.continue_ and self._unchanged(key, encoding, body):
@@ -367,7 +371,8 @@ class _WatchState:
         del ok  # a plain watch that ends, cleanly or not, leaves its view consistent at its last event
 
     def fail(self, why: str) -> None:
-        log.warning("record: %s for %s; view marked incomplete", why, self.key.describe())
+        log.warning("record: %s for %s; view marked incomplete", why, self.key.describe(),
+                    extra={"event": "view_incomplete", "view": self.key.describe(), "why": why})
         self.recorder.errors += 1
         self.broken = True
         self.end(False)

@@ -149,16 +149,19 @@ def ssl_context(creds: Credentials, *, client_cert: bool = True) -> ssl.SSLConte
     The one place TLS is set up, so a rotated client certificate (kubelet rotates its own) is picked up by building a
     new context and handing it to `Upstream.set_credentials`; connections already open keep the old one.
     """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if creds.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    elif creds.ca_file or creds.ca_data:
+    if (creds.ca_file or creds.ca_data) and not creds.insecure:
+        # Only the cluster CA: loading the system store first (and dropping it) costs ~17 ms per context, paid on
+        # the event loop at every certificate rotation.
         ctx = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH,
             cafile=creds.ca_file,
             cadata=creds.ca_data.decode("ascii", "replace") if creds.ca_data else None,
         )
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if creds.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["http/1.1"])
     if client_cert and creds.has_client_cert:
         if creds.cert_file and creds.key_file:
@@ -321,7 +324,7 @@ class Upstream:
             try:
                 resp = await self._pool.request(
                     server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
-                    method, head, body, retry_stale=idempotent)
+                    method, head, body, retry_stale=not isinstance(body, AsyncIterator))
             except httpclient.ConnectFailed as e:
                 errors.append(f"{server.url}: {e}")
                 self.note_failure(server, str(e))
@@ -416,17 +419,23 @@ class Upstream:
         if server.up != before:
             metrics.UPSTREAM_UP.labels(server=server.url).set(1 if server.up else 0)
             if server.up:
-                log.info("upstream %s is up", server.url)
+                log.info("upstream %s is up", server.url, extra={"event": "server_up", "server": server.url})
             else:
-                log.warning("upstream %s is down: %s", server.url, server.last_error)
+                log.warning("upstream %s is down: %s", server.url, server.last_error,
+                            extra={"event": "server_down", "server": server.url, "error": server.last_error})
         online = any(s.up for s in self.servers)
         if online != self.online:
             self.online = online
             self.changed_at = time.time()
             metrics.ONLINE.set(1 if online else 0)
             metrics.STATE_CHANGES.labels(state="online" if online else "offline").inc()
+            if not online:
+                # Requests still waiting on a hung server are answered locally now instead of hanging on.
+                self._pool.abort_waiting("the API server went offline before answering")
             log.warning("edgeproxy is %s", "ONLINE: forwarding to the API server" if online
-                        else "OFFLINE: no API server reachable, answering locally")
+                        else "OFFLINE: no API server reachable, answering locally",
+                        extra={"event": "online" if online else "offline",
+                               "servers_up": [s.url for s in self.servers if s.up]})
             for callback in list(self._listeners):
                 try:
                     callback(online)

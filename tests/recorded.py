@@ -75,6 +75,8 @@ class RecordedAPIServer:
         self.watch_started = asyncio.Event()
         self.watch_gone = asyncio.Event()  # a watch's client went away mid-stream
         self.ready = True  # /readyz: 200 "ok", or 500 as an API server whose etcd is gone answers
+        self.hang = asyncio.Event()  # set: requests (other than /readyz) get no answer, as from a hung server
+        self.hanging = asyncio.Event()  # a request is hanging now
         self.app = web.Application(client_max_size=64 << 20)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -89,6 +91,9 @@ class RecordedAPIServer:
         path, _, query = request.raw_path.partition("?")
         if path == "/readyz":
             return web.Response(text="ok") if self.ready else web.Response(status=500, text="[-]etcd failed")
+        if self.hang.is_set():
+            self.hanging.set()
+            await asyncio.Event().wait()
         if request.method in ("POST", "PUT", "PATCH"):
             # Echo what arrived: the test checks that a body went up unchanged (not an API answer).
             body = await request.read()

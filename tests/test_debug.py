@@ -261,20 +261,23 @@ async def test_diagnose_shows_what_a_component_asked_and_got(tmp_path, running_p
     _, svc, kubeconfig = running_proxy
     logs.reset_activity()  # the record is per process; other tests' requests are not this one's
     ua = {"User-Agent": "kube-proxy/v1.32.0 (linux/amd64) kubernetes/abc"}
+    args = ["debug", "diagnose", "kube-proxy", "--ops-url", svc.ops_url, "--skip-cache",
+            "--config", str(tmp_path / "none.env")]  # the cache is open in this process: LMDB allows one handle
+    (tmp_path / "none.env").write_text(f"EDGEPROXY_KUBECONFIG={kubeconfig}\n")
     async with aiohttp.ClientSession() as s:
         for path in ("/api/v1/services", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices",
                      "/api/v1/pods"):  # the last one the node identity may not do: 403
             async with s.get(svc.url + path, headers=ua) as r:
                 await r.read()
-    args = ["debug", "diagnose", "kube-proxy", "--ops-url", svc.ops_url, "--kubeconfig", str(kubeconfig),
-            "--cache-dir", str(tmp_path / "cache"), "--config", str(tmp_path / "none.env")]
-    (tmp_path / "none.env").write_text("")
-    assert await asyncio.to_thread(cli.main, args) == 0
+        async with s.get(svc.url + "/api/v1/services?watch=1&resourceVersion=0", headers=ua) as watch:
+            await asyncio.wait_for(watch.content.readline(), 10)  # open and flowing
+            assert await asyncio.to_thread(cli.main, args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("kube-proxy: 4 requests since ")
+    assert out.startswith("kube-proxy: 4 requests since ")  # the watch is counted when it ends
     assert re_line(out, r"list\s+services\s+200 upstream\s+2")
     assert re_line(out, r"list\s+endpointslices\s+200 upstream\s+1")
     assert "last errors (1):" in out and re_line(out, r"list\s+403 upstream .* /api/v1/pods")
+    assert "watches open now: 1 from upstream" in out
     assert await asyncio.to_thread(cli.main, [*args[:2], "coredns", *args[3:]]) == 1
     assert "Components seen: kube-proxy" in capsys.readouterr().out
 
@@ -325,7 +328,8 @@ async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_prox
         async with s.get(svc.url + "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", headers=ua) as r:
             assert r.status == 200
             await r.read()
-        await svc.proxy.local.writer.flush()
+        await asyncio.to_thread(svc.proxy.recorder.flush, 10)  # the recorder hands the list to the writer...
+        await svc.proxy.local.writer.flush()  # ...which commits it
         async with s.get(svc.ops_url + "/metrics") as r:
             assert r.headers["Content-Type"].startswith("text/plain")
             text = await r.text()
@@ -343,3 +347,44 @@ async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_prox
     assert value["edgeproxy_offline_current_seconds"] == 0
     expiry = [s for s in families["edgeproxy_certificate_expiry_timestamp_seconds"].samples]
     assert any(s.labels["file"].endswith("node.crt") for s in expiry)
+
+
+def test_kubelet_wiring_is_checked(tmp_path):
+    from edgeproxy import config, install
+
+    install.install(tmp_path, "/bin/true", tls_sans=None)
+    dropin = tmp_path / "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf"
+    kc = tmp_path / "etc/edgeproxy/kubelet.kubeconfig"
+    dropin.write_text(dropin.read_text().replace("/etc/edgeproxy/kubelet.kubeconfig", str(kc)))
+    report = debug.Report()
+    debug.check_kubelet(config.Config(), report, str(dropin))
+    assert report.findings[-1].status == "ok" and "http://127.0.0.1:10261" in report.findings[-1].message
+    report = debug.Report()
+    debug.check_kubelet(config.Config(listen="127.0.0.1:9999"), report, str(dropin))
+    (line,) = report.failed
+    assert "points at http://127.0.0.1:10261, the proxy listens on 127.0.0.1:9999" in line.message
+
+
+def test_diagnose_lists_the_components_cached_views(tmp_path):
+    import io
+
+    from cache import writer
+    from edgeproxy import config
+
+    st = store.Store.open(str(tmp_path / "cache"), map_size=16 << 20)
+    w = writer.Writer(st).start()
+    complete = store.ViewKey("kube-proxy", "", "v1", "services", "", "", "", "", "protobuf")
+    partial = store.ViewKey("kube-proxy", "discovery.k8s.io", "v1", "endpointslices", "", "", "", "", "protobuf")
+    other = store.ViewKey("kubelet", "", "v1", "pods", "", "", "spec.nodeName=edge-1", "", "protobuf")
+    for key in (complete, partial, other):
+        w.replace_view(key, store.ViewMeta("List", "v1", "42", True), [])
+    w.mark_incomplete(partial)
+    assert w.flush_sync(10)
+    w.close()
+    st.close()
+    out = io.StringIO()
+    debug._print_views(config.Config(cache_dir=str(tmp_path / "cache")), "kube-proxy", out)
+    text = out.getvalue()
+    assert "(2 views)" in text and "pods" not in text
+    assert re_line(text, r"services .*rv=42\s+complete$")
+    assert re_line(text, r"endpointslices .*INCOMPLETE")

@@ -113,6 +113,14 @@ async def test_close_delimited_head_and_no_body():
     assert server.connections == 1
 
 
+async def test_interim_responses_are_skipped():
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(BODY), BODY)
+    server = Server([b"HTTP/1.1 100 Continue\r\n\r\n" + final], split=3)
+    async with serving(server) as (pool, port):
+        status, data, _ = await fetch(pool, port, method="POST", body=b"{}")
+        assert (status, data) == (200, BODY)
+
+
 async def test_request_body_framing():
     server = Server([b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"] * 2)
     async with serving(server) as (pool, port):

@@ -89,6 +89,13 @@ def test_listener_pki_is_made_once_with_readable_ca_and_private_key(tmp_path):
     before = (pki / "serving.crt").read_bytes()
     assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true"]) == 0
     assert (pki / "serving.crt").read_bytes() == before  # kept: clients already trust it
+    ca_before = (pki / "ca.crt").read_bytes()
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--reissue-tls",
+                     "--tls-san", "10.1.2.3"]) == 0
+    assert (pki / "serving.crt").read_bytes() != before and (pki / "ca.crt").read_bytes() == ca_before
+    names = {str(n.value) for n in tls.load_certificate(pki / "serving.crt").extensions.get_extension_for_class(
+        tls.x509.SubjectAlternativeName).value}
+    assert "10.1.2.3" in names
     # the env file names these files, and the kubeconfig of in-cluster clients names the CA
     env = (tmp_path / "etc/default/edgeproxy").read_text()
     assert "EDGEPROXY_TLS_CERT_FILE=/etc/edgeproxy/pki/serving.crt" in env
@@ -100,3 +107,91 @@ def test_listener_pki_is_made_once_with_readable_ca_and_private_key(tmp_path):
 def test_no_tls_makes_no_pki(tmp_path):
     assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls"]) == 0
     assert not (tmp_path / "etc/edgeproxy/pki").exists()
+
+
+async def test_installed_files_run_the_proxy_end_to_end(tmp_path):
+    """The README's install, without systemd: install-systemd into a root, the credentials copy, the upstream
+    kubeconfig, then `serve` reads the installed env file (paths moved under the root) and answers kubelet over
+    HTTP and a ServiceAccount client (the kubernetes Python client, as kube-proxy) over HTTPS; debug check agrees."""
+    import asyncio
+    import shutil
+    import socket
+
+    from kubernetes import client, config
+
+    from edgeproxy.sim.simulator import Simulator
+    from tests.test_proxy import free_port
+
+    root = tmp_path / "root"
+    sa_token = "kube-proxy-sa-token-0123456789"
+    async with Simulator(pki_dir=tmp_path / "sim-pki",
+                         tokens={sa_token: ("system:serviceaccount:kube-system:kube-proxy", ())}) as sim:
+        assert cli.main(["install-systemd", "--root", str(root), "--exec", sys.executable]) == 0
+        pki = root / "var/lib/edgeproxy/pki"  # what edgeproxy-credentials.service does on a host
+        pki.mkdir(parents=True)
+        (pki / "client.pem").write_bytes(sim.pki.node_cert.read_bytes() + sim.pki.node_key.read_bytes())
+        shutil.copy(sim.pki.ca_cert, pki / "ca.crt")
+        assert cli.main(["kubeconfig", "--component", "upstream", "--server", sim.url,
+                         "--ca-file", str(pki / "ca.crt"), "--client-certificate", str(pki / "client.pem"),
+                         "--out", str(root / "etc/edgeproxy/upstream.kubeconfig")]) == 0
+        env_file = root / "etc/default/edgeproxy"
+        listen, tls_port, ops = free_port(), free_port(), free_port()
+        text = env_file.read_text().replace("=/", f"={root}/")
+        for default, port in (("10261", listen), ("10268", tls_port), ("10267", ops)):
+            text = text.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+        env_file.write_text(text)
+
+        notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_sock.bind(str(tmp_path / "notify"))
+        notify_sock.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+        env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgeproxy", "serve", "--config", str(env_file), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(30):
+                ready = (await asyncio.get_running_loop().sock_recv(notify_sock, 4096)).decode()
+            assert "READY=1" in ready, ready
+
+            def as_kube_proxy() -> list[str]:
+                token = tmp_path / "token"
+                token.write_text(sa_token)
+                kc = tmp_path / "kube-proxy.kubeconfig"
+                assert cli.main(["kubeconfig", "--component", "kube-proxy", "--token-file", str(token),
+                                 "--server", f"https://127.0.0.1:{tls_port}",
+                                 "--certificate-authority", str(root / "etc/edgeproxy/pki/ca.crt"),
+                                 "--out", str(kc)]) == 0
+                api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
+                return [s.metadata.name for s in api.list_service_for_all_namespaces().items]
+
+            def as_kubelet() -> str:
+                kc = tmp_path / "kubelet.kubeconfig"
+                assert cli.main(["kubeconfig", "--component", "kubelet", "--server", f"http://127.0.0.1:{listen}",
+                                 "--out", str(kc)]) == 0
+                api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
+                return api.read_node("edge-1").metadata.name
+
+            assert await asyncio.to_thread(as_kube_proxy)  # the ServiceAccount's token went through HTTPS
+            assert await asyncio.to_thread(as_kubelet) == "edge-1"
+            check = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgeproxy", "debug", "check", "--config", str(env_file), cwd=ROOT, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(check.communicate(), 60)
+            assert check.returncode == 0, out.decode()
+            assert "running on" in out.decode() and "online" in out.decode()
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+            notify_sock.close()
+
+
+def test_server_writes_the_upstream_kubeconfig_once(tmp_path):
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
+                     "--server", "https://10.0.0.1:6443"]) == 0
+    kc = tmp_path / "etc/edgeproxy/upstream.kubeconfig"
+    text = kc.read_text()
+    assert '"https://10.0.0.1:6443"' in text and "/var/lib/edgeproxy/pki/client.pem" in text
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
+                     "--server", "https://10.9.9.9:6443"]) == 0
+    assert kc.read_text() == text  # kept

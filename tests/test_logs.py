@@ -102,3 +102,26 @@ def test_activity_per_component_keeps_last_requests_and_errors(stream):
     assert len(snap["last"]) == 50 and snap["last"][-1]["path"] == "/api/v1/pods"
     assert snap["errors"] == [snap["last"][-1]] and snap["errors"][0]["note"] == "view incomplete"
     assert {"verb": "get", "resource": "nodes", "code": 200, "source": "upstream", "n": 60} in snap["counts"]
+
+
+def test_cache_and_upstream_state_changes_are_json_lines_with_an_event(stream, tmp_path):
+    # The cache and the upstream pool log their state changes with stdlib logging and `extra=`: the JSON format
+    # turns them into one object per line an operator can filter on `event`.
+    from cache import store, writer
+
+    logs.setup(level="info", fmt="json", stream=stream)
+    st = store.Store.open(str(tmp_path / "cache"), map_size=16 << 20)
+    w = writer.Writer(st).start()
+    try:
+        key = store.ViewKey("kubelet", "", "v1", "pods", "", "", "spec.nodeName=edge-1", "", "json")
+        item = store.Item("p1", "default", "5", {}, {}, b'{"metadata":{"name":"p1"}}')
+        w.replace_view(key, store.ViewMeta("PodList", "v1", "5", True), [item])
+        assert w.flush_sync(10)
+        w.replace_view(key, store.ViewMeta("PodList", "v1", "6", True), [item])  # already complete: no line
+        assert w.flush_sync(10)
+    finally:
+        w.close()
+        st.close()
+    events = [x for x in lines(stream) if x.get("event") == "view_complete"]
+    assert len(events) == 1 and events[0]["items"] == 1 and events[0]["resource_version"] == "5"
+    assert "pods" in events[0]["view"]

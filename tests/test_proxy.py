@@ -154,6 +154,15 @@ async def test_request_body_goes_up_unchanged(through):
     assert api.seen[-1][2]["Content-Type"] == "application/json"
 
 
+async def test_expect_100_continue_is_answered_by_the_proxy(through):
+    api, svc, s = through
+    body = recorded.load("configmap-web-config.get.json").body
+    async with s.post(svc.url + "/api/v1/namespaces/edge/configmaps", data=body, expect100=True,
+                      headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 201 and await r.read() == body
+    assert "Expect" not in api.seen[-1][2]
+
+
 async def test_large_request_body_streams_up_unchanged(through):
     _, svc, s = through
     body = recorded.load("pods-edge1.list.json").body * 25  # 5 MB: over the read-whole limit, sent chunked
@@ -208,6 +217,22 @@ async def test_going_offline_ends_upstream_watches(through):
         rest = await r.read()  # the watch ends (cleanly: the client re-watches, and is answered locally)
         assert first + rest == recorded.frames(recorded.load("watch.pods-edge1.json").body, "")[0]
         await api.watch_gone.wait()
+
+
+async def test_going_offline_answers_requests_hung_upstream_locally(recorded_upstream):
+    api, url = recorded_upstream
+    local = _Local()
+    async with server.running(proxy_config(), creds=upstream.Credentials(servers=(url,)), local=local) as svc, \
+            aiohttp.ClientSession() as s, asyncio.timeout(20):
+        api.hang.set()
+        pending = asyncio.ensure_future(s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config"))
+        await api.hanging.wait()
+        api.ready = False
+        while svc.upstream.online:
+            await svc.upstream.probe_all()
+        async with await pending as r:
+            assert r.status == 503 and (await r.json())["message"] == "from the local hook"
+    assert local.calls and local.calls[0][0] == "get" and "offline" in local.calls[0][1]
 
 
 async def test_gzip_passes_through_byte_identical(recorded_upstream):
@@ -336,3 +361,56 @@ async def test_upgrade_is_tunnelled_both_ways():
             await ws.send_bytes(payload)
             msg = await ws.receive()
             assert msg.data == b"echo:" + payload
+
+
+@pytest.mark.parametrize(("protocol", "early"), [("SPDY/3.1", b""), ("websocket", b"EARLY")])
+async def test_raw_upgrade_carries_bytes_both_ways(protocol, early):
+    """kubectl's exec over SPDY/3.1 or WebSocket: raw bytes after the 101. The bytes the API server sends in the same
+    packet as its 101 must not be lost; nor, for WebSocket, what the client sends right behind its request (aiohttp
+    takes only WebSocket as an upgrade; a SPDY client waits for the 101 before it speaks, as kubectl does)."""
+    seen = asyncio.Event()
+    got: list[bytes] = []
+
+    async def upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /readyz"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+            return
+        got.append(head)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %b\r\n\r\nHELLO"
+                     % protocol.encode())
+        await writer.drain()
+        while data := await reader.read(65536):
+            got.append(data)
+            if b"".join(got[1:]).endswith(b"BYE"):
+                seen.set()
+                writer.write(b"ECHO:" + b"".join(got[1:]))
+                await writer.drain()
+                break
+        writer.close()
+
+    srv = await asyncio.start_server(upstream_conn, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    try:
+        async with server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc, \
+                asyncio.timeout(20):
+            host, port = svc.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /api/v1/namespaces/edge/pods/web-0/exec?command=sh&stdin=true HTTP/1.1\r\n"
+                         b"Host: x\r\nConnection: Upgrade\r\nUpgrade: %b\r\nX-Stream-Protocol-Version: "
+                         b"v4.channel.k8s.io\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\n%b" % (protocol.encode(), early))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101")
+            assert b"Upgrade: " + protocol.encode() in head
+            assert await reader.readexactly(5) == b"HELLO"
+            writer.write(b"-BYE")
+            await seen.wait()
+            assert await reader.read() == b"ECHO:" + early + b"-BYE"
+            writer.close()
+        assert got[0].startswith(b"GET /api/v1/namespaces/edge/pods/web-0/exec?command=sh&stdin=true HTTP/1.1\r\n")
+        assert b"X-Stream-Protocol-Version: v4.channel.k8s.io" in got[0]
+    finally:
+        srv.close()

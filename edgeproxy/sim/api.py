@@ -909,11 +909,15 @@ class Watch:
 
     async def _cut(self) -> None:
         """Send half of a frame, then drop the connection (fault: a watch cut mid-event)."""
-        frame = self._bookmark(self.api.store.rv)
-        await self.resp.write(frame[: max(1, len(frame) // 2)])
         transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+        if transport is None or transport.is_closing():
+            return  # the client already left: nothing to cut
+        frame = self._bookmark(self.api.store.rv)
+        try:
+            await self.resp.write(frame[: max(1, len(frame) // 2)])
+        except ConnectionError:
+            return
+        transport.abort()
 
     async def run(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()

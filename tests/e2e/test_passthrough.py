@@ -208,3 +208,22 @@ async def test_failover_to_second_server(sim, tmp_path):
         async with s.get(service.url + "/api/v1/namespaces/edge/configmaps/web-config") as r:
             assert r.status == 200
             assert (await r.json())["metadata"]["name"] == "web-config"
+
+
+async def test_hung_upstream_request_is_answered_from_the_cache(sim, tmp_path):
+    from tests.e2e.conftest import proxy_for
+
+    kubeconfig = sim.kubeconfig(tmp_path / "k", "admin")
+    path = "/api/v1/namespaces/edge/configmaps/web-config"
+    async with proxy_for(kubeconfig, tmp_path, probe_interval=0.2, probe_timeout=0.5, offline_after=2) as service, \
+            aiohttp.ClientSession() as s, asyncio.timeout(60):
+        async with s.get(service.url + path) as r:  # online: forwarded, and recorded
+            assert r.status == 200
+            online = await r.json()
+        service.proxy.recorder.flush(10)  # the recording is committed before the link hangs
+        sim.hang()
+        async with s.get(service.url + path) as r:  # hangs upstream until the prober gives up, then the cache answers
+            assert r.status == 200
+            assert (await r.json())["metadata"] == online["metadata"]
+        assert not service.upstream.online
+        sim.hang(False)
