@@ -371,7 +371,9 @@ class Pool:
 
     __slots__ = ("_idle", "_waiting", "connect_timeout", "idle_timeout")
 
-    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 60.0) -> None:
+    def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 30.0) -> None:
+        # idle_timeout: shorter than the API server's and common load balancers' idle timeouts, so a pooled
+        # connection is not reused just as the other side closes it (a write could then not be retried safely).
         self._idle: dict[tuple[object, ...], list[_Conn]] = {}
         self._waiting: set[_Conn] = set()  # sent, no response head yet
         self.connect_timeout = connect_timeout
@@ -383,6 +385,10 @@ class Pool:
 
         Raises ConnectFailed (nothing sent), Stale (a reused connection died before answering; retried once on a
         fresh connection when `retry_stale`), Broken.
+
+        A write is retried on a stale connection too (unlike Go's transport): the API server closing an idle
+        keep-alive connection just as a request was written is the common case, and Kubernetes writes carry their own
+        guards (resourceVersion preconditions, AlreadyExists), so a write that did land is refused, not doubled.
         """
         key = (host, port, id(ssl))
         conn = self._take(key)
@@ -434,10 +440,12 @@ class Pool:
 
     def _take(self, key: tuple[object, ...]) -> _Conn | None:
         idle = self._idle.get(key)
+        cutoff = time.monotonic() - self.idle_timeout
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
+            if conn.transport is not None and not conn.transport.is_closing() and conn.idle_since >= cutoff:
                 return conn
+            conn.abort()  # closed by the server, or idle long enough that a load balancer may have dropped it
         return None
 
     def put(self, conn: _Conn) -> None:

@@ -324,7 +324,7 @@ class Upstream:
             try:
                 resp = await self._pool.request(
                     server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
-                    method, head, body, retry_stale=idempotent)
+                    method, head, body, retry_stale=not isinstance(body, AsyncIterator))
             except httpclient.ConnectFailed as e:
                 errors.append(f"{server.url}: {e}")
                 self.note_failure(server, str(e))
