@@ -199,6 +199,8 @@ class Recorder:
     def _unchanged(self, key: store.ViewKey, encoding: str, body: bytes) -> bool:
         """Whether a whole list repeats what its complete view already holds: the same resourceVersion is the same
         state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse."""
+        if self.writer.unsettled(key):  # marked incomplete a moment ago, not committed yet: the store's "complete"
+            return False  # is stale, and only this list can make the view whole again
         meta = self.writer.store.view(key)
         if meta is None or not meta.complete or not meta.resource_version:
             return False

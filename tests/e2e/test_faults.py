@@ -699,3 +699,21 @@ async def busy(sim: Simulator, salt: int = 0) -> None:
         i += 1
         if i % 20 == 0:
             await asyncio.sleep(0)  # let the simulator write the events out
+
+
+async def test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_relist_completes_it(tmp_path):
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json")
+        api.answers[(PODS, True)] = Answer("pods-edge1.list.json")  # not a watch stream at all
+        code, listed = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200
+        code, body = await r.get(f"{PODS}?watch=true&{ON_NODE}&resourceVersion=304")
+        assert (code, body) == (200, api.sent[-1])  # forwarded as it came
+        # the client, its watch ended at once, relists: the same list at the same resourceVersion
+        assert await r.get(f"{PODS}?{ON_NODE}") == (200, listed)
+        await r.settle()
+        assert the_view(r, "pods", "json")[1].complete  # the relist made it whole again
+        await offline_by_probe(api, service)
+        code, body = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200 and json.loads(body) == json.loads(listed)
