@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 MAX_PENDING_BYTES = 256 << 20  # unparsed bytes queued to the parsing thread before responses are dropped
 CHUNK_TTL = 300.0  # seconds a chunked list may take between pages before its pieces are dropped
+BIG_LIST = 2000  # items: a longer list is handed to the writer in pieces of this many, as the writer drains
+WRITER_WAIT = 60.0  # seconds the parsing thread waits for the writer per piece before handing it over anyway
 
 
 class Recorder:
@@ -164,11 +166,11 @@ class Recorder:
         raws = parts.items
         if encoding == "json" and getattr(parts, "pretty", False):  # ?pretty or curl: keep what client-go gets
             raws = [jsonwire.compact(r) for r in raws]
-        items = [_item(info.resource, encoding, raw) for raw in raws]
         now = time.monotonic()
         self._expire_chunks(now)
         asked = info.continue_
-        if not asked and not parts.continue_:
+        if not asked and not parts.continue_ and len(raws) <= BIG_LIST:
+            items = [_item(info.resource, encoding, raw) for raw in raws]
             self.writer.replace_view(key, store.ViewMeta(kind, api_version, parts.resource_version, True), items)
             return
         if asked:
@@ -178,15 +180,27 @@ class Recorder:
             assembly = found[0]
         else:
             assembly = self.writer.begin_list(key, kind, api_version)
-        assembly.add(items)
+        for i in range(0, len(raws), BIG_LIST):
+            self._wait_for_writer()
+            assembly.add([_item(info.resource, encoding, raw) for raw in raws[i : i + BIG_LIST]])
         if parts.continue_:
             self._chunks[(key, parts.continue_)] = (assembly, now)
         else:
             assembly.commit(parts.resource_version)
 
+    def _wait_for_writer(self) -> None:
+        """Back-pressure inside the parsing thread (never on a client): a big list goes to the writer piece by piece
+        as it drains, instead of overflowing its bound and being dropped."""
+        deadline = time.monotonic() + WRITER_WAIT
+        bound = self.writer.max_pending_bytes // 2
+        while self.writer.pending_bytes > bound and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def _unchanged(self, key: store.ViewKey, encoding: str, body: bytes) -> bool:
         """Whether a whole list repeats what its complete view already holds: the same resourceVersion is the same
         state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse."""
+        if self.writer.unsettled(key):  # marked incomplete a moment ago, not committed yet: the store's "complete"
+            return False  # is stale, and only this list can make the view whole again
         meta = self.writer.store.view(key)
         if meta is None or not meta.complete or not meta.resource_version:
             return False

@@ -3,7 +3,7 @@
 import pytest
 from multidict import CIMultiDict
 
-from edgeproxy import tokens, views
+from edgeproxy import record, tokens, views
 from edgeproxy.kube import jsonwire, protobuf, watch
 from tests import recording
 from tests.recording import KUBECTL_JSON, body, info
@@ -172,3 +172,12 @@ def test_a_token_request_answer_is_remembered(tmp_path):
     sent = tokens.Ask("edge", "default", (), 3607, tokens.Binding("Pod", "v1", "web-0", "u-1"))
     served = book.answer(sent, "protobuf")
     assert (served.source, served.body) == ("cached", answer)
+
+
+def test_a_big_list_goes_to_the_writer_in_pieces(c, monkeypatch):
+    monkeypatch.setattr(record, "BIG_LIST", 4)
+    c.feed(info(PODS), "pods-edge1.list.pb")
+    meta = c.store.view(pods_key("pb"))
+    assert meta.complete and meta.resource_version == "304" and meta.kind == "PodList"
+    assert c.store.raw_items(pods_key("pb")) == sorted(listed_items("pb", "pods-edge1.list.pb"),
+                                                       key=lambda raw: _ns_name("pb", raw))

@@ -504,6 +504,25 @@ async def test_a_full_disk_loses_no_forwarded_byte_counts_write_failures_and_rec
                 assert code == 200 and json.loads(body) == json.loads(listed)
 
 
+async def test_started_on_a_full_disk_the_proxy_forwards_without_a_cache(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        with tmpfs(tmp_path / "disk", "1m") as disk:
+            with contextlib.suppress(OSError), (disk / "filler").open("wb") as f:  # fill it to the last byte
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            async with serving(sim, tmp_path, cache_dir=str(disk / "cache")) as service, \
+                    aiohttp.ClientSession() as http, aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+                r = Rig(sim, service, http, direct)
+                got = await r.get(f"{PODS}?{ON_NODE}")
+                assert got[0] == 200 and got == await r.get(f"{PODS}?{ON_NODE}", via="direct")
+                assert service.proxy.recorder is None  # it said so in its log, and runs as with --cache off
+                await r.offline()
+                code, body = await r.get(f"{PODS}?{ON_NODE}")
+                assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
 async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_record(tmp_path):
     async with Simulator(pki_dir=tmp_path / "pki") as sim:
         sim.seed(pods=1000)
@@ -680,3 +699,21 @@ async def busy(sim: Simulator, salt: int = 0) -> None:
         i += 1
         if i % 20 == 0:
             await asyncio.sleep(0)  # let the simulator write the events out
+
+
+async def test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_relist_completes_it(tmp_path):
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json")
+        api.answers[(PODS, True)] = Answer("pods-edge1.list.json")  # not a watch stream at all
+        code, listed = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200
+        code, body = await r.get(f"{PODS}?watch=true&{ON_NODE}&resourceVersion=304")
+        assert (code, body) == (200, api.sent[-1])  # forwarded as it came
+        # the client, its watch ended at once, relists: the same list at the same resourceVersion
+        assert await r.get(f"{PODS}?{ON_NODE}") == (200, listed)
+        await r.settle()
+        assert the_view(r, "pods", "json")[1].complete  # the relist made it whole again
+        await offline_by_probe(api, service)
+        code, body = await r.get(f"{PODS}?{ON_NODE}")
+        assert code == 200 and json.loads(body) == json.loads(listed)
