@@ -318,12 +318,12 @@ class _WatchState:
     def process(self, chunk: bytes) -> None:
         if self.broken:
             return
-        if self.decomp is not None:
-            chunk = self.decomp.decompress(chunk)
         try:
+            if self.decomp is not None:
+                chunk = self.decomp.decompress(chunk)
             frames = self.splitter.feed(chunk)
             events = [self._event(f) for f in frames]
-        except errors.KubeError as e:
+        except (errors.KubeError, zlib.error) as e:
             self.fail(f"undecodable watch stream: {e}")
             return
         out: list[tuple[str, store.Item | None, str]] = []

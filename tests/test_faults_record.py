@@ -2,6 +2,8 @@
 complete: a relist at the same resourceVersion is recorded, not skipped as unchanged (the race the end-to-end test
 test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_relist_completes_it found)."""
 
+import zlib
+
 from cache import store, writer
 from edgeproxy import record
 from edgeproxy.kube import protobuf
@@ -65,3 +67,28 @@ def test_a_dropped_write_makes_a_relist_at_the_same_version_count(tmp_path):
 class _Info:
     continue_ = None
     resource = "pods"
+
+
+def test_a_gzip_watch_that_does_not_inflate_marks_the_view_incomplete(tmp_path):
+    """The recorder inflates a gzip watch itself; a stream that does not inflate is a stream it cannot read."""
+    from multidict import CIMultiDict
+
+    from tests import recording
+
+    with recording.cache(tmp_path / "cache") as c:
+        pods = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1"
+        c.feed(recording.info(pods), "pods-edge1.list.pb")
+        key = next(k for k, _ in c.store.views())
+        assert c.store.view(key).complete
+        z = zlib.compressobj(wbits=31)
+        stream = z.compress(body("watch.pods-edge1.pb")) + z.flush()
+        bad = bytearray(stream)
+        bad[len(bad) // 2] ^= 0xFF
+        hdrs = CIMultiDict({"Content-Type": protobuf.WATCH_CONTENT_TYPE, "Content-Encoding": "gzip"})
+        sink = c.recorder.begin(recording.info(pods + "&watch=true&resourceVersion=304"), 200, hdrs)
+        for i in range(0, len(bad), 512):
+            sink.feed(bytes(bad[i : i + 512]))
+        sink.done(True)
+        c.sync()
+        assert not c.store.view(key).complete
+        assert c.recorder.errors >= 1
