@@ -70,6 +70,9 @@ class Service:
         }
 
 
+MAX_REQUEST_HEAD = 1 << 20
+
+
 def proxy_server(handler: proxy.Proxy) -> web.Server:
     """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
     the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
@@ -80,7 +83,10 @@ def proxy_server(handler: proxy.Proxy) -> web.Server:
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=proxy.MAX_BUFFERED_BODY + 1)
 
-    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None)
+    # The API server (Go's net/http, MaxHeaderBytes 1 MiB) takes request lines and headers up to 1 MiB, aiohttp only
+    # 8190 bytes: a long label selector must reach it, not die here. Bodies pass as sent (gzip stays gzip).
+    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None,
+                      max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD, auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:

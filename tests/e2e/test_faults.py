@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import json
 import os
 import re
@@ -260,6 +261,7 @@ class Mangler:
         self.answers: dict[tuple[str, bool], Answer] = {}
         self.ready = True
         self.sent: list[bytes] = []  # the body bytes of each answer, as sent (mangled)
+        self.seen: list[tuple[str, str, bytes]] = []  # (method, path?query, body) of each request, as it arrived
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -276,6 +278,9 @@ class Mangler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/readyz":
             return web.Response(text="ok") if self.ready else web.Response(status=500, text="[-]etcd failed")
+        self.seen.append((request.method, request.raw_path, await request.read()))
+        if request.method in ("POST", "PUT", "PATCH"):  # echo: what arrived, as it arrived
+            return web.Response(status=201, body=self.seen[-1][2], content_type="application/json")
         answer = self.answers.get((request.path, request.query.get("watch") in ("true", "1")))
         if answer is None:
             rec = recorded.load(recorded.NOT_FOUND)
@@ -304,7 +309,9 @@ class Mangler:
 @contextlib.asynccontextmanager
 async def mangled(tmp: Path) -> AsyncIterator[tuple[Mangler, server.Service, aiohttp.ClientSession]]:
     api = Mangler()
-    runner = web.AppRunner(api.app, access_log=None)
+    # as the API server: request lines and headers up to 1 MiB (Go's MaxHeaderBytes), bodies as sent
+    runner = web.AppRunner(api.app, access_log=None, max_line_size=1 << 20, max_field_size=1 << 20,
+                           auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -717,3 +724,43 @@ async def test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_reli
         await offline_by_probe(api, service)
         code, body = await r.get(f"{PODS}?{ON_NODE}")
         assert code == 200 and json.loads(body) == json.loads(listed)
+
+
+async def test_a_long_selector_and_a_gzip_body_reach_the_api_server_as_sent(tmp_path):
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json")
+        long_selector = "labelSelector=app%20in%20(" + ",".join(f"v{i}" for i in range(3000)) + ")"  # ~20 KB
+        code, body = await r.get(f"{PODS}?{long_selector}")
+        assert (code, body) == (200, recorded.load("pods-edge1.list.json").body)
+        assert api.seen[-1][:2] == ("GET", f"{PODS}?{long_selector}")
+        # past what the API server takes: an error, and the proxy goes on
+        async with asyncio.timeout(10), http.get(yarl.URL(f"{service.url}{PODS}?labelSelector={'a' * (1 << 20)}",
+                                                          encoded=True)) as resp:
+            assert 400 <= resp.status < 500
+        gz = gzip.compress(json.dumps({"kind": "ConfigMap", "apiVersion": "v1",
+                                       "metadata": {"name": "zipped"}}).encode())
+        async with asyncio.timeout(10), http.post(
+                f"{service.url}{CONFIGMAPS}", data=gz,
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}) as resp:
+            assert resp.status == 201
+        assert api.seen[-1] == ("POST", CONFIGMAPS, gz)  # still gzip: the API server decodes it, not the proxy
+        assert await r.get(f"{PODS}?{ON_NODE}") == (200, recorded.load("pods-edge1.list.json").body)
+
+
+async def test_bytes_that_are_not_http_get_a_400_and_the_proxy_goes_on(tmp_path):
+    async with mangled(tmp_path) as (api, service, http):
+        host, port = yarl.URL(service.url).host, yarl.URL(service.url).port
+        for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32) + b"\r\n\r\n",  # TLS hello
+                        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+                        b"NOT HTTP AT ALL\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(garbage)
+                async with asyncio.timeout(10):
+                    head = await reader.readline()
+                assert re.match(rb"HTTP/1\.[01] 400 ", head), (garbage[:20], head)
+            finally:
+                writer.close()
+        api.answers[(PODS, False)] = Answer("pods-edge1.list.json")
+        assert (await rig_of(service, http).get(f"{PODS}?{ON_NODE}"))[0] == 200
