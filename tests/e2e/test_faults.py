@@ -384,6 +384,24 @@ async def read_rest(resp: aiohttp.ClientResponse, timeout: float = 10) -> tuple[
     return bytes(out), False
 
 
+async def test_a_chunked_list_cut_in_its_last_page_never_becomes_a_view(tmp_path):
+    async with mangled(tmp_path) as (api, service, http):
+        r = rig_of(service, http)
+        api.answers[(PODS, False)] = Answer("pods-edge1.limit10.page1.json")
+        code, page1 = await r.get(f"{PODS}?{ON_NODE}&limit=10")
+        assert code == 200
+        token = json.loads(page1)["metadata"]["continue"]
+        api.answers[(PODS, False)] = Answer("pods-edge1.limit10.page2.json", cut=0.5)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.get(f"{PODS}?{ON_NODE}&limit=10&continue={token}")
+        await r.settle()
+        assert not [m for k, m in r.store.views() if k.resource == "pods" and m.complete]
+        await offline_by_probe(api, service)
+        for query in (f"{ON_NODE}&limit=10", ON_NODE):  # ten items of fifteen are no list
+            code, body = await r.get(f"{PODS}?{query}")
+            assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
 async def test_a_watch_cut_mid_event_ends_for_the_client_and_the_view_keeps_its_last_event(tmp_path):
     async with rig(tmp_path) as r:
         code, listed = await r.get(f"{PODS}?{ON_NODE}")
