@@ -145,7 +145,7 @@ def _measure(opts: harness.Options, pods: int, sim_url: str, proxies: dict[str, 
     # Throughput, in interleaved rounds: on a shared machine a neighbour's burst then hits every variant alike.
     # The median round is reported; the proxy process's CPU time per request is the figure that does not depend on
     # what else the machine is doing.
-    rounds = 2 if opts.quick else 3
+    rounds = 2 if opts.quick else 5
     rates: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in proxies}
     for _ in range(rounds):

@@ -53,6 +53,7 @@ class Writer:
         "_queue",
         "_seq",
         "_thread",
+        "_unsettled",
         "_wake",
         "commit_counts",
         "commit_seconds",
@@ -74,6 +75,8 @@ class Writer:
         self._enqueued = 0  # bytes ever queued (caller side)
         self._applied = 0  # bytes ever taken off the queue (writer side)
         self._dropped: dict[bytes, int] = {}  # view_id -> seq of the last operation dropped for it
+        # view_id -> seq of the last operation that will mark it incomplete (queued or dropped, not yet committed)
+        self._unsettled: dict[bytes, int] = {}
         self._broken_gens: set[bytes] = set()
         self._thread: threading.Thread | None = None
         self._lockfd: int | None = None
@@ -126,11 +129,13 @@ class Writer:
 
     # ---------------------------------------------------------------- the caller's side: never blocks
 
-    def _put(self, op: tuple, size: int) -> None:
+    def _put(self, op: tuple, size: int, unsettles: bytes | None = None) -> None:
         with self._lock:
             self._seq += 1
             self._enqueued += size
             self._queue.append((self._seq, size, op))
+            if unsettles is not None:
+                self._unsettled[unsettles] = self._seq
         if not self._wake.is_set():
             self._wake.set()
 
@@ -142,7 +147,7 @@ class Writer:
             # past the bound: drop; one operation larger than the bound alone still goes when nothing is pending
             if self._closed or (pending and pending + size > self.max_pending_bytes):
                 if view_id is not None:
-                    self._dropped[view_id] = self._seq
+                    self._dropped[view_id] = self._unsettled[view_id] = self._seq
                 self.store.writes_dropped += 1
                 wake = True
                 queued = False
@@ -171,7 +176,12 @@ class Writer:
 
     def mark_incomplete(self, key: store_.ViewKey) -> None:
         """The view missed something (ERROR event, broken stream): offline it must not be served as complete."""
-        self._put(("incomplete", key), 0)
+        self._put(("incomplete", key), 0, key.view_id())
+
+    def unsettled(self, key: store_.ViewKey) -> bool:
+        """Whether the view is about to be marked incomplete (a mark or a dropped write not committed yet): what
+        the store says of it now is not to be trusted as complete."""
+        return key.view_id() in self._unsettled
 
     def put_object(self, okey: store_.ObjectKey, body: bytes) -> None:
         if not self._put_data(None, ("object", okey, body), len(body) + _ITEM_OVERHEAD):
@@ -234,7 +244,7 @@ class Writer:
                     log.exception("cache writer: batch failed")
                     self.store.writes_failed += len(ops)
                     stop = any(op[2][0] == "stop" for op in ops)
-                    self._finish(ops)
+                    self._finish(ops, dropped)
             spent = time.monotonic() - started
             if not stop and spent < self.interval:
                 time.sleep(self.interval - spent)  # pace commits: at most one fsync per interval
@@ -248,8 +258,14 @@ class Writer:
                 return
         self.commit_counts[-1] += 1
 
-    def _finish(self, ops: list[tuple]) -> None:
+    def _finish(self, ops: list[tuple], dropped: dict[bytes, int] | None = None) -> None:
         self._applied += sum(op[1] for op in ops)
+        settled = max([op[0] for op in ops] + list((dropped or {}).values()), default=0)
+        if self._unsettled:
+            with self._lock:  # marks up to this batch are in the store now (or in Store._stale)
+                for view_id, seq in list(self._unsettled.items()):
+                    if seq <= settled:
+                        del self._unsettled[view_id]
         for _, _, op in ops:
             if op[0] == "flush":
                 op[1]()
@@ -277,7 +293,7 @@ class Writer:
                 setattr(st, name, value)
             log.warning("cache: a group commit of %d operations failed (%s); retrying them one by one", len(ops), e)
             self._one_by_one(ops, dropped, e)
-        self._finish(ops)
+        self._finish(ops, dropped)
         return any(op[2][0] == "stop" for op in ops)
 
     def _apply_all(self, txn, ops: list[tuple]) -> dict[bytes, int]:
@@ -436,7 +452,7 @@ class ListAssembly:
         w = self._writer
         if self._lost:  # a piece was dropped: the previous content stays, and is no longer the latest
             w._put(("abort", self.gen), 0)
-            w._put(("incomplete", self.key), 0)
+            w._put(("incomplete", self.key), 0, self.key.view_id())
             return
         meta = store_.ViewMeta(self.kind, self.api_version, resource_version, complete, time.time())
         w._put(("commit", self.gen, self.key, meta, self.count), 0)

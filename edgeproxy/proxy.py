@@ -117,9 +117,20 @@ def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip()) - {"upgrade"}
 
 
-class _Buffered(web.StreamResponse):
-    # Headers go out with the first body chunk: one write for a small response instead of two. Watches use the plain
-    # StreamResponse, whose headers go out at prepare(), before any event: client-go waits for them.
+class _Relayed(web.StreamResponse):
+    """A response relaying the API server's: aiohttp adds a Server header where none was set; the API server sends
+    none, so neither does the proxy (headers go out as the API server sent them, minus hop-by-hop ones)."""
+
+    async def _prepare_headers(self) -> None:
+        had_server = "Server" in self.headers
+        await super()._prepare_headers()
+        if not had_server:
+            self.headers.popall("Server", None)
+
+
+class _Buffered(_Relayed):
+    # Headers go out with the first body chunk: one write for a small response instead of two. Watches use
+    # _Relayed, whose headers go out at prepare(), before any event: client-go waits for them.
     _send_headers_immediately = False
 
 
@@ -217,7 +228,7 @@ class Proxy:
                 body = _counted(request.content.iter_any(), self._tx)
         _, up = await self.upstream.send(request.method, request.raw_path, headers, body)
         watching = info is not None and info.watch and up.status == 200
-        resp = (web.StreamResponse if watching else _Buffered)(status=up.status, reason=up.reason)
+        resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
         sink = None
         if self.recorder is not None and info is not None and info.verb in _RECORDED_VERBS:

@@ -199,6 +199,8 @@ class Recorder:
     def _unchanged(self, key: store.ViewKey, encoding: str, body: bytes) -> bool:
         """Whether a whole list repeats what its complete view already holds: the same resourceVersion is the same
         state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse."""
+        if self.writer.unsettled(key):  # marked incomplete a moment ago, not committed yet: the store's "complete"
+            return False  # is stale, and only this list can make the view whole again
         meta = self.writer.store.view(key)
         if meta is None or not meta.complete or not meta.resource_version:
             return False
@@ -316,12 +318,12 @@ class _WatchState:
     def process(self, chunk: bytes) -> None:
         if self.broken:
             return
-        if self.decomp is not None:
-            chunk = self.decomp.decompress(chunk)
         try:
+            if self.decomp is not None:
+                chunk = self.decomp.decompress(chunk)
             frames = self.splitter.feed(chunk)
             events = [self._event(f) for f in frames]
-        except errors.KubeError as e:
+        except (errors.KubeError, zlib.error) as e:
             self.fail(f"undecodable watch stream: {e}")
             return
         out: list[tuple[str, store.Item | None, str]] = []

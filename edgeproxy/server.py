@@ -70,6 +70,9 @@ class Service:
         }
 
 
+MAX_REQUEST_HEAD = 1 << 20
+
+
 def proxy_server(handler: proxy.Proxy) -> web.Server:
     """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
     the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
@@ -80,7 +83,10 @@ def proxy_server(handler: proxy.Proxy) -> web.Server:
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=proxy.MAX_BUFFERED_BODY + 1)
 
-    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None)
+    # The API server (Go's net/http, MaxHeaderBytes 1 MiB) takes request lines and headers up to 1 MiB, aiohttp only
+    # 8190 bytes: a long label selector must reach it, not die here. Bodies pass as sent (gzip stays gzip).
+    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None,
+                      max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD, auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -122,12 +128,18 @@ def ops_app(service: Service) -> web.Application:
 
 def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy.Recorder | None, proxy.Local | None]:
     """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
-    the cache in config.cache_dir. With `--cache off`: (None, None), forward only and 503 while offline."""
+    the cache in config.cache_dir. With `--cache off`, or a cache that cannot be opened (a full disk at start):
+    (None, None), forward only and 503 while offline."""
     if not config.cache:
         return None, None
     from edgeproxy import offline
 
-    return offline.hooks(config, up)
+    try:
+        return offline.hooks(config, up)
+    except Exception:  # a full disk, a read-only or broken cache directory: forwarding must go on without it
+        log.exception("the cache at %s cannot be opened: forwarding only, nothing is recorded or answered offline",
+                      config.cache_dir)
+        return None, None
 
 
 @contextlib.asynccontextmanager
@@ -228,7 +240,13 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
         cert_path, key_path, ca_path = tls.own_serving_cert(pki_dir, sans)
         cert, key = str(cert_path), str(key_path)
         log.info("HTTPS listener uses a certificate from the proxy's own CA %s", ca_path)
-    ctx = tls.server_context(cert, key, config.client_ca_file or None)
+    client_ca = config.client_ca_file or None
+    if client_ca and not os.path.exists(client_ca):
+        # The cluster CA is copied in by edgeproxy-credentials.service; until it is there, accept connections
+        # without asking for client certificates rather than not serving in-cluster clients at all.
+        log.warning("client CA %s is missing: the HTTPS listener does not verify client certificates", client_ca)
+        client_ca = None
+    ctx = tls.server_context(cert, key, client_ca)
     metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
     host, port = config_mod.split_address(config.tls_listen)
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
@@ -276,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
         if not config.kubeconfig:
             raise config_mod.ConfigError("--kubeconfig (or EDGEPROXY_KUBECONFIG) is required")
         upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)  # fail fast, before the loop
+        for path in (config.tls_cert_file, config.tls_key_file) if config.tls_listen else ():
+            if path and not os.access(path, os.R_OK):
+                raise config_mod.ConfigError(f"--tls-listen: cannot read {path}")
         # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
         logs.setup(level=getattr(args, "log_level", None) or config.log_level,
                    fmt=getattr(args, "log_format", None) or config.log_format)

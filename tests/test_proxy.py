@@ -105,6 +105,32 @@ async def test_list_and_get_bytes_unchanged(through, encoding):
             assert await r.read() == rec.body
 
 
+async def test_response_headers_are_the_api_servers():
+    """Exactly the recorded headers come back: nothing added (aiohttp would add Server), nothing lost but framing."""
+    rec = recorded.load("configmap-web-config.get.json")
+
+    async def upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                head = "".join(f"{k}: {v}\r\n" for k, v in rec.headers if k != "content-length")
+                writer.write(f"HTTP/1.1 200 OK\r\n{head}Content-Length: {len(rec.body)}\r\n\r\n".encode() + rec.body)
+                await writer.drain()
+
+    srv = await asyncio.start_server(upstream_conn, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    try:
+        async with server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc, \
+                aiohttp.ClientSession() as s, s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config") as r:
+            assert await r.read() == rec.body
+            got = sorted((k.lower(), v) for k, v in r.headers.items())
+        want = sorted([(k, v) for k, v in rec.headers if k != "content-length"]
+                      + [("content-length", str(len(rec.body)))])
+        assert got == want
+    finally:
+        srv.close()
+
+
 async def test_error_status_passes_through(through):
     _, svc, s = through
     rec = recorded.load(recorded.NOT_FOUND)
