@@ -123,7 +123,7 @@ class Recorder:
 
     def _submit(self, size: int, fn: Any, *args: Any) -> bool:
         with self._lock:
-            if self._pending + size > self.max_pending_bytes:
+            if self._pending and self._pending + size > self.max_pending_bytes:  # alone, any size is taken
                 self.dropped += 1
                 return False
             self._pending += size
