@@ -154,23 +154,26 @@ class Recorder:
         if not info.continue_ and self._unchanged(key, encoding, body):
             self.unchanged += 1
             return
+        resource = info.resource
         if encoding == "protobuf":
             u = protobuf.unwrap(body)
             if not u.kind.endswith("List"):
                 return
             parts = protobuf.parse_list(u.raw)
             kind, api_version = u.kind, u.api_version
+            raws, make = parts.items, lambda raw: _item(resource, encoding, raw)
         else:
-            jparts = jsonwire.parse_list(body)
+            # Items become Items as they are decoded, from the one decode (see jsonwire.parse_list); an indented
+            # body (?pretty, curl) is stored compact, as client-go gets it.
+            pretty = body[1:2] == b"\n"
+            jparts = jsonwire.parse_list(body, convert=lambda raw, doc: _json_item(resource, raw, doc, pretty))
             parts, kind, api_version = jparts, jparts.kind, jparts.api_version
-        raws = parts.items
-        if encoding == "json" and getattr(parts, "pretty", False):  # ?pretty or curl: keep what client-go gets
-            raws = [jsonwire.compact(r) for r in raws]
+            raws, make = jparts.items, _same
         now = time.monotonic()
         self._expire_chunks(now)
         asked = info.continue_
         if not asked and not parts.continue_ and len(raws) <= BIG_LIST:
-            items = [_item(info.resource, encoding, raw) for raw in raws]
+            items = [make(raw) for raw in raws]
             self.writer.replace_view(key, store.ViewMeta(kind, api_version, parts.resource_version, True), items)
             return
         if asked:
@@ -182,7 +185,7 @@ class Recorder:
             assembly = self.writer.begin_list(key, kind, api_version)
         for i in range(0, len(raws), BIG_LIST):
             self._wait_for_writer()
-            assembly.add([_item(info.resource, encoding, raw) for raw in raws[i : i + BIG_LIST]])
+            assembly.add([make(raw) for raw in raws[i : i + BIG_LIST]])
         if parts.continue_:
             self._chunks[(key, parts.continue_)] = (assembly, now)
         else:
@@ -266,6 +269,17 @@ def _item(resource: str, encoding: str, raw: bytes) -> store.Item:
     else:
         meta, fields = jsonwire.extract(resource, raw)
     return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
+
+
+def _json_item(resource: str, raw: bytes, doc: dict, pretty: bool) -> store.Item:
+    meta, fields = jsonwire.extract(resource, doc)
+    if pretty:
+        raw = jsonwire.compact(raw)
+    return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
+
+
+def _same(item: store.Item) -> store.Item:
+    return item
 
 
 class _Sink:
