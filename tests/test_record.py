@@ -1,5 +1,7 @@
 """record: recorded API server answers, fed through the recorder seam, become views, objects and blobs."""
 
+import threading
+
 import pytest
 from multidict import CIMultiDict
 
@@ -156,6 +158,35 @@ def test_a_list_repeating_its_views_version_is_not_parsed_again(c, ext):
     c.feed(info(PODS + "&resourceVersion=0", hdrs), f"pods-edge1.list.{ext}")
     assert c.recorder.unchanged == 1
     assert c.store.view(pods_key(ext)).complete
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_relist_at_the_same_version_before_the_first_is_committed_is_not_parsed_again(c, ext):
+    """Two lists at one version back to back: the second waits for the first's commit instead of being parsed."""
+    hdrs = ENC[ext][1]
+    held, gate = threading.Event(), threading.Event()
+    c.writer._put(("flush", lambda: (held.set(), gate.wait(10))), 0)  # holds the writer thread: the first list
+    assert held.wait(10)  # stays uncommitted
+    for _ in range(2):
+        sink = c.recorder.begin(info(PODS, hdrs), 200, recording.headers(f"pods-edge1.list.{ext}"))
+        sink.feed(body(f"pods-edge1.list.{ext}"))
+        sink.done(True)
+    gate.set()
+    c.sync()
+    assert c.recorder.unchanged == 1
+    meta = c.store.view(pods_key(ext))
+    assert meta.complete and meta.resource_version == "304"
+    assert len(c.store.raw_items(pods_key(ext))) == len(listed_items(ext, f"pods-edge1.list.{ext}"))
+
+
+@pytest.mark.parametrize("name", ["pods-edge1.list.pb", "pods-edge1.limit10.page1.pb"])
+def test_a_protobuf_lists_metadata_is_read_from_its_first_bytes(name):
+    data = body(name)
+    whole = record._pb_list_meta(data)
+    assert whole is not None and whole[0] == "304"
+    assert record._pb_list_meta(data[: record.HEAD]) == whole
+    for n in range(len(data[: record.HEAD])):
+        assert record._pb_list_meta(data[:n]) in (None, whole)  # a prefix tells the truth or nothing
 
 
 def test_a_token_request_answer_is_remembered(tmp_path):
