@@ -1,14 +1,17 @@
 """Bad input end to end: each way a request, an upstream stream, the cache or the disk can go wrong, through the
 running proxy, asserting what a client or an operator would notice.
 
-The matrix (one test each, named for the path): a malformed request; a watch cut mid-event; a list body cut
-mid-way; a watch-list cut before its initial-events-end bookmark; a corrupt cache record; a full disk (a 2 MiB
-tmpfs) and a full LMDB map; kill -9 of `edgeproxy serve` while it records a busy watch; an upstream frame that does
-not decode. Every test bounds its own time and polls conditions with a bound (edge.until), never sleeps to wait.
-The proxies here are wired as `edgeproxy serve` wires them (server.running → offline.hooks), with fast probing, so
-the simulator going down turns them offline within a few hundred milliseconds.
+The matrix, one test (or two) per path: malformed requests (bad selectors, bad percent-encoding, bad numbers, a
+20 KB selector, a gzip request body, bytes that are not HTTP); a list body cut mid-way (Content-Length and chunked),
+a chunked list cut in its last page, a watch cut mid-event, a watch-list cut before its initial-events-end bookmark;
+a corrupt cache record; a full disk (a tmpfs) under a list, under a watch and at start, and a full LMDB map; kill -9
+of `edgeproxy serve` while it records busy watches; upstream garbage (a watch frame that does not decode, a watch
+answered with a list). Upstream faults come from the simulator's switches or from `Mangler`, a tiny API server that
+replays what a real kube-apiserver sent (tests/fixtures) cut or with bytes flipped. Every test bounds its own time
+and polls conditions with a bound (edge.until), never sleeps to wait. The proxies here are wired as `edgeproxy serve`
+wires them (server.running → offline.hooks), with fast probing, so an upstream going down turns them offline within
+a few hundred milliseconds.
 """
-
 from __future__ import annotations
 
 import asyncio
