@@ -589,6 +589,22 @@ async def test_started_on_a_full_disk_the_proxy_forwards_without_a_cache(tmp_pat
                 assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
 
 
+async def test_a_truncated_sealing_key_the_proxy_forwards_without_a_cache(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http:
+            assert (await Rig(sim, service, http, http).get(f"{PODS}?{ON_NODE}"))[0] == 200
+        key = tmp_path / "cache" / "seal.key"
+        key.write_bytes(key.read_bytes()[:7])  # a bad sector, a half-restored backup
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+            r = Rig(sim, service, http, direct)
+            got = await r.get(f"{PODS}?{ON_NODE}")
+            assert got[0] == 200 and got == await r.get(f"{PODS}?{ON_NODE}", via="direct")
+            assert service.proxy.recorder is None
+        code, out = await edgeproxy_cli("cache", "--cache-dir", str(tmp_path / "cache"), "verify")
+        assert code != 0 and "seal" in out, out  # the operator's tool names the problem
+
+
 async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_record(tmp_path):
     async with Simulator(pki_dir=tmp_path / "pki") as sim:
         sim.seed(pods=1000)
