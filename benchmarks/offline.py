@@ -275,7 +275,8 @@ async def _size(n: int, root: Path, runs: int, rows: list[dict], extra: bool) ->
                 # let the recorder parse and the writer commit the list before the link drops (benchmark pacing)
                 await asyncio.sleep(max(2.0, n / 2500))
                 await sim.fault(s, down=True)
-                await _until(s, proxy.url + path, accept, "cache", time.perf_counter() + 60)
+                # offline once /version comes from the cache (polling the big list itself would warm what we time)
+                await _until(s, proxy.url + "/version", "application/json", "cache", time.perf_counter() + 60)
                 first, _ = await _median(s, proxy.url + path, accept, 1)
                 offline, size, ct = await _median(s, proxy.url + path, accept, runs, want_type=True)
                 served = "protobuf" if ct.startswith(PB) else "json"
