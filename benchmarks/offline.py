@@ -227,14 +227,21 @@ async def _timed_get(session: aiohttp.ClientSession, url: str, accept: str, **kw
         return time.perf_counter() - t, r.status, len(data), r.headers.get("X-Edgeproxy-Source", "upstream")
 
 
-async def _median(session: aiohttp.ClientSession, url: str, accept: str, runs: int, **kw: Any) -> tuple[float, int]:
+async def _median(session: aiohttp.ClientSession, url: str, accept: str, runs: int, want_type: bool = False,
+                  **kw: Any) -> Any:
     times = []
     size = 0
+    ct = ""
     for _ in range(runs):
-        dt, code, size, _src = await _timed_get(session, url, accept, **kw)
+        t = time.perf_counter()
+        async with session.get(url, headers={"Accept": accept, "User-Agent": UA}, **kw) as r:
+            data = await r.read()
+            dt, code, size, ct = time.perf_counter() - t, r.status, len(data), r.headers.get("Content-Type", "")
         if code != 200:
             raise RuntimeError(f"GET {url}: {code}")
         times.append(dt)
+    if want_type:
+        return statistics.median(times) * 1000, size, ct
     return statistics.median(times) * 1000, size
 
 
@@ -252,6 +259,8 @@ async def _until(session: aiohttp.ClientSession, url: str, accept: str, source: 
 
 
 async def _size(n: int, root: Path, runs: int, rows: list[dict], extra: bool) -> None:
+    """One encoding at a time (the cache's default size bound holds one 50k-pod list, not both): online direct and
+    through the proxy (which records it), the link drops, the same LIST offline, the link returns."""
     work = root / f"n{n}"
     work.mkdir(parents=True, exist_ok=True)
     sim = Sim(n, work)
@@ -260,28 +269,32 @@ async def _size(n: int, root: Path, runs: int, rows: list[dict], extra: bool) ->
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
             await _until(s, proxy.url + "/version", "application/json", None, time.perf_counter() + 30)
-            online: dict[str, tuple[float, float, int]] = {}
             for enc, accept in ACCEPT.items():
-                direct, size = await _median(s, sim.url + path, accept, runs, ssl=sim.ssl)
+                direct, _ = await _median(s, sim.url + path, accept, runs, ssl=sim.ssl)
                 through, _ = await _median(s, proxy.url + path, accept, runs)
-                online[enc] = (direct, through, size)
-            # let the recorder parse and the writer commit the big lists before the link drops (benchmark pacing)
-            await asyncio.sleep(max(2.0, n / 2500))
-            await sim.fault(s, down=True)
-            await _until(s, proxy.url + path, ACCEPT["protobuf"], "cache", time.perf_counter() + 60)
-            for enc, accept in ACCEPT.items():
-                offline, size = await _median(s, proxy.url + path, accept, runs)
-                direct, through, _ = online[enc]
-                rows.append(_row(f"LIST {n} pods {enc} offline (from the cache)", offline, "ms", pods=n,
-                                 encoding=enc, bytes=size, baseline=round(direct, 2),
-                                 baseline_name="simulator online, direct", proxy_online_ms=round(through, 2)))
-            if extra:
-                proxy.stop()
-                proxy = Proxy(sim.kubeconfig, work / "cache")  # a reboot with the upstream down
-                t_first = await _until(s, proxy.url + path, ACCEPT["protobuf"], "cache", proxy.started + 60)
-                rows.append(_row(f"proxy start with the upstream down to first served LIST ({n} pods, protobuf)",
-                                 (t_first - proxy.started) * 1000, "ms",
-                                 note="from exec of `edgeproxy serve` (interpreter start included)"))
+                # let the recorder parse and the writer commit the list before the link drops (benchmark pacing)
+                await asyncio.sleep(max(2.0, n / 2500))
+                await sim.fault(s, down=True)
+                # offline once /version comes from the cache (polling the big list itself would warm what we time)
+                await _until(s, proxy.url + "/version", "application/json", "cache", time.perf_counter() + 60)
+                first, _ = await _median(s, proxy.url + path, accept, 1)
+                offline, size, ct = await _median(s, proxy.url + path, accept, runs, want_type=True)
+                served = "protobuf" if ct.startswith(PB) else "json"
+                rows.append(_row(f"LIST {n} pods {enc} offline (from the cache)", first, "ms", pods=n,
+                                 encoding=served, bytes=size, baseline=round(direct, 2),
+                                 baseline_name="simulator online, direct", proxy_online_ms=round(through, 2),
+                                 repeated_ms=round(offline, 2),
+                                 note="value: the first LIST after the link dropped (read from LMDB and joined); "
+                                      "repeated_ms: the median of the next ones (the joined body kept)"))
+                if extra and enc == "protobuf":
+                    proxy.stop()
+                    proxy = Proxy(sim.kubeconfig, work / "cache")  # a reboot with the upstream down
+                    t_first = await _until(s, proxy.url + path, accept, "cache", proxy.started + 60)
+                    rows.append(_row(f"proxy start with the upstream down to first served LIST ({n} pods, "
+                                     "protobuf)", (t_first - proxy.started) * 1000, "ms",
+                                     note="from exec of `edgeproxy serve` (interpreter start included)"))
+                await sim.fault(s, down=False)
+                await _until(s, proxy.url + "/version", "application/json", "upstream", time.perf_counter() + 60)
     finally:
         proxy.stop()
         sim.stop()

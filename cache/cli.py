@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from cache import errors, store
+from cache import errors, seal, store
 
 DEFAULT_DIR = "/var/lib/edgeproxy/cache"  # where the service keeps it (systemd/edgeproxy.env)
 REDACTED_KEYS = ("data", "stringData")
@@ -204,19 +204,37 @@ def _stats(st: store.Store, args: argparse.Namespace) -> int:
 
 def _verify(st: store.Store, args: argparse.Namespace) -> int:
     report = st.verify()
+    problems = list(report.problems)
+    key_problem = _key_problem(args)
+    if key_problem is not None:
+        problems.append(store.Problem("seal", b"seal.key", f"{key_problem}: the proxy cannot open this cache (it "
+                                                          "forwards without one) until the key is restored or the "
+                                                          "cache purged"))
     if args.json:
-        print(json.dumps({"ok": report.ok, "views": report.views, "items": report.items, "objects": report.objects,
-                          "blobs": report.blobs, "sealedUnopened": report.sealed_unopened,
-                          "problems": [{"db": p.db, "key": p.key.hex(), "what": p.what} for p in report.problems]},
+        print(json.dumps({"ok": not problems, "views": report.views, "items": report.items,
+                          "objects": report.objects, "blobs": report.blobs, "sealedUnopened": report.sealed_unopened,
+                          "problems": [{"db": p.db, "key": p.key.hex(), "what": p.what} for p in problems]},
                          indent=1))
     else:
         print(f"{report.views} views, {report.items} items, {report.objects} objects, {report.blobs} blobs checked")
         if report.sealed_unopened:
             print(f"{report.sealed_unopened} sealed records not checked (no key)")
-        for p in report.problems:
+        for p in problems:
             print(f"PROBLEM {p.db} {p.key!r}: {p.what}")
-        print("ok" if report.ok else f"{len(report.problems)} problem(s): the proxy skips these records")
-    return 0 if report.ok else 1
+        print("ok" if not problems else f"{len(problems)} problem(s): the proxy skips these records")
+    return 0 if not problems else 1
+
+
+def _key_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a sealing key this operator can read (an unreadable one is not theirs to check)."""
+    path = args.key_file or os.path.join(args.cache_dir, store.KEY_FILE)
+    if not os.path.exists(path) or not os.access(path, os.R_OK):
+        return None
+    try:
+        seal.load_or_create_key(path, create=False)
+    except errors.SealError as e:
+        return str(e)
+    return None
 
 
 def _purge(st: store.Store, args: argparse.Namespace) -> int:

@@ -212,7 +212,8 @@ class Store:
 
     __slots__ = (
         "path", "env", "sealer", "sealed_resources", "max_bytes", "low_water", "protected", "_views", "_items",
-        "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_lock", "_gen", *COUNTERS,
+        "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_unpersisted", "_lock",
+        "_gen", *COUNTERS,
     )
 
     def __init__(self, path: str, env: lmdb.Environment, sealer: seal.Sealer | None,
@@ -234,6 +235,7 @@ class Store:
         self._psize = env.stat()["psize"]
         self._reads: dict[bytes, float] = {}
         self._stale: set[bytes] = set()  # views a failed write left behind: reported incomplete whatever the db says
+        self._unpersisted: set[bytes] = set()  # stale views whose incomplete flag is not on disk yet
         self._lock = threading.Lock()
         with env.begin() as txn:
             cur = txn.cursor(db=self._items)
@@ -369,6 +371,7 @@ class Store:
             self.corrupt_records += 1
             if view_id is not None:
                 self._stale.add(view_id)
+                self._unpersisted.add(view_id)
 
     # ---------------------------------------------------------------- reads
 
@@ -622,8 +625,23 @@ class Store:
         return bool(self._reads)
 
     def mark_stale(self, view_id: bytes) -> None:
-        """Report the view incomplete from memory: for when even the flag could not be written (map full)."""
-        self._stale.add(view_id)
+        """Report the view incomplete from memory: for when even the flag could not be written (map full). The
+        next commit that succeeds writes the flag (persist_stale), so a restart does not serve it as complete."""
+        with self._lock:
+            self._stale.add(view_id)
+            self._unpersisted.add(view_id)
+
+    def persist_stale(self, txn: lmdb.Transaction) -> frozenset[bytes]:
+        """Write the incomplete flag of the views stale in memory only; call stale_persisted(them) once committed."""
+        with self._lock:
+            pending = frozenset(self._unpersisted)
+        for view_id in pending:
+            self.apply_mark_incomplete(txn, view_id)
+        return pending
+
+    def stale_persisted(self, view_ids: frozenset[bytes]) -> None:
+        with self._lock:
+            self._unpersisted -= view_ids
 
     def take_reads(self) -> dict[bytes, float]:
         reads, self._reads = self._reads, {}
@@ -711,6 +729,7 @@ class Store:
                      extra={"event": "view_complete", "view": key.describe(), "items": n,
                             "resource_version": meta.resource_version})
         self._stale.discard(view_id)
+        self._unpersisted.discard(view_id)
 
     def apply_stage(self, txn: lmdb.Transaction, gen: bytes, key: ViewKey, items: Sequence[Item],
                     first: bool = True) -> None:
@@ -838,6 +857,7 @@ class Store:
         txn.delete(view_id, db=self._views)
         txn.delete(view_id, db=self._access)
         self._stale.discard(view_id)
+        self._unpersisted.discard(view_id)
 
     def evict(self, txn: lmdb.Transaction) -> int:
         """Past max_bytes, drop least-recently-used views (read or written) until under low_water * max_bytes.
@@ -884,6 +904,7 @@ class Store:
                 for db in (self._views, self._items, self._objects, self._blobs, self._staging, self._access):
                     txn.drop(db, delete=False)
                 self._stale.clear()
+                self._unpersisted.clear()
                 return removed
             for view_id, value in list(txn.cursor(db=self._views)):
                 try:

@@ -280,6 +280,7 @@ class Writer:
             reads = st.take_reads()
         try:
             with st.env.begin(write=True) as txn:
+                persisted = st.persist_stale(txn)  # first: a list in this batch may make such a view whole again
                 reset = self._apply_all(txn, ops)
                 self._mark_dropped(txn, dropped, reset)
                 if reads:
@@ -287,6 +288,7 @@ class Writer:
                 st.evict(txn)
                 st.commits += 1
                 st.save_counters(txn)
+            st.stale_persisted(persisted)
             self._observe_commit(time.monotonic() - now)
         except Exception as e:
             for name, value in saved.items():

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,7 @@ DEFAULT_WATCH_TIMEOUT = 1800  # the API server's --min-request-timeout, used whe
 # (client-go backs off and relists after one under a second with no event).
 FAILOVER_HOLD = 5.0
 CONTINUE_VERSION = "edgeproxy/v1"
+BODY_CACHE_BYTES = 64 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
 # Every local answer says where it came from (the API server's own headers plus this one; clients ignore it).
@@ -68,13 +71,13 @@ class Source:
 class Local:
     """The local side of the proxy. One per process."""
 
-    __slots__ = ("_back", "_local_base", "bookmark_interval", "failover_hold", "is_online", "node", "store", "tokens",
-                 "watch_timeout", "writer")
+    __slots__ = ("_back", "_local_base", "bodies", "bookmark_interval", "failover_hold", "is_online", "node", "store",
+                 "tokens", "watch_timeout", "writer")
 
     def __init__(self, store: store_.Store, writer: writer_.Writer | None, *, tokens: tokens_.TokenBook | None = None,
                  node: str | None = None, bookmark_interval: float = BOOKMARK_INTERVAL,
                  watch_timeout: int = DEFAULT_WATCH_TIMEOUT, is_online: Callable[[], bool] = lambda: False,
-                 failover_hold: float = FAILOVER_HOLD) -> None:
+                 failover_hold: float = FAILOVER_HOLD, body_cache_bytes: int = BODY_CACHE_BYTES) -> None:
         self.store = store
         self.writer = writer
         self.tokens = tokens
@@ -83,6 +86,7 @@ class Local:
         self.watch_timeout = watch_timeout
         self.is_online = is_online
         self.failover_hold = failover_hold
+        self.bodies = Bodies(body_cache_bytes)
         self._back = asyncio.Event()  # set when the upstream comes back: every offline watch ends
         self._local_base: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # key -> (upstream rv, local rv)
 
@@ -269,32 +273,38 @@ class Local:
         convert = shape == POM and src.key.shape != POM
         want = self._item_filter(info, src)
         if want is None and not start and not convert and not _limited(info):
-            got_raw = self.store.read_raw(src.key)  # the fast path: the exact view, joined as stored
-            if got_raw is None or not got_raw[0].complete:  # a corrupt item was skipped: never a list short of it
-                return _unavailable(info, "offline", what="the cached list has a record that does not read back")
-            raws = got_raw[1]
-        else:
-            got = self.store.read_view(src.key)
-            if got is None or not got[0].complete:
-                return _unavailable(info, "offline", what="the cached list has a record that does not read back")
-            raws: list[bytes] = []
-            limit = info.limit if _limited(info) else None
-            cont = last = ""
-            for item in got[1]:
-                key = f"{item.namespace}/{item.name}"
-                if start and key <= start:
-                    continue
-                if want is not None and not want(item):
-                    continue
-                if limit is not None and len(raws) == limit:
-                    cont = _encode_continue(view_rv, last)
-                    break
-                raws.append(_pom_item(enc, item.raw) if convert else item.raw)
-                last = key
-            return _ok(200, _content_type(enc), _build_list(src, enc, shape, view_rv, raws, cont))
-        if convert:
-            raws = [_pom_item(enc, r) for r in raws]
-        return _ok(200, _content_type(enc), _build_list(src, enc, shape, view_rv, raws, ""))
+            # the fast path: the whole view, joined as stored; the joined body is kept while the view is unchanged
+            # (offline, views change only when the link is back), so a client relisting costs no read at all
+            m = src.meta
+            body_key = (src.key.view_id(), m.resource_version, m.updated_at, m.count, enc, shape)
+            body = self.bodies.get(body_key)
+            if body is None:
+                got_raw = self.store.read_raw(src.key)
+                if got_raw is None or not got_raw[0].complete:  # a corrupt item was skipped: never a short list
+                    return _unavailable(info, "offline", what="the cached list has a record that does not read back")
+                body = _build_list(src, enc, shape, view_rv, got_raw[1], "")
+                got = got_raw[0]
+                if (got.resource_version, got.updated_at, got.count) == (m.resource_version, m.updated_at, m.count):
+                    self.bodies.put(body_key, body)
+            return _ok(200, _content_type(enc), body)
+        got = self.store.read_view(src.key)
+        if got is None or not got[0].complete:
+            return _unavailable(info, "offline", what="the cached list has a record that does not read back")
+        raws: list[bytes] = []
+        limit = info.limit if _limited(info) else None
+        cont = last = ""
+        for item in got[1]:
+            key = f"{item.namespace}/{item.name}"
+            if start and key <= start:
+                continue
+            if want is not None and not want(item):
+                continue
+            if limit is not None and len(raws) == limit:
+                cont = _encode_continue(view_rv, last)
+                break
+            raws.append(_pom_item(enc, item.raw) if convert else item.raw)
+            last = key
+        return _ok(200, _content_type(enc), _build_list(src, enc, shape, view_rv, raws, cont))
 
     def _item_filter(self, info: Any, src: Source) -> Any:
         """A predicate for the items of a wider view that the request selects, or None when all are selected."""
@@ -519,6 +529,38 @@ class Local:
                     raw = item.raw
                     break
         return schema.to_json("Node", raw) if raw is not None else None
+
+
+class Bodies:
+    """Least-recently-used joined LIST bodies, at most `max_bytes` in all; any thread."""
+
+    __slots__ = ("_bytes", "_items", "_lock", "hits", "max_bytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            body = self._items.get(key)
+            if body is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return body
+
+    def put(self, key: tuple, body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes += len(body) - (len(old) if old is not None else 0)
+            self._items[key] = body
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
 
 
 class _Probe:

@@ -4,11 +4,13 @@ Implements the proxy's recorder seam: `Recorder.begin(info, status, headers)` pi
 cache; the proxy calls `sink.feed(chunk)` for every body chunk it wrote to the client and `sink.done(ok)` at the end.
 feed() only hands the bytes to one parsing thread (a FIFO, so pages and events keep their order) and returns; the
 thread parses with kube.protobuf / kube.jsonwire and enqueues to the cache Writer, which never blocks either. Past
-`max_pending_bytes` of unparsed bytes a response is dropped and its view marked incomplete: the client is never
-slowed down by the cache.
+`max_pending_bytes` of unparsed bytes a response is dropped (a watch's view marked incomplete; a response alone is
+always taken): the client is never slowed down by the cache. The parsing thread itself waits for the writer to
+drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped.
 
 What is recorded:
-- a list replaces its view (a chunked list is assembled and committed at its last chunk);
+- a list replaces its view (a chunked list is assembled and committed at its last chunk); a list at the
+  resourceVersion its complete view already has is not parsed again;
 - a watch applies its events to the view of the same query; a watch-list (sendInitialEvents=true) becomes the view at
   its k8s.io/initial-events-end bookmark; a watch-list that breaks before it is dropped, the old view untouched;
 - a single-object GET is stored as the answer to that GET (a 404 removes it: better no answer offline than a stale

@@ -92,3 +92,21 @@ def test_a_gzip_watch_that_does_not_inflate_marks_the_view_incomplete(tmp_path):
         c.sync()
         assert not c.store.view(key).complete
         assert c.recorder.errors >= 1
+
+
+def test_a_view_stale_in_memory_is_written_incomplete_by_the_next_commit(tmp_path):
+    """A write failed and even its view's flag could not be written (a full disk): the view is reported incomplete
+    from memory, and the next commit that succeeds writes the flag, so a restart does not serve it as complete."""
+    path = str(tmp_path / "cache")
+    _complete_view(path)
+    st = store.Store.open(path, map_size=64 << 20)
+    w = writer.Writer(st).start()
+    st.mark_stale(KEY.view_id())
+    assert not st.view(KEY).complete
+    w.put_blob("kubelet", "/version", b"{}")  # any commit (space came back)
+    assert w.flush_sync(10)
+    w.close()
+    st.close()
+    st = store.Store.open(path, map_size=64 << 20)
+    assert not st.view(KEY).complete
+    st.close()

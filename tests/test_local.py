@@ -368,3 +368,14 @@ async def test_a_watch_list_newer_than_the_view_is_410(c, http):
         data = await r.read()
     ev = protobuf.decode_event(watch.ProtobufSplitter().feed(data)[0])
     assert ev.type == "ERROR" and protobuf.parse_status(ev.raw)["code"] == 410
+
+
+async def test_a_repeated_offline_list_is_served_from_the_joined_body(c, http):
+    fill(c)
+    first = await get(http, PODS, KUBELET)
+    again = await get(http, PODS + "&resourceVersion=0", KUBELET)
+    assert first == again and first[2] == body("pods-edge1.list.pb")
+    assert c.local.bodies.hits == 1
+    c.feed(info(PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true"), "watch.pods-edge1.pb")
+    changed = await get(http, PODS, KUBELET)  # the view moved: joined afresh
+    assert changed[0] == 200 and changed[2] != first[2] and c.local.bodies.hits == 1

@@ -1,14 +1,17 @@
 """Bad input end to end: each way a request, an upstream stream, the cache or the disk can go wrong, through the
 running proxy, asserting what a client or an operator would notice.
 
-The matrix (one test each, named for the path): a malformed request; a watch cut mid-event; a list body cut
-mid-way; a watch-list cut before its initial-events-end bookmark; a corrupt cache record; a full disk (a 2 MiB
-tmpfs) and a full LMDB map; kill -9 of `edgeproxy serve` while it records a busy watch; an upstream frame that does
-not decode. Every test bounds its own time and polls conditions with a bound (edge.until), never sleeps to wait.
-The proxies here are wired as `edgeproxy serve` wires them (server.running → offline.hooks), with fast probing, so
-the simulator going down turns them offline within a few hundred milliseconds.
+The matrix, one test (or two) per path: malformed requests (bad selectors, bad percent-encoding, bad numbers, a
+20 KB selector, a gzip request body, bytes that are not HTTP); a list body cut mid-way (Content-Length and chunked),
+a chunked list cut in its last page, a watch cut mid-event, a watch-list cut before its initial-events-end bookmark;
+a corrupt cache record; a full disk (a tmpfs) under a list, under a watch and at start, and a full LMDB map; kill -9
+of `edgeproxy serve` while it records busy watches; upstream garbage (a watch frame that does not decode, a watch
+answered with a list). Upstream faults come from the simulator's switches or from `Mangler`, a tiny API server that
+replays what a real kube-apiserver sent (tests/fixtures) cut or with bytes flipped. Every test bounds its own time
+and polls conditions with a bound (edge.until), never sleeps to wait. The proxies here are wired as `edgeproxy serve`
+wires them (server.running → offline.hooks), with fast probing, so an upstream going down turns them offline within
+a few hundred milliseconds.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -549,7 +552,7 @@ async def test_a_disk_that_fills_under_a_watch_makes_its_view_incomplete_not_sta
                 rv = json.loads(listed)["metadata"]["resourceVersion"]
                 await r.settle()
                 assert the_view(r, "pods", "json")[1].complete
-                fill(cache_dir)
+                filler = fill(cache_dir)
                 victims = [json.loads(i)["metadata"] for i in jsonwire.parse_list(listed).items]
                 url = yarl.URL(f"{service.url}{PODS}?watch=true&{ON_NODE}&resourceVersion={rv}", encoded=True)
                 async with asyncio.timeout(20), http.get(url, headers={"Accept": JSON, "User-Agent": KUBELET}) as w:
@@ -564,6 +567,10 @@ async def test_a_disk_that_fills_under_a_watch_makes_its_view_incomplete_not_sta
                 await r.offline()
                 code, body = await r.get(f"{PODS}?{ON_NODE}")
                 assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+                filler.unlink()  # space comes back before the proxy stops: the flag reaches the disk
+            async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http:  # a reboot, offline
+                code, body = await Rig(sim, service, http, http).get(f"{PODS}?{ON_NODE}")
+                assert code == 503, "a view that missed changes came back as complete after a restart"
 
 
 async def test_started_on_a_full_disk_the_proxy_forwards_without_a_cache(tmp_path):
@@ -580,6 +587,22 @@ async def test_started_on_a_full_disk_the_proxy_forwards_without_a_cache(tmp_pat
                 await r.offline()
                 code, body = await r.get(f"{PODS}?{ON_NODE}")
                 assert code == 503 and status_of(body)["reason"] == "ServiceUnavailable"
+
+
+async def test_a_truncated_sealing_key_the_proxy_forwards_without_a_cache(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http:
+            assert (await Rig(sim, service, http, http).get(f"{PODS}?{ON_NODE}"))[0] == 200
+        key = tmp_path / "cache" / "seal.key"
+        key.write_bytes(key.read_bytes()[:7])  # a bad sector, a half-restored backup
+        async with serving(sim, tmp_path) as service, aiohttp.ClientSession() as http, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=sim.client_ssl("admin"))) as direct:
+            r = Rig(sim, service, http, direct)
+            got = await r.get(f"{PODS}?{ON_NODE}")
+            assert got[0] == 200 and got == await r.get(f"{PODS}?{ON_NODE}", via="direct")
+            assert service.proxy.recorder is None
+        code, out = await edgeproxy_cli("cache", "--cache-dir", str(tmp_path / "cache"), "verify")
+        assert code != 0 and "seal" in out, out  # the operator's tool names the problem
 
 
 async def test_a_full_lmdb_map_loses_no_forwarded_byte_and_small_views_still_record(tmp_path):
