@@ -53,8 +53,8 @@ WRITER_WAIT = 60.0  # seconds the parsing thread waits for the writer per piece 
 class Recorder:
     """The recorder seam of edgeproxy.proxy. One per process."""
 
-    __slots__ = ("_chunks", "_handed", "_lock", "_owns_writer", "_pending", "_pool", "dropped", "errors",
-                 "max_pending_bytes", "tokens", "unchanged", "writer")
+    __slots__ = ("_chunks", "_handed", "_lock", "_objects_queued", "_owns_writer", "_pending", "_pool", "dropped",
+                 "errors", "max_pending_bytes", "tokens", "unchanged", "writer")
 
     def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
                  max_pending_bytes: int = MAX_PENDING_BYTES, owns_writer: bool = False) -> None:
@@ -65,6 +65,7 @@ class Recorder:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
         self._lock = threading.Lock()
         self._pending = 0
+        self._objects_queued = 0  # object answers handed to the parsing thread, not yet passed on to the writer
         # continue token -> (view key, assembly, last page time); touched only by the parsing thread
         self._chunks: dict[tuple[store.ViewKey, str], tuple[cache_writer.ListAssembly, float]] = {}
         # view key -> resourceVersion of the whole list last handed to the writer for it; parsing thread only
@@ -99,7 +100,7 @@ class Recorder:
         if verb == "get" and not info.subresource:
             okey = views.object_key(info, shape=shape, encoding=encoding)
             if status == 200:
-                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
             if status == 404:
                 self.writer.delete_object(okey)
             return None
@@ -121,7 +122,7 @@ class Recorder:
                                                                                                       "nodes"):
             # the node agent's heartbeat answers: the freshest Lease and Node the API server gave, for GETs offline
             okey = views.object_key(info, shape="", encoding=encoding)
-            return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+            return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
         return None
 
     # ---------------------------------------------------------------- the parsing thread
@@ -134,6 +135,23 @@ class Recorder:
             self._pending += size
         self._pool.submit(self._run, size, fn, *args)
         return True
+
+    def _object(self, size: int, fn: Any) -> None:
+        """An object answer through the parsing thread (gzip, or big), counted so that a later answer of the same
+        object does not overtake it on the direct path (see _Sink.done)."""
+        with self._lock:
+            self._objects_queued += 1
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                with self._lock:
+                    self._objects_queued -= 1
+
+        if not self._submit(size, run):
+            with self._lock:
+                self._objects_queued -= 1
 
     def _run(self, size: int, fn: Any, *args: Any) -> None:
         try:
@@ -321,21 +339,27 @@ def _same(item: store.Item) -> store.Item:
 
 
 HEAD = 4096  # bytes of a list body that hold its metadata, for `unchanged`
+DIRECT_MAX = 256 << 10  # an object answer up to this size goes to the writer from the caller's thread
 
 
 class _Sink:
     """Buffers a whole response body; at a clean end hands it to the parsing thread.
 
     unchanged(head) -> bool, when given, is asked first (in the parsing thread) with the body's first HEAD bytes:
-    True drops the body unjoined (a big list is not copied once more only to be skipped)."""
+    True drops the body unjoined (a big list is not copied once more only to be skipped). An object answer (object_)
+    has nothing to parse: it goes to the writer at once, from the caller (the writer never blocks), unless it must be
+    inflated or is big, or an earlier answer of an object still waits in the parsing thread (it must not be
+    overtaken). Two thread hand-offs per GET were most of what recording cost a small GET."""
 
-    __slots__ = ("_chunks", "_gzip", "_handle", "_recorder", "_size", "_unchanged")
+    __slots__ = ("_chunks", "_gzip", "_handle", "_object", "_recorder", "_size", "_unchanged")
 
-    def __init__(self, recorder: Recorder, gzip: bool, handle: Any, unchanged: Any = None) -> None:
+    def __init__(self, recorder: Recorder, gzip: bool, handle: Any, unchanged: Any = None,
+                 object_: bool = False) -> None:
         self._recorder = recorder
         self._gzip = gzip
         self._handle = handle
         self._unchanged = unchanged if not gzip else None
+        self._object = object_
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -348,6 +372,13 @@ class _Sink:
         if not ok:
             return  # a truncated body tells nothing for sure
         gzip, handle, unchanged, recorder = self._gzip, self._handle, self._unchanged, self._recorder
+        if self._object and not gzip and self._size <= DIRECT_MAX and not recorder._objects_queued:
+            try:
+                handle(b"".join(chunks))  # bytes, whatever the chunks are (one bytes chunk: itself)
+            except Exception:  # counted as the parsing thread counts its failures; never the client's problem
+                recorder.errors += 1
+                log.exception("record: could not record a response")
+            return
 
         def parse() -> None:
             if unchanged is not None and unchanged(_head(chunks)):
@@ -356,7 +387,10 @@ class _Sink:
             body = b"".join(chunks)
             handle(zlib.decompress(body, 31) if gzip else body)
 
-        self._recorder._submit(self._size, parse)
+        if self._object:
+            recorder._object(self._size, parse)
+        else:
+            recorder._submit(self._size, parse)
 
 
 def _head(chunks: list[bytes]) -> bytes:

@@ -1,6 +1,7 @@
 """record: recorded API server answers, fed through the recorder seam, become views, objects and blobs."""
 
 import threading
+import zlib
 
 import pytest
 from multidict import CIMultiDict
@@ -122,6 +123,46 @@ def test_a_get_is_stored_as_sent(c, ext):
     c.feed(req, f"configmap-web-config.get.{ext}")
     okey = views.object_key(req, shape="", encoding=ENC[ext][0])
     assert c.store.get_object(okey) == body(f"configmap-web-config.get.{ext}")
+
+
+def test_a_get_goes_to_the_writer_without_the_parsing_thread_and_a_repeat_is_not_written(c):
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    okey = views.object_key(req, shape="", encoding="json")
+    held, gate = threading.Event(), threading.Event()
+    c.recorder._submit(0, lambda: (held.set(), gate.wait(10)))  # the parsing thread is busy
+    assert held.wait(10)
+    try:
+        sink = c.recorder.begin(req, 200, recording.headers("configmap-web-config.get.json"))
+        sink.feed(body("configmap-web-config.get.json"))
+        sink.done(True)
+        assert c.writer.flush_sync(10)
+        assert c.store.get_object(okey) == body("configmap-web-config.get.json")  # the parsing thread still waits
+    finally:
+        gate.set()
+    c.feed(req, "configmap-web-config.get.json")
+    assert c.writer.objects_unchanged == 1
+
+
+def test_a_gzip_get_is_not_overtaken_by_a_later_plain_one(c):
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    okey = views.object_key(req, shape="", encoding="json")
+    first = body("configmap-web-config.get.json")
+    later = first + b" "  # other bytes
+    held, gate = threading.Event(), threading.Event()
+    c.recorder._submit(0, lambda: (held.set(), gate.wait(10)))
+    assert held.wait(10)
+    hdrs = recording.headers("configmap-web-config.get.json")
+    zipped = CIMultiDict(hdrs, **{"Content-Encoding": "gzip"})
+    sink = c.recorder.begin(req, 200, zipped)
+    z = zlib.compressobj(wbits=31)
+    sink.feed(z.compress(first) + z.flush())
+    sink.done(True)  # queued behind the busy parsing thread
+    sink = c.recorder.begin(req, 200, hdrs)
+    sink.feed(later)
+    sink.done(True)  # must queue behind the gzip one, not go first
+    gate.set()
+    c.sync()
+    assert c.store.get_object(okey) == later
 
 
 def test_a_404_forgets_a_stored_get(c):
