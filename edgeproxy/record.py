@@ -6,7 +6,8 @@ feed() only hands the bytes to one parsing thread (a FIFO, so pages and events k
 thread parses with kube.protobuf / kube.jsonwire and enqueues to the cache Writer, which never blocks either. Past
 `max_pending_bytes` of unparsed bytes a response is dropped (a watch's view marked incomplete; a response alone is
 always taken): the client is never slowed down by the cache. The parsing thread itself waits for the writer to
-drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped.
+drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped. An object answer has
+nothing to parse: it goes straight to the Writer, which skips it when the store holds those bytes already.
 
 What is recorded:
 - a list replaces its view (a chunked list is assembled and committed at its last chunk); a list at the
