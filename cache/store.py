@@ -495,6 +495,20 @@ class Store:
             return None
         return body if fields == okey.fields() else None
 
+    def holds_object(self, okey: ObjectKey, body: bytes) -> bool:
+        """Whether the stored GET answer for okey is exactly `body` (a record that does not read back is not; it is
+        not counted as corrupt here: the caller is about to overwrite it)."""
+        k = okey.key()
+        with self.env.begin() as txn:
+            value = txn.get(k, db=self._objects)
+        if value is None:
+            return False
+        try:
+            fields, stored = self._decode_body(k, b"o", value)
+        except (errors.CorruptRecord, errors.SealError):
+            return False
+        return stored == body and fields == okey.fields()
+
     def objects(self, client: str | None = None) -> list[tuple[ObjectKey, int]]:
         """(ObjectKey, body size) of the cached GETs; sealed ones without the key are left out."""
         out = []

@@ -50,6 +50,7 @@ class Writer:
         "_last_reads",
         "_lock",
         "_lockfd",
+        "_object_ops",
         "_queue",
         "_seq",
         "_thread",
@@ -59,6 +60,7 @@ class Writer:
         "commit_seconds",
         "interval",
         "max_pending_bytes",
+        "objects_unchanged",
         "store",
     )
 
@@ -78,6 +80,8 @@ class Writer:
         # view_id -> seq of the last operation that will mark it incomplete (queued or dropped, not yet committed)
         self._unsettled: dict[bytes, int] = {}
         self._broken_gens: set[bytes] = set()
+        self._object_ops: dict[bytes, int] = {}  # object key -> its operations queued, not committed yet
+        self.objects_unchanged = 0  # put_object calls that found the same body stored: nothing to write
         self._thread: threading.Thread | None = None
         self._lockfd: int | None = None
         self._closed = False
@@ -129,17 +133,19 @@ class Writer:
 
     # ---------------------------------------------------------------- the caller's side: never blocks
 
-    def _put(self, op: tuple, size: int, unsettles: bytes | None = None) -> None:
+    def _put(self, op: tuple, size: int, unsettles: bytes | None = None, obj: bytes | None = None) -> None:
         with self._lock:
             self._seq += 1
             self._enqueued += size
             self._queue.append((self._seq, size, op))
             if unsettles is not None:
                 self._unsettled[unsettles] = self._seq
+            if obj is not None:
+                self._object_ops[obj] = self._object_ops.get(obj, 0) + 1
         if not self._wake.is_set():
             self._wake.set()
 
-    def _put_data(self, view_id: bytes | None, op: tuple, size: int) -> bool:
+    def _put_data(self, view_id: bytes | None, op: tuple, size: int, obj: bytes | None = None) -> bool:
         """Queue a data operation unless the queue is past its bound; then remember the view lost a write."""
         with self._lock:
             self._seq += 1
@@ -154,6 +160,8 @@ class Writer:
             else:
                 self._enqueued += size
                 self._queue.append((self._seq, size, op))
+                if obj is not None:
+                    self._object_ops[obj] = self._object_ops.get(obj, 0) + 1
                 wake = not self._wake.is_set()
                 queued = True
         if wake:
@@ -184,11 +192,18 @@ class Writer:
         return key.view_id() in self._unsettled
 
     def put_object(self, okey: store_.ObjectKey, body: bytes) -> None:
-        if not self._put_data(None, ("object", okey, body), len(body) + _ITEM_OVERHEAD):
-            self._put(("delobject", okey), 0)  # better no answer offline than an outdated one
+        """A single-object GET answer. When the store already holds exactly this body for it and no write to it is
+        queued, there is nothing to write: a client polling an object that does not change costs a read, not a
+        transaction (the store's bytes are compared, not a remembered digest: another process may purge them)."""
+        k = okey.key()
+        if k not in self._object_ops and self.store.holds_object(okey, body):
+            self.objects_unchanged += 1
+            return
+        if not self._put_data(None, ("object", okey, body), len(body) + _ITEM_OVERHEAD, k):
+            self._put(("delobject", okey), 0, obj=k)  # better no answer offline than an outdated one
 
     def delete_object(self, okey: store_.ObjectKey) -> None:
-        self._put(("delobject", okey), 0)
+        self._put(("delobject", okey), 0, obj=okey.key())
 
     def put_blob(self, client: str, name: str, body: bytes) -> None:
         self._put_data(None, ("blob", client, name, body), len(body) + _ITEM_OVERHEAD)
@@ -266,6 +281,16 @@ class Writer:
                 for view_id, seq in list(self._unsettled.items()):
                     if seq <= settled:
                         del self._unsettled[view_id]
+        if self._object_ops:
+            with self._lock:  # these objects are as the store says now (written, or failed and counted)
+                for _, _, op in ops:
+                    if op[0] in ("object", "delobject"):
+                        k = op[1].key()
+                        left = self._object_ops.get(k, 0) - 1
+                        if left > 0:
+                            self._object_ops[k] = left
+                        else:
+                            self._object_ops.pop(k, None)
         for _, _, op in ops:
             if op[0] == "flush":
                 op[1]()

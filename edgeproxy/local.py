@@ -8,12 +8,15 @@ request that failed before any byte reached the client). Each client is served f
 - LIST: the exact view, or a complete wider view of the same client filtered (same resource, namespace or cluster
   scope, selectors that cover the request's); limit/continue with our own continue tokens; resourceVersion as the
   API server treats it (newer than the cache → 504 TooLarge, Exact on another version → 410). No complete view → 503:
-  a partial or empty list makes kubelet kill pods and kube-proxy exit. Lists are joined from the stored item bytes.
+  a partial or empty list makes kubelet kill pods and kube-proxy exit. Lists are joined from the stored item bytes;
+  a whole view's joined body is kept (bounded LRU) while the view is unchanged, for clients relisting.
 - WATCH: headers at once; a BOOKMARK at the view's resourceVersion at once and every `bookmark_interval` when asked;
   held until timeoutSeconds; ended within a second of the upstream coming back, so clients re-watch upstream from
-  their last resourceVersion. Watch-list replays the view as ADDED, then the initial-events-end bookmark. A
-  resourceVersion the view cannot continue from (older: history unknown; newer: not seen yet) → ERROR 410.
+  their last resourceVersion (a watch that failed over while the prober still says online is held FAILOVER_HOLD).
+  Watch-list replays the view as ADDED, then the initial-events-end bookmark. A resourceVersion the view cannot
+  continue from (older: history unknown; newer: not seen yet) → ERROR 410.
 - Writes: writes.decide() says which answer; the node agent's Lease and node status are applied to the cache.
+Every answer carries `X-Edgeproxy-Source: cache`.
 What it does not do: forward, record, or decide online/offline (proxy, record, upstream do). Neighbours: cache
 (reads, and the Writer for local writes), views (keys), writes (policy), tokens (TokenRequests), kube.* (wire).
 """

@@ -6,7 +6,8 @@ feed() only hands the bytes to one parsing thread (a FIFO, so pages and events k
 thread parses with kube.protobuf / kube.jsonwire and enqueues to the cache Writer, which never blocks either. Past
 `max_pending_bytes` of unparsed bytes a response is dropped (a watch's view marked incomplete; a response alone is
 always taken): the client is never slowed down by the cache. The parsing thread itself waits for the writer to
-drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped.
+drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped. An object answer has
+nothing to parse: it goes straight to the Writer, which skips it when the store holds those bytes already.
 
 What is recorded:
 - a list replaces its view (a chunked list is assembled and committed at its last chunk); a list at the
@@ -53,8 +54,8 @@ WRITER_WAIT = 60.0  # seconds the parsing thread waits for the writer per piece 
 class Recorder:
     """The recorder seam of edgeproxy.proxy. One per process."""
 
-    __slots__ = ("_chunks", "_lock", "_owns_writer", "_pending", "_pool", "dropped", "errors", "max_pending_bytes",
-                 "tokens", "unchanged", "writer")
+    __slots__ = ("_chunks", "_handed", "_lock", "_objects_queued", "_owns_writer", "_pending", "_pool", "dropped",
+                 "errors", "max_pending_bytes", "tokens", "unchanged", "writer")
 
     def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
                  max_pending_bytes: int = MAX_PENDING_BYTES, owns_writer: bool = False) -> None:
@@ -65,8 +66,11 @@ class Recorder:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
         self._lock = threading.Lock()
         self._pending = 0
+        self._objects_queued = 0  # object answers handed to the parsing thread, not yet passed on to the writer
         # continue token -> (view key, assembly, last page time); touched only by the parsing thread
         self._chunks: dict[tuple[store.ViewKey, str], tuple[cache_writer.ListAssembly, float]] = {}
+        # view key -> resourceVersion of the whole list last handed to the writer for it; parsing thread only
+        self._handed: dict[store.ViewKey, str] = {}
         self.dropped = 0  # responses dropped because parsing fell behind
         self.errors = 0  # responses or events that did not parse
         self.unchanged = 0  # lists skipped: their complete view already held that resourceVersion
@@ -97,7 +101,7 @@ class Recorder:
         if verb == "get" and not info.subresource:
             okey = views.object_key(info, shape=shape, encoding=encoding)
             if status == 200:
-                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
             if status == 404:
                 self.writer.delete_object(okey)
             return None
@@ -107,7 +111,8 @@ class Recorder:
             key = views.safe_view_key(info, shape=shape, encoding=encoding)
             if key is None:
                 return None
-            return _Sink(self, gzip, lambda body: self._list(info, key, encoding, body))
+            unchanged = None if info.continue_ else lambda head: self._unchanged(key, encoding, head)
+            return _Sink(self, gzip, lambda body: self._list(info, key, encoding, body), unchanged)
         if verb == "watch":
             key = views.safe_view_key(info, shape=shape, encoding=encoding)
             if key is None:
@@ -118,7 +123,7 @@ class Recorder:
                                                                                                       "nodes"):
             # the node agent's heartbeat answers: the freshest Lease and Node the API server gave, for GETs offline
             okey = views.object_key(info, shape="", encoding=encoding)
-            return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body))
+            return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
         return None
 
     # ---------------------------------------------------------------- the parsing thread
@@ -131,6 +136,23 @@ class Recorder:
             self._pending += size
         self._pool.submit(self._run, size, fn, *args)
         return True
+
+    def _object(self, size: int, fn: Any) -> None:
+        """An object answer through the parsing thread (gzip, or big), counted so that a later answer of the same
+        object does not overtake it on the direct path (see _Sink.done)."""
+        with self._lock:
+            self._objects_queued += 1
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                with self._lock:
+                    self._objects_queued -= 1
+
+        if not self._submit(size, run):
+            with self._lock:
+                self._objects_queued -= 1
 
     def _run(self, size: int, fn: Any, *args: Any) -> None:
         try:
@@ -156,24 +178,28 @@ class Recorder:
         if not info.continue_ and self._unchanged(key, encoding, body):
             self.unchanged += 1
             return
+        resource = info.resource
         if encoding == "protobuf":
             u = protobuf.unwrap(body)
             if not u.kind.endswith("List"):
                 return
             parts = protobuf.parse_list(u.raw)
             kind, api_version = u.kind, u.api_version
+            raws, make = parts.items, lambda raw: _item(resource, encoding, raw)
         else:
-            jparts = jsonwire.parse_list(body)
+            # Items become Items as they are decoded, from the one decode (see jsonwire.parse_list); an indented
+            # body (?pretty, curl) is stored compact, as client-go gets it.
+            pretty = body[1:2] == b"\n"
+            jparts = jsonwire.parse_list(body, convert=lambda raw, doc: _json_item(resource, raw, doc, pretty))
             parts, kind, api_version = jparts, jparts.kind, jparts.api_version
-        raws = parts.items
-        if encoding == "json" and getattr(parts, "pretty", False):  # ?pretty or curl: keep what client-go gets
-            raws = [jsonwire.compact(r) for r in raws]
+            raws, make = jparts.items, _same
         now = time.monotonic()
         self._expire_chunks(now)
         asked = info.continue_
         if not asked and not parts.continue_ and len(raws) <= BIG_LIST:
-            items = [_item(info.resource, encoding, raw) for raw in raws]
+            items = [make(raw) for raw in raws]
             self.writer.replace_view(key, store.ViewMeta(kind, api_version, parts.resource_version, True), items)
+            self._hand(key, parts.resource_version)
             return
         if asked:
             found = self._chunks.pop((key, asked), None)
@@ -184,11 +210,17 @@ class Recorder:
             assembly = self.writer.begin_list(key, kind, api_version)
         for i in range(0, len(raws), BIG_LIST):
             self._wait_for_writer()
-            assembly.add([_item(info.resource, encoding, raw) for raw in raws[i : i + BIG_LIST]])
+            assembly.add([make(raw) for raw in raws[i : i + BIG_LIST]])
         if parts.continue_:
             self._chunks[(key, parts.continue_)] = (assembly, now)
         else:
             assembly.commit(parts.resource_version)
+            self._hand(key, parts.resource_version)
+
+    def _hand(self, key: store.ViewKey, resource_version: str) -> None:
+        if len(self._handed) >= 4096:
+            self._handed.clear()  # only an optimisation (see _unchanged): forgetting is always safe
+        self._handed[key] = resource_version
 
     def _wait_for_writer(self) -> None:
         """Back-pressure inside the parsing thread (never on a client): a big list goes to the writer piece by piece
@@ -200,14 +232,14 @@ class Recorder:
 
     def _unchanged(self, key: store.ViewKey, encoding: str, body: bytes) -> bool:
         """Whether a whole list repeats what its complete view already holds: the same resourceVersion is the same
-        state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse."""
-        if self.writer.unsettled(key):  # marked incomplete a moment ago, not committed yet: the store's "complete"
-            return False  # is stale, and only this list can make the view whole again
-        meta = self.writer.store.view(key)
-        if meta is None or not meta.complete or not meta.resource_version:
-            return False
+        state (etcd revisions), so a client relisting at an unchanged version costs one header read, not a parse.
+        `body` may be the list's first bytes only (HEAD bytes hold the list's metadata as the API server writes it);
+        False when they do not tell."""
         if encoding == "protobuf":
-            rv, cont = _pb_list_meta(body)
+            found = _pb_list_meta(body)
+            if found is None:
+                return False
+            rv, cont = found
         else:
             m = _JSON_LIST_META.match(body, 0, 1024)
             if m is None:
@@ -215,7 +247,19 @@ class Recorder:
             rv, cont = m.group(1).decode(), ""
             if b'"continue"' in body[m.start() : m.end()]:
                 return False
-        return not cont and rv == meta.resource_version
+        if cont or not rv:
+            return False
+        if self._handed.pop(key, None) == rv:
+            # The same version was handed to the writer a moment ago (a client relisting while the last list is
+            # still being written): wait for that commit rather than parse the same list again. The wait is this
+            # thread's only, and the decision below is then made on what the store holds, as for any list.
+            self.writer.flush_sync(WRITER_WAIT)
+        if self.writer.unsettled(key):  # marked incomplete a moment ago, not committed yet: the store's "complete"
+            return False  # is stale, and only this list can make the view whole again
+        meta = self.writer.store.view(key)
+        if meta is None or not meta.complete or not meta.resource_version:
+            return False
+        return rv == meta.resource_version
 
     def _expire_chunks(self, now: float) -> None:
         for k, (assembly, at) in list(self._chunks.items()):
@@ -234,18 +278,32 @@ _JSON_LIST_META = re.compile(rb'\s*\{\s*"kind"\s*:\s*"[^"]*"\s*,\s*"apiVersion"\
                              rb'\{\s*"resourceVersion"\s*:\s*"(\d+)"[^{}]*\}')
 
 
-def _pb_list_meta(body: bytes) -> tuple[str, str]:
-    """(resourceVersion, continue) of a protobuf list body, reading only its ListMeta."""
-    for no, _, value in protobuf.iter_fields(memoryview(body)[4:]):
-        if no != 2:
-            continue
-        for f, _, v in protobuf.iter_fields(value):
-            if f == 1:
-                meta = {g: bytes(x).decode() for g, wt, x in protobuf.iter_fields(v) if wt == protobuf.LEN}
-                return meta.get(2, ""), meta.get(3, "")
-            break
-        break
-    return "", ""
+def _pb_list_meta(head: bytes) -> tuple[str, str] | None:
+    """(resourceVersion, continue) of a protobuf list body, reading only its ListMeta (the list's first field) from
+    the body's first bytes; None when they do not hold it whole."""
+    buf = memoryview(head)
+    end = len(buf)
+    pos = 4  # the magic
+    try:
+        while pos < end:  # the Unknown envelope: 1 typeMeta, 2 raw, 3 contentEncoding, 4 contentType (all LEN)
+            tag, pos = protobuf.read_varint(buf, pos)
+            if tag & 7 != protobuf.LEN:
+                return None
+            n, pos = protobuf.read_varint(buf, pos)
+            if tag >> 3 != 2:
+                pos += n
+                continue
+            tag, p = protobuf.read_varint(buf, pos)
+            if tag >> 3 != 1 or tag & 7 != protobuf.LEN:
+                return "", ""
+            m, p = protobuf.read_varint(buf, p)
+            if p + m > min(end, pos + n):
+                return None
+            meta = {g: bytes(x).decode() for g, wt, x in protobuf.iter_fields(buf[p : p + m]) if wt == protobuf.LEN}
+            return meta.get(2, ""), meta.get(3, "")
+    except (errors.DecodeError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _produced(info: Any) -> str:
@@ -270,15 +328,39 @@ def _item(resource: str, encoding: str, raw: bytes) -> store.Item:
     return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
 
 
+def _json_item(resource: str, raw: bytes, doc: dict, pretty: bool) -> store.Item:
+    meta, fields = jsonwire.extract(resource, doc)
+    if pretty:
+        raw = jsonwire.compact(raw)
+    return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
+
+
+def _same(item: store.Item) -> store.Item:
+    return item
+
+
+HEAD = 4096  # bytes of a list body that hold its metadata, for `unchanged`
+DIRECT_MAX = 256 << 10  # an object answer up to this size goes to the writer from the caller's thread
+
+
 class _Sink:
-    """Buffers a whole response body; at a clean end hands it to the parsing thread."""
+    """Buffers a whole response body; at a clean end hands it to the parsing thread.
 
-    __slots__ = ("_chunks", "_gzip", "_handle", "_recorder", "_size")
+    unchanged(head) -> bool, when given, is asked first (in the parsing thread) with the body's first HEAD bytes:
+    True drops the body unjoined (a big list is not copied once more only to be skipped). An object answer (object_)
+    has nothing to parse: it goes to the writer at once, from the caller (the writer never blocks), unless it must be
+    inflated or is big, or an earlier answer of an object still waits in the parsing thread (it must not be
+    overtaken). Two thread hand-offs per GET were most of what recording cost a small GET."""
 
-    def __init__(self, recorder: Recorder, gzip: bool, handle: Any) -> None:
+    __slots__ = ("_chunks", "_gzip", "_handle", "_object", "_recorder", "_size", "_unchanged")
+
+    def __init__(self, recorder: Recorder, gzip: bool, handle: Any, unchanged: Any = None,
+                 object_: bool = False) -> None:
         self._recorder = recorder
         self._gzip = gzip
         self._handle = handle
+        self._unchanged = unchanged if not gzip else None
+        self._object = object_
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -290,13 +372,35 @@ class _Sink:
         chunks, self._chunks = self._chunks, []
         if not ok:
             return  # a truncated body tells nothing for sure
-        gzip, handle = self._gzip, self._handle
+        gzip, handle, unchanged, recorder = self._gzip, self._handle, self._unchanged, self._recorder
+        if self._object and not gzip and self._size <= DIRECT_MAX and not recorder._objects_queued:
+            try:
+                handle(b"".join(chunks))  # bytes, whatever the chunks are (one bytes chunk: itself)
+            except Exception:  # counted as the parsing thread counts its failures; never the client's problem
+                recorder.errors += 1
+                log.exception("record: could not record a response")
+            return
 
         def parse() -> None:
+            if unchanged is not None and unchanged(_head(chunks)):
+                recorder.unchanged += 1
+                return
             body = b"".join(chunks)
             handle(zlib.decompress(body, 31) if gzip else body)
 
-        self._recorder._submit(self._size, parse)
+        if self._object:
+            recorder._object(self._size, parse)
+        else:
+            recorder._submit(self._size, parse)
+
+
+def _head(chunks: list[bytes]) -> bytes:
+    size = 0
+    for n, chunk in enumerate(chunks, 1):
+        size += len(chunk)
+        if size >= HEAD:
+            return b"".join(chunks[:n])[:HEAD] if n > 1 else chunk[:HEAD]
+    return b"".join(chunks)
 
 
 class _WatchState:

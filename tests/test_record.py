@@ -1,5 +1,8 @@
 """record: recorded API server answers, fed through the recorder seam, become views, objects and blobs."""
 
+import threading
+import zlib
+
 import pytest
 from multidict import CIMultiDict
 
@@ -122,6 +125,46 @@ def test_a_get_is_stored_as_sent(c, ext):
     assert c.store.get_object(okey) == body(f"configmap-web-config.get.{ext}")
 
 
+def test_a_get_goes_to_the_writer_without_the_parsing_thread_and_a_repeat_is_not_written(c):
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    okey = views.object_key(req, shape="", encoding="json")
+    held, gate = threading.Event(), threading.Event()
+    c.recorder._submit(0, lambda: (held.set(), gate.wait(10)))  # the parsing thread is busy
+    assert held.wait(10)
+    try:
+        sink = c.recorder.begin(req, 200, recording.headers("configmap-web-config.get.json"))
+        sink.feed(body("configmap-web-config.get.json"))
+        sink.done(True)
+        assert c.writer.flush_sync(10)
+        assert c.store.get_object(okey) == body("configmap-web-config.get.json")  # the parsing thread still waits
+    finally:
+        gate.set()
+    c.feed(req, "configmap-web-config.get.json")
+    assert c.writer.objects_unchanged == 1
+
+
+def test_a_gzip_get_is_not_overtaken_by_a_later_plain_one(c):
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    okey = views.object_key(req, shape="", encoding="json")
+    first = body("configmap-web-config.get.json")
+    later = first + b" "  # other bytes
+    held, gate = threading.Event(), threading.Event()
+    c.recorder._submit(0, lambda: (held.set(), gate.wait(10)))
+    assert held.wait(10)
+    hdrs = recording.headers("configmap-web-config.get.json")
+    zipped = CIMultiDict(hdrs, **{"Content-Encoding": "gzip"})
+    sink = c.recorder.begin(req, 200, zipped)
+    z = zlib.compressobj(wbits=31)
+    sink.feed(z.compress(first) + z.flush())
+    sink.done(True)  # queued behind the busy parsing thread
+    sink = c.recorder.begin(req, 200, hdrs)
+    sink.feed(later)
+    sink.done(True)  # must queue behind the gzip one, not go first
+    gate.set()
+    c.sync()
+    assert c.store.get_object(okey) == later
+
+
 def test_a_404_forgets_a_stored_get(c):
     req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
     c.feed(req, "configmap-web-config.get.json")
@@ -156,6 +199,35 @@ def test_a_list_repeating_its_views_version_is_not_parsed_again(c, ext):
     c.feed(info(PODS + "&resourceVersion=0", hdrs), f"pods-edge1.list.{ext}")
     assert c.recorder.unchanged == 1
     assert c.store.view(pods_key(ext)).complete
+
+
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_relist_at_the_same_version_before_the_first_is_committed_is_not_parsed_again(c, ext):
+    """Two lists at one version back to back: the second waits for the first's commit instead of being parsed."""
+    hdrs = ENC[ext][1]
+    held, gate = threading.Event(), threading.Event()
+    c.writer._put(("flush", lambda: (held.set(), gate.wait(10))), 0)  # holds the writer thread: the first list
+    assert held.wait(10)  # stays uncommitted
+    for _ in range(2):
+        sink = c.recorder.begin(info(PODS, hdrs), 200, recording.headers(f"pods-edge1.list.{ext}"))
+        sink.feed(body(f"pods-edge1.list.{ext}"))
+        sink.done(True)
+    gate.set()
+    c.sync()
+    assert c.recorder.unchanged == 1
+    meta = c.store.view(pods_key(ext))
+    assert meta.complete and meta.resource_version == "304"
+    assert len(c.store.raw_items(pods_key(ext))) == len(listed_items(ext, f"pods-edge1.list.{ext}"))
+
+
+@pytest.mark.parametrize("name", ["pods-edge1.list.pb", "pods-edge1.limit10.page1.pb"])
+def test_a_protobuf_lists_metadata_is_read_from_its_first_bytes(name):
+    data = body(name)
+    whole = record._pb_list_meta(data)
+    assert whole is not None and whole[0] == "304"
+    assert record._pb_list_meta(data[: record.HEAD]) == whole
+    for n in range(len(data[: record.HEAD])):
+        assert record._pb_list_meta(data[:n]) in (None, whole)  # a prefix tells the truth or nothing
 
 
 def test_a_token_request_answer_is_remembered(tmp_path):

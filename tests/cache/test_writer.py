@@ -364,3 +364,46 @@ def test_random_operations_match_a_model_across_reopens(cache_dir):
     assert st.events_ignored > 0 and st.events_applied > 0 and st.lists_replaced > 0  # every rule was exercised
     w.close()
     st.close()
+
+
+def test_a_get_answer_already_stored_is_not_written_again(cache_dir):
+    st = store.Store.open(cache_dir, map_size=64 << 20)
+    w = writer.Writer(st).start()
+    okey = store.ObjectKey("kubelet", "", "v1", "configmaps", "edge", "web-config")
+    secret = store.ObjectKey("kubelet", "", "v1", "secrets", "edge", "tls")  # sealed: compared after opening
+    for k in (okey, secret):
+        w.put_object(k, b"one")
+    assert w.flush_sync(10)
+    commits = st.commits
+    for k in (okey, secret):
+        w.put_object(k, b"one")  # the same bytes: nothing queued
+    assert w.objects_unchanged == 2 and w.pending_ops == 0
+    w.put_object(okey, b"two")
+    assert w.flush_sync(10) and st.get_object(okey) == b"two" and st.commits > commits
+    st.purge()  # the operator's purge (any process): the next answer is stored again
+    w.put_object(okey, b"two")
+    assert w.flush_sync(10) and st.get_object(okey) == b"two"
+    assert w.objects_unchanged == 2
+    w.close()
+    st.close()
+
+
+def test_a_get_answer_is_compared_with_the_store_only_when_no_write_to_it_is_queued(cache_dir):
+    st = store.Store.open(cache_dir, map_size=64 << 20)
+    w = writer.Writer(st).start()
+    okey = store.ObjectKey("kubelet", "coordination.k8s.io", "v1", "leases", "kube-node-lease", "edge-1")
+    w.put_object(okey, b"one")
+    assert w.flush_sync(10)
+    w.close()
+    w = writer.Writer(st)  # not started: what it is handed stays queued
+    w.put_object(okey, b"two")
+    w.put_object(okey, b"one")  # the store holds "one", but "two" is queued before it: written
+    w.delete_object(okey)
+    w.put_object(okey, b"one")
+    assert w.objects_unchanged == 0 and w.pending_ops == 4
+    w.start()
+    assert w.flush_sync(10) and st.get_object(okey) == b"one"
+    w.put_object(okey, b"one")
+    assert w.objects_unchanged == 1
+    w.close()
+    st.close()

@@ -45,6 +45,20 @@ def test_compact_list_is_the_compacted_body_plus_newline(name):
     assert not again.pretty
 
 
+@pytest.mark.parametrize("name", recorded.LISTS)
+@pytest.mark.parametrize("compact", [False, True])
+def test_convert_sees_each_item_bytes_and_dict_in_order(name, compact):
+    data = recorded.body(name, "json")
+    if compact:
+        data = jsonwire.compact(data) + b"\n"
+    plain = jsonwire.parse_list(data)
+    converted = jsonwire.parse_list(data, convert=lambda raw, doc: (raw, doc))
+    assert converted.items == list(zip(plain.items, plain.docs, strict=True))
+    assert converted.docs == []
+    assert (converted.resource_version, converted.continue_, converted.pretty) == (
+        plain.resource_version, plain.continue_, plain.pretty)
+
+
 def test_empty_lists():
     compact = jsonwire.build_list("PodList", "v1", "7", [])
     assert compact == b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[]}\n'
