@@ -13,7 +13,9 @@ Seams for the cache:
   body chunk as it is written to the client and must not block (it enqueues); `sink.done(ok)` ends it (ok: the
   upstream body ended cleanly).
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
-  offline, or a request that failed to connect before any byte reached the client (per-request failover).
+  offline, or a request that failed before any byte reached the client (per-request failover): it could not connect,
+  or the API server sent no response head within `header_deadline()` (hung, or a black-holed link). A write whose
+  body went up and got no head has an unknown outcome; the local side answers it as it answers writes offline.
 """
 
 from __future__ import annotations

@@ -186,8 +186,9 @@ def _load_chain_from_data(ctx: ssl.SSLContext, creds: Credentials) -> None:
 
 class Server:
     """One API server's health as the prober and the requests see it. Starts up: a server is presumed reachable
-    until `offline_after` probes or connection attempts in a row fail (a request that cannot connect is answered
-    locally at once anyway, so starting with the API server down costs no wait)."""
+    until `offline_after` probes, connection attempts or response-head deadlines in a row fail (a request that cannot
+    connect, or gets no head in time, is answered locally anyway, so starting with the API server down costs no
+    wait)."""
 
     __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "netloc", "oks", "port", "scheme", "up",
                  "url")
@@ -381,7 +382,8 @@ class Upstream:
         raise Unavailable("; ".join(errors) or "no API server configured")
 
     def note_failure(self, server: Server, error: str) -> None:
-        """A request could not connect: count it like a failed probe and probe again now."""
+        """A request could not connect, or got no response head in time: count it like a failed probe and probe
+        again now."""
         metrics.UPSTREAM_FAILURES.labels(server=server.url).inc()
         self._record(server, False, error)
         self._wake.set()
