@@ -83,9 +83,11 @@ def header_deadline(info: kube_request.RequestInfo | None, default: float) -> fl
     parameter (client-go sends `timeout=10s` for a client with a 10 s Timeout) when that is shorter, so the local
     answer reaches the client before it gives up; never under MIN_HEADER_DEADLINE. A watch gets its headers at
     once from a real API server, so the deadline holds for them too; nothing after the head is timed (an idle
-    watch is not hung), and upgrade tunnels never come here.
+    watch is not hung), and upgrade tunnels never come here. None for a `connect` (exec, attach, port-forward,
+    the proxy subresource) without an upgrade: its head comes from a pod, node or service behind the API server,
+    however slow that is, and nothing local could answer it anyway.
     """
-    if default <= 0:
+    if default <= 0 or (info is not None and info.verb == "connect"):
         return None
     deadline = default
     raw = info.timeout if info is not None else None

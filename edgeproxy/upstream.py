@@ -343,6 +343,7 @@ class Upstream:
                 error = f"no response head within {header_timeout:g}s"
                 errors.append(f"{server.url}: {error}")
                 metrics.UPSTREAM_HEADER_TIMEOUTS.labels(server=server.url).inc()
+                self._pool.discard_idle(server.host, server.port)  # this request's own connection is closed already
                 self.note_failure(server, error)
                 # The deadline is the whole request's: no time is left for the next server. A write may have reached
                 # the server: its outcome is unknown, and the local side answers it as it answers writes offline.

@@ -444,8 +444,9 @@ async def test_raw_upgrade_carries_bytes_both_ways(protocol, early):
 
 # ---- the response-head deadline (a hung or black-holed API server) ----
 class _Timed:
-    def __init__(self, timeout: str | None) -> None:
+    def __init__(self, timeout: str | None, verb: str = "get") -> None:
         self.timeout = timeout
+        self.verb = verb
 
 
 @pytest.mark.parametrize(("timeout", "default", "expected"), [
@@ -468,6 +469,11 @@ def test_header_deadline(timeout, default, expected):
 
 def test_header_deadline_of_an_unclassified_request_is_the_default():
     assert proxy.header_deadline(None, 7.0) == 7.0
+
+
+def test_no_header_deadline_for_connect():  # services/proxy, a non-upgrade exec: a backend's head, however slow
+    assert proxy.header_deadline(_Timed("10s", verb="connect"), 10.0) is None
+    assert proxy.header_deadline(_Timed(None, verb="watch"), 10.0) == 10.0
 
 
 async def test_hung_upstream_is_answered_locally_at_the_header_deadline(recorded_upstream):
