@@ -57,8 +57,8 @@ class Identities:
         self._path = Path(directory) / FILE if directory is not None else None
         self.vouch = vouch  # tokens.TokenBook.vouch: minted by us, or issued by the API server through us
         self._clock = clock
-        # token sha256 -> (subject, believed until): tokens the API server accepted
-        self._accepted: dict[str, tuple[str, float]] = self._load()
+        # token sha256 -> (subject, believed until, until is the token's exp): tokens the API server accepted
+        self._accepted: dict[str, tuple[str, float, bool]] = self._load()
         self._memo: dict[str, tuple[str, float]] = {}  # token -> (identity, decided until)
         self._dirty = False
         self._saving: asyncio.Task[None] | None = None
@@ -127,15 +127,17 @@ class Identities:
     def accepted(self, token: str) -> bool:
         """Remember that the API server accepted `token`; True when it is a ServiceAccount token (now believed)."""
         now = self._clock()
+        digest = jwt.token_digest(token)
+        known = self._accepted.get(digest)
+        if known is not None and now < known[1] - (0 if known[2] else 86400):
+            return True  # the common case, every answer to a steady client: nothing to decode or write
         parsed = jwt.decode(token)
         if parsed is None or jwt.service_account(parsed) is None or not parsed.fresh(now):
             return False
-        digest = jwt.token_digest(token)
         exp = parsed.expires
         until = exp if exp is not None else now + NO_EXPIRY_KEEP
-        known = self._accepted.get(digest)
-        if known is None or known[0] != parsed.subject or (exp is None and until - known[1] > 86400):
-            self._accepted[digest] = (parsed.subject, until)
+        if known is None or known[0] != parsed.subject or until - known[1] > 86400:
+            self._accepted[digest] = (parsed.subject, until, exp is not None)
             self._changed()
         self._memo.pop(token, None)
         return True
@@ -176,11 +178,11 @@ class Identities:
 
     def _doc(self) -> bytes:
         now = self._clock()
-        live = sorted(((d, s, u) for d, (s, u) in self._accepted.items() if u > now), key=lambda e: -e[2])
+        live = sorted(((d, e) for d, e in self._accepted.items() if e[1] > now), key=lambda de: -de[1][1])
         if len(live) < len(self._accepted) or len(live) > MAX_REMEMBERED:
             live = live[:MAX_REMEMBERED]  # the longest-lived kept
-            self._accepted = {d: (s, u) for d, s, u in live}
-        return json.dumps({"version": 1, "accepted": {d: [s, u] for d, s, u in live}}).encode()
+            self._accepted = dict(live)
+        return json.dumps({"version": 1, "accepted": {d: list(e) for d, e in live}}).encode()
 
     def _write(self, data: bytes) -> None:
         assert self._path is not None
@@ -196,14 +198,14 @@ class Identities:
             os.close(fd)
         os.replace(tmp, self._path)
 
-    def _load(self) -> dict[str, tuple[str, float]]:
+    def _load(self) -> dict[str, tuple[str, float, bool]]:
         if self._path is None:
             return {}
         try:
             doc: Any = json.loads(self._path.read_bytes())
             accepted = doc["accepted"]
             now = self._clock()
-            return {str(d): (str(v[0]), float(v[1])) for d, v in accepted.items() if float(v[1]) > now}
+            return {str(d): (str(v[0]), float(v[1]), bool(v[2])) for d, v in accepted.items() if float(v[1]) > now}
         except FileNotFoundError:
             return {}
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:

@@ -137,3 +137,16 @@ def test_an_unreadable_file_believes_nothing(tmp_path):
     (tmp_path / identity.FILE).write_text("{not json")
     ids = identity.Identities(tmp_path)
     assert len(ids) == 0
+
+
+def test_a_token_without_expiry_is_believed_a_week_past_its_last_acceptance(tmp_path):
+    clock = Clock()
+    ids = identity.Identities(tmp_path, clock=clock)
+    legacy = sa_token(1, exp=None)  # a Secret-based token: no exp
+    ids.answered(info(legacy), headers(legacy), 200)
+    clock.now += identity.NO_EXPIRY_KEEP - 3600
+    ids.answered(info(legacy), headers(legacy), 200)  # accepted again: believed a week from now
+    clock.now += 7200
+    assert key(ids, legacy) == SA_KEY
+    clock.now += identity.NO_EXPIRY_KEEP
+    assert key(ids, legacy) == "kube-proxy@" + jwt.hash_identity(legacy)
