@@ -126,10 +126,16 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
                 # a pod's token, issued by the API server, relayed by the proxy (never used online)
                 c = await token_request(kubelet, svc.url, "kube-proxy-1")
             assert c in sim.tokens
+            # online, a forged token is the API server's to refuse, and nothing is recorded for it
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 401
         # -------------------------------------------------------- offline: a restart with the simulator down
         await sim.down()
         async with p.running() as svc:
             await until(lambda: not svc.upstream.online, 10)
+            # what token A fetched is the account's, not the token's
+            clients = {k.client for k, _ in svc.proxy.local.store.views()}
+            assert f"kube-proxy@sa:{NS}:{SA}" in clients
+            assert not [c for c in clients if c.startswith("kube-proxy@") and c != f"kube-proxy@sa:{NS}:{SA}"]
             assert await lists(kube_proxy(svc.tls_url, p.ca, b)) == want  # accepted online earlier
             assert await lists(kube_proxy(svc.tls_url, p.ca, c)) == want  # a relayed TokenRequest answer
             async with aiohttp.ClientSession() as kubelet:
