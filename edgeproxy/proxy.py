@@ -12,6 +12,8 @@ Seams for the cache:
   TokenRequests, the node agent's heartbeats) responses before the first body byte; `sink.feed(chunk)` gets every
   body chunk as it is written to the client and must not block (it enqueues); `sink.done(ok)` ends it (ok: the
   upstream body ended cleanly).
+- `identities.resolve(info, headers)` / `.answered(info, headers, status)` (identity.py) decide the cache partition
+  of a request with its own bearer token: the token's hash, or its ServiceAccount's once the token is believed.
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
   offline, or a request that failed before any byte reached the client (per-request failover): it could not connect,
   or the API server sent no response head within `header_deadline()` (hung, or a black-holed link). A write whose
@@ -108,6 +110,15 @@ class Recorder(Protocol):
     def begin(self, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str]) -> Sink | None: ...
 
 
+class Identities(Protocol):
+    """edgeproxy.identity.Identities: the cache partition of a token-bearing request."""
+
+    def resolve(self, info: kube_request.RequestInfo, headers: Mapping[str, str]) -> kube_request.RequestInfo: ...
+
+    def answered(self, info: kube_request.RequestInfo, headers: Mapping[str, str],
+                 status: int) -> kube_request.RequestInfo: ...
+
+
 class Local(Protocol):
     async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse: ...
@@ -169,12 +180,14 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
-                 aliases: Mapping[str, str] | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None) -> None:
         self.upstream = up
-        self.classify = Classifier(aliases)  # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
+        # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.classify = Classifier(aliases, identities)
         self.recorder = recorder
         self.local: Local = local or Unavailable503()
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
@@ -263,6 +276,9 @@ class Proxy:
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
+        if self.identities is not None and info is not None and info.client.identity:
+            # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
+            info = self.identities.answered(info, request.headers, up.status)
         sink = None
         if self.recorder is not None and info is not None and info.verb in _RECORDED_VERBS:
             try:
@@ -370,12 +386,16 @@ def classify(request: web.BaseRequest, aliases: Mapping[str, str] | None = None
 
 class Classifier:
     """`classify` with a memo: clients repeat the same requests (kubelet's lease and node status every 10 s, its
-    per-object watches), and parse() is a pure function of the method, the path and query, and three headers."""
+    per-object watches), and parse() is a pure function of the method, the path and query, and three headers.
+    The client identity of a token-bearing request is then decided by `identities` (it changes when a token comes
+    to be believed or is forgotten); the memo keeps the last decided info, so a steady client costs a lookup."""
 
-    __slots__ = ("_memo", "aliases", "size")
+    __slots__ = ("_memo", "aliases", "identities", "size")
 
-    def __init__(self, aliases: Mapping[str, str] | None = None, size: int = 4096) -> None:
+    def __init__(self, aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
+                 size: int = 4096) -> None:
         self.aliases = dict(aliases or {})
+        self.identities = identities
         self.size = size
         self._memo: dict[tuple[str | None, ...], tuple[kube_request.RequestInfo | None,
                                                       kube_errors.KubeError | None]] = {}
@@ -390,6 +410,12 @@ class Classifier:
             if len(self._memo) >= self.size:
                 self._memo.clear()  # cheaper than LRU bookkeeping on every request; refills with what is hot
             self._memo[key] = hit
+        info = hit[0]
+        if self.identities is not None and info is not None and info.client.identity:
+            resolved = self.identities.resolve(info, h)
+            if resolved is not info:
+                hit = (resolved, None)
+                self._memo[key] = hit
         return hit
 
 
