@@ -8,12 +8,15 @@ request that failed before any byte reached the client). Each client is served f
 - LIST: the exact view, or a complete wider view of the same client filtered (same resource, namespace or cluster
   scope, selectors that cover the request's); limit/continue with our own continue tokens; resourceVersion as the
   API server treats it (newer than the cache → 504 TooLarge, Exact on another version → 410). No complete view → 503:
-  a partial or empty list makes kubelet kill pods and kube-proxy exit. Lists are joined from the stored item bytes.
+  a partial or empty list makes kubelet kill pods and kube-proxy exit. Lists are joined from the stored item bytes;
+  a whole view's joined body is kept (bounded LRU) while the view is unchanged, for clients relisting.
 - WATCH: headers at once; a BOOKMARK at the view's resourceVersion at once and every `bookmark_interval` when asked;
   held until timeoutSeconds; ended within a second of the upstream coming back, so clients re-watch upstream from
-  their last resourceVersion. Watch-list replays the view as ADDED, then the initial-events-end bookmark. A
-  resourceVersion the view cannot continue from (older: history unknown; newer: not seen yet) → ERROR 410.
+  their last resourceVersion (a watch that failed over while the prober still says online is held FAILOVER_HOLD).
+  Watch-list replays the view as ADDED, then the initial-events-end bookmark. A resourceVersion the view cannot
+  continue from (older: history unknown; newer: not seen yet) → ERROR 410.
 - Writes: writes.decide() says which answer; the node agent's Lease and node status are applied to the cache.
+Every answer carries `X-Edgeproxy-Source: cache`.
 What it does not do: forward, record, or decide online/offline (proxy, record, upstream do). Neighbours: cache
 (reads, and the Writer for local writes), views (keys), writes (policy), tokens (TokenRequests), kube.* (wire).
 """
@@ -71,8 +74,8 @@ class Source:
 class Local:
     """The local side of the proxy. One per process."""
 
-    __slots__ = ("_back", "_local_base", "bodies", "bookmark_interval", "failover_hold", "is_online", "node", "store",
-                 "tokens", "watch_timeout", "writer")
+    __slots__ = ("_back", "_changed", "_local_base", "bodies", "bookmark_interval", "failover_hold", "is_online",
+                 "node", "store", "tokens", "watch_timeout", "writer")
 
     def __init__(self, store: store_.Store, writer: writer_.Writer | None, *, tokens: tokens_.TokenBook | None = None,
                  node: str | None = None, bookmark_interval: float = BOOKMARK_INTERVAL,
@@ -88,6 +91,7 @@ class Local:
         self.failover_hold = failover_hold
         self.bodies = Bodies(body_cache_bytes)
         self._back = asyncio.Event()  # set when the upstream comes back: every offline watch ends
+        self._changed = asyncio.Event()  # set (and replaced) at every online/offline change: holds re-evaluate
         self._local_base: dict[tuple[str, str, str, str], tuple[str, str]] = {}  # key -> (upstream rv, local rv)
 
     def upstream_changed(self, online: bool) -> None:
@@ -96,6 +100,8 @@ class Local:
             self._back.set()
         elif self._back.is_set():
             self._back = asyncio.Event()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # ---------------------------------------------------------------- dispatch
 
@@ -406,20 +412,25 @@ class Local:
         timeout = info.timeout_seconds if info.timeout_seconds else self.watch_timeout
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
-        back = self._back
-        if self.is_online():  # per-request failover: no state change will tell us the upstream is back
-            deadline = min(deadline, loop.time() + self.failover_hold)
-            back = asyncio.Event()
-        while not back.is_set():
+        # Per-request failover: the prober still says online, so no state change will tell us the upstream is back;
+        # hold failover_hold at most. Once the prober agrees the upstream is gone, this is an ordinary offline watch,
+        # ended when the upstream comes back (the client then re-watches upstream from its last resourceVersion).
+        failover_until = loop.time() + self.failover_hold if self.is_online() else None
+        while True:
+            if failover_until is not None and not self.is_online():
+                failover_until = None
+            if failover_until is None and self._back.is_set():
+                break
             now = loop.time()
-            if now >= deadline:
+            end = deadline if failover_until is None else min(deadline, failover_until)
+            if now >= end:
                 if bookmarks:  # the API server sends one just before it ends a watch at its timeout
                     await resp.write(_bookmark(enc, kind, api_version, rv))
                 break
-            wait = min(deadline, next_bookmark) - now
+            changed = self._changed
             try:
-                async with asyncio.timeout(wait):
-                    await back.wait()
+                async with asyncio.timeout(min(end, next_bookmark) - now):
+                    await changed.wait()
             except TimeoutError:
                 if bookmarks and loop.time() >= next_bookmark:
                     await resp.write(_bookmark(enc, kind, api_version, rv))

@@ -12,8 +12,12 @@ Seams for the cache:
   TokenRequests, the node agent's heartbeats) responses before the first body byte; `sink.feed(chunk)` gets every
   body chunk as it is written to the client and must not block (it enqueues); `sink.done(ok)` ends it (ok: the
   upstream body ended cleanly).
+- `identities.resolve(info, headers)` / `.answered(info, headers, status)` (identity.py) decide the cache partition
+  of a request with its own bearer token: the token's hash, or its ServiceAccount's once the token is believed.
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
-  offline, or a request that failed to connect before any byte reached the client (per-request failover).
+  offline, or a request that failed before any byte reached the client (per-request failover): it could not connect,
+  or the API server sent no response head within `header_deadline()` (hung, or a black-holed link). A write whose
+  body went up and got no head has an unknown outcome; the local side answers it as it answers writes offline.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, logs, metrics, upstream
+from edgeproxy.kube import duration
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -66,6 +71,35 @@ def route(info: kube_request.RequestInfo | None, online: bool) -> Route:
     return Route.LOCAL
 
 
+MIN_HEADER_DEADLINE = 1.0  # seconds: no client timeout makes the proxy give up on the API server sooner
+
+
+def header_deadline(info: kube_request.RequestInfo | None, default: float) -> float | None:
+    """Seconds a forwarded request waits for the API server's response head before it is answered locally; None for
+    no deadline. Pure.
+
+    A hung API server or a black-holed link (the connection accepted, or kept alive, and then silence) would
+    otherwise hold the request until the prober declares the server down: ~20 s with the defaults, while kubelet's
+    Lease PUT gives up at 10 s and two failed renewals make it close all its connections (wire brief §1). So:
+    `default` (--upstream-header-timeout; 0 disables every deadline), or half the client's own `timeout` query
+    parameter (client-go sends `timeout=10s` for a client with a 10 s Timeout) when that is shorter, so the local
+    answer reaches the client before it gives up; never under MIN_HEADER_DEADLINE. A watch gets its headers at
+    once from a real API server, so the deadline holds for them too; nothing after the head is timed (an idle
+    watch is not hung), and upgrade tunnels never come here. None for a `connect` (exec, attach, port-forward,
+    the proxy subresource) without an upgrade: its head comes from a pod, node or service behind the API server,
+    however slow that is, and nothing local could answer it anyway.
+    """
+    if default <= 0 or (info is not None and info.verb == "connect"):
+        return None
+    deadline = default
+    raw = info.timeout if info is not None else None
+    if raw:
+        client = duration.parse(raw)
+        if client is not None and client > 0:
+            deadline = min(deadline, max(MIN_HEADER_DEADLINE, client / 2))
+    return deadline
+
+
 class Sink(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
@@ -74,6 +108,15 @@ class Sink(Protocol):
 
 class Recorder(Protocol):
     def begin(self, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str]) -> Sink | None: ...
+
+
+class Identities(Protocol):
+    """edgeproxy.identity.Identities: the cache partition of a token-bearing request."""
+
+    def resolve(self, info: kube_request.RequestInfo, headers: Mapping[str, str]) -> kube_request.RequestInfo: ...
+
+    def answered(self, info: kube_request.RequestInfo, headers: Mapping[str, str],
+                 status: int) -> kube_request.RequestInfo: ...
 
 
 class Local(Protocol):
@@ -137,12 +180,14 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
-                 aliases: Mapping[str, str] | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None) -> None:
         self.upstream = up
-        self.classify = Classifier(aliases)  # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
+        # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
+        self.classify = Classifier(aliases, identities)
         self.recorder = recorder
         self.local: Local = local or Unavailable503()
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
@@ -226,10 +271,14 @@ class Proxy:
                 self._tx.inc(len(body))
             else:
                 body = _counted(request.content.iter_any(), self._tx)
-        _, up = await self.upstream.send(request.method, request.raw_path, headers, body)
+        _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
+                                         header_timeout=header_deadline(info, self.upstream.header_timeout))
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
+        if self.identities is not None and info is not None and info.client.identity:
+            # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
+            info = self.identities.answered(info, request.headers, up.status)
         sink = None
         if self.recorder is not None and info is not None and info.verb in _RECORDED_VERBS:
             try:
@@ -337,12 +386,16 @@ def classify(request: web.BaseRequest, aliases: Mapping[str, str] | None = None
 
 class Classifier:
     """`classify` with a memo: clients repeat the same requests (kubelet's lease and node status every 10 s, its
-    per-object watches), and parse() is a pure function of the method, the path and query, and three headers."""
+    per-object watches), and parse() is a pure function of the method, the path and query, and three headers.
+    The client identity of a token-bearing request is then decided by `identities` (it changes when a token comes
+    to be believed or is forgotten); the memo keeps the last decided info, so a steady client costs a lookup."""
 
-    __slots__ = ("_memo", "aliases", "size")
+    __slots__ = ("_memo", "aliases", "identities", "size")
 
-    def __init__(self, aliases: Mapping[str, str] | None = None, size: int = 4096) -> None:
+    def __init__(self, aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
+                 size: int = 4096) -> None:
         self.aliases = dict(aliases or {})
+        self.identities = identities
         self.size = size
         self._memo: dict[tuple[str | None, ...], tuple[kube_request.RequestInfo | None,
                                                       kube_errors.KubeError | None]] = {}
@@ -357,6 +410,12 @@ class Classifier:
             if len(self._memo) >= self.size:
                 self._memo.clear()  # cheaper than LRU bookkeeping on every request; refills with what is hot
             self._memo[key] = hit
+        info = hit[0]
+        if self.identities is not None and info is not None and info.client.identity:
+            resolved = self.identities.resolve(info, h)
+            if resolved is not info:
+                hit = (resolved, None)
+                self._memo[key] = hit
         return hit
 
 

@@ -16,8 +16,9 @@ With --tls-listen, the proxy listener also serves HTTPS (for clients with their 
 sends credentials only to https:// servers), and under systemd it reports READY/WATCHDOG/STOPPING (notify.py).
 
 The boundary: this module wires things together and owns process lifetime (uvloop, SIGTERM); it handles no Kubernetes
-request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, metrics.py, tls.py (the
-HTTPS listener's certificate, credential reload), notify.py (systemd); cli.py calls `configure` and `run`.
+request itself (proxy.py does). Neighbours: config.py (settings), upstream.py, proxy.py, identity.py (token-bearing
+clients' cache partition), metrics.py, tls.py (the HTTPS listener's certificate, credential reload), notify.py
+(systemd); cli.py calls `configure` and `run`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from edgeproxy import config as config_mod
-from edgeproxy import logs, metrics, notify, proxy, tasks, tls, upstream
+from edgeproxy import identity, logs, metrics, notify, proxy, tasks, tls, upstream
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,19 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy
         return None, None
 
 
+def token_identities(config: config_mod.Config, local: proxy.Local | None) -> identity.Identities | None:
+    """Which tokens share their ServiceAccount's cache partition (identity.py), remembered under the cache
+    directory; the local side's token book vouches for the tokens it minted or relayed. None without a cache."""
+    if local is None or not config.cache:
+        return None
+    book = getattr(local, "tokens", None)
+    try:
+        return identity.Identities(config.cache_dir, vouch=book.vouch if book is not None else None)
+    except OSError:
+        log.exception("token identities under %s unavailable: every token keeps its own partition", config.cache_dir)
+        return None
+
+
 @contextlib.asynccontextmanager
 async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None = None,
                   local: proxy.Local | None = None, creds: upstream.Credentials | None = None
@@ -150,10 +164,12 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     creds = creds or upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)
     up = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
                            offline_after=config.offline_after, online_after=config.online_after,
-                           connect_timeout=config.connect_timeout)
+                           connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout)
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up)
-    handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases))
+    identities = token_identities(config, local)
+    handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
+                          identities=identities)
     await up.start()
     runners: list[web.BaseRunner] = []
     reloading: asyncio.Task[None] | None = None
@@ -183,7 +199,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
-        for hook in (recorder, local):  # commit what the cache was handed before exiting
+        for hook in (recorder, local, identities):  # commit what the cache was handed before exiting
             close = getattr(hook, "close", None)
             if close is not None:
                 await asyncio.to_thread(close)

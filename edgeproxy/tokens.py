@@ -9,7 +9,8 @@ kept in the `kubernetes.io` claims as the API server shapes them. Nothing but th
 when kubelet's next refresh gets a real token again.
 
 Boundary: no HTTP, no cache store; files under the cache directory only (signing key and sealed book, both 0600).
-Neighbours: local (calls answer offline), record (calls remember with upstream answers), kube.protobuf (wire).
+Neighbours: local (calls answer offline), record (calls remember with upstream answers), identity (asks vouch() whether
+a token is one the proxy minted or saw the API server issue), kube.protobuf (wire).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgeproxy.kube import errors, protobuf
+from edgeproxy.kube import errors, jwt, protobuf
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def mint_claims(
 class TokenBook:
     """Every TokenRequest answer seen, sealed on disk; the offline answer to a TokenRequest."""
 
-    __slots__ = ("_aead", "_clock", "_entries", "_path", "audiences", "lifetime", "node", "signer")
+    __slots__ = ("_aead", "_clock", "_entries", "_issued", "_path", "audiences", "lifetime", "node", "signer")
 
     def __init__(
         self, directory: Path | str, *, node: str, lifetime: int = MINTED_LIFETIME,
@@ -315,6 +316,9 @@ class TokenBook:
         self._aead = AESGCM(_seal_key(directory / SEAL_KEY_FILE))
         self._path = directory / BOOK_FILE
         self._entries: dict[str, dict[str, Any]] = self._load()
+        # sha256 of each API server token in the book -> its expiry: vouch() reads it from the event loop while
+        # remember() (the recorder's thread) replaces it whole, never mutates it in place
+        self._issued: dict[str, float] = self._index()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -338,7 +342,27 @@ class TokenBook:
             "seen": self._clock(),
         }
         self._save()
+        now = self._clock()
+        issued = {d: exp for d, exp in self._issued.items() if exp > now}
+        issued[jwt.token_digest(token)] = expires
+        self._issued = issued
         return True
+
+    def vouch(self, token: str) -> bool:
+        """True when `token`'s claims are known to be true: this proxy signed it (a minted token), or the API server
+        issued it in a TokenRequest answer the proxy relayed (and remembered). edgeproxy.identity asks this offline,
+        where no API server can be asked; expiry is the caller's to check."""
+        if jwt.token_digest(token) in self._issued:
+            return True
+        return verify(token, self.signer.public_key()) is not None
+
+    def _index(self) -> dict[str, float]:
+        out = {}
+        for entry in self._entries.values():
+            status = read_status(entry["body"], entry["ct"])
+            if status is not None:
+                out[jwt.token_digest(status[0])] = status[1]
+        return out
 
     def answer(self, ask: Ask, encoding: str, request_body: bytes | None = None,
                request_content_type: str = "") -> Answer:

@@ -379,3 +379,24 @@ async def test_a_repeated_offline_list_is_served_from_the_joined_body(c, http):
     c.feed(info(PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true"), "watch.pods-edge1.pb")
     changed = await get(http, PODS, KUBELET)  # the view moved: joined afresh
     assert changed[0] == 200 and changed[2] != first[2] and c.local.bodies.hits == 1
+
+
+async def test_a_failed_over_watch_ends_when_the_upstream_returns_not_after_a_fixed_hold(c, http):
+    """A watch answered locally while the prober still said online (per-request failover) turns into an ordinary
+    offline watch once the prober agrees, so it ends when the upstream is back, not after failover_hold."""
+    fill(c)
+    state = {"online": True}
+    c.local.is_online = lambda: state["online"]
+    c.local.failover_hold = 3600.0  # were the hold what ended it, this test would time out
+    url = PODS + "&watch=true&resourceVersion=304&allowWatchBookmarks=true&timeoutSeconds=3600"
+    async with http.get(url, headers=KUBELET) as r:
+        assert r.status == 200
+        await read_frames(r, "pb", 1)  # the bookmark sent at once: the watch is being held
+        state["online"] = False
+        c.local.upstream_changed(False)  # the prober turns offline
+        await read_frames(r, "pb", 1)  # still held, bookmarks flowing
+        state["online"] = True
+        c.local.upstream_changed(True)  # and back
+        async with asyncio.timeout(5):
+            await r.read()
+        assert r.content.at_eof()

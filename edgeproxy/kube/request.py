@@ -13,14 +13,13 @@ Neighbours: selectors (parses the selectors found here), status (turns the error
 
 from __future__ import annotations
 
-import hashlib
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from edgeproxy.kube import errors, goquote, selectors
+from edgeproxy.kube import errors, goquote, jwt, selectors
 
 JSON = "application/json"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
@@ -38,14 +37,17 @@ DEFAULT_ALIASES: Mapping[str, str] = MappingProxyType({"hollow-kubelet": "kubele
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who is asking: `component` from the User-Agent, `identity` a hash prefix of the bearer token ("" if none)."""
+    """Who is asking: `component` from the User-Agent, `identity` a hash prefix of the bearer token ("" if none).
+    edgeproxy.identity replaces the hash by "sa:<namespace>:<name>" for a ServiceAccount token it believes, so
+    rotated tokens of one account share one partition."""
 
     component: str
     identity: str = ""
 
     @property
     def key(self) -> str:
-        """The cache partition: "kubelet", or "coredns@<16 hex>" when the client authenticates with a token."""
+        """The cache partition: "kubelet", "coredns@<16 hex>" for a token, "coredns@sa:kube-system:coredns" for a
+        believed ServiceAccount token."""
         return f"{self.component}@{self.identity}" if self.identity else self.component
 
 
@@ -65,11 +67,14 @@ def client_from_headers(headers: Mapping[str, str], aliases: Mapping[str, str] |
     component = ua.split(None, 1)[0].split("/", 1)[0].lower() if ua else ""
     table = {**DEFAULT_ALIASES, **(aliases or {})}
     component = table.get(component, component)
-    auth = _header(headers, "Authorization").strip()
-    scheme, _, token = auth.partition(" ")
-    token = token.strip()
-    identity = hashlib.sha256(token.encode()).hexdigest()[:16] if scheme.lower() == "bearer" and token else ""
-    return Client(component, identity)
+    token = bearer_token(headers)
+    return Client(component, jwt.hash_identity(token) if token else "")
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or ""."""
+    scheme, _, token = _header(headers, "Authorization").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 # --- media types ------------------------------------------------------------------------------------------------------

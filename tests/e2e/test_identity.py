@@ -1,0 +1,152 @@
+"""Rotated ServiceAccount tokens keep their cache, forged ones get nothing: kube-proxy over the HTTPS listener.
+
+Online, a kube-proxy-style client (the kubernetes Python client, its own bearer token, edgeproxy's HTTPS listener)
+fills the cache with token A, which the simulator accepts (its token table: TokenRequest tokens look like JWTs but
+are not signed, so acceptance is the simulator's, as it would be the API server's). The proxy restarts with the
+simulator down. The same client with a rotated token gets its lists back when the token is believed: B, accepted
+online earlier; C, issued by the API server in a TokenRequest kubelet made through the proxy; D, minted by edgeproxy
+for kubelet's offline TokenRequest. A token claiming the same subject that nothing vouches for (an unsigned copy of
+the claims, a token signed by another key, an expired accepted one) gets 503: it sees nothing the account cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from kubernetes import client as kclient
+from kubernetes.client.rest import ApiException
+
+from edgeproxy import config, server, tokens
+from edgeproxy.sim import Simulator
+from tests.e2e.edge import until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+NS, SA = "kube-system", "kube-proxy"
+SUB = f"system:serviceaccount:{NS}:{SA}"
+UA = "kube-proxy/v1.32.0 (linux/amd64) kubernetes/cd13ec4"
+KUBELET_UA = "kubelet/v1.32.0 (linux/amd64) kubernetes/cd13ec4"
+SELECTOR = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+
+
+def kube_proxy(url: str, ca: Path, token: str) -> kclient.CoreV1Api:
+    conf = kclient.Configuration()
+    conf.host = url
+    conf.ssl_ca_cert = str(ca)
+    conf.api_key = {"authorization": token}
+    conf.api_key_prefix = {"authorization": "Bearer"}
+    conf.retries = False
+    api = kclient.ApiClient(conf)
+    api.user_agent = UA
+    return kclient.CoreV1Api(api)
+
+
+async def lists(api: kclient.CoreV1Api) -> tuple[list[str], list[str]]:
+    services = await asyncio.to_thread(api.list_service_for_all_namespaces, label_selector=SELECTOR)
+    nodes = await asyncio.to_thread(api.list_node)
+    return (sorted(f"{s.metadata.namespace}/{s.metadata.name}" for s in services.items),
+            sorted(n.metadata.name for n in nodes.items))
+
+
+async def status_of(api: kclient.CoreV1Api) -> int:
+    try:
+        await lists(api)
+    except ApiException as e:
+        return e.status
+    return 200
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def forged(claims_from: str) -> str:
+    """The claims of a real token under a header and signature nobody made: what a pod of another account could
+    write to impersonate this one."""
+    _, payload, _ = claims_from.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["exp"] = int(time.time()) + 3600
+    return ".".join((_b64(b'{"alg":"RS256","kid":"edgeproxy-sim"}'), _b64(json.dumps(claims).encode()),
+                     _b64(b"\x00" * 256)))
+
+
+async def token_request(session: aiohttp.ClientSession, url: str, pod: str) -> str:
+    """A TokenRequest as kubelet makes it for a pod (plain HTTP, the node's identity), through the proxy."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["https://kubernetes.default.svc.cluster.local"], "expirationSeconds": 3600,
+                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": f"uid-{pod}"}}}
+    async with session.post(f"{url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token", json=body,
+                            headers={"User-Agent": KUBELET_UA}) as r:
+        assert r.status == 201, await r.text()
+        return (await r.json())["status"]["token"]
+
+
+class Proxy:
+    def __init__(self, tmp: Path, sim: Simulator) -> None:
+        self.kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="admin")
+        self.cache_dir = tmp / "cache"
+        self.ca = self.cache_dir / "pki" / "ca.crt"
+
+    def running(self):
+        cfg = config.Config(kubeconfig=str(self.kubeconfig), listen="127.0.0.1:0", ops_listen="",
+                            tls_listen="127.0.0.1:0", cache_dir=str(self.cache_dir), probe_interval=0.2,
+                            probe_timeout=2.0, offline_after=2, online_after=1, connect_timeout=1.0,
+                            shutdown_timeout=0.5)
+        return server.running(cfg)
+
+
+async def sim_token(sim: Simulator) -> str:
+    """A TokenRequest straight to the simulator (kubelet's refresh while the proxy is elsewhere)."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    url = f"{sim.url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token"
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, ssl=sim.client_ssl("admin")) as r:
+        assert r.status == 201, await r.text()
+        return (await r.json())["status"]["token"]
+
+
+async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_path):
+    async with Simulator(pki_dir=tmp_path / "pki") as sim:
+        sim.create("serviceaccounts", {"metadata": {"name": SA, "namespace": NS}}, namespace=NS)
+        p = Proxy(tmp_path, sim)
+        a, b = await sim_token(sim), await sim_token(sim)
+        assert a != b and {a, b} <= set(sim.tokens)
+        async with p.running() as svc:
+            # ---------------------------------------------------- online: token A fills the cache
+            want = await lists(kube_proxy(svc.tls_url, p.ca, a))
+            assert want[0] and want[1]
+            # B, the rotation kubelet made later, was used online once: the simulator accepted it
+            assert await asyncio.to_thread(kube_proxy(svc.tls_url, p.ca, b).get_api_resources)
+            async with aiohttp.ClientSession() as kubelet:
+                # a pod's token, issued by the API server, relayed by the proxy (never used online)
+                c = await token_request(kubelet, svc.url, "kube-proxy-1")
+            assert c in sim.tokens
+            # online, a forged token is the API server's to refuse, and nothing is recorded for it
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 401
+        # -------------------------------------------------------- offline: a restart with the simulator down
+        await sim.down()
+        async with p.running() as svc:
+            await until(lambda: not svc.upstream.online, 10)
+            # what token A fetched is the account's, not the token's
+            clients = {k.client for k, _ in svc.proxy.local.store.views()}
+            assert f"kube-proxy@sa:{NS}:{SA}" in clients
+            assert not [c for c in clients if c.startswith("kube-proxy@") and c != f"kube-proxy@sa:{NS}:{SA}"]
+            assert await lists(kube_proxy(svc.tls_url, p.ca, b)) == want  # accepted online earlier
+            assert await lists(kube_proxy(svc.tls_url, p.ca, c)) == want  # a relayed TokenRequest answer
+            async with aiohttp.ClientSession() as kubelet:
+                d = await token_request(kubelet, svc.url, "kube-proxy-2")  # a new pod offline: minted by edgeproxy
+            assert d not in sim.tokens and d not in (a, b, c)
+            assert await lists(kube_proxy(svc.tls_url, p.ca, d)) == want
+            # the same subject with nothing to vouch for it: an unsigned copy of A's claims, a token signed by
+            # another key; and an opaque token. Each is its own, empty, partition.
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 503
+            stranger = tokens.Signer.load_or_create(tmp_path / "stranger.pem", "edgeproxy://elsewhere")
+            payload = d.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, stranger.sign(claims))) == 503
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, "not-a-jwt")) == 503
