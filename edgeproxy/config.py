@@ -38,6 +38,9 @@ class Config:
     offline_after: int = 3  # consecutive failed probes before a server counts as down
     online_after: int = 2  # consecutive good probes before a down server counts as up again
     connect_timeout: float = 3.0  # per upstream connection attempt, before failing over to the next server
+    # Seconds a forwarded request waits for the API server's response head before it is answered locally (a hung
+    # or black-holed server); half the request's own `timeout` when that is shorter; 0 disables.
+    upstream_header_timeout: float = 10.0
     shutdown_timeout: float = 5.0  # SIGTERM: seconds open requests get to finish
     component_aliases: tuple[tuple[str, str], ...] = (("hollow-kubelet", "kubelet"), ("hollow-proxy", "kube-proxy"))
     log_level: str = "info"
@@ -76,6 +79,9 @@ _HELP = {
     "offline-after": "failed probes in a row before a server is down (default 3)",
     "online-after": "good probes in a row before a down server is up again (default 2)",
     "connect-timeout": "seconds to connect to one server before trying the next (default 3)",
+    "upstream-header-timeout": "seconds a forwarded request waits for the API server's response headers before it "
+                               "is answered locally, or half the request's own timeout= when shorter; 0 disables "
+                               "(default 10)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
     "tls-listen": "address of the HTTPS listener for in-cluster clients (kube-proxy, CoreDNS) with their own tokens, "

@@ -457,6 +457,19 @@ class Pool:
         if idle and conn in idle:
             idle.remove(conn)
 
+    def discard_idle(self, host: str, port: int) -> int:
+        """Close the idle connections to host:port (under every TLS context); returns how many. After one went silent
+        under a request, those opened over the same path (a NAT or conntrack entry dropped, a link black-holed) are
+        suspect too: the next request opens a fresh one rather than spend its deadline finding out."""
+        closed = 0
+        for key, conns in self._idle.items():
+            if key[:2] == (host, port):
+                for conn in list(conns):
+                    conns.remove(conn)
+                    conn.abort()
+                    closed += 1
+        return closed
+
     def prune(self) -> None:
         """Close connections idle longer than idle_timeout (the API server closes them too, eventually)."""
         cutoff = time.monotonic() - self.idle_timeout

@@ -48,6 +48,11 @@ UPSTREAM_UP = prom.Gauge(
     "edgeproxy_upstream_up", "1 when the server's health probe (with hysteresis) says it is up.", ["server"],
     registry=REGISTRY,
 )
+UPSTREAM_HEADER_TIMEOUTS = prom.Counter(
+    "edgeproxy_upstream_header_timeouts", "Forwarded requests a server sent no response head for in time (then "
+    "answered locally); each also counts as a failure toward the server's offline hysteresis.",
+    ["server"], registry=REGISTRY,
+)
 UPSTREAM_FAILURES = prom.Counter(
     "edgeproxy_upstream_connect_failures", "Requests that could not connect to a server (then failed over).",
     ["server"], registry=REGISTRY,

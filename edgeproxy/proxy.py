@@ -15,7 +15,9 @@ Seams for the cache:
 - `identities.resolve(info, headers)` / `.answered(info, headers, status)` (identity.py) decide the cache partition
   of a request with its own bearer token: the token's hash, or its ServiceAccount's once the token is believed.
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
-  offline, or a request that failed to connect before any byte reached the client (per-request failover).
+  offline, or a request that failed before any byte reached the client (per-request failover): it could not connect,
+  or the API server sent no response head within `header_deadline()` (hung, or a black-holed link). A write whose
+  body went up and got no head has an unknown outcome; the local side answers it as it answers writes offline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, logs, metrics, upstream
+from edgeproxy.kube import duration
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -66,6 +69,35 @@ def route(info: kube_request.RequestInfo | None, online: bool) -> Route:
     if info is None or info.verb == "connect":
         return Route.REJECT
     return Route.LOCAL
+
+
+MIN_HEADER_DEADLINE = 1.0  # seconds: no client timeout makes the proxy give up on the API server sooner
+
+
+def header_deadline(info: kube_request.RequestInfo | None, default: float) -> float | None:
+    """Seconds a forwarded request waits for the API server's response head before it is answered locally; None for
+    no deadline. Pure.
+
+    A hung API server or a black-holed link (the connection accepted, or kept alive, and then silence) would
+    otherwise hold the request until the prober declares the server down: ~20 s with the defaults, while kubelet's
+    Lease PUT gives up at 10 s and two failed renewals make it close all its connections (wire brief §1). So:
+    `default` (--upstream-header-timeout; 0 disables every deadline), or half the client's own `timeout` query
+    parameter (client-go sends `timeout=10s` for a client with a 10 s Timeout) when that is shorter, so the local
+    answer reaches the client before it gives up; never under MIN_HEADER_DEADLINE. A watch gets its headers at
+    once from a real API server, so the deadline holds for them too; nothing after the head is timed (an idle
+    watch is not hung), and upgrade tunnels never come here. None for a `connect` (exec, attach, port-forward,
+    the proxy subresource) without an upgrade: its head comes from a pod, node or service behind the API server,
+    however slow that is, and nothing local could answer it anyway.
+    """
+    if default <= 0 or (info is not None and info.verb == "connect"):
+        return None
+    deadline = default
+    raw = info.timeout if info is not None else None
+    if raw:
+        client = duration.parse(raw)
+        if client is not None and client > 0:
+            deadline = min(deadline, max(MIN_HEADER_DEADLINE, client / 2))
+    return deadline
 
 
 class Sink(Protocol):
@@ -239,7 +271,8 @@ class Proxy:
                 self._tx.inc(len(body))
             else:
                 body = _counted(request.content.iter_any(), self._tx)
-        _, up = await self.upstream.send(request.method, request.raw_path, headers, body)
+        _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
+                                         header_timeout=header_deadline(info, self.upstream.header_timeout))
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)

@@ -186,8 +186,9 @@ def _load_chain_from_data(ctx: ssl.SSLContext, creds: Credentials) -> None:
 
 class Server:
     """One API server's health as the prober and the requests see it. Starts up: a server is presumed reachable
-    until `offline_after` probes or connection attempts in a row fail (a request that cannot connect is answered
-    locally at once anyway, so starting with the API server down costs no wait)."""
+    until `offline_after` probes, connection attempts or response-head deadlines in a row fail (a request that cannot
+    connect, or gets no head in time, is answered locally anyway, so starting with the API server down costs no
+    wait)."""
 
     __slots__ = ("fails", "host", "last_error", "last_probe", "latency", "netloc", "oks", "port", "scheme", "up",
                  "url")
@@ -219,18 +220,20 @@ class Upstream:
 
     __slots__ = (
         "_creds", "_listeners", "_pool", "_prober", "_session", "_ssl_anonymous", "_ssl_identity",
-        "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "interval", "offline_after",
-        "online", "online_after", "probe_timeout", "servers",
+        "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "header_timeout", "interval",
+        "offline_after", "online", "online_after", "probe_timeout", "servers",
     )
 
     def __init__(self, creds: Credentials, *, probe_interval: float = 5.0, probe_timeout: float = 2.0,
-                 offline_after: int = 3, online_after: int = 2, connect_timeout: float = 3.0) -> None:
+                 offline_after: int = 3, online_after: int = 2, connect_timeout: float = 3.0,
+                 header_timeout: float = 10.0) -> None:
         self.servers = [Server(url) for url in creds.servers]
         self.interval = probe_interval
         self.probe_timeout = probe_timeout
         self.offline_after = max(1, offline_after)
         self.online_after = max(1, online_after)
         self.connect_timeout = connect_timeout
+        self.header_timeout = header_timeout  # the default response-head deadline of a forwarded request; 0: none
         self.online = True  # until probes say otherwise
         self.changed_at = time.time()
         self._listeners: list[Callable[[bool], None]] = []
@@ -306,25 +309,45 @@ class Upstream:
         return sorted(self.servers, key=lambda s: not s.up)
 
     async def send(self, method: str, path_qs: str, headers: CIMultiDict[str],
-                   body: bytes | AsyncIterator[bytes] | None = None) -> tuple[Server, httpclient.Response]:
+                   body: bytes | AsyncIterator[bytes] | None = None, *, header_timeout: float | None = None
+                   ) -> tuple[Server, httpclient.Response]:
         """Send one request, failing over server by server; the caller streams the body, then releases or closes.
 
         Raises Unavailable when no server answered (nothing reached the client yet: it can be answered locally).
         `headers` are sent as given (hop-by-hop and framing headers already removed); the kubeconfig's token is added
         unless the request carries its own Authorization. Only idempotent requests (or ones that never left) go on
         to the next server.
+
+        `header_timeout`: seconds, over all servers tried, until the response head (None or 0: no deadline). A
+        server that sends no head in time (hung, or a black-holed link on a kept-alive connection) counts as a
+        failure toward the offline hysteresis, its connection is dropped (never pooled again: a late answer would
+        be read as the next request's), and Unavailable is raised. Not applied to a body still streaming from the
+        client: its upload time is not the server's silence, and the body could not be answered locally anyway.
         """
         own_auth = self.authorize(headers)
         idempotent = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
         items = list(headers.items())
         errors = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + header_timeout if header_timeout and not isinstance(body, AsyncIterator) else None
         for server in self.ordered():
             ctx = self.ssl_for(server, own_auth)
             head = httpclient.request_head(method, path_qs, server.netloc, items, body)
             try:
-                resp = await self._pool.request(
-                    server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
-                    method, head, body, retry_stale=not isinstance(body, AsyncIterator))
+                # Cancelling the request at the deadline aborts its connection (httpclient.Pool._send).
+                async with asyncio.timeout_at(deadline):
+                    resp = await self._pool.request(
+                        server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
+                        method, head, body, retry_stale=not isinstance(body, AsyncIterator))
+            except TimeoutError as e:
+                error = f"no response head within {header_timeout:g}s"
+                errors.append(f"{server.url}: {error}")
+                metrics.UPSTREAM_HEADER_TIMEOUTS.labels(server=server.url).inc()
+                self._pool.discard_idle(server.host, server.port)  # this request's own connection is closed already
+                self.note_failure(server, error)
+                # The deadline is the whole request's: no time is left for the next server. A write may have reached
+                # the server: its outcome is unknown, and the local side answers it as it answers writes offline.
+                raise Unavailable("; ".join(errors)) from e
             except httpclient.ConnectFailed as e:
                 errors.append(f"{server.url}: {e}")
                 self.note_failure(server, str(e))
@@ -360,7 +383,8 @@ class Upstream:
         raise Unavailable("; ".join(errors) or "no API server configured")
 
     def note_failure(self, server: Server, error: str) -> None:
-        """A request could not connect: count it like a failed probe and probe again now."""
+        """A request could not connect, or got no response head in time: count it like a failed probe and probe
+        again now."""
         metrics.UPSTREAM_FAILURES.labels(server=server.url).inc()
         self._record(server, False, error)
         self._wake.set()

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgeproxy import config, proxy, server, upstream
+from edgeproxy import config, metrics, proxy, server, upstream
 from tests import recorded
 
 pytestmark = pytest.mark.timeout(60)
@@ -440,3 +440,102 @@ async def test_raw_upgrade_carries_bytes_both_ways(protocol, early):
         assert b"X-Stream-Protocol-Version: v4.channel.k8s.io" in got[0]
     finally:
         srv.close()
+
+
+# ---- the response-head deadline (a hung or black-holed API server) ----
+class _Timed:
+    def __init__(self, timeout: str | None, verb: str = "get") -> None:
+        self.timeout = timeout
+        self.verb = verb
+
+
+@pytest.mark.parametrize(("timeout", "default", "expected"), [
+    (None, 10.0, 10.0),  # no timeout= of its own: the configured default
+    ("10s", 10.0, 5.0),  # kubelet's Lease PUT: half its 10 s, so the local answer comes before it gives up
+    ("2s", 10.0, 1.0),
+    ("1s", 10.0, 1.0),  # never under MIN_HEADER_DEADLINE
+    ("100ms", 10.0, 1.0),
+    ("5m9s", 10.0, 10.0),  # a typed informer's watch: its timeout is the watch's length, the default is shorter
+    ("1m", 2.0, 2.0),
+    ("bogus", 10.0, 10.0),  # unparseable (the API server would refuse it): the default
+    ("0s", 10.0, 10.0),
+    ("-5s", 10.0, 10.0),
+    ("2s", 0.0, None),  # disabled: no deadline at all
+    (None, 0.0, None),
+])
+def test_header_deadline(timeout, default, expected):
+    assert proxy.header_deadline(_Timed(timeout), default) == expected
+
+
+def test_header_deadline_of_an_unclassified_request_is_the_default():
+    assert proxy.header_deadline(None, 7.0) == 7.0
+
+
+def test_no_header_deadline_for_connect():  # services/proxy, a non-upgrade exec: a backend's head, however slow
+    assert proxy.header_deadline(_Timed("10s", verb="connect"), 10.0) is None
+    assert proxy.header_deadline(_Timed(None, verb="watch"), 10.0) == 10.0
+
+
+async def test_hung_upstream_is_answered_locally_at_the_header_deadline(recorded_upstream):
+    # The prober still says online (the API server's /readyz answers): each request gives up on its own deadline.
+    api, url = recorded_upstream
+    local = _Local()
+    creds = upstream.Credentials(servers=(url,))
+    cfg = proxy_config(upstream_header_timeout=0.3, offline_after=100)
+    async with server.running(cfg, creds=creds, local=local) as svc, aiohttp.ClientSession() as s, \
+            asyncio.timeout(20):
+        def timeouts() -> float:
+            return metrics.REGISTRY.get_sample_value("edgeproxy_upstream_header_timeouts_total", {"server": url}) or 0
+
+        before = timeouts()
+        api.hang.set()
+        async with s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config") as r:
+            assert r.status == 503 and (await r.json())["message"] == "from the local hook"
+        # a write whose body went up: its outcome is unknown, the local side answers it as offline policy says
+        lease = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/edge-1?timeout=10s"
+        async with s.put(svc.url + lease, data=b'{"kind":"Lease"}',
+                         headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 503
+        # each counted as a failure (the prober, woken by each, finds /readyz answering: still online)
+        assert timeouts() == before + 2 and svc.upstream.online
+    assert [verb for verb, _ in local.calls] == ["get", "update"]
+    assert all("no response head within 0.3s" in reason for _, reason in local.calls)
+    assert [m for m, p, _ in api.seen if p != "/readyz"] == ["GET", "PUT"]  # each sent once, never retried
+
+
+async def test_an_idle_watch_is_not_cut_by_the_header_deadline(recorded_upstream):
+    api, url = recorded_upstream
+    local = _Local()
+    cfg = proxy_config(upstream_header_timeout=0.3, offline_after=100)
+    path = ("/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dedge-1&resourceVersion=304"
+            "&allowWatchBookmarks=true&timeoutSeconds=20")
+    async with server.running(cfg, creds=upstream.Credentials(servers=(url,)), local=local) as svc, \
+            aiohttp.ClientSession() as s, asyncio.timeout(20), s.get(svc.url + path) as watch:
+        first = await watch.content.readany()  # the head and one event; then the watch is idle
+        api.hang.set()
+        # A request sent after the watch's head, with the same deadline, is answered locally: by then the watch has
+        # been idle longer than the deadline.
+        async with s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config") as r:
+            assert r.status == 503
+        assert local.calls and "no response head" in local.calls[0][1]
+        api.release_watch.set()
+        rest = await watch.read()
+        assert first + rest == recorded.load("watch.pods-edge1.json").body  # every event, the stream never cut
+        assert not api.watch_gone.is_set()
+
+
+async def test_header_deadline_disabled_waits_for_the_prober(recorded_upstream):
+    api, url = recorded_upstream
+    local = _Local()
+    async with server.running(proxy_config(upstream_header_timeout=0), creds=upstream.Credentials(servers=(url,)),
+                              local=local) as svc, aiohttp.ClientSession() as s, asyncio.timeout(20):
+        api.hang.set()
+        pending = asyncio.ensure_future(s.get(svc.url + "/api/v1/namespaces/edge/configmaps/web-config?timeout=2s"))
+        await api.hanging.wait()
+        api.ready = False
+        while svc.upstream.online:
+            await svc.upstream.probe_all()
+        async with await pending as r:
+            assert r.status == 503
+    # answered when the prober turned the proxy offline, not at a deadline
+    assert len(local.calls) == 1 and "went offline" in local.calls[0][1]

@@ -175,3 +175,61 @@ async def test_send_raises_unavailable_when_nothing_listens():
         assert up.servers[0].fails >= 1
     finally:
         await up.close()
+
+
+async def test_header_timeout_drops_the_connection_and_counts_toward_offline():
+    import asyncio
+
+    from multidict import CIMultiDict
+
+    from tests import recorded
+
+    api = recorded.RecordedAPIServer()
+    peers: list[object] = []  # the client side of the connection each request came on
+    dropped = asyncio.Event()
+
+    @web.middleware
+    async def note(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if request.path == "/readyz":
+            return await handler(request)
+        peers.append(request.transport.get_extra_info("peername"))
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:  # the proxy closed the connection under the hung request
+            dropped.set()
+            raise
+
+    api.app.middlewares.append(note)
+    version = recorded.load("version.json").body
+
+    async def get(timeout: float) -> bytes:
+        _, resp = await up.send("GET", "/version", CIMultiDict(), header_timeout=timeout)
+        body = b"".join([chunk async for chunk in resp.iter_chunks()])
+        resp.release()
+        return body
+
+    async with serve_app(api.app) as url:
+        # Not started: no prober, so only the requests move the hysteresis.
+        up = upstream.Upstream(upstream.Credentials(servers=(url,)), offline_after=2, online_after=1)
+        changes: list[bool] = []
+        up.on_change(changes.append)
+        try:
+            async with asyncio.timeout(20):
+                # two at once: two connections, both back to the pool
+                assert await asyncio.gather(get(5), get(5)) == [version, version]
+                api.hang.set()  # a kept-alive connection that goes silent: a black-holed link
+                with pytest.raises(upstream.Unavailable, match=r"no response head within 0\.2s"):
+                    await get(0.2)
+                assert up.online and up.servers[0].fails == 1
+                await dropped.wait()  # its connection was closed, not left to a late answer
+                with pytest.raises(upstream.Unavailable, match="no response head"):
+                    await get(0.2)
+                assert not up.online and changes == [False]  # offline_after header timeouts in a row
+                api.hang.clear()
+                assert await get(5) == version
+                assert up.online and changes == [False, True]
+        finally:
+            await up.close()
+    assert len(set(peers[:2])) == 2 and peers[2] in peers[:2]  # the hung request went on a pooled connection...
+    # ...which was dropped, and its idle sibling with it: every later request came on a new connection
+    assert len(peers) == len(set(peers)) + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -41,9 +42,10 @@ class CountingRecorder:
 class Edge:
     """The simulator and a restartable edgeproxy on one cache directory."""
 
-    def __init__(self, tmp: Path, sim: Simulator) -> None:
+    def __init__(self, tmp: Path, sim: Simulator, **settings: Any) -> None:
         self.tmp = tmp
         self.sim = sim
+        self.settings = settings  # Config fields overriding the fast ones below
         self.upstream_kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="admin")
         self.cache_dir = tmp / "cache"
         self.recorder: CountingRecorder | None = None
@@ -68,6 +70,7 @@ class Edge:
         cfg = config.Config(kubeconfig=str(self.upstream_kubeconfig), listen=f"127.0.0.1:{port}", ops_listen="",
                             cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=2.0, offline_after=2,
                             online_after=1, connect_timeout=1.0, shutdown_timeout=0.5)
+        cfg = dataclasses.replace(cfg, **self.settings)
         self._stack = contextlib.AsyncExitStack()
         self.service = await self._stack.enter_async_context(
             server.running(cfg, recorder=self.recorder, local=self.local))
@@ -127,9 +130,9 @@ async def until(cond: Callable[[], bool], timeout: float = 10, every: float = 0.
 
 
 @contextlib.asynccontextmanager
-async def edge(tmp: Path, **sim_kw: Any) -> AsyncIterator[Edge]:
+async def edge(tmp: Path, *, settings: dict[str, Any] | None = None, **sim_kw: Any) -> AsyncIterator[Edge]:
     async with Simulator(pki_dir=tmp / "pki", **sim_kw) as sim:
-        e = Edge(tmp, sim)
+        e = Edge(tmp, sim, **(settings or {}))
         await e.start_proxy()
         try:
             yield e
