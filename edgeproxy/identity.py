@@ -10,8 +10,9 @@ after a rotation or a restart. So a ServiceAccount token the proxy has reason to
   sha256 (never the token) until the token expires, in a small 0600 file under the cache directory;
 - the token book vouches for it: edgeproxy minted it (its signature verifies) or it relayed the API server's
   TokenRequest answer that issued it (tokens.TokenBook.vouch);
-- its signature verifies against the cluster's service-account keys (`/openid/v1/jwks`, kept while online) and its
-  issuer and audiences are those of tokens the API server accepted.
+- its signature verifies against the cluster's service-account keys (`/openid/v1/jwks`, fetched upstream with an
+  accepted token's own credentials while online, kept on disk) and its issuer and an audience are those of tokens
+  the API server accepted: a token kubelet got without the proxy and nobody used online before the link went.
 
 Anything else (an opaque token, an expired one, a JWT nothing vouches for, a forged one naming another account) keeps
 its hash partition: it sees nothing another identity cached. A 401 for a remembered token forgets it.
@@ -24,6 +25,7 @@ tokens (the book that vouches for minted and relayed tokens).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -35,6 +37,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
 from edgeproxy import tasks
 from edgeproxy.kube import jwt
 from edgeproxy.kube import request as kube_request
@@ -45,26 +52,46 @@ FILE = "identities.json"
 MAX_REMEMBERED = 10_000  # accepted tokens kept: a few per ServiceAccount on a node
 NO_EXPIRY_KEEP = 7 * 86400  # a token without `exp` (a legacy Secret token) is believed this long after its last 2xx
 MAX_MEMO = 4096
+JWKS_PATH = "/openid/v1/jwks"
+JWKS_REFRESH = 3600.0  # the cluster's keys are fetched again at most this often (key rotation is rare)
+MAX_JWKS = 64 << 10
+# JWS algorithms kube-apiserver signs service-account tokens with (RS256 or ES256/384/512, by the key's type).
+_RSA_HASHES = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
+_EC_ALGS = {"ES256": (hashes.SHA256, "secp256r1"), "ES384": (hashes.SHA384, "secp384r1"),
+            "ES512": (hashes.SHA512, "secp521r1")}
+_CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
 
 
 class Identities:
     """The believed tokens and the decision. One per process; `resolve`/`answered` run on the event loop."""
 
-    __slots__ = ("_accepted", "_clock", "_dirty", "_memo", "_path", "_saving", "vouch")
+    __slots__ = ("_accepted", "_clock", "_dirty", "_issuers", "_jwks", "_jwks_asked", "_keys", "_memo", "_path",
+                 "_saving", "upstream", "vouch")
 
     def __init__(self, directory: Path | str | None, *, vouch: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 upstream: Any = None, clock: Callable[[], float] = time.time) -> None:
         self._path = Path(directory) / FILE if directory is not None else None
         self.vouch = vouch  # tokens.TokenBook.vouch: minted by us, or issued by the API server through us
+        self.upstream = upstream  # upstream.Upstream, to fetch the cluster's keys with an accepted token
         self._clock = clock
         # token sha256 -> (subject, believed until, until is the token's exp): tokens the API server accepted
-        self._accepted: dict[str, tuple[str, float, bool]] = self._load()
+        self._accepted: dict[str, tuple[str, float, bool]] = {}
+        self._issuers: dict[str, set[str]] = {}  # issuer -> audiences of tokens the API server accepted
+        self._jwks: dict[str, Any] = {}  # the cluster's JWK set as fetched
+        self._keys: dict[str, Any] = {}  # kid -> public key, from _jwks
+        self._jwks_asked = float("-inf")
+        self._load()
         self._memo: dict[str, tuple[str, float]] = {}  # token -> (identity, decided until)
         self._dirty = False
         self._saving: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._accepted)
+
+    @property
+    def cluster_keys(self) -> int:
+        """How many of the cluster's service-account keys are held (from /openid/v1/jwks)."""
+        return len(self._keys)
 
     # ---------------------------------------------------------------- the decision
 
@@ -94,6 +121,8 @@ class Identities:
             return jwt.sa_identity(*sa), min(until, entry[1])
         if self.vouch is not None and self.vouch(token):
             return jwt.sa_identity(*sa), until
+        if self._cluster_signed(parsed):
+            return jwt.sa_identity(*sa), until
         # Not believed now; a 2xx later (answered) or a new book entry may change that: decide again in a while.
         return hashed, now + 30.0
 
@@ -119,7 +148,8 @@ class Identities:
         if not token:
             return info
         if 200 <= status < 300:
-            self.accepted(token)
+            if self.accepted(token) and self.upstream is not None and self.jwks_due():
+                tasks.spawn(self.fetch_jwks(self.upstream, f"Bearer {token}"), name="identity-jwks")
         elif status == 401:
             self.forget(token)
         return self.resolve(info, headers)
@@ -136,8 +166,13 @@ class Identities:
             return False
         exp = parsed.expires
         until = exp if exp is not None else now + NO_EXPIRY_KEEP
-        if known is None or known[0] != parsed.subject or until - known[1] > 86400:
+        audiences = self._issuers.setdefault(parsed.issuer, set())
+        if known is None or known[0] != parsed.subject or until - known[1] > 86400 \
+                or not audiences.issuperset(parsed.audiences):
             self._accepted[digest] = (parsed.subject, until, exp is not None)
+            if not audiences.issuperset(parsed.audiences):
+                audiences.update(parsed.audiences)
+                self._memo.clear()  # tokens signed by the cluster's keys for this issuer may be believed now
             self._changed()
         self._memo.pop(token, None)
         return True
@@ -146,6 +181,57 @@ class Identities:
         if self._accepted.pop(jwt.token_digest(token), None) is not None:
             self._changed()
         self._memo.pop(token, None)
+
+    # ---------------------------------------------------------------- the cluster's keys
+
+    def _cluster_signed(self, parsed: jwt.Jwt) -> bool:
+        """Signed by one of the cluster's service-account keys, for an issuer and an audience the API server was
+        seen to accept (a token for another audience, e.g. a vault one, is not the API server's to accept)."""
+        if not self._keys or not set(parsed.audiences) & self._issuers.get(parsed.issuer, set()):
+            return False
+        keys = [self._keys[parsed.kid]] if parsed.kid in self._keys else ([] if parsed.kid else self._keys.values())
+        return any(verify_signature(parsed, key) for key in keys)
+
+    def jwks_due(self) -> bool:
+        """Whether to fetch the cluster's keys now (once an hour at most); True claims the fetch."""
+        now = self._clock()
+        if now - self._jwks_asked < JWKS_REFRESH:
+            return False
+        self._jwks_asked = now
+        return True
+
+    async def fetch_jwks(self, up: Any, authorization: str) -> None:
+        """GET /openid/v1/jwks upstream with a caller's accepted credentials (the default RBAC lets every service
+        account read it, system:service-account-issuer-discovery; a node may not). Failures are only logged."""
+        try:
+            _, resp = await up.send("GET", JWKS_PATH, {"Authorization": authorization, "Accept": "application/json"})
+            try:
+                body = b""
+                while len(body) <= MAX_JWKS and (chunk := await resp.read()):
+                    body += chunk
+                status = resp.status
+            finally:
+                resp.close()
+        except Exception as e:  # the link may be gone: the keys already held stay
+            log.info("cluster service-account keys not fetched: %s", e)
+            return
+        if status != 200 or not self.set_jwks(body):
+            log.info("cluster service-account keys not taken: HTTP %s", status)
+
+    def set_jwks(self, body: bytes) -> bool:
+        """Take a JWK set (the body of /openid/v1/jwks); False when it holds no usable key."""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return False
+        keys = jwks_keys(doc)
+        if not keys:
+            return False
+        if doc != self._jwks:
+            self._jwks, self._keys = doc, keys
+            self._memo.clear()  # tokens not believed so far may be now
+            self._changed()
+        return True
 
     # ---------------------------------------------------------------- the file
 
@@ -182,7 +268,9 @@ class Identities:
         if len(live) < len(self._accepted) or len(live) > MAX_REMEMBERED:
             live = live[:MAX_REMEMBERED]  # the longest-lived kept
             self._accepted = dict(live)
-        return json.dumps({"version": 1, "accepted": {d: list(e) for d, e in live}}).encode()
+        return json.dumps({"version": 1, "accepted": {d: list(e) for d, e in live},
+                           "issuers": {i: sorted(a) for i, a in self._issuers.items()},
+                           "jwks": self._jwks}).encode()
 
     def _write(self, data: bytes) -> None:
         assert self._path is not None
@@ -198,17 +286,66 @@ class Identities:
             os.close(fd)
         os.replace(tmp, self._path)
 
-    def _load(self) -> dict[str, tuple[str, float, bool]]:
+    def _load(self) -> None:
         if self._path is None:
-            return {}
+            return
         try:
             doc: Any = json.loads(self._path.read_bytes())
-            accepted = doc["accepted"]
             now = self._clock()
-            return {str(d): (str(v[0]), float(v[1]), bool(v[2])) for d, v in accepted.items() if float(v[1]) > now}
+            self._accepted = {str(d): (str(v[0]), float(v[1]), bool(v[2])) for d, v in doc["accepted"].items()
+                              if float(v[1]) > now}
+            self._issuers = {str(i): {str(a) for a in auds} for i, auds in (doc.get("issuers") or {}).items()}
+            jwks = doc.get("jwks") or {}
+            self._jwks, self._keys = jwks, jwks_keys(jwks)
         except FileNotFoundError:
-            return {}
+            return
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            self._accepted, self._issuers, self._jwks, self._keys = {}, {}, {}, {}
             log.warning("%s unreadable (%s): no token is believed until the API server accepts it again",
                         self._path, e)
-            return {}
+
+
+def jwks_keys(doc: Any) -> dict[str, Any]:
+    """kid -> public key for the RSA and EC signing keys of a JWK set (RFC 7517/7518); others are skipped."""
+    out: dict[str, Any] = {}
+    for k in (doc.get("keys") if isinstance(doc, dict) else None) or []:
+        if not isinstance(k, dict) or k.get("use", "sig") != "sig":
+            continue
+        try:
+            if k.get("kty") == "RSA":
+                n, e = (int.from_bytes(_b64(k[f]), "big") for f in ("n", "e"))
+                key: Any = rsa.RSAPublicNumbers(e, n).public_key()
+            elif k.get("kty") == "EC" and k.get("crv") in _CURVES:
+                x, y = (int.from_bytes(_b64(k[f]), "big") for f in ("x", "y"))
+                key = ec.EllipticCurvePublicNumbers(x, y, _CURVES[k["crv"]]()).public_key()
+            else:
+                continue
+        except (KeyError, TypeError, ValueError, UnsupportedAlgorithm):
+            continue
+        out[str(k.get("kid", ""))] = key
+    return out
+
+
+def verify_signature(parsed: jwt.Jwt, key: Any) -> bool:
+    """RFC 7518 §3: RS* is RSASSA-PKCS1-v1_5, ES* is ECDSA with r||s; the algorithm must fit the key's type
+    (and curve), so a token cannot choose how it is checked."""
+    try:
+        if parsed.alg in _RSA_HASHES and isinstance(key, rsa.RSAPublicKey):
+            key.verify(parsed.signature, parsed.signing_input, padding.PKCS1v15(), _RSA_HASHES[parsed.alg]())
+            return True
+        if parsed.alg in _EC_ALGS and isinstance(key, ec.EllipticCurvePublicKey):
+            digest, curve = _EC_ALGS[parsed.alg]
+            size = (key.curve.key_size + 7) // 8
+            if key.curve.name != curve or len(parsed.signature) != 2 * size:
+                return False
+            r = int.from_bytes(parsed.signature[:size], "big")
+            s = int.from_bytes(parsed.signature[size:], "big")
+            key.verify(encode_dss_signature(r, s), parsed.signing_input, ec.ECDSA(digest()))
+            return True
+    except (InvalidSignature, ValueError):
+        return False
+    return False
+
+
+def _b64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

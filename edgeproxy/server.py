@@ -143,14 +143,16 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy
         return None, None
 
 
-def token_identities(config: config_mod.Config, local: proxy.Local | None) -> identity.Identities | None:
+def token_identities(config: config_mod.Config, local: proxy.Local | None,
+                     up: upstream.Upstream) -> identity.Identities | None:
     """Which tokens share their ServiceAccount's cache partition (identity.py), remembered under the cache
-    directory; the local side's token book vouches for the tokens it minted or relayed. None without a cache."""
+    directory; the local side's token book vouches for the tokens it minted or relayed, the cluster's keys are
+    fetched from `up`. None without a cache."""
     if local is None or not config.cache:
         return None
     book = getattr(local, "tokens", None)
     try:
-        return identity.Identities(config.cache_dir, vouch=book.vouch if book is not None else None)
+        return identity.Identities(config.cache_dir, vouch=book.vouch if book is not None else None, upstream=up)
     except OSError:
         log.exception("token identities under %s unavailable: every token keeps its own partition", config.cache_dir)
         return None
@@ -167,7 +169,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
                            connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout)
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up)
-    identities = token_identities(config, local)
+    identities = token_identities(config, local, up)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
                           identities=identities)
     await up.start()

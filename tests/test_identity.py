@@ -150,3 +150,62 @@ def test_a_token_without_expiry_is_believed_a_week_past_its_last_acceptance(tmp_
     assert key(ids, legacy) == SA_KEY
     clock.now += identity.NO_EXPIRY_KEEP
     assert key(ids, legacy) == "kube-proxy@" + jwt.hash_identity(legacy)
+
+
+def _rsa_jwks(key, kid: str = "k") -> dict:
+    n = key.public_key().public_numbers()
+    as_b64 = lambda i: b64(i.to_bytes((i.bit_length() + 7) // 8, "big"))  # noqa: E731
+    return {"keys": [{"use": "sig", "kty": "RSA", "kid": kid, "alg": "RS256", "n": as_b64(n.n), "e": as_b64(n.e)}]}
+
+
+def _rs256(key, claims: dict, header: dict | None = None) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signing_input = b64(json.dumps(header or {"alg": "RS256", "kid": "k"}).encode()) + "." + b64(
+        json.dumps(claims).encode())
+    return signing_input + "." + b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+
+
+def test_a_token_signed_by_the_cluster_key_for_an_accepted_issuer_and_audience(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    cluster, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    clock = Clock()
+    ids = identity.Identities(tmp_path, clock=clock)
+    claims = json.loads(base64.urlsafe_b64decode(sa_token(9).split(".")[1] + "=="))
+    fresh = _rs256(cluster, {**claims, "jti": "fresh"})
+    assert not ids.set_jwks(b'{"keys": []}') and not ids.set_jwks(b"nope")
+    assert ids.set_jwks(json.dumps(_rsa_jwks(cluster)).encode()) and ids.cluster_keys == 1
+    assert key(ids, fresh) != SA_KEY  # no token of that issuer was ever accepted: the keys alone prove nothing
+    accepted = sa_token(1)
+    ids.answered(info(accepted), headers(accepted), 200)
+    assert key(ids, fresh) == SA_KEY
+    for t in (
+        _rs256(other, {**claims, "jti": "x"}),  # another key
+        _rs256(cluster, {**claims, "aud": ["vault"]}),  # another audience
+        _rs256(cluster, {**claims, "iss": "https://elsewhere"}),  # another issuer
+        _rs256(cluster, {**claims, "exp": NOW - 3600}),  # expired
+        _rs256(cluster, {**claims, "jti": "y"}, {"alg": "RS256", "kid": "unknown"}),  # a kid not in the set
+        _rs256(cluster, {**claims, "jti": "z"}, {"alg": "ES256", "kid": "k"}),  # alg not fitting the key
+        _rs256(cluster, {**claims, "jti": "w"}, {"alg": "none", "kid": "k"}),
+    ):
+        assert key(ids, t) == "kube-proxy@" + jwt.hash_identity(t)
+    ids.close()
+    again = identity.Identities(tmp_path, clock=clock)  # keys and issuers kept on disk
+    assert again.cluster_keys == 1 and key(again, fresh) == SA_KEY
+
+
+def test_ec_keys_from_a_jwks(tmp_path):
+    signer = tokens.Signer.load_or_create(tmp_path / "k.pem", "https://kubernetes.default.svc.cluster.local")
+    pub = signer.public_key().public_numbers()
+    as_b64 = lambda i: b64(i.to_bytes(32, "big"))  # noqa: E731
+    jwks = {"keys": [{"kty": "EC", "crv": "P-256", "kid": signer.kid, "x": as_b64(pub.x), "y": as_b64(pub.y)},
+                     {"kty": "oct", "k": "c2VjcmV0"}, {"kty": "RSA"}, "junk"]}
+    keys = identity.jwks_keys(jwks)
+    assert list(keys) == [signer.kid]
+    claims = {"sub": SUB, "exp": NOW + 60}
+    parsed = jwt.decode(signer.sign(claims))
+    assert parsed is not None and identity.verify_signature(parsed, keys[signer.kid])
+    tampered = jwt.decode(signer.sign(claims).rsplit(".", 1)[0] + "." + b64(b"\x00" * 64))
+    assert tampered is not None and not identity.verify_signature(tampered, keys[signer.kid])

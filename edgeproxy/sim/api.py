@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import protobuf, schema, selectors
@@ -196,11 +198,12 @@ _CONTINUE_EXPIRED = (
 
 
 class Api:
-    __slots__ = ("sim", "watches")
+    __slots__ = ("_signing_key", "sim", "watches")
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.watches: set[Watch] = set()
+        self._signing_key: rsa.RSAPrivateKey | None = None
 
     @property
     def store(self) -> store.Store:
@@ -254,6 +257,8 @@ class Api:
         if path == "/version":
             return self._fixture_body("version.json", JSON)
         user = self._authenticate(request)
+        if path == "/openid/v1/jwks":
+            return self._jwks()
         if path.startswith("/openapi/v3"):
             gv = path.removeprefix("/openapi/v3").strip("/")
             doc = (
@@ -618,8 +623,9 @@ class Api:
     # --- writes ----------------------------------------------------------------------------------------------
 
     def _token(self, target: Target, req: Any, encoding: str, pretty: bool) -> web.Response:
-        """POST serviceaccounts/<name>/token: a TokenRequest answered with a JWT-shaped token (not verifiable:
-        nothing in the simulator checks service account tokens but its own token table)."""
+        """POST serviceaccounts/<name>/token: a TokenRequest answered with an RS256 JWT signed by the simulator's
+        service-account key (published at /openid/v1/jwks). The simulator itself authenticates bearer tokens by
+        its token table, not by the signature."""
         sa = self._get_entry(target)
         req = req if isinstance(req, dict) else {}
         spec = dict(req.get("spec") or {})
@@ -633,6 +639,7 @@ class Api:
             "exp": now + seconds,
             "iat": now,
             "iss": "https://kubernetes.default.svc.cluster.local",
+            "jti": str(uuid.uuid4()),  # since 1.29 every token has one; it makes two tokens of one second differ
             "nbf": now,
             "sub": sub,
             "kubernetes.io": {
@@ -647,13 +654,10 @@ class Api:
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
-        token = ".".join(
-            (
-                b64(b'{"alg":"RS256","kid":"edgeproxy-sim"}'),
-                b64(schema.go_json_dumps(claims).encode()),
-                b64(uuid.uuid4().bytes * 8),
-            )
-        )
+        signing_input = b64(b'{"alg":"RS256","kid":"edgeproxy-sim"}') + "." + b64(
+            schema.go_json_dumps(claims).encode())
+        signature = self._sa_key().sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        token = signing_input + "." + b64(signature)
         self.sim.tokens[token] = (sub, ("system:serviceaccounts", f"system:serviceaccounts:{target.namespace}"))
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds))
         md = {k: v for k, v in (req.get("metadata") or {}).items() if k in ("name", "namespace")}
@@ -671,6 +675,24 @@ class Api:
             body = protobuf.wrap("authentication.k8s.io/v1", "TokenRequest", schema.to_protobuf(out))
             return web.Response(status=201, body=body, headers=_headers(PROTOBUF))
         return web.Response(status=201, body=_dumps(out, pretty), headers=_headers(JSON))
+
+    def _sa_key(self) -> rsa.RSAPrivateKey:
+        """The service-account signing key (kube-apiserver's --service-account-signing-key-file), made on first use."""
+        if self._signing_key is None:
+            self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._signing_key
+
+    def _jwks(self) -> web.Response:
+        """GET /openid/v1/jwks: the public half of the signing key as a JWK set (ServiceAccountIssuerDiscovery)."""
+        numbers = self._sa_key().public_key().public_numbers()
+
+        def b64(n: int) -> str:
+            return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).decode().rstrip("=")
+
+        doc = {"keys": [{"use": "sig", "kty": "RSA", "kid": "edgeproxy-sim", "alg": "RS256", "n": b64(numbers.n),
+                         "e": b64(numbers.e)}]}
+        return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(),
+                            headers={"Content-Type": "application/jwk-set+json"})
 
     def _delete(self, request: web.Request, target: Target, body: bytes, encoding: str, pretty: bool) -> web.Response:
         opts: dict[str, Any] = {}

@@ -1,12 +1,14 @@
 """Rotated ServiceAccount tokens keep their cache, forged ones get nothing: kube-proxy over the HTTPS listener.
 
 Online, a kube-proxy-style client (the kubernetes Python client, its own bearer token, edgeproxy's HTTPS listener)
-fills the cache with token A, which the simulator accepts (its token table: TokenRequest tokens look like JWTs but
-are not signed, so acceptance is the simulator's, as it would be the API server's). The proxy restarts with the
-simulator down. The same client with a rotated token gets its lists back when the token is believed: B, accepted
-online earlier; C, issued by the API server in a TokenRequest kubelet made through the proxy; D, minted by edgeproxy
-for kubelet's offline TokenRequest. A token claiming the same subject that nothing vouches for (an unsigned copy of
-the claims, a token signed by another key, an expired accepted one) gets 503: it sees nothing the account cached.
+fills the cache with token A, which the simulator accepts (by its token table, so acceptance is the simulator's, as
+it would be the API server's; its TokenRequest tokens are RS256 JWTs signed by the key it publishes). The proxy
+restarts with the simulator down. The same client with a rotated token gets its lists back when the token is
+believed: B, accepted online earlier; C, issued by the API server in a TokenRequest kubelet made through the proxy;
+D, minted by edgeproxy for kubelet's offline TokenRequest; E, fetched by kubelet straight from the simulator and
+never seen by the proxy, signed by the cluster's key (the proxy fetched /openid/v1/jwks online with A). A token
+claiming the same subject that nothing vouches for (A's claims under another signature, a token signed by another
+key, one for another audience) gets 503: it sees nothing the account cached.
 """
 
 from __future__ import annotations
@@ -101,9 +103,12 @@ class Proxy:
         return server.running(cfg)
 
 
-async def sim_token(sim: Simulator) -> str:
+async def sim_token(sim: Simulator, audiences: tuple[str, ...] = ()) -> str:
     """A TokenRequest straight to the simulator (kubelet's refresh while the proxy is elsewhere)."""
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    spec: dict = {"expirationSeconds": 3600}
+    if audiences:
+        spec["audiences"] = list(audiences)
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
     url = f"{sim.url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token"
     async with aiohttp.ClientSession() as s, s.post(url, json=body, ssl=sim.client_ssl("admin")) as r:
         assert r.status == 201, await r.text()
@@ -120,6 +125,8 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
             # ---------------------------------------------------- online: token A fills the cache
             want = await lists(kube_proxy(svc.tls_url, p.ca, a))
             assert want[0] and want[1]
+            # and, with A's credentials, the proxy fetched the cluster's service-account keys
+            await until(lambda: svc.proxy.identities.cluster_keys == 1, 10)
             # B, the rotation kubelet made later, was used online once: the simulator accepted it
             assert await asyncio.to_thread(kube_proxy(svc.tls_url, p.ca, b).get_api_resources)
             async with aiohttp.ClientSession() as kubelet:
@@ -128,6 +135,9 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
             assert c in sim.tokens
             # online, a forged token is the API server's to refuse, and nothing is recorded for it
             assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 401
+        # kubelet refreshes the token straight from the API server; nobody uses it before the link goes
+        e = await sim_token(sim)
+        vault = await sim_token(sim, ("vault",))  # the cluster's key, another audience
         # -------------------------------------------------------- offline: a restart with the simulator down
         await sim.down()
         async with p.running() as svc:
@@ -142,6 +152,8 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
                 d = await token_request(kubelet, svc.url, "kube-proxy-2")  # a new pod offline: minted by edgeproxy
             assert d not in sim.tokens and d not in (a, b, c)
             assert await lists(kube_proxy(svc.tls_url, p.ca, d)) == want
+            assert await lists(kube_proxy(svc.tls_url, p.ca, e)) == want  # signed by the cluster's key
+            assert await status_of(kube_proxy(svc.tls_url, p.ca, vault)) == 503
             # the same subject with nothing to vouch for it: an unsigned copy of A's claims, a token signed by
             # another key; and an opaque token. Each is its own, empty, partition.
             assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 503
