@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks import harness
 from cache import store, writer
 
 SCENARIO = "cache_write"
@@ -265,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         print(json.dumps(rows, indent=1))
     else:
-        for r in rows:
-            extra = {k: v for k, v in r.items() if k not in ("scenario", "metric", "value", "unit")}
-            print(f"{r['metric']:<75} {r['value']:>12,.1f} {r['unit']:<9} {extra or ''}")
+        print(harness.table(rows))
     return 0
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import harness
+
 SCENARIO = "offline"
 NAMESPACE = "bench"
 PB = "application/vnd.kubernetes.protobuf"
@@ -335,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         print(json.dumps(rows, indent=1))
     else:
-        for r in rows:
-            extra = {k: v for k, v in r.items() if k not in ("scenario", "metric", "value", "unit")}
-            print(f"{r['metric']:<70} {r['value']:>10,.1f} {r['unit']:<4} {extra or ''}")
+        print(harness.table(rows))
     return 0
 
 

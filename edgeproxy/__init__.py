@@ -2,9 +2,15 @@
 
 The data path reads down the tree; imports go downward only:
 
-    cli ── server ── proxy ──┬── upstream        (kube-apiserver pool: TLS, health, failover)
-                             ├── record ── cache (tee: list/get/watch responses → LMDB, never delays the client)
-                             └── local  ── cache (offline answers: get, list, watch, writes)
+    cli ── server ── proxy ──┬── upstream ── httpclient   (API server pool: TLS, health, failover, header deadline)
+      │                      ├── identity                 (bearer token → whose cache: service account or token hash)
+      │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
+      │                      └── local  ── views ── cache (offline answers: get, list, watch)
+      │                                 ├── writes        (offline write policy, a pure decision)
+      │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
+      ├── offline   wiring of record + local + tokens for server
+      ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
+      └── demo, kubeconfig, install, debug                (the other subcommands)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
 

@@ -4,7 +4,8 @@ Why not aiohttp's client: a forwarded small GET spent most of its time in aiohtt
 (URL handling, cookie jar, tracing, timeouts, payload objects). The proxy needs much less: send bytes it already has,
 read a status line and headers, hand the body on chunk by chunk as it arrives (chunked or Content-Length framing,
 decoded here, re-framed by the server side), and keep the connection for the next request. Flow control: a body the
-client reads slower than the API server sends pauses reading from the API server.
+client reads slower than the API server sends pauses reading from the API server. A request may carry a deadline for
+its response head; past it the connection is dropped and the caller gets HeadTimeout.
 
 The boundary: one connection carries one request at a time; the pool is keyed by (server, TLS context), so a request
 with its own Authorization never shares a connection that presented the node's client certificate. It knows nothing
@@ -22,10 +23,13 @@ from collections.abc import AsyncIterator, Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edgeproxy import tasks
+
 _HIGH_WATER = 1 << 20  # body bytes buffered before reading from the server pauses
 _LOW_WATER = 1 << 18
 _MAX_HEAD = 1 << 20  # a response head larger than this is an error
 _NO_BODY_STATUS = frozenset({204, 304})
+SWEEP_INTERVAL = 0.1  # seconds: how late past its deadline a request without a response head may be failed
 
 
 class HttpClientError(Exception):
@@ -42,6 +46,11 @@ class Stale(HttpClientError):
 
 class Broken(HttpClientError):
     """The connection failed mid-response: the body is incomplete."""
+
+
+class HeadTimeout(HttpClientError):
+    """No response head by the request's deadline (a hung server, a black-holed link): the connection was dropped.
+    The request may have reached the server; its outcome is unknown."""
 
 
 class Response:
@@ -78,7 +87,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "_body", "_body_bytes", "_chunk_left", "_closed_exc", "_done", "_head", "_head_waiter", "_is_head",
         "_keep_alive", "_length_left", "_mode", "_paused", "_pool", "_reader_waiter", "_received", "_state",
-        "idle_since", "key", "transport",
+        "head_deadline", "idle_since", "key", "transport",
     )
 
     def __init__(self, pool: Pool, key: tuple[object, ...]) -> None:
@@ -86,6 +95,7 @@ class _Conn(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        self.head_deadline = 0.0  # loop time by which the response head must have come; 0: none
         self._reset()
         self._closed_exc: Exception | None = None
 
@@ -369,22 +379,26 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per (host, port, TLS context) and the means to open new ones."""
 
-    __slots__ = ("_idle", "_waiting", "connect_timeout", "idle_timeout")
+    __slots__ = ("_idle", "_sweeper", "_waiting", "connect_timeout", "idle_timeout")
 
     def __init__(self, *, connect_timeout: float = 3.0, idle_timeout: float = 30.0) -> None:
         # idle_timeout: shorter than the API server's and common load balancers' idle timeouts, so a pooled
         # connection is not reused just as the other side closes it (a write could then not be retried safely).
         self._idle: dict[tuple[object, ...], list[_Conn]] = {}
         self._waiting: set[_Conn] = set()  # sent, no response head yet
+        self._sweeper: asyncio.Task[None] | None = None  # fails requests past their head deadline
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
 
     async def request(self, host: str, port: int, ssl: object, server_hostname: str | None, method: str,
-                      head: bytes, body: bytes | AsyncIterator[bytes] | None, *, retry_stale: bool) -> Response:
+                      head: bytes, body: bytes | AsyncIterator[bytes] | None, *, retry_stale: bool,
+                      deadline: float | None = None) -> Response:
         """Send `head` (+ body) on a pooled or new connection and return the response head.
 
         Raises ConnectFailed (nothing sent), Stale (a reused connection died before answering; retried once on a
-        fresh connection when `retry_stale`), Broken.
+        fresh connection when `retry_stale`), Broken, HeadTimeout (no head by `deadline`, loop time: the connection
+        is dropped, never pooled again, since a late answer would be read as the next request's; connecting is
+        bounded by it too).
 
         A write is retried on a stale connection too (unlike Go's transport): the API server closing an idle
         keep-alive connection just as a request was written is the common case, and Kubernetes writes carry their own
@@ -394,19 +408,27 @@ class Pool:
         conn = self._take(key)
         if conn is not None:
             try:
-                return await self._send(conn, method, head, body)
+                return await self._send(conn, method, head, body, deadline)
             except Stale:
                 if not retry_stale:
                     raise
-        conn = await self._connect(key, host, port, ssl, server_hostname)
+        conn = await self._connect(key, host, port, ssl, server_hostname, deadline)
         try:
-            return await self._send(conn, method, head, body)
+            return await self._send(conn, method, head, body, deadline)
         except Stale as e:
             raise Broken(str(e)) from e
 
-    async def _send(self, conn: _Conn, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
-                    ) -> Response:
+    async def _send(self, conn: _Conn, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None,
+                    deadline: float | None) -> Response:
         self._waiting.add(conn)
+        if deadline:
+            # One sweeper for all waiting requests rather than a timer each: a uvloop timer armed and cancelled per
+            # request costs ~4 us, a twentieth of a forwarded small GET.
+            conn.head_deadline = deadline
+            if self._sweeper is None:
+                self._sweeper = tasks.spawn(self._sweep(), name="httpclient-head-deadlines")
+        else:
+            conn.head_deadline = 0.0
         try:
             if body is None or isinstance(body, bytes | bytearray):
                 return await conn.request(head, body, method)
@@ -417,6 +439,19 @@ class Pool:
         finally:
             self._waiting.discard(conn)
 
+    async def _sweep(self) -> None:
+        """Fail each request still waiting for its head past its deadline (to within SWEEP_INTERVAL); runs while
+        any waiting request has a deadline."""
+        loop = asyncio.get_running_loop()
+        try:
+            while any(c.head_deadline for c in self._waiting):
+                await asyncio.sleep(SWEEP_INTERVAL)
+                now = loop.time()
+                for conn in [c for c in self._waiting if c.head_deadline and c.head_deadline <= now]:
+                    conn._fail(HeadTimeout("no response head by the deadline"))
+        finally:
+            self._sweeper = None
+
     def abort_waiting(self, why: str) -> int:
         """Fail every request still waiting for its response head (a hung API server): their callers get Broken
         and can answer some other way. Returns how many there were."""
@@ -426,10 +461,11 @@ class Pool:
         return len(waiting)
 
     async def _connect(self, key: tuple[object, ...], host: str, port: int, ssl: object,
-                       server_hostname: str | None) -> _Conn:
+                       server_hostname: str | None, deadline: float | None = None) -> _Conn:
         loop = asyncio.get_running_loop()
+        timeout = self.connect_timeout if not deadline else min(self.connect_timeout, deadline - loop.time())
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Conn(self, key), host, port, ssl=ssl,  # type: ignore[arg-type]
                     server_hostname=server_hostname if ssl else None,
@@ -479,6 +515,8 @@ class Pool:
                 conn.abort()
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conns in self._idle.values():
             for conn in list(conns):
                 conn.abort()

@@ -88,6 +88,11 @@ class Identities:
     def __len__(self) -> int:
         return len(self._accepted)
 
+    def state(self) -> dict[str, object]:
+        """For /debug/state: how many tokens are believed as accepted, the issuers seen, the keys held (no token)."""
+        return {"accepted_tokens": len(self._accepted), "issuers": sorted(self._issuers),
+                "cluster_keys": len(self._keys)}
+
     @property
     def cluster_keys(self) -> int:
         """How many of the cluster's service-account keys are held (from /openid/v1/jwks)."""

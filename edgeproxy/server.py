@@ -67,6 +67,7 @@ class Service:
             "upstream": self.upstream.state(),
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
             "local": type(self.proxy.local).__name__,
+            "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
             "config": cfg,  # names files, never their contents: no secret in here
         }
 

@@ -331,19 +331,20 @@ class Upstream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + header_timeout if header_timeout and not isinstance(body, AsyncIterator) else None
         for server in self.ordered():
+            if deadline is not None and loop.time() >= deadline:  # spent connecting to the servers before
+                errors.append(f"no response head within {header_timeout:g}s")
+                break
             ctx = self.ssl_for(server, own_auth)
             head = httpclient.request_head(method, path_qs, server.netloc, items, body)
             try:
-                # Cancelling the request at the deadline aborts its connection (httpclient.Pool._send).
-                async with asyncio.timeout_at(deadline):
-                    resp = await self._pool.request(
-                        server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
-                        method, head, body, retry_stale=not isinstance(body, AsyncIterator))
-            except TimeoutError as e:
+                resp = await self._pool.request(
+                    server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
+                    method, head, body, retry_stale=not isinstance(body, AsyncIterator), deadline=deadline)
+            except httpclient.HeadTimeout as e:
                 error = f"no response head within {header_timeout:g}s"
                 errors.append(f"{server.url}: {error}")
                 metrics.UPSTREAM_HEADER_TIMEOUTS.labels(server=server.url).inc()
-                self._pool.discard_idle(server.host, server.port)  # this request's own connection is closed already
+                self._pool.discard_idle(server.host, server.port)  # its own connection was dropped already
                 self.note_failure(server, error)
                 # The deadline is the whole request's: no time is left for the next server. A write may have reached
                 # the server: its outcome is unknown, and the local side answers it as it answers writes offline.

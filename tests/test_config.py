@@ -51,3 +51,12 @@ def test_aliases_and_ipv6():
 def test_bad_settings_are_config_errors(argv):
     with pytest.raises(config.ConfigError):
         config.load(parse(argv), environ={})
+
+
+def test_upstream_header_timeout():
+    assert config.load(parse([]), environ={}).upstream_header_timeout == 10.0
+    assert config.load(parse(["--upstream-header-timeout", "0"]), environ={}).upstream_header_timeout == 0.0
+    env = {"EDGEPROXY_UPSTREAM_HEADER_TIMEOUT": "2.5"}
+    assert config.load(parse([]), environ=env).upstream_header_timeout == 2.5
+    with pytest.raises(config.ConfigError):
+        config.load(parse(["--upstream-header-timeout", "10s"]), environ={})

@@ -48,7 +48,7 @@ class Server:
                     head += await reader.readexactly(n)
                 self.requests.append(head)
                 data = self.answers.pop(0)
-                step = self.split or len(data)
+                step = self.split or len(data) or 1  # b"": no answer at all (a hung server)
                 for i in range(0, len(data), step):
                     writer.write(data[i:i + step])
                     await writer.drain()
@@ -175,3 +175,18 @@ async def test_slow_reader_pauses_the_server_side():
             got += len(chunk)
         assert got == len(big)
         resp.release()
+
+
+async def test_no_head_by_the_deadline_drops_the_connection():
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(BODY), BODY)
+    server = Server([ok, b"", ok])  # the second request, on the kept-alive connection, gets no answer
+    async with serving(server) as (pool, port), asyncio.timeout(20):
+        await fetch(pool, port)
+        head = httpclient.request_head("GET", "/api/v1/pods", "x", [], None)
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(httpclient.HeadTimeout):
+            await pool.request("127.0.0.1", port, None, None, "GET", head, None, retry_stale=True, deadline=deadline)
+        _, data, _ = await fetch(pool, port)  # on a new connection: the silent one was dropped, not pooled
+        assert data == BODY and server.connections == 2
+        while pool._sweeper is not None:  # the sweeper ends once no request waits with a deadline
+            await asyncio.sleep(0.01)

@@ -127,6 +127,8 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
             assert want[0] and want[1]
             # and, with A's credentials, the proxy fetched the cluster's service-account keys
             await until(lambda: svc.proxy.identities.cluster_keys == 1, 10)
+            assert svc.state()["token_identities"] == {
+                "accepted_tokens": 1, "issuers": ["https://kubernetes.default.svc.cluster.local"], "cluster_keys": 1}
             # B, the rotation kubelet made later, was used online once: the simulator accepted it
             assert await asyncio.to_thread(kube_proxy(svc.tls_url, p.ca, b).get_api_resources)
             async with aiohttp.ClientSession() as kubelet:
