@@ -200,13 +200,15 @@ async def _reconnect(root: Path, outage: float, window: float) -> list[dict]:
 async def _death(root: Path, mode: str) -> dict:
     """Upstream death to the first locally served answer, a small recorded LIST polled every 5 ms (each request
     given 0.5 s). mode "down": the API server stops listening (connection refused); "hang": it accepts and never
-    answers (a black hole), which only the prober can tell."""
+    answers (a black hole): the client then waits as client-go does without a request timeout (30 s here), so the
+    proxy's response-header deadline (--upstream-header-timeout, 10 s) or the prober, whichever comes first, tells."""
     work = root / f"death-{mode}"
     work.mkdir(parents=True, exist_ok=True)
     sim = Sim(100, work)
     proxy = Proxy(sim.kubeconfig, work / "cache", DEFAULTS)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as s:
+        patience = 0.5 if mode == "down" else 30.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=patience)) as s:
             small = proxy.url + "/api/v1/nodes"
             await _until(s, small, ACCEPT["protobuf"], None, time.perf_counter() + 30)
             await asyncio.sleep(1.0)  # recorded and committed
@@ -218,7 +220,8 @@ async def _death(root: Path, mode: str) -> dict:
         sim.stop()
     what = "connection refused" if mode == "down" else "black hole: accepted, never answered"
     return _row(f"upstream death to first locally served answer ({what})", (t_local - t0) * 1000, "ms",
-                note="a LIST every 5 ms; the proxy's default probing: every 5 s, timeout 2 s, offline after 3 failures")
+                note=f"a LIST every 5 ms, each given {patience:g} s; default probing: every 5 s, timeout 2 s, "
+                     "offline after 3 failures; header deadline 10 s")
 
 
 async def _timed_get(session: aiohttp.ClientSession, url: str, accept: str, **kw: Any) -> tuple[float, int, int,
