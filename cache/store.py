@@ -29,7 +29,8 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import lmdb
 import msgpack
@@ -409,31 +410,22 @@ class Store:
 
     def read_view(self, key: ViewKey) -> tuple[ViewMeta, list[Item]] | None:
         """The view's meta and its items (namespace/name order), from one read transaction: consistent."""
-        view_id = key.view_id()
-        out: list[Item] = []
-        with self.env.begin() as txn:
-            doc = self._view_doc(txn, view_id)
-            if doc is None:
-                return None
-            decode = self._decode_item
-            for k, v in self._scan(txn, doc["g"]):
-                try:
-                    out.append(decode(k, v))
-                except (errors.CorruptRecord, errors.SealError):
-                    self._corrupt(view_id)
-        self._reads[view_id] = time.time()
-        return self._meta_of(view_id, doc), out
+        return self._read(key, self._decode_item)
 
     def read_raw(self, key: ViewKey) -> tuple[ViewMeta, list[bytes]] | None:
         """The view's meta and its items' raw bytes, ready to join into a list body: the fast offline LIST path."""
+        return self._read(key, self._decode_raw)
+
+    def _read(self, key: ViewKey, decode: Callable[[bytes, bytes], Any]) -> tuple[ViewMeta, list[Any]] | None:
+        """One read transaction over a view: its meta and its decoded items; a corrupt item is skipped, counted and
+        makes the view incomplete (see _corrupt)."""
         view_id = key.view_id()
-        out: list[bytes] = []
+        out: list[Any] = []
+        append = out.append
         with self.env.begin() as txn:
             doc = self._view_doc(txn, view_id)
             if doc is None:
                 return None
-            decode = self._decode_raw
-            append = out.append
             for k, v in self._scan(txn, doc["g"]):
                 try:
                     append(decode(k, v))
