@@ -19,8 +19,8 @@ MAX_FRAME = 64 * 1024 * 1024
 _BE32 = struct.Struct(">I")
 
 
-class ProtobufSplitter:
-    """Cuts a protobuf watch body into frame bodies (the WatchEvent bytes, without the length prefix)."""
+class _Splitter:
+    """What both splitters share: the carry-over buffer, the frame bound, and staying failed once a bound broke."""
 
     __slots__ = ("_buf", "_failed", "max_frame")
 
@@ -34,9 +34,18 @@ class ProtobufSplitter:
         """Bytes received but not yet part of a complete frame."""
         return bytes(self._buf)
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def _check(self) -> None:
         if self._failed:
             raise errors.DecodeError("watch: stream already failed to decode")
+
+
+class ProtobufSplitter(_Splitter):
+    """Cuts a protobuf watch body into frame bodies (the WatchEvent bytes, without the length prefix)."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._check()
         buf = self._buf
         if buf:
             buf += chunk
@@ -65,23 +74,13 @@ class ProtobufSplitter:
         return out
 
 
-class JsonSplitter:
+class JsonSplitter(_Splitter):
     """Cuts a JSON watch body into lines, each one event document (without its newline); blank lines are dropped."""
 
-    __slots__ = ("_buf", "_failed", "max_frame")
-
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self._failed = False
-        self.max_frame = max_frame
-
-    @property
-    def pending(self) -> bytes:
-        return bytes(self._buf)
+    __slots__ = ()
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if self._failed:
-            raise errors.DecodeError("watch: stream already failed to decode")
+        self._check()
         buf = self._buf
         if b"\n" not in chunk:
             buf += chunk
