@@ -53,6 +53,8 @@ MAX_REMEMBERED = 10_000  # accepted tokens kept: a few per ServiceAccount on a n
 NO_EXPIRY_KEEP = 7 * 86400  # a token without `exp` (a legacy Secret token) is believed this long after its last 2xx
 MAX_MEMO = 4096
 JWKS_PATH = "/openid/v1/jwks"
+# kube-apiserver serves the key set only as application/jwk-set+json: asking for application/json alone gets 406.
+JWKS_ACCEPT = "application/jwk-set+json, application/json"
 JWKS_REFRESH = 3600.0  # the cluster's keys are fetched again at most this often (key rotation is rare)
 MAX_JWKS = 64 << 10
 # JWS algorithms kube-apiserver signs service-account tokens with (RS256 or ES256/384/512, by the key's type).
@@ -209,7 +211,7 @@ class Identities:
         """GET /openid/v1/jwks upstream with a caller's accepted credentials (the default RBAC lets every service
         account read it, system:service-account-issuer-discovery; a node may not). Failures are only logged."""
         try:
-            _, resp = await up.send("GET", JWKS_PATH, {"Authorization": authorization, "Accept": "application/json"})
+            _, resp = await up.send("GET", JWKS_PATH, {"Authorization": authorization, "Accept": JWKS_ACCEPT})
             try:
                 body = b""
                 while len(body) <= MAX_JWKS and (chunk := await resp.read()):

@@ -401,6 +401,8 @@ class Upstream:
             async with self._session.get(
                 server.url + "/readyz", headers=headers, ssl=self.ssl_for(server, False) or True,
                 timeout=aiohttp.ClientTimeout(total=self.probe_timeout), allow_redirects=False,
+                # the kubeconfig's tls-server-name, as for forwarded requests (a server reached by another address)
+                server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
             ) as resp:
                 await resp.read()
                 ok = resp.status in (200, 401, 403)
