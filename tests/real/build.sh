@@ -15,6 +15,9 @@ OUT="$CACHE/$K8S_VERSION/bin"
 SRC="$CACHE/$K8S_VERSION/src"
 only="${1:-all}"
 mkdir -p "$OUT" "$SRC"
+# one build at a time per cache (several checkouts share it): a second run waits, then finds the stamps fresh
+exec 9>"$CACHE/.build.lock"
+flock 9
 export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath" CGO_ENABLED=0
 command -v go >/dev/null || { echo "build.sh: the Go toolchain (go) is not on PATH" >&2; exit 2; }
 

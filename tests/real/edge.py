@@ -245,8 +245,7 @@ class EdgeHost:
                 f"--kubeconfig={self._token_kubeconfig('kube-proxy')}", *self._feature_gates(), "--v=2"]
         p = self._proc("kube-proxy", argv)
         # the hollow kube-proxy serves no health or metrics port: it is up when its informers say so
-        wait_for(lambda: 'Caches are synced" controller="service config"' in p.log(), 60,
-                 "kube-proxy's Service informer synced", procs=[p])
+        wait_for(self.kube_proxy_synced, 60, "kube-proxy's Service and EndpointSlice informers synced", procs=[p])
         return p
 
     def _start_coredns(self) -> Proc:
@@ -283,6 +282,12 @@ class EdgeHost:
         counts = doc.get("components", {}).get(component, {}).get("counts", [])
         return sum(c["n"] for c in counts if c["verb"] in ("list", "watch") and c["code"] == 200
                    and (resource is None or c["resource"] == resource))
+
+    def kube_proxy_synced(self) -> bool:
+        """This kube-proxy process has its Services and EndpointSlices (its informers synced, as its log says)."""
+        p = self.procs.get("kube-proxy")
+        log = p.log() if p is not None and p.alive() else ""
+        return all(f'Caches are synced" controller="{c} config"' in log for c in ("service", "endpoint slice"))
 
     def proxy_metrics(self) -> str:
         return self._ops("/metrics")[2].decode()
