@@ -12,6 +12,8 @@ The data path reads down the tree; imports go downward only:
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
       └── demo, kubeconfig, install, debug                (the other subcommands)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O
+    companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
+            nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:

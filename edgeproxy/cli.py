@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("cache.cli", "inspect the cache: ls, show, get, stats, verify, purge"),
     "debug": ("edgeproxy.debug", "check, diagnose, collect: what an operator runs when something is off"),
     "install-systemd": ("edgeproxy.install", "install the systemd units, environment file and kubelet drop-in"),
+    "companion": ("edgeproxy.companion.main", "the cloud-side autonomy companion: tolerations for autonomous nodes"),
 }
 
 
