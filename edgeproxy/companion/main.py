@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--tls-key-file", default="")
     a("--tls-secret", default="edgeproxy-companion-tls", help="Secret holding the webhook's CA and certificate")
     a("--service", default="edgeproxy-companion", help="the webhook's Service name (the certificate's names)")
+    a("--tls-sans", default="", help="more names (DNS or IP) for that certificate, comma-separated: a webhook "
+                                     "reached by URL from outside the cluster")
     a("--webhook-config", default="edgeproxy-companion",
       help="MutatingWebhookConfiguration whose caBundle gets the CA; '' leaves it alone")
     a("--leader-elect", default=True, action=argparse.BooleanOptionalAction,
@@ -71,8 +73,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             if args.tls_cert_file:
                 cert, key = args.tls_cert_file, args.tls_key_file
             else:
-                bundle = await certs.ensure_secret(kube, namespace, args.tls_secret,
-                                                   certs.service_names(args.service, namespace))
+                sans = certs.service_names(args.service, namespace)
+                sans += [n.strip() for n in args.tls_sans.split(",") if n.strip() and n.strip() not in sans]
+                bundle = await certs.ensure_secret(kube, namespace, args.tls_secret, sans)
                 cert_path, key_path = bundle.write(Path(tmp.name))
                 cert, key = str(cert_path), str(key_path)
                 if args.webhook_config:
