@@ -97,9 +97,15 @@ def ops_app(service: Service) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         up = service.upstream
-        line = "[+]upstream online" if up.online else "[-]upstream offline: answering from the cache"
+        if up.connecting:
+            line = "[-]upstream connecting: no API server has answered yet"
+        elif up.online:
+            line = "[+]upstream online"
+        else:
+            line = "[-]upstream offline: answering from the cache"
         servers = "\n".join(f"[{'+' if s.up else '-'}]server {s.url}" for s in up.servers)
-        return web.Response(text=f"{line}\n{servers}\nok\n", headers={"X-Edgeproxy-Online": str(up.online).lower()})
+        online = up.online and not up.connecting
+        return web.Response(text=f"{line}\n{servers}\nok\n", headers={"X-Edgeproxy-Online": str(online).lower()})
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
@@ -232,6 +238,7 @@ async def serve(config: config_mod.Config) -> None:
         notify.ready(_status_line(service))
         watchdog = notify.start_watchdog()
         service.upstream.on_change(lambda online: notify.status(_status_line(service)))
+        service.upstream.on_reached(lambda: notify.status(_status_line(service)))
         await stop.wait()
         log.info("edgeproxy stopping")
         notify.stopping("stopping: finishing open requests")
@@ -240,7 +247,11 @@ async def serve(config: config_mod.Config) -> None:
 
 
 def _status_line(service: Service) -> str:
-    state = "online" if service.upstream.online else "OFFLINE, answering from the cache"
+    up = service.upstream
+    if up.connecting:
+        state = "connecting: no API server has answered yet"
+    else:
+        state = "online" if up.online else "OFFLINE, answering from the cache"
     return f"{state}; serving on {service.url}" + (f" and {service.tls_url}" if service.tls_url else "")
 
 

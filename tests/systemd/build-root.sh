@@ -21,22 +21,30 @@ exec 9>"$cache/.lock"
 flock 9
 if [ -e "$dest/.edgeproxy-root-done" ]; then echo "$dest"; exit 0; fi
 tmp=$cache/.building-$key
-rm -rf "$tmp"
-mkdir -p "$tmp"
 echo "building the Debian 12 root for the systemd tests in $dest (a few minutes, once)" >&2
-debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,python3,python3-venv,procps,ca-certificates \
-  bookworm "$tmp" http://deb.debian.org/debian >"$cache/debootstrap-$key.log" 2>&1 \
-  || { echo "debootstrap failed: see $cache/debootstrap-$key.log" >&2; exit 1; }
+if [ ! -e "$tmp/.debootstrap-done" ]; then  # a build that failed later resumes from here
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  debootstrap --variant=minbase \
+    --include=systemd,systemd-sysv,dbus,python3,python3-venv,procps,ca-certificates \
+    bookworm "$tmp" http://deb.debian.org/debian >"$cache/debootstrap-$key.log" 2>&1 \
+    || { echo "debootstrap failed: see $cache/debootstrap-$key.log" >&2; exit 1; }
+  touch "$tmp/.debootstrap-done"
+fi
 cp /etc/resolv.conf "$tmp/etc/resolv.conf"
+rm -rf "$tmp/tmp/wheel" "$tmp/opt/edgeproxy"
 mkdir -p "$tmp/tmp/wheel"
 cp "$wheel" "$tmp/tmp/wheel/"
-chroot "$tmp" /bin/sh -ec '
+# The host's CA bundle for pip, for a host whose egress goes through a TLS-inspecting proxy.
+cp /etc/ssl/certs/ca-certificates.crt "$tmp/tmp/wheel/host-ca.crt"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_CERT=/tmp/wheel/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    chroot "$tmp" /bin/sh -ec '
   python3 -m venv /opt/edgeproxy
-  /opt/edgeproxy/bin/pip install --quiet --disable-pip-version-check /tmp/wheel/*.whl
+  /opt/edgeproxy/bin/pip install --quiet /tmp/wheel/*.whl
   rm -rf /tmp/wheel /root/.cache
 ' >&2
 : >"$tmp/etc/resolv.conf"
+rm -f "$tmp/.debootstrap-done"
 # A fixed machine id and hostname: the boot needs no first-boot setup.
 echo edgehost >"$tmp/etc/hostname"
 systemd-machine-id-setup --root="$tmp" >/dev/null 2>&1 || true
