@@ -396,16 +396,16 @@ def check_proxy(base: str | None, report: Report, timeout: float) -> None:
         report.add("warn", "proxy", f"running on {base}, connecting: no API server has answered it yet")
     elif status == 200:
         report.add("ok", "proxy", f"running on {base}, online")
-    off = re.search(r"^\[-\]cache off: (.*)$", text, re.M)
-    if status == 200 and off:
-        if "disabled" in off.group(1):
-            report.add("warn", "proxy", f"the running proxy has its cache turned off: {off.group(1)}")
-        else:
-            report.add("fail", "proxy", f"the running proxy has NO CACHE: {off.group(1)}; nothing is answered "
-                       "offline", "fix the cause above, then systemctl restart edgeproxy")
     else:
         report.add("fail", "proxy", f"running on {base} but not ready ({status}): {text.strip()[:200]}",
                    "journalctl -u edgeproxy -n 50")
+        return
+    off = re.search(r"^\[-\]cache off: (.*)$", text, re.M)
+    if off and "disabled" in off.group(1):
+        report.add("warn", "proxy", f"the running proxy has its cache turned off: {off.group(1)}")
+    elif off:
+        report.add("fail", "proxy", f"the running proxy has NO CACHE: {off.group(1)}; nothing is answered offline",
+                   "fix the cause above, then systemctl restart edgeproxy")
 
 
 def find_store(cache_dir: str) -> Path | None:

@@ -37,8 +37,6 @@ class Target:
 TARGETS = (
     Target("edgeproxy.service", "/etc/systemd/system/edgeproxy.service"),
     Target("edgeproxy-credentials.service", "/etc/systemd/system/edgeproxy-credentials.service"),
-    Target("edgeproxy-credentials.path", "/etc/systemd/system/edgeproxy-credentials.path"),
-    Target("edgeproxy-credentials.timer", "/etc/systemd/system/edgeproxy-credentials.timer"),
     Target("edgeproxy.tmpfiles.conf", "/etc/tmpfiles.d/edgeproxy.conf"),
     Target("edgeproxy.sysusers.conf", "/etc/sysusers.d/edgeproxy.conf"),
     Target("edgeproxy.env", "/etc/default/edgeproxy", mode=0o640, keep=True),
@@ -120,6 +118,12 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
             done.append((dest, "written"))
     if tls_sans is not None:
         done.extend(listener_pki(root, tls_sans, force=reissue_tls))
+    unit_dir = root / "etc/systemd/system"
+    for unit in OBSOLETE:
+        for path in [unit_dir / unit, *(d / unit for d in unit_dir.glob("*.wants"))]:
+            if path.exists() or path.is_symlink():
+                path.unlink()
+                done.append((path, "removed (replaced by edgeproxy-credentials.service)"))
     return done
 
 
@@ -154,7 +158,9 @@ def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> l
     return [(ca, "written"), (cert, "written"), (key, "written")]
 
 
-UNITS = ("edgeproxy-credentials.path", "edgeproxy-credentials.timer", "edgeproxy.service")  # what is enabled
+UNITS = ("edgeproxy-credentials.service", "edgeproxy.service")  # what is enabled
+# Units an older version installed that this one replaces: removed (disabled first with --now) on install.
+OBSOLETE = ("edgeproxy-credentials.path",)
 NEXT_STEPS = f"""\
 systemd-sysusers /etc/sysusers.d/edgeproxy.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf
@@ -201,18 +207,21 @@ def run(args: argparse.Namespace) -> int:
         if not (root / UPSTREAM_KUBECONFIG.lstrip("/")).exists():
             print(f"--now needs {UPSTREAM_KUBECONFIG}: pass --server https://API-SERVER:6443", file=sys.stderr)
             return 2
-        # An upgrade: `enable --now` leaves a running service on its old code and units; restart it after.
-        running = subprocess.run(["systemctl", "is-active", "--quiet", "edgeproxy.service"],
-                                 check=False).returncode == 0
-        steps = NEXT_STEPS.splitlines() + (["systemctl restart edgeproxy.service"] if running else [])
+        # An upgrade: `enable --now` leaves running services on their old code and units; restart them after.
+        running = [u for u in UNITS if subprocess.run(["systemctl", "is-active", "--quiet", u],
+                                                       check=False).returncode == 0]
+        steps = NEXT_STEPS.splitlines() + ([f"systemctl restart {' '.join(running)}"] if running else [])
         for line in steps:
             print(f"+ {line}")
             result = subprocess.run(shlex.split(line), check=False)
             if result.returncode != 0:
                 print(f"edgeproxy install-systemd: `{line}` failed ({result.returncode})", file=sys.stderr)
                 return 1
+        for unit in OBSOLETE:  # gone from disk; stop what may still run of it
+            subprocess.run(["systemctl", "stop", unit], check=False, capture_output=True)
         if running:
-            print("edgeproxy.service was running: restarted it, so the installed version and units are in effect")
+            print(f"{' and '.join(running)} {'was' if len(running) == 1 else 'were'} running: restarted, so the "
+                  "installed version and units are in effect")
         if not args.no_kubelet:
             print("kubelet uses the proxy after: systemctl restart kubelet")
         return 0

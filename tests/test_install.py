@@ -16,8 +16,6 @@ def test_install_into_a_root(tmp_path, capsys):
     expected = [
         "etc/systemd/system/edgeproxy.service",
         "etc/systemd/system/edgeproxy-credentials.service",
-        "etc/systemd/system/edgeproxy-credentials.path",
-        "etc/systemd/system/edgeproxy-credentials.timer",
         "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf",
         "etc/tmpfiles.d/edgeproxy.conf",
         "etc/sysusers.d/edgeproxy.conf",
@@ -210,3 +208,15 @@ def test_directories_get_their_modes_whatever_the_umask(tmp_path):
                 "etc/default", "etc/edgeproxy", "etc/edgeproxy/pki"):
         assert stat.S_IMODE((tmp_path / rel).stat().st_mode) == 0o755, rel
     assert stat.S_IMODE((tmp_path / "etc/sysusers.d/edgeproxy.conf").stat().st_mode) == 0o644
+
+
+def test_reinstall_removes_the_old_path_unit(tmp_path, capsys):
+    """An install of an older version had edgeproxy-credentials.path (it missed rotations): it goes, links too."""
+    units = tmp_path / "etc/systemd/system"
+    (units / "paths.target.wants").mkdir(parents=True)
+    (units / "edgeproxy-credentials.path").write_text("[Path]\nPathChanged=/var/lib/kubelet/pki/x.pem\n")
+    (units / "paths.target.wants/edgeproxy-credentials.path").symlink_to("/etc/systemd/system/x")
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls"]) == 0
+    assert not (units / "edgeproxy-credentials.path").exists()
+    assert not (units / "paths.target.wants/edgeproxy-credentials.path").is_symlink()
+    assert "removed (replaced by edgeproxy-credentials.service)" in capsys.readouterr().out

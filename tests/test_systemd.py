@@ -31,8 +31,7 @@ def units(tmp_path_factory):
 
 
 def test_units_verify_without_a_single_warning(units):
-    names = ["edgeproxy.service", "edgeproxy-credentials.service", "edgeproxy-credentials.path",
-             "edgeproxy-credentials.timer", "kubelet.service"]
+    names = ["edgeproxy.service", "edgeproxy-credentials.service", "kubelet.service"]
     result = analyze("verify", "--man=no", *[f"./{n}" for n in names], cwd=units)
     # verify exits 0 on unknown keys or bad values ("..., ignoring"): any output at all is a defect of ours.
     assert result.returncode == 0, result.stderr
@@ -74,23 +73,22 @@ def test_security_exposure_is_low(units, unit):
     assert float(match.group(1)) <= 2.0, result.stdout
 
 
-def test_every_kubelet_rotation_has_a_trigger_and_a_backstop(units):
-    """The path unit watches kubelet's directory (a watch on the replaced link missed rotations), the service has no
-    condition that skips a run at the instant the link is absent, and a timer re-runs it."""
-    path = (units / "edgeproxy-credentials.path").read_text()
-    assert "PathChanged=/var/lib/kubelet/pki\n" in path
-    assert "kubelet-client-current.pem\n" not in "".join(line for line in path.splitlines(True)
-                                                         if not line.startswith("#"))
+def test_the_credentials_service_follows_every_rotation(units):
+    """No .path trigger to miss (the one on kubelet-client-current.pem missed rotations): a long-running copier that
+    is ready once the first copy is made, restarted if it dies or wedges, enabled at boot, ordered before the proxy."""
+    assert not (units / "edgeproxy-credentials.path").exists()
     service = (units / "edgeproxy-credentials.service").read_text()
-    assert "Condition" not in service and f"ExecStart={sys.executable} copy-credentials" in service
-    assert "[Install]" not in service  # started by the path, the timer and edgeproxy.service; never enabled alone
-    timer = dict(re.findall(r"^(\w+)=(.*)$", (units / "edgeproxy-credentials.timer").read_text(), re.M))
-    assert timer["Unit"] == "edgeproxy-credentials.service" and timer["OnUnitActiveSec"]
+    settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
+    assert "Condition" not in service
+    assert settings["ExecStart"] == f"{sys.executable} copy-credentials --follow"
+    assert settings["Type"] == "notify" and settings["Restart"] == "always" and settings["WatchdogSec"]
+    assert settings["WantedBy"] == "multi-user.target" and settings["Before"] == "edgeproxy.service"
+    proxy = dict(re.findall(r"^(\w+)=(.*)$", (units / "edgeproxy.service").read_text(), re.M))
+    assert "edgeproxy-credentials.service" in proxy["After"] and "edgeproxy-credentials.service" in proxy["Wants"]
 
 
 def test_documentation_names_edgeproxys_guide(units):
-    for unit in ("edgeproxy.service", "edgeproxy-credentials.service", "edgeproxy-credentials.path",
-                 "edgeproxy-credentials.timer"):
+    for unit in ("edgeproxy.service", "edgeproxy-credentials.service"):
         (doc,) = re.findall(r"^Documentation=(.*)$", (units / unit).read_text(), re.M)
         assert doc.startswith("file:///") and doc.endswith("/operations.md"), doc
         assert Path(doc.removeprefix("file://")).is_file()

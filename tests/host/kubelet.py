@@ -27,7 +27,7 @@ def rotate(pki: Path, pem: bytes, stamp: str) -> Path:
     updated = pki / UPDATED
     if updated.is_symlink() or updated.exists():
         updated.unlink()
-    updated.symlink_to(dated)
+    updated.symlink_to(dated.name)  # kubelet links the absolute path; relative resolves inside a container too
     current = pki / CURRENT
     if current.is_symlink() or current.exists():
         current.unlink()

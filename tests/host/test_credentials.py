@@ -132,3 +132,46 @@ def test_the_command_imports_only_what_it_needs():
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "--settle" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_follow_copies_every_rotation_and_refuses_a_bad_one(pki):
+    """--follow (what the unit runs): ready after the first copy, then each rotation in kubelet's order is copied;
+    a source that is no certificate and key is said once and skipped, keeping the last good copy."""
+    pki_dir, ca, dest = pki
+    kubelet.rotate(pki_dir, kubelet.node_pem(), "0")
+    said: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+    thread = threading.Thread(target=credentials.follow, kwargs=dict(
+        client=pki_dir / kubelet.CURRENT, ca=ca, dest_dir=dest, user=None, interval=0.01, settle=0.01,
+        say=said.append, ready=ready.set, stop=stop.is_set))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        assert (dest / "client.pem").read_bytes() == (pki_dir / kubelet.CURRENT).read_bytes()
+        for i in range(1, 6):
+            pem = kubelet.node_pem()
+            kubelet.rotate(pki_dir, pem, str(i))
+            assert _until(lambda pem=pem: (dest / "client.pem").read_bytes() == pem), f"rotation {i} not copied"
+        good = (dest / "client.pem").read_bytes()
+        kubelet.rotate(pki_dir, b"garbage", "bad")
+        assert _until(lambda: any("not copied" in line for line in said))
+        assert (dest / "client.pem").read_bytes() == good
+        last = kubelet.node_pem()
+        kubelet.rotate(pki_dir, last, "7")
+        assert _until(lambda: (dest / "client.pem").read_bytes() == last)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert sum("not copied" in line for line in said) == 1
+
+
+def _until(condition, timeout: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
