@@ -52,9 +52,12 @@ class Config:
     tls_pki_dir: str = ""  # "" = <cache_dir>/pki
     tls_sans: str = "127.0.0.1,::1,localhost"  # names of that own certificate, comma-separated
     client_ca_file: str = ""  # verify presented client certificates against it (the cluster CA)
+    # Who may act as the node (guard/trust.py): a client certificate of system:node:<node_name> on the HTTPS
+    # listener; on the plain listener only with plain_as_node (anyone who can connect to it is then the node).
+    node_name: str = ""  # "" = from the upstream client certificate (CN system:node:<name>)
+    plain_as_node: bool = False
     # Response filters (edgeproxy/filters). The in-cluster redirect is off until an address is given: then edgeproxy
     # also serves HTTPS there (bearer tokens only) and kube-proxy's view of default/kubernetes points at it.
-    node_name: str = ""  # this node's name; "" = the CN of the kubeconfig's client certificate (system:node:NAME)
     in_cluster_address: str = ""
     service_topology: bool = True  # Services labelled edgeproxy.io/topology=pool get this pool's endpoints only
     pool_label: str = "topology.kubernetes.io/zone"  # the node label naming its pool (branch)
@@ -98,7 +101,12 @@ _HELP = {
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
     "tls-sans": "names (IPs, DNS) of that own serving certificate, comma-separated (default 127.0.0.1,::1,localhost)",
     "client-ca-file": "CA to verify client certificates against on the HTTPS listener (the cluster CA)",
-    "node-name": "this node's name (default: from the kubeconfig's client certificate, CN system:node:NAME)",
+    "node-name": "this node's name (default: from the upstream kubeconfig's client certificate, "
+                 "CN system:node:NAME); a client certificate of system:node:NAME acts as the node on the HTTPS "
+                 "listener",
+    "plain-as-node": "on or off: let every request without a bearer token on the plain-HTTP listener act as the node "
+                     "(anyone who can connect to it reads and writes what the node may); default off: there, such "
+                     "requests get 401, and kubelet uses the HTTPS listener with its client certificate",
     "in-cluster-address": "node-local IP:PORT that pods reach (e.g. 169.254.2.1:10268): serve HTTPS there and point "
                           "kube-proxy's default/kubernetes endpoints at it, so every pod's kubernetes.default traffic "
                           "goes through edgeproxy; needs --tls-cert-file signed by the cluster CA (default: off)",
