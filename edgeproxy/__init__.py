@@ -4,15 +4,22 @@ The data path reads down the tree; imports go downward only:
 
     cli ── server ── proxy ──┬── upstream ── httpclient   (API server pool: TLS, health, failover, header deadline)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
+      │                      ├── filters/                 (response filters between upstream and client+recorder:
+      │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
       │                                 ├── writes        (offline write policy, a pure decision)
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
-      └── demo, kubeconfig, install, debug                (the other subcommands)
-    kube/   the pure wire layer under all of them: bytes in, values out, no I/O
-    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
+      ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
+      ├── demo, kubeconfig, install, debug                (the other subcommands)
+      └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
+    kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
+            byte work)
+    companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
+            nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
+    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
 `cache` knows nothing of HTTP, `cni_plugin` uses the standard library only.

@@ -134,14 +134,21 @@ def check_files(cfg: config_mod.Config, report: Report) -> upstream.Credentials 
         else:
             report.add("ok", "files", f"kubeconfig {cfg.kubeconfig}: {', '.join(creds.servers)}")
     cache_dir = Path(cfg.cache_dir)
-    try:
-        st = cache_dir.stat()
-    except FileNotFoundError:
-        report.add("warn", "files", f"cache directory {cache_dir} does not exist yet",
-                   "systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf (or start the service once)")
-    except OSError as e:
-        report.add("fail", "files", f"cache directory {cache_dir}: {e}", f"ls -ld {cache_dir}")
+    writable = unit_writable_paths()
+    if cfg.cache and writable is not None and not any(_under(cache_dir, w) for w in
+                                                      [*writable, "/tmp", "/var/tmp", "/dev/shm"]):
+        # The cause an operator cannot see from the directory itself: the service's sandbox. It starts, says
+        # online, and runs with no cache at all (nothing served offline).
+        home = (writable or ["/var/lib/edgeproxy"])[0]
+        report.add("fail", "files", f"cache directory {cache_dir} is outside the unit's ReadWritePaths= "
+                   f"({' '.join(writable)}): under ProtectSystem=strict the service cannot write it and runs without "
+                   "a cache, so nothing is answered offline",
+                   f"set EDGEPROXY_CACHE_DIR under {home} in {DEFAULT_ENV_FILE}, or let the unit write it: "
+                   f"systemctl edit edgeproxy ([Service] ReadWritePaths={cache_dir}); then systemctl restart edgeproxy")
+        st = None
     else:
+        st = _stat_cache_dir(cache_dir, report)
+    if st is not None:
         mode = stat.S_IMODE(st.st_mode)
         uid = _service_uid()
         if mode & 0o077:
@@ -162,6 +169,56 @@ def check_files(cfg: config_mod.Config, report: Report) -> upstream.Credentials 
             if mode & 0o077:
                 report.add("warn", "files", f"client key {key_file} is mode {mode:04o}", f"chmod 0600 {key_file}")
     return creds
+
+
+UNIT_FILE = "/etc/systemd/system/edgeproxy.service"
+UNIT_DROPIN_DIRS = ("/etc/systemd/system/edgeproxy.service.d", "/run/systemd/system/edgeproxy.service.d")
+
+
+def unit_writable_paths(unit_file: str | None = None, dropin_dirs: Iterable[str] | None = None) -> list[str] | None:
+    """The paths edgeproxy.service may write under ProtectSystem=strict (ReadWritePaths=, StateDirectory=,
+    CacheDirectory=, ... as the unit file and its drop-ins set them), or None when there is no such unit or it does
+    not make the file system read-only."""
+    texts = []
+    for path in [unit_file or UNIT_FILE, *sorted(str(p) for d in (dropin_dirs if dropin_dirs is not None
+                                                                    else UNIT_DROPIN_DIRS)
+                                                 for p in Path(d).glob("*.conf"))]:
+        try:
+            texts.append(Path(path).read_text())
+        except OSError:
+            if path == (unit_file or UNIT_FILE):
+                return None
+    protect = ""
+    writable: list[str] = []
+    roots = {"StateDirectory": "/var/lib", "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log",
+             "RuntimeDirectory": "/run"}
+    for text in texts:
+        for key, value in re.findall(r"^\s*(\w+)\s*=\s*(.*?)\s*$", text, re.M):
+            if key == "ProtectSystem":
+                protect = value
+            elif key == "ReadWritePaths":
+                writable = [] if not value else writable + [v.lstrip("-+") for v in value.split()]
+            elif key in roots and value:
+                writable += [f"{roots[key]}/{v.split(':')[0]}" for v in value.split()]
+    if protect != "strict":
+        return None
+    return list(dict.fromkeys(writable))
+
+
+def _under(path: Path, parent: str) -> bool:
+    return os.path.normpath(path) == os.path.normpath(parent) or os.path.normpath(path).startswith(
+        os.path.normpath(parent).rstrip("/") + "/")
+
+
+def _stat_cache_dir(cache_dir: Path, report: Report) -> os.stat_result | None:
+    try:
+        return cache_dir.stat()
+    except FileNotFoundError:
+        report.add("warn", "files", f"cache directory {cache_dir} does not exist yet",
+                   "systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf (or start the service once)")
+    except OSError as e:
+        report.add("fail", "files", f"cache directory {cache_dir}: {e}", f"ls -ld {cache_dir}")
+    return None
 
 
 # ---- certificates ---------------------------------------------------------------------------------------------------
@@ -332,13 +389,23 @@ def check_proxy(base: str | None, report: Report, timeout: float) -> None:
                    "systemctl status edgeproxy; journalctl -u edgeproxy -n 50")
         return
     text = body.decode(errors="replace")
-    if status == 200 and "offline" in text.split("\n", 1)[0]:
+    first = text.split("\n", 1)[0]
+    if status == 200 and "offline" in first:
         report.add("warn", "proxy", f"running on {base}, OFFLINE: answering from the cache")
+    elif status == 200 and "connecting" in first:
+        report.add("warn", "proxy", f"running on {base}, connecting: no API server has answered it yet")
     elif status == 200:
         report.add("ok", "proxy", f"running on {base}, online")
     else:
         report.add("fail", "proxy", f"running on {base} but not ready ({status}): {text.strip()[:200]}",
                    "journalctl -u edgeproxy -n 50")
+        return
+    off = re.search(r"^\[-\]cache off: (.*)$", text, re.M)
+    if off and "disabled" in off.group(1):
+        report.add("warn", "proxy", f"the running proxy has its cache turned off: {off.group(1)}")
+    elif off:
+        report.add("fail", "proxy", f"the running proxy has NO CACHE: {off.group(1)}; nothing is answered offline",
+                   "fix the cause above, then systemctl restart edgeproxy")
 
 
 def find_store(cache_dir: str) -> Path | None:
@@ -390,6 +457,27 @@ def check_cache(cfg: config_mod.Config, report: Report) -> None:
         report.add("ok", "cache", f"every record reads back: {summary}{extra}")
 
 
+def _kubeconfig_server(path: str) -> str:
+    """The server of a kubeconfig's current context, without opening the files it names (kubelet's client
+    certificate is root's, and this check may run as another user)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        name = doc.get("current-context") or ""
+        contexts = doc.get("contexts") or []
+        ctx = next((c.get("context") or {} for c in contexts if c.get("name") == name), None)
+        ctx = ctx if ctx is not None else ((contexts[0].get("context") or {}) if len(contexts) == 1 else {})
+        cluster = next((c.get("cluster") or {} for c in doc.get("clusters") or []
+                        if c.get("name") == ctx.get("cluster")), {})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as e:
+        raise upstream.KubeconfigError(f"cannot read kubeconfig {path}: {e}") from e
+    server = str(cluster.get("server") or "").rstrip("/")
+    if not server:
+        raise upstream.KubeconfigError(f"{path}: no server for context {name!r}")
+    return server
+
+
 def check_kubelet(cfg: config_mod.Config, report: Report, dropin: str = KUBELET_DROPIN) -> None:
     """Whether kubelet is wired to the proxy: the drop-in is there and its kubeconfig names the proxy listener."""
     if not os.path.exists(dropin):
@@ -402,15 +490,25 @@ def check_kubelet(cfg: config_mod.Config, report: Report, dropin: str = KUBELET_
         report.add("warn", "kubelet", f"{dropin} sets no --kubeconfig", "edgeproxy install-systemd --force")
         return
     try:
-        server = upstream.load_kubeconfig(match.group(1)).servers[0]
+        server = _kubeconfig_server(match.group(1))
     except upstream.UpstreamError as e:
         report.add("fail", "kubelet", f"kubelet's kubeconfig: {e}", "edgeproxy install-systemd")
         return
-    host, port = config_mod.split_address(cfg.listen)
-    wanted = {f"http://{host}:{port}", f"http://localhost:{port}"} if host == "127.0.0.1" else {f"http://{host}:{port}"}
+    # kubelet acts as the node over HTTPS with its client certificate; over plain HTTP only with --plain-as-node on
+    wanted: set[str] = set()
+    for scheme, address in (("https", cfg.tls_listen), ("http", cfg.listen if cfg.plain_as_node else "")):
+        if address:
+            host, port = config_mod.split_address(address)
+            wanted.add(f"{scheme}://{host}:{port}")
+            if host == "127.0.0.1":
+                wanted.add(f"{scheme}://localhost:{port}")
+    listens = " or ".join(f"{scheme} {a}" for scheme, a in (("https", cfg.tls_listen), ("http", cfg.listen)) if a)
     if server not in wanted:
+        why = (" (plain HTTP acts as the node only with --plain-as-node on)"
+               if server.startswith("http://") and not cfg.plain_as_node else "")
+        target = f"https://{cfg.tls_listen}" if cfg.tls_listen else f"http://{cfg.listen}"
         report.add("fail", "kubelet", f"kubelet's kubeconfig {match.group(1)} points at {server}, the proxy listens "
-                   f"on {cfg.listen}", f"edgeproxy kubeconfig --component kubelet --server http://{cfg.listen} "
+                   f"on {listens}{why}", f"edgeproxy kubeconfig --component kubelet --server {target} "
                    f"--out {match.group(1)}; systemctl restart kubelet")
     else:
         report.add("ok", "kubelet", f"kubelet goes through the proxy ({server})")
@@ -471,11 +569,33 @@ def run_diagnose(args: argparse.Namespace) -> int:
     print(f"\nlast errors ({len(data['errors'])}):" if data["errors"] else "\nno errors", file=out)
     for entry in data["errors"][-args.limit:]:
         print("  " + _entry_line(entry), file=out)
+    _print_filters(base, args.component, args.timeout, out)
     watches = _open_watches(base, args.component, args.timeout)
     if watches:
         print("\nwatches open now: " + ", ".join(f"{n} from {who}" for who, n in sorted(watches.items())), file=out)
     if cfg is not None and not args.skip_cache:
         _print_views(cfg, args.component, out)
+
+
+def _print_filters(base: str, component: str, timeout: float, out: Any) -> None:
+    """Which response filters touched which of the component's views (/debug/state's `filters`)."""
+    try:
+        status, body = fetch(base, "/debug/state", timeout)
+        filters = json.loads(body).get("filters") if status == 200 else None
+    except (OSError, ValueError):
+        return
+    if not filters:
+        return
+    mine = [v for v in filters.get("views", [])
+            if v["client"] == component or v["client"].startswith(component + "@")]
+    node = filters.get("node") or {}
+    pool = f", node pool {node.get('pool')!r}" if node else ""
+    print(f"\nresponse filters ({', '.join(k for k, v in filters['settings'].items() if v and k != 'components')}"
+          f"{pool}):" if mine else "\nresponse filters: none applied to it", file=out)
+    for v in mine:
+        touched = ", ".join(f"{name} changed {n}" for name, n in sorted(v["touched"].items())) or "nothing changed"
+        errors = f", {v['errors']} passed unfiltered (undecodable)" if v["errors"] else ""
+        print(f"  {v['view']}: {v['requests']} answers, {touched}{errors}", file=out)
 
 
 def _open_watches(base: str, component: str, timeout: float) -> dict[str, int]:
@@ -658,8 +778,14 @@ def run_collect(args: argparse.Namespace) -> int:
     if notes:
         members["NOT-COLLECTED.txt"] = ("\n".join(notes) + "\n").encode()
     secrets = known_secrets(cfg)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        where = "the current directory" if args.out is None else str(out_path.parent)
+        print(f"edgeproxy debug collect: cannot write {out_path.absolute()}: {e.strerror or e}; {where} is not "
+              "writable here: pass --out /tmp/edgeproxy-debug.tar.gz (or another writable path)", file=sys.stderr)
+        return 1
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for member, data in members.items():
             data = scrub(data, secrets)

@@ -16,7 +16,6 @@ def test_install_into_a_root(tmp_path, capsys):
     expected = [
         "etc/systemd/system/edgeproxy.service",
         "etc/systemd/system/edgeproxy-credentials.service",
-        "etc/systemd/system/edgeproxy-credentials.path",
         "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf",
         "etc/tmpfiles.d/edgeproxy.conf",
         "etc/sysusers.d/edgeproxy.conf",
@@ -166,14 +165,29 @@ async def test_installed_files_run_the_proxy_end_to_end(tmp_path):
                 return [s.metadata.name for s in api.list_service_for_all_namespaces().items]
 
             def as_kubelet() -> str:
+                # the installed kubelet kubeconfig, with its paths moved under the root and kubelet's certificate
                 kc = tmp_path / "kubelet.kubeconfig"
-                assert cli.main(["kubeconfig", "--component", "kubelet", "--server", f"http://127.0.0.1:{listen}",
-                                 "--out", str(kc)]) == 0
+                text = (root / "etc/edgeproxy/kubelet.kubeconfig").read_text()
+                text = text.replace("127.0.0.1:10268", f"127.0.0.1:{tls_port}").replace('"/', f'"{root}/')
+                text = text.replace(f"{root}/var/lib/kubelet/pki/kubelet-client-current.pem", str(pki / "client.pem"))
+                kc.write_text(text)
                 api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
                 return api.read_node("edge-1").metadata.name
 
+            def anyone_on_the_host() -> int:
+                kc = tmp_path / "anonymous.kubeconfig"
+                assert cli.main(["kubeconfig", "--component", "kubelet", "--server", f"http://127.0.0.1:{listen}",
+                                 "--out", str(kc)]) == 0
+                api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
+                try:
+                    api.read_node("edge-1")
+                except client.ApiException as e:
+                    return e.status
+                return 200
+
             assert await asyncio.to_thread(as_kube_proxy)  # the ServiceAccount's token went through HTTPS
-            assert await asyncio.to_thread(as_kubelet) == "edge-1"
+            assert await asyncio.to_thread(as_kubelet) == "edge-1"  # its client certificate, over HTTPS
+            assert await asyncio.to_thread(anyone_on_the_host) == 401  # the plain listener lends no identity
             check = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edgeproxy", "debug", "check", "--config", str(env_file), cwd=ROOT, env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -195,3 +209,29 @@ def test_server_writes_the_upstream_kubeconfig_once(tmp_path):
     assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
                      "--server", "https://10.9.9.9:6443"]) == 0
     assert kc.read_text() == text  # kept
+
+
+def test_directories_get_their_modes_whatever_the_umask(tmp_path):
+    """A umask of 077 (a hardened root shell) used to leave /etc/sysusers.d and the others 0700."""
+    old = os.umask(0o077)
+    try:
+        assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true",
+                         "--server", "https://10.0.0.1:6443"]) == 0
+    finally:
+        os.umask(old)
+    for rel in ("etc", "etc/sysusers.d", "etc/tmpfiles.d", "etc/systemd/system", "etc/systemd/system/kubelet.service.d",
+                "etc/default", "etc/edgeproxy", "etc/edgeproxy/pki"):
+        assert stat.S_IMODE((tmp_path / rel).stat().st_mode) == 0o755, rel
+    assert stat.S_IMODE((tmp_path / "etc/sysusers.d/edgeproxy.conf").stat().st_mode) == 0o644
+
+
+def test_reinstall_removes_the_old_path_unit(tmp_path, capsys):
+    """An install of an older version had edgeproxy-credentials.path (it missed rotations): it goes, links too."""
+    units = tmp_path / "etc/systemd/system"
+    (units / "paths.target.wants").mkdir(parents=True)
+    (units / "edgeproxy-credentials.path").write_text("[Path]\nPathChanged=/var/lib/kubelet/pki/x.pem\n")
+    (units / "paths.target.wants/edgeproxy-credentials.path").symlink_to("/etc/systemd/system/x")
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls"]) == 0
+    assert not (units / "edgeproxy-credentials.path").exists()
+    assert not (units / "paths.target.wants/edgeproxy-credentials.path").is_symlink()
+    assert "removed (replaced by edgeproxy-credentials.service)" in capsys.readouterr().out
