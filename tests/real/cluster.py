@@ -102,6 +102,7 @@ def write_kubeconfig(path: Path, server: str, *, ca_file: Path | None = None, ce
 
 
 _SAMPLE = re.compile(r'^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
+_WATCH_LIST = re.compile(r'^apiserver_watch_list_duration_seconds_count\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -363,13 +364,16 @@ class Cluster:
 
     def request_counts(self) -> dict[tuple[str, str], int]:
         """apiserver_request_total summed per (verb, resource): e.g. {("LIST", "pods"): 3, ("WATCH", "pods"): 2}.
-        Verbs are the API server's (LIST, WATCH, GET, POST, PUT, PATCH, DELETE, APPLY, CONNECT)."""
+        Verbs are the API server's (LIST, WATCH, GET, POST, PUT, PATCH, DELETE, APPLY, CONNECT), plus "WATCHLIST":
+        the watch-lists (sendInitialEvents=true) that reached their initial-events-end, from
+        apiserver_watch_list_duration_seconds_count (a client with WatchListClient on lists that way)."""
         text = self.get_raw("/metrics", timeout=30).decode()
         counts: dict[tuple[str, str], int] = {}
-        for labels, value in _SAMPLE.findall(text):
-            d = dict(_LABEL.findall(labels))
-            key = (d.get("verb", ""), d.get("resource", ""))
-            counts[key] = counts.get(key, 0) + int(float(value))
+        for verb, pattern in ((None, _SAMPLE), ("WATCHLIST", _WATCH_LIST)):
+            for labels, value in pattern.findall(text):
+                d = dict(_LABEL.findall(labels))
+                key = (verb or d.get("verb", ""), d.get("resource", ""))
+                counts[key] = counts.get(key, 0) + int(float(value))
         return counts
 
 

@@ -2,12 +2,14 @@
 
 A `Proc` is one child process (optionally inside a network namespace, through `ip netns exec`, which execs the
 command so the PID is the component's own). `stop()` sends SIGTERM, waits, then SIGKILL; it is idempotent and never
-touches any other process.
+touches any other process. A child is killed by the kernel when the thread that started it ends (PR_SET_PDEATHSIG):
+start components from a thread that lives as long as they should (the main thread).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -37,7 +39,7 @@ class Proc:
             log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(full)}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=run_env, cwd=cwd, start_new_session=True)
+                                          env=run_env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int:
@@ -80,6 +82,13 @@ class Proc:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started it ends (a test run killed with -9 leaves no component
+    running). It survives the exec of `ip netns exec` and of the component."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str, *, every: float = 0.1,

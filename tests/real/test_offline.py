@@ -105,6 +105,7 @@ def test_wan_back_without_relists(site: Site) -> None:
     wait_for(lambda: site.all_running(), 60, "the new pod running", procs=list(e.procs.values()))
     wait_for(lambda: site.api_phases().get("after-0") == "Running", 60, "the new pod Running in the API server")
     wait_for(lambda: e.dig(site.service_name) == [site.cluster_ip], 30, "CoreDNS answering online again")
-    lists = count_diff(c.request_counts(), before, "LIST")
-    relists = {r: n for (_, r), n in lists.items() if r in WATCHED}
-    assert relists == {}, f"LISTs that reached the API server after the WAN came back: {lists}"
+    after = c.request_counts()
+    lists = {**count_diff(after, before, "LIST"), **count_diff(after, before, "WATCHLIST")}
+    relists = {k: n for k, n in lists.items() if k[1] in WATCHED}
+    assert relists == {}, f"LISTs (and watch-lists) that reached the API server after the WAN came back: {lists}"
