@@ -167,6 +167,7 @@ _CACHE_COUNTERS = (
     ("commits", "Group commits (LMDB transactions) of the cache writer."),
     ("events_applied", "Watch events applied to views."),
     ("lists_replaced", "List responses that replaced a view."),
+    ("lists_behind", "List responses not installed: older than the watch events their view already held."),
     ("writes_failed", "Writes that failed (their views were marked incomplete)."),
     ("writes_dropped", "Writes dropped because the writer's queue was full (views marked incomplete)."),
     ("corrupt_records", "Records that failed their checksum or seal on read (never served)."),
