@@ -804,8 +804,8 @@ class Store:
 
         An event the view already reflects (its resourceVersion is not past the view's) or older than the stored
         object is ignored: a list at RV n contains every change up to n, and an object never goes back in time.
-        An ERROR event, or an object without a name, marks the view incomplete. Events for a view that does not exist are ignored: they alone
-        cannot make a view anyone could trust.
+        An ERROR event, or an object without a name, marks the view incomplete. Events for a view that does not exist
+        are ignored: they alone cannot make a view anyone could trust.
         """
         view_id = key.view_id()
         doc = self._view_doc(txn, view_id)

@@ -28,7 +28,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -128,6 +128,19 @@ class Identities(Protocol):
                  status: int) -> kube_request.RequestInfo: ...
 
 
+class Filters(Protocol):
+    """edgeproxy.filters.stage.Stage: `select(info)` -> a chain or None (most requests), `prepare(chain)` before
+    sending, `begin(chain, info, status, headers, abort)` -> a transform whose feed(chunk)/end() give the bytes to
+    pass on to the client and the recorder alike."""
+
+    def select(self, info: kube_request.RequestInfo | None) -> object | None: ...
+
+    async def prepare(self, chain: object) -> None: ...
+
+    def begin(self, chain: object, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str],
+              abort: object = None) -> object | None: ...
+
+
 class Local(Protocol):
     async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse: ...
@@ -189,16 +202,17 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "identities", "local", "recorder", "trust",
-                 "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities", "local", "recorder",
+                 "trust", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
-                 trust: trust_.NodeTrust | None = None) -> None:
+                 trust: trust_.NodeTrust | None = None, filters: Filters | None = None) -> None:
         self.upstream = up
         # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
         self.trust = trust
         self.body_timeout = limits_.BODY_TIMEOUT  # a request body that stalls this long is the client's error (408)
+        self.filters = filters  # the response-filter stage (edgeproxy.filters), between upstream and client+recorder
         self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
         # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
         self.classify = Classifier(aliases, identities)
@@ -326,11 +340,20 @@ class Proxy:
                 self._tx.inc(len(body))
             else:
                 body = _counted(limits_.stream_body(request.content.iter_any(), self.body_timeout), self._tx)
+        chain = self.filters.select(info) if self.filters is not None else None
+        if chain is not None:
+            headers.popall("Accept-Encoding", None)  # a filter reads the body: ask for it uncompressed
+            await self.filters.prepare(chain)
         _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
                                          header_timeout=header_deadline(info, self.upstream.header_timeout))
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
+        transform: Any = None
+        if chain is not None and info is not None:
+            transform = self.filters.begin(chain, info, up.status, up.headers, up.close)
+            if transform is not None:
+                resp.headers.popall("Content-Length", None)  # a rewritten body has its own length
         if self.identities is not None and info is not None and info.client.identity:
             # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
             info = self.identities.answered(info, request.headers, up.status)
@@ -351,6 +374,8 @@ class Proxy:
             try:
                 while chunk := await up.read():
                     self._rx.inc(len(chunk))
+                    if transform is not None and not (chunk := transform.feed(chunk)):
+                        continue
                     if sink is not None:
                         sink.feed(chunk)
                     await resp.write(chunk)
@@ -366,6 +391,11 @@ class Proxy:
                     if request.transport is not None:
                         request.transport.close()
                     return resp
+            if transform is not None and (tail := transform.end()):
+                # a filtered list or object whole; a filtered watch's closing ERROR (its filter's inputs changed)
+                if sink is not None:
+                    sink.feed(tail)
+                await resp.write(tail)
             await resp.write_eof()
             return resp
         finally:
@@ -378,6 +408,8 @@ class Proxy:
             if gauge is not None:
                 gauge.dec()
                 self._watches.discard(up)
+            if transform is not None:
+                transform.close()
             if sink is not None:
                 try:
                     sink.done(ok)
