@@ -455,6 +455,8 @@ class Local:
     async def _write(self, request: web.Request, info: Any, reason: str) -> web.StreamResponse:
         body = await limits.read_body(request)
         content_type = request.headers.get("Content-Type", "")
+        if body and "json" in content_type.split(";")[0]:
+            json.loads(body)  # JSON (or a JSON patch) that does not parse is 400 offline as online, whatever comes next
         created = writes.body_name(body, content_type) if info.verb == "create" else None
         decision = writes.decide(info, node=self.node, created=created, holds=self._holds(info))
         log.debug("offline write %s %s: %s", info.verb, info.path, decision.why)
@@ -718,12 +720,15 @@ def _encode_continue(rv: str, last: str) -> str:
 
 
 def _decode_continue(token: str, view_rv: str) -> str | None:
-    """The key to continue after, or None when the token is not ours or the view moved since (→ 410 Expired)."""
+    """The key to continue after, or None when the token is not ours or the view moved since (→ 410 Expired). A
+    token that is no continue token at all (not base64 JSON) is InvalidRequest (400), as the API server says."""
     try:
         doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("v") != CONTINUE_VERSION or doc.get("rv") != view_rv:
+    except (ValueError, binascii.Error, RecursionError) as e:
+        raise errors.InvalidRequest(f"invalid continue token: {type(e).__name__}") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidRequest("invalid continue token: not an object")
+    if doc.get("v") != CONTINUE_VERSION or doc.get("rv") != view_rv:
         return None
     start = doc.get("start")
     return start if isinstance(start, str) and start else None
