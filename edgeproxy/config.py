@@ -94,8 +94,8 @@ _HELP = {
                                "(default 10)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
-    "tls-listen": "address of the HTTPS listener for in-cluster clients (kube-proxy, CoreDNS) with their own tokens, "
-                  "HOST:PORT; empty disables it (default)",
+    "tls-listen": "address of the HTTPS listener, HOST:PORT: kubelet with its client certificate (acts as the node), "
+                  "kube-proxy, CoreDNS and pods with their own tokens; empty disables it (default)",
     "tls-cert-file": "serving certificate of the HTTPS listener (default: one from the proxy's own CA)",
     "tls-key-file": "its key",
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
