@@ -218,13 +218,15 @@ class YurtHub:
         raise YurtHubError(f"yurthub not ready after {timeout:.0f} s ({last}); log: {self.log}\n" + self.tail())
 
     def online(self) -> bool:
-        """YurtHub's own view of the API server: node_yurthub_server_healthy_status (1 healthy, 0 not), which its
-        health checker sets from a heartbeat every --heartbeat-interval-seconds (3 failures: unhealthy)."""
+        """YurtHub's own view of the API server: node_yurthub_server_healthy_status (1 healthy, 0 not). Its health
+        checker renews the node's Lease every --heartbeat-interval-seconds (with --heartbeat-failed-retry retries);
+        one failed heartbeat makes the server unhealthy, --heartbeat-healthy-threshold (2) good ones healthy again.
+        The gauge is set only on those transitions: no sample yet means the healthy start."""
         with urllib.request.urlopen(self.ops_url + "/metrics", timeout=3) as r:
             text = r.read().decode()
-        values = [line.rsplit(" ", 1)[1] for line in text.splitlines()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                   if line.startswith("node_yurthub_server_healthy_status{")]
-        return any(float(v) == 1 for v in values)
+        return not values or any(v == 1 for v in values)
 
     def tail(self, n: int = 20) -> str:
         with contextlib.suppress(OSError):
