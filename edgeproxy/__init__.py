@@ -11,7 +11,8 @@ The data path reads down the tree; imports go downward only:
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
       └── demo, kubeconfig, install, debug                (the other subcommands)
-    kube/   the pure wire layer under all of them: bytes in, values out, no I/O
+    kube/   the pure wire layer under all of them: bytes in, values out, no I/O (jsonscan: msgspec's fast JSON
+            reading for the recorder, beside jsonwire, the stdlib reference)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
