@@ -4,15 +4,18 @@ The data path reads down the tree; imports go downward only:
 
     cli ── server ── proxy ──┬── upstream ── httpclient   (API server pool: TLS, health, failover, header deadline)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
+      │                      ├── filters/                 (response filters between upstream and client+recorder:
+      │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
       │                                 ├── writes        (offline write policy, a pure decision)
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
+      ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
       └── demo, kubeconfig, install, debug                (the other subcommands)
-    kube/   the pure wire layer under all of them: bytes in, values out, no I/O (jsonscan: msgspec's fast JSON
-            reading for the recorder, beside jsonwire, the stdlib reference)
+    kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
+            byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:

@@ -27,12 +27,13 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, logs, metrics, upstream
+from edgeproxy.guard import trust as trust_
 from edgeproxy.kube import duration
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
@@ -55,15 +56,20 @@ class Route(enum.Enum):
     UPSTREAM = "upstream"  # forward, stream back, tee to the recorder
     LOCAL = "local"  # answer from the cache (offline)
     REJECT = "reject"  # answer with an error from the proxy itself
+    UNAUTHORIZED = "unauthorized"  # 401: no bearer token, and this connection may not act as the node (guard.trust)
 
 
-def route(info: kube_request.RequestInfo | None, online: bool) -> Route:
-    """Where a request goes: the one routing decision, pure. `info` is None when the request did not classify.
+def route(info: kube_request.RequestInfo | None, online: bool, authorized: bool = True) -> Route:
+    """Where a request goes: the one routing decision, pure. `info` is None when the request did not classify;
+    `authorized` is False for a request without a bearer token on a connection that may not act as the node
+    (guard.trust): it goes nowhere, online or offline.
 
     Online, everything goes upstream: the API server is the authority, even on requests the proxy could not parse.
     Offline, what the cache may answer goes to the local side; an unparseable request or a `connect` (exec, attach,
     port-forward: a live session with a container, nothing a cache holds) is rejected.
     """
+    if not authorized:
+        return Route.UNAUTHORIZED
     if online:
         return Route.UPSTREAM
     if info is None or info.verb == "connect":
@@ -117,6 +123,19 @@ class Identities(Protocol):
 
     def answered(self, info: kube_request.RequestInfo, headers: Mapping[str, str],
                  status: int) -> kube_request.RequestInfo: ...
+
+
+class Filters(Protocol):
+    """edgeproxy.filters.stage.Stage: `select(info)` -> a chain or None (most requests), `prepare(chain)` before
+    sending, `begin(chain, info, status, headers, abort)` -> a transform whose feed(chunk)/end() give the bytes to
+    pass on to the client and the recorder alike."""
+
+    def select(self, info: kube_request.RequestInfo | None) -> object | None: ...
+
+    async def prepare(self, chain: object) -> None: ...
+
+    def begin(self, chain: object, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str],
+              abort: object = None) -> object | None: ...
 
 
 class Local(Protocol):
@@ -180,11 +199,16 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "filters", "identities", "local", "recorder", "trust",
+                 "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
-                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
+                 trust: trust_.NodeTrust | None = None, filters: Filters | None = None) -> None:
         self.upstream = up
+        # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
+        self.trust = trust
+        self.filters = filters  # the response-filter stage (edgeproxy.filters), between upstream and client+recorder
         self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
         # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
         self.classify = Classifier(aliases, identities)
@@ -206,7 +230,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.monotonic()
         info, error = self.classify(request)
-        decision = route(info, self.upstream.online)
+        decision = route(info, self.upstream.online, self._may_act_as_node(request, info))
         answered_by = "upstream"
         note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
@@ -223,6 +247,12 @@ class Proxy:
             elif decision is Route.LOCAL:
                 answered_by, note = "cache", "offline"
                 resp = await self._local(request, info, "offline", start)
+            elif decision is Route.UNAUTHORIZED:
+                tls = request.transport is not None and request.transport.get_extra_info("ssl_object") is not None
+                answered_by, note = "proxy", "no credentials and no node certificate"
+                assert self.trust is not None
+                self.trust.warn(request.remote, tls)
+                resp = status_response(401, "Unauthorized", self.trust.refusal_message(tls))
             else:
                 answered_by, note = "proxy", str(error) if error is not None else "offline"
                 if error is not None:
@@ -241,6 +271,12 @@ class Proxy:
                          verb=info.verb if info is not None else request.method.lower(), path=request.path,
                          code=int(code), source=answered_by, duration=time.monotonic() - start,
                          resource=info.resource if info is not None else "", note=note)
+
+    def _may_act_as_node(self, request: web.BaseRequest, info: kube_request.RequestInfo | None) -> bool:
+        """True when the request has its own bearer token (not the node: the API server, or offline
+        edgeproxy.identity, judges it), or when its connection may act as the node (guard.trust)."""
+        has_token = bool(info.client.identity) if info is not None else bool(kube_request.bearer_token(request.headers))
+        return has_token or self.trust is None or self.trust.allows(request.transport)
 
     async def _local(self, request: web.BaseRequest, info: kube_request.RequestInfo | None, reason: str,
                      start: float) -> web.StreamResponse:
@@ -271,11 +307,20 @@ class Proxy:
                 self._tx.inc(len(body))
             else:
                 body = _counted(request.content.iter_any(), self._tx)
+        chain = self.filters.select(info) if self.filters is not None else None
+        if chain is not None:
+            headers.popall("Accept-Encoding", None)  # a filter reads the body: ask for it uncompressed
+            await self.filters.prepare(chain)
         _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
                                          header_timeout=header_deadline(info, self.upstream.header_timeout))
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
+        transform: Any = None
+        if chain is not None and info is not None:
+            transform = self.filters.begin(chain, info, up.status, up.headers, up.close)
+            if transform is not None:
+                resp.headers.popall("Content-Length", None)  # a rewritten body has its own length
         if self.identities is not None and info is not None and info.client.identity:
             # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
             info = self.identities.answered(info, request.headers, up.status)
@@ -296,6 +341,8 @@ class Proxy:
             try:
                 while chunk := await up.read():
                     self._rx.inc(len(chunk))
+                    if transform is not None and not (chunk := transform.feed(chunk)):
+                        continue
                     if sink is not None:
                         sink.feed(chunk)
                     await resp.write(chunk)
@@ -311,6 +358,11 @@ class Proxy:
                     if request.transport is not None:
                         request.transport.close()
                     return resp
+            if transform is not None and (tail := transform.end()):
+                # a filtered list or object whole; a filtered watch's closing ERROR (its filter's inputs changed)
+                if sink is not None:
+                    sink.feed(tail)
+                await resp.write(tail)
             await resp.write_eof()
             return resp
         finally:
@@ -323,6 +375,8 @@ class Proxy:
             if gauge is not None:
                 gauge.dec()
                 self._watches.discard(up)
+            if transform is not None:
+                transform.close()
             if sink is not None:
                 try:
                     sink.done(ok)

@@ -34,12 +34,18 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, metrics, notify, proxy, tasks, tls, upstream
+from edgeproxy.filters import chain as filters_chain
+from edgeproxy.filters import facts as filters_facts
+from edgeproxy.filters import stage as filters_stage
+from edgeproxy.guard import trust
+from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ class Service:
     ops_url: str | None
     started_at: float
     tls_url: str | None = None
+    in_cluster_url: str | None = None
+    filters: object | None = None  # edgeproxy.filters.stage.Stage, or None when every filter is off
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -68,6 +76,8 @@ class Service:
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
             "local": type(self.proxy.local).__name__,
             "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
+            "in_cluster_listen": self.in_cluster_url,
+            "filters": self.filters.state() if self.filters is not None else None,  # type: ignore[attr-defined]
             "config": cfg,  # names files, never their contents: no secret in here
         }
 
@@ -75,7 +85,7 @@ class Service:
 MAX_REQUEST_HEAD = 1 << 20
 
 
-def proxy_server(handler: proxy.Proxy) -> web.Server:
+def proxy_server(handler: proxy.Proxy, handle: Any = None) -> web.Server:
     """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
     the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
     cancels its handler, which closes its upstream request (a watch would otherwise linger until its next event)."""
@@ -87,8 +97,9 @@ def proxy_server(handler: proxy.Proxy) -> web.Server:
 
     # The API server (Go's net/http, MaxHeaderBytes 1 MiB) takes request lines and headers up to 1 MiB, aiohttp only
     # 8190 bytes: a long label selector must reach it, not die here. Bodies pass as sent (gzip stays gzip).
-    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None,
-                      max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD, auto_decompress=False)
+    return web.Server(handle or handler.handle, request_factory=request_factory, handler_cancellation=True,
+                      access_log=None, max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD,
+                      auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -144,6 +155,22 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy
         return None, None
 
 
+def response_filters(config: config_mod.Config, up: upstream.Upstream,
+                     recorder: proxy.Recorder | None) -> filters_stage.Stage | None:
+    """The response-filter stage (edgeproxy/filters) the settings ask for, or None when every filter is off. The
+    redirect's port is set once the in-cluster listener is bound."""
+    components = frozenset(c.strip().lower() for c in config.filter_components.split(",") if c.strip())
+    redirect = (config_mod.split_address(config.in_cluster_address) if config.in_cluster_address else None)
+    settings = filters_chain.Settings(components=components, topology=config.service_topology, redirect=redirect)
+    if not settings.any or not components:
+        return None
+    facts = None
+    if settings.topology:
+        facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label)
+    writer = getattr(recorder, "writer", None)
+    return filters_stage.Stage(settings, facts, invalidate=writer.mark_incomplete if writer is not None else None)
+
+
 def token_identities(config: config_mod.Config, local: proxy.Local | None,
                      up: upstream.Upstream) -> identity.Identities | None:
     """Which tokens share their ServiceAccount's cache partition (identity.py), remembered under the cache
@@ -171,11 +198,15 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up)
     identities = token_identities(config, local, up)
+    node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
+    stage = response_filters(config, up, recorder)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
-                          identities=identities)
+                          identities=identities, trust=node_trust, filters=stage)
     await up.start()
     runners: list[web.BaseRunner] = []
+    background: list[asyncio.Task[None]] = []
     reloading: asyncio.Task[None] | None = None
+    refreshing: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
@@ -186,7 +217,19 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
             service.ops_url = await start_listener(runners, ops, ops_host, ops_port)
         if config.tls_listen:
-            service.tls_url = await _start_tls(runners[0], config)
+            service.tls_url, ca_waiting = await _start_tls(runners[0], config)
+            if ca_waiting is not None:
+                background.append(tasks.spawn(ca_waiting, name="client-ca-wait"))
+        _log_trust(node_trust, service)
+        service.filters = stage
+        if config.in_cluster_address:
+            service.in_cluster_url = await _start_in_cluster(runners, handler, config)
+            if stage is not None:  # the port actually bound (0 in tests picks one)
+                ip = config_mod.split_address(config.in_cluster_address)[0]
+                port = int(service.in_cluster_url.rsplit(":", 1)[1])
+                stage.settings = dataclasses.replace(stage.settings, redirect=(ip, port))
+        if stage is not None and stage.facts is not None:
+            refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
@@ -199,6 +242,10 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         metrics.CACHE.detach(up)
         if reloading is not None:
             reloading.cancel()
+        if refreshing is not None:
+            refreshing.cancel()
+        for task in background:
+            task.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
@@ -247,10 +294,41 @@ def _status_line(service: Service) -> str:
 # ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----
 
 
-async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
+def _log_trust(node_trust: trust.NodeTrust, service: Service) -> None:
+    """Say at start who may act as the node, and warn when nobody can (kubelet would get 401s)."""
+    if node_trust.plain_as_node:
+        log.warning("--plain-as-node is on: anyone who can connect to %s acts as %s", service.url,
+                    node_trust.user or "the node", extra={"event": "plain_as_node"})
+    elif service.tls_url is None or node_trust.node is None:
+        log.warning("no client can act as the node: %s; requests without a bearer token get 401",
+                    "the node's name is unknown (set --node-name)" if node_trust.node is None
+                    else "the HTTPS listener is off (set --tls-listen, or --plain-as-node on)")
+    else:
+        log.info("%s acts as %s with its client certificate; %s does not act as the node", service.tls_url,
+                 node_trust.user, service.url)
+
+
+async def _wait_for_client_ca(ctx: ssl.SSLContext, path: str, interval: float) -> None:
+    """The cluster CA is copied in by edgeproxy-credentials.service, maybe after the proxy started: once it is there,
+    new connections are asked for client certificates verified against it (kubelet's then acts as the node)."""
+    while not os.path.exists(path):
+        await asyncio.sleep(interval)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as e:
+        log.error("client CA %s cannot be loaded (%s): no client certificate is verified until a restart", path, e)
+        return
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    log.info("client CA %s loaded: the HTTPS listener verifies client certificates now", path,
+             extra={"event": "client_ca_loaded"})
+
+
+async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
+                     ) -> tuple[str, Coroutine[None, None, None] | None]:
     """Add the HTTPS site to the proxy listener's runner: the same handler, so a request with its own token goes
     upstream with it and is cached under its identity. Client certificates, when presented, are verified against
-    the client CA (the cluster CA)."""
+    the client CA (the cluster CA); kubelet's acts as the node (guard/trust.py). Returns the URL, and a coroutine to
+    run when the client CA is not there yet (it loads it when it appears)."""
     if config.tls_cert_file:
         cert, key = config.tls_cert_file, config.tls_key_file
     else:
@@ -263,15 +341,40 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
     if client_ca and not os.path.exists(client_ca):
         # The cluster CA is copied in by edgeproxy-credentials.service; until it is there, accept connections
         # without asking for client certificates rather than not serving in-cluster clients at all.
-        log.warning("client CA %s is missing: the HTTPS listener does not verify client certificates", client_ca)
+        log.warning("client CA %s is missing: the HTTPS listener does not verify client certificates (so none acts "
+                    "as the node) until it appears", client_ca)
+        waiting: str | None = client_ca
         client_ca = None
+    else:
+        waiting = None
     ctx = tls.server_context(cert, key, client_ca)
     metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
     host, port = config_mod.split_address(config.tls_listen)
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
     await site.start()
     sock_host, sock_port = runner.addresses[-1][:2]
-    return f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+    url = f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+    interval = config.cert_reload_interval if config.cert_reload_interval > 0 else 10.0
+    return url, (_wait_for_client_ca(ctx, waiting, interval) if waiting else None)
+
+
+async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config) -> str:
+    """The in-cluster listener: HTTPS on the node-local address kube-proxy sends `kubernetes.default` traffic to.
+    Any pod on the node can reach it, so a request without its own bearer token is refused here (401, as the API
+    server answers an anonymous request it does not accept) instead of going upstream as the node."""
+
+    async def token_only(request: web.BaseRequest) -> web.StreamResponse:
+        if not kube_request.bearer_token(request.headers):
+            return proxy.status_response(401, "Unauthorized", "Unauthorized")
+        return await handler.handle(request)
+
+    server = proxy_server(handler, token_only)
+    ctx = tls.server_context(config.tls_cert_file, config.tls_key_file, None)
+    host, port = config_mod.split_address(config.in_cluster_address)
+    url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,
+                               port, ssl_context=ctx)
+    log.info("in-cluster listener on %s: kube-proxy's default/kubernetes endpoints point here", url)
+    return url
 
 
 def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tls.Reloader | None:

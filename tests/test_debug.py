@@ -248,7 +248,7 @@ async def running_proxy(tmp_path):
     async with Simulator(pki_dir=tmp_path / "pki") as sim:
         kubeconfig = sim.kubeconfig(tmp_path / "upstream.kubeconfig", user="node")
         cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
-                            probe_interval=30, cache_dir=str(tmp_path / "cache"))
+                            probe_interval=30, cache_dir=str(tmp_path / "cache"), plain_as_node=True)
         async with server.running(cfg) as svc:
             yield sim, svc, kubeconfig
 
@@ -278,6 +278,8 @@ async def test_diagnose_shows_what_a_component_asked_and_got(tmp_path, running_p
     assert re_line(out, r"list\s+endpointslices\s+200 upstream\s+1")
     assert "last errors (1):" in out and re_line(out, r"list\s+403 upstream .* /api/v1/pods")
     assert "watches open now: 1 from upstream" in out
+    # kube-proxy's EndpointSlices pass the response filters (none opted in here: nothing changed)
+    assert re_line(out, r"kube-proxy discovery.k8s.io/v1 endpointslices.*: 1 answers, nothing changed")
     assert await asyncio.to_thread(cli.main, [*args[:2], "coredns", *args[3:]]) == 1
     assert "Components seen: kube-proxy" in capsys.readouterr().out
 
@@ -357,12 +359,21 @@ def test_kubelet_wiring_is_checked(tmp_path):
     kc = tmp_path / "etc/edgeproxy/kubelet.kubeconfig"
     dropin.write_text(dropin.read_text().replace("/etc/edgeproxy/kubelet.kubeconfig", str(kc)))
     report = debug.Report()
-    debug.check_kubelet(config.Config(), report, str(dropin))
-    assert report.findings[-1].status == "ok" and "http://127.0.0.1:10261" in report.findings[-1].message
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:10268"), report, str(dropin))
+    assert report.findings[-1].status == "ok" and "https://127.0.0.1:10268" in report.findings[-1].message
     report = debug.Report()
-    debug.check_kubelet(config.Config(listen="127.0.0.1:9999"), report, str(dropin))
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:9999"), report, str(dropin))
     (line,) = report.failed
-    assert "points at http://127.0.0.1:10261, the proxy listens on 127.0.0.1:9999" in line.message
+    assert "points at https://127.0.0.1:10268, the proxy listens on https 127.0.0.1:9999" in line.message
+    # the old, credential-less set-up on the plain listener: only with --plain-as-node on
+    kc.write_text(kc.read_text().replace("https://127.0.0.1:10268", "http://127.0.0.1:10261"))
+    report = debug.Report()
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:10268"), report, str(dropin))
+    (line,) = report.failed
+    assert "plain HTTP acts as the node only with --plain-as-node on" in line.message
+    report = debug.Report()
+    debug.check_kubelet(config.Config(plain_as_node=True), report, str(dropin))
+    assert report.findings[-1].status == "ok"
 
 
 def test_diagnose_lists_the_components_cached_views(tmp_path):
