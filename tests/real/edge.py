@@ -15,9 +15,10 @@ Addresses: each edge host takes a free /30 of 10.251.0.0/16 (host side .1, names
 lock file so concurrent test sessions never share one. The namespace is named `ep-real-<pid>-<slot>`; namespaces
 left behind by a test process that no longer exists are deleted at the next start.
 
-Inside the namespace: edgeproxy listens on 127.0.0.1:10261 (kubelet, plain HTTP, no credentials: upstream as the
-node's client certificate) and 127.0.0.1:10268 (HTTPS: kube-proxy and CoreDNS with their own ServiceAccount tokens),
-its ops listener on <edge ip>:10267; the WAN is https://<host ip>:<port>, relayed to the API server on loopback.
+Inside the namespace: edgeproxy listens on 127.0.0.1:10261 (plain HTTP: bearer tokens only) and 127.0.0.1:10268
+(HTTPS, client certificates verified against the cluster CA): the kubelet comes with the node's client certificate
+(upstream as the node), kube-proxy and CoreDNS with their own ServiceAccount tokens; its ops listener is on
+<edge ip>:10267; the WAN is https://<host ip>:<port>, relayed to the API server on loopback.
 `proxy="forward"` (or EDGEPROXY_REAL_PROXY=forward) runs edgeproxy with --cache off: a plain forwarder, the baseline
 the offline tests must fail against.
 """
@@ -155,7 +156,7 @@ class EdgeHost:
         self.upstream_kubeconfig = write_kubeconfig(self.dir / "upstream.kubeconfig", self.wan.url,
                                                     ca_file=c.ca_file, cert=cert, key=key,
                                                     tls_server_name=SERVER_NAME)
-        self.kubelet_kubeconfig = write_kubeconfig(self.dir / "kubelet.kubeconfig", f"http://127.0.0.1:{PROXY_PORT}")
+        self.node_cert = (cert, key)
         c.service_account("kube-system", "kube-proxy", cluster_role="system:node-proxier")
         c.service_account("kube-system", "coredns", rules=COREDNS_RULES)
         self.tokens = {"kube-proxy": c.sa_token("kube-system", "kube-proxy"),
@@ -212,6 +213,7 @@ class EdgeHost:
         argv = [sys.executable, "-m", "edgeproxy", "--log-level", level, "serve",
                 "--kubeconfig", self.upstream_kubeconfig,
                 "--listen", f"127.0.0.1:{PROXY_PORT}", "--tls-listen", f"127.0.0.1:{TLS_PORT}",
+                "--client-ca-file", self.cluster.ca_file,
                 "--ops-listen", f"{self.netns.edge_ip}:{OPS_PORT}", "--cache-dir", self.cache_dir,
                 "--probe-interval", "1", "--offline-after", "2", "--online-after", "1", "--connect-timeout", "1",
                 "--upstream-header-timeout", "5", "--shutdown-timeout", "1"]
@@ -229,12 +231,19 @@ class EdgeHost:
         tmp = self.dir / "tmp"
         tmp.mkdir(exist_ok=True)
         argv = [self.cluster.bin / "kubemark", "--morph=kubelet", f"--name={self.node}",
-                f"--kubeconfig={self.kubelet_kubeconfig}", "--use-host-image-service=false",
+                f"--kubeconfig={self._kubelet_kubeconfig()}", "--use-host-image-service=false",
                 *self._feature_gates(), "--v=2", *self.kubelet_flags]
         # the hollow kubelet makes its root dir under $TMPDIR, a fresh one each start
         p = self._proc("kubelet", argv, env={"TMPDIR": str(tmp)})
         wait_for(lambda: self._kubelet_get("/healthz") == b"ok", 60, "kubelet /healthz", procs=[p])
         return p
+
+    def _kubelet_kubeconfig(self) -> Path:
+        """kubelet → edgeproxy's HTTPS listener with the node's client certificate (the plain listener does not act
+        as the node unless --plain-as-node on)."""
+        return write_kubeconfig(self.dir / "kubelet.kubeconfig", f"https://127.0.0.1:{TLS_PORT}",
+                                ca_file=self.cache_dir / "pki" / "ca.crt", cert=self.node_cert[0],
+                                key=self.node_cert[1])
 
     def _token_kubeconfig(self, who: str) -> Path:
         return write_kubeconfig(self.dir / f"{who}.kubeconfig", f"https://127.0.0.1:{TLS_PORT}",

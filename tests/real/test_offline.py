@@ -1,7 +1,7 @@
 """Real Kubernetes through edgeproxy, online and through a WAN outage, with client-go's WatchListClient off and on.
 
 One edge host per WatchListClient setting (module scope: the steps below run in order on it): a hollow kubelet
-(node identity, plain HTTP), a hollow kube-proxy and CoreDNS (their own ServiceAccount tokens over the HTTPS
+(the node's client certificate), a hollow kube-proxy and CoreDNS (their own ServiceAccount tokens over the HTTPS
 listener), all through edgeproxy, across a WAN relay to a real kube-apiserver.
 
     online pass-through → WAN cut → every client restarted offline → pods running again from the cache, CoreDNS
@@ -30,6 +30,8 @@ class Site:
         self.cluster, self.edge, self.namespace, self.cluster_ip = cluster, edge, namespace, cluster_ip
         self.names = [f"{edge.node}-pod-{i}" for i in range(PODS)]
         self.service_name = f"web.{namespace}.svc.cluster.local"
+        self.watchlist: bool | None = None
+        self.counts_at_start: dict[tuple[str, str], int] = {}
 
     def api_phases(self) -> dict[str, str]:
         """Each pod's phase in the API server (GETs: the test's own requests must not count as LISTs)."""
@@ -43,7 +45,7 @@ class Site:
         return self.edge.running_pods() == len(self.names) and self.kubelet_has_all()
 
 
-@pytest.fixture(scope="module", params=[None], ids=["default"])
+@pytest.fixture(scope="module", params=[False, True], ids=["watchlist-off", "watchlist-on"])
 def site(request: pytest.FixtureRequest, real_cluster: Cluster,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     watchlist: bool = request.param
@@ -52,8 +54,11 @@ def site(request: pytest.FixtureRequest, real_cluster: Cluster,
     cluster_ip = real_cluster.create_service(ns, "web")
     real_cluster.create_pods(node, PODS, namespace=ns)
     edge = EdgeHost(real_cluster, Path(tmp_path_factory.mktemp(node)), node, watchlist=watchlist)
+    before = real_cluster.request_counts()
     with edge:
-        yield Site(real_cluster, edge, ns, cluster_ip)
+        site = Site(real_cluster, edge, ns, cluster_ip)
+        site.watchlist, site.counts_at_start = watchlist, before
+        yield site
 
 
 def test_online_pass_through(site: Site) -> None:
@@ -69,6 +74,11 @@ def test_online_pass_through(site: Site) -> None:
     assert wait_for(lambda: e.dig(site.service_name) == [site.cluster_ip], 30, "CoreDNS answering online")
     assert e.kube_proxy_synced()
     assert e.wan is not None and e.wan.stats()["bytes_down"] > 0
+    # the clients listed as WatchListClient says: pods by LIST, or by a watch-list (sendInitialEvents)
+    grew = site.cluster.request_counts()
+    lists = count_diff(grew, site.counts_at_start, "LIST").get(("LIST", "pods"), 0)
+    watch_lists = count_diff(grew, site.counts_at_start, "WATCHLIST").get(("WATCHLIST", "pods"), 0)
+    assert (watch_lists > 0 and lists == 0) if site.watchlist else (lists > 0 and watch_lists == 0)
 
 
 def test_wan_cut(site: Site) -> None:

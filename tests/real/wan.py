@@ -155,11 +155,11 @@ class Wan:
                 if not data:
                     break
                 await self._flowing.wait()  # read before a black hole began: held, not delivered, until restore
-                w.write(data)
-                if up:
+                if up:  # counted before the write: a reader that got the bytes sees them counted
                     self.bytes_up += len(data)
                 else:
                     self.bytes_down += len(data)
+                w.write(data)
                 await w.drain()
         finally:
             with contextlib.suppress(Exception):
