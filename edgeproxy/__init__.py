@@ -2,7 +2,8 @@
 
 The data path reads down the tree; imports go downward only:
 
-    cli ── server ── proxy ──┬── upstream ── httpclient   (API server pool: TLS, health, failover, header deadline)
+    cli ── server ── proxy ──┬── upstream ─┬ httpclient   (API server pool: TLS, health, failover, header deadline)
+      │                      │             └ h2/          (HTTP/2: one multiplexed connection per identity, PINGs)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
@@ -12,7 +13,8 @@ The data path reads down the tree; imports go downward only:
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
       └── demo, kubeconfig, install, debug                (the other subcommands)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O
-    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
+    h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
+    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (h2front: its HTTP/2 face)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
 `cache` knows nothing of HTTP, `cni_plugin` uses the standard library only.
