@@ -106,7 +106,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeproxy", "--log-level", "warning", "serve", "--kubeconfig", str(kubeconfig),
              "--cache-dir", str(cache_dir), "--listen", f"127.0.0.1:{self.port}", "--ops-listen", f"127.0.0.1:{ops}",
-             *probing, "--connect-timeout", "1"])
+             *probing, "--connect-timeout", "1", "--plain-as-node", "on"])
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -64,7 +64,7 @@ def edgeproxy(work: Path, server: str, pki, *, cache: bool = True) -> Iterator[t
     port = harness.free_port()
     argv = [sys.executable, "-m", "edgeproxy", "--log-level", "warning", "serve", "--kubeconfig", str(kubeconfig),
             "--listen", f"127.0.0.1:{port}", "--ops-listen", "", "--cache-dir", str(work / f"{name}-cache"),
-            "--cache", "on" if cache else "off"]
+            "--cache", "on" if cache else "off", "--plain-as-node", "on"]
     with harness.process(argv, port=port, log=work / f"{name}.log") as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
 

@@ -11,6 +11,7 @@ The data path reads down the tree; imports go downward only:
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
+      ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
       └── demo, kubeconfig, install, debug                (the other subcommands)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)

@@ -56,6 +56,10 @@ class Config:
     tls_pki_dir: str = ""  # "" = <cache_dir>/pki
     tls_sans: str = "127.0.0.1,::1,localhost"  # names of that own certificate, comma-separated
     client_ca_file: str = ""  # verify presented client certificates against it (the cluster CA)
+    # Who may act as the node (guard/trust.py): a client certificate of system:node:<node_name> on the HTTPS
+    # listener; on the plain listener only with plain_as_node (anyone who can connect to it is then the node).
+    node_name: str = ""  # "" = from the upstream client certificate (CN system:node:<name>)
+    plain_as_node: bool = False
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
 
@@ -102,6 +106,12 @@ _HELP = {
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
     "tls-sans": "names (IPs, DNS) of that own serving certificate, comma-separated (default 127.0.0.1,::1,localhost)",
     "client-ca-file": "CA to verify client certificates against on the HTTPS listener (the cluster CA)",
+    "node-name": "this node's name (default: from the upstream kubeconfig's client certificate, "
+                 "CN system:node:NAME); a client certificate of system:node:NAME acts as the node on the HTTPS "
+                 "listener",
+    "plain-as-node": "on or off: let every request without a bearer token on the plain-HTTP listener act as the node "
+                     "(anyone who can connect to it reads and writes what the node may); default off: there, such "
+                     "requests get 401, and kubelet uses the HTTPS listener with its client certificate",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
 }

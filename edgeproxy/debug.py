@@ -390,6 +390,27 @@ def check_cache(cfg: config_mod.Config, report: Report) -> None:
         report.add("ok", "cache", f"every record reads back: {summary}{extra}")
 
 
+def _kubeconfig_server(path: str) -> str:
+    """The server of a kubeconfig's current context, without opening the files it names (kubelet's client
+    certificate is root's, and this check may run as another user)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        name = doc.get("current-context") or ""
+        contexts = doc.get("contexts") or []
+        ctx = next((c.get("context") or {} for c in contexts if c.get("name") == name), None)
+        ctx = ctx if ctx is not None else ((contexts[0].get("context") or {}) if len(contexts) == 1 else {})
+        cluster = next((c.get("cluster") or {} for c in doc.get("clusters") or []
+                        if c.get("name") == ctx.get("cluster")), {})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as e:
+        raise upstream.KubeconfigError(f"cannot read kubeconfig {path}: {e}") from e
+    server = str(cluster.get("server") or "").rstrip("/")
+    if not server:
+        raise upstream.KubeconfigError(f"{path}: no server for context {name!r}")
+    return server
+
+
 def check_kubelet(cfg: config_mod.Config, report: Report, dropin: str = KUBELET_DROPIN) -> None:
     """Whether kubelet is wired to the proxy: the drop-in is there and its kubeconfig names the proxy listener."""
     if not os.path.exists(dropin):
@@ -402,15 +423,25 @@ def check_kubelet(cfg: config_mod.Config, report: Report, dropin: str = KUBELET_
         report.add("warn", "kubelet", f"{dropin} sets no --kubeconfig", "edgeproxy install-systemd --force")
         return
     try:
-        server = upstream.load_kubeconfig(match.group(1)).servers[0]
+        server = _kubeconfig_server(match.group(1))
     except upstream.UpstreamError as e:
         report.add("fail", "kubelet", f"kubelet's kubeconfig: {e}", "edgeproxy install-systemd")
         return
-    host, port = config_mod.split_address(cfg.listen)
-    wanted = {f"http://{host}:{port}", f"http://localhost:{port}"} if host == "127.0.0.1" else {f"http://{host}:{port}"}
+    # kubelet acts as the node over HTTPS with its client certificate; over plain HTTP only with --plain-as-node on
+    wanted: set[str] = set()
+    for scheme, address in (("https", cfg.tls_listen), ("http", cfg.listen if cfg.plain_as_node else "")):
+        if address:
+            host, port = config_mod.split_address(address)
+            wanted.add(f"{scheme}://{host}:{port}")
+            if host == "127.0.0.1":
+                wanted.add(f"{scheme}://localhost:{port}")
+    listens = " or ".join(f"{scheme} {a}" for scheme, a in (("https", cfg.tls_listen), ("http", cfg.listen)) if a)
     if server not in wanted:
+        why = (" (plain HTTP acts as the node only with --plain-as-node on)"
+               if server.startswith("http://") and not cfg.plain_as_node else "")
+        target = f"https://{cfg.tls_listen}" if cfg.tls_listen else f"http://{cfg.listen}"
         report.add("fail", "kubelet", f"kubelet's kubeconfig {match.group(1)} points at {server}, the proxy listens "
-                   f"on {cfg.listen}", f"edgeproxy kubeconfig --component kubelet --server http://{cfg.listen} "
+                   f"on {listens}{why}", f"edgeproxy kubeconfig --component kubelet --server {target} "
                    f"--out {match.group(1)}; systemctl restart kubelet")
     else:
         report.add("ok", "kubelet", f"kubelet goes through the proxy ({server})")

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -164,7 +165,8 @@ class Client:
                  "pods", "rv", "seen", "session", "stopping", "upstream_online")
 
     def __init__(self, base: str, narrator: Narrator, pace: Pace, *, user_agent: str, field_selector: str = "",
-                 namespace: str = "", upstream_online: Callable[[], bool] | None = None) -> None:
+                 namespace: str = "", upstream_online: Callable[[], bool] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.base = base
         self.narrator = narrator
         self.pace = pace
@@ -172,7 +174,9 @@ class Client:
         self.namespace = namespace
         self.upstream_online = upstream_online
         self.session = aiohttp.ClientSession(headers={"User-Agent": user_agent, "Accept": "application/json"},
-                                             timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None))
+                                             timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None),
+                                             connector=aiohttp.TCPConnector(ssl=ssl_context)
+                                             if ssl_context is not None else None)
         self.pods: dict[str, dict[str, Any]] = {}  # namespace/name -> object: the client's view of its pods
         self.rv = ""
         self.seen: list[Seen] = []
@@ -397,8 +401,12 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def proxy_stack(kubeconfig: Path, cache_dir: Path, pace: Pace, node: str | None) -> AsyncIterator[Stack]:
-    """edgeproxy on 127.0.0.1 (a free port) in front of `kubeconfig`'s server, with its cache in `cache_dir`.
+async def proxy_stack(kubeconfig: Path, cache_dir: Path, pace: Pace, node: str | None,
+                      client_ca: Path | None = None) -> AsyncIterator[Stack]:
+    """edgeproxy on 127.0.0.1 (free ports) in front of `kubeconfig`'s server, with its cache in `cache_dir`. With
+    `client_ca` (the cluster CA), kubelet-style clients use the HTTPS listener with the node's client certificate, as
+    `edgeproxy install-systemd` sets kubelet up; without, the plain listener acts as the node (--plain-as-node on),
+    which the read-only demo against a real cluster uses on a throwaway loopback port.
 
     The parts are wired as edgeproxy.offline.hooks wires them for `edgeproxy serve`, built here so the demo can give
     its own intervals and read the store it narrates.
@@ -420,7 +428,8 @@ async def proxy_stack(kubeconfig: Path, cache_dir: Path, pace: Pace, node: str |
     cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="", cache_dir=str(cache_dir),
                         probe_interval=pace.probe_interval, probe_timeout=max(0.5, pace.probe_interval),
                         offline_after=pace.offline_after, online_after=pace.online_after, connect_timeout=2.0,
-                        shutdown_timeout=0.5)
+                        shutdown_timeout=0.5, tls_listen="127.0.0.1:0" if client_ca else "",
+                        client_ca_file=str(client_ca or ""), plain_as_node=client_ca is None)
     try:
         async with server.running(cfg, recorder=rec, local=loc) as service:
             up = service.upstream
@@ -431,6 +440,13 @@ async def proxy_stack(kubeconfig: Path, cache_dir: Path, pace: Pace, node: str |
         rec.close()
         w.close()
         st.close()
+
+
+def node_ssl(sim: Any, stack: Stack) -> ssl.SSLContext:
+    """What kubelet's kubeconfig gives it: trust in edgeproxy's own CA, and the node's client certificate."""
+    ctx = ssl.create_default_context(cafile=str(stack.cache_dir / "pki" / "ca.crt"))
+    ctx.load_cert_chain(str(sim.pki.node_cert), str(sim.pki.node_key))
+    return ctx
 
 
 def describe_cache(narrator: Narrator, stack: Stack, client: str) -> None:
@@ -505,9 +521,10 @@ async def simulated(args: argparse.Namespace, narrator: Narrator, tmp: Path) -> 
         n.more(f"{len(objects['nodes'])} nodes, {len(objects['pods'])} pods, "
                f"{sum(len(v) for v in objects.values())} objects in all")
         node_kubeconfig = sim.kubeconfig(tmp / "node.kubeconfig", user="node")
-        async with proxy_stack(node_kubeconfig, tmp / "cache", pace, NODE) as stack:
+        async with proxy_stack(node_kubeconfig, tmp / "cache", pace, NODE, client_ca=sim.pki.ca_cert) as stack:
             up = stack.service.upstream
-            n.say("edgeproxy", f"{stack.service.url} → the simulator, as the node (system:node:{NODE})")
+            assert stack.service.tls_url is not None
+            n.say("edgeproxy", f"{stack.service.tls_url} → the simulator, as the node (system:node:{NODE})")
             n.more(f"cache in {stack.cache_dir}; probes the API server's /readyz every {pace.probe_interval} s")
             faults: dict[str, float] = {}
 
@@ -521,10 +538,11 @@ async def simulated(args: argparse.Namespace, narrator: Narrator, tmp: Path) -> 
                     n.say("edgeproxy", f"OFFLINE{after}: answering from its cache", "yellow bold")
 
             up.on_change(state_changed)
-            client = Client(stack.service.url, n, pace, user_agent=USER_AGENT, field_selector=f"spec.nodeName={NODE}",
-                            upstream_online=lambda: bool(up.online))
-            n.say("client", f"a kubelet on {NODE}: plain HTTP to edgeproxy, no credentials of its own")
-            n.more("edgeproxy goes upstream with the node's client certificate, as it does for a real kubelet")
+            client = Client(stack.service.tls_url, n, pace, user_agent=USER_AGENT,
+                            field_selector=f"spec.nodeName={NODE}", upstream_online=lambda: bool(up.online),
+                            ssl_context=node_ssl(sim, stack))
+            n.say("client", f"a kubelet on {NODE}: HTTPS to edgeproxy with the node's client certificate")
+            n.more("edgeproxy checks it against the cluster CA, then goes upstream as the node, as for a real kubelet")
             try:
                 code = await _show(n, sim, stack, client, pace, wait, faults)
                 if args.keep_running:
@@ -641,8 +659,10 @@ async def _keep_running(n: Narrator, sim: Any, stack: Stack, tmp: Path) -> None:
     kubeconfig = tmp / "edgeproxy.kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "edgeproxy",
-        "clusters": [{"name": "edgeproxy", "cluster": {"server": stack.service.url}}],
-        "users": [{"name": "node", "user": {}}],
+        "clusters": [{"name": "edgeproxy", "cluster": {
+            "server": stack.service.tls_url, "certificate-authority": str(stack.cache_dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "node", "user": {"client-certificate": str(sim.pki.node_cert),
+                                            "client-key": str(sim.pki.node_key)}}],
         "contexts": [{"name": "edgeproxy", "context": {"cluster": "edgeproxy", "user": "node"}}],
     }, indent=2) + "\n")
     admin = sim.kubeconfig(tmp / "simulator-admin.kubeconfig", user="admin")

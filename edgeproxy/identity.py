@@ -52,6 +52,8 @@ FILE = "identities.json"
 MAX_REMEMBERED = 10_000  # accepted tokens kept: a few per ServiceAccount on a node
 NO_EXPIRY_KEEP = 7 * 86400  # a token without `exp` (a legacy Secret token) is believed this long after its last 2xx
 MAX_MEMO = 4096
+# The API server's default audience (--api-audiences defaults to its issuer): tokens for it are the API server's.
+API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 JWKS_PATH = "/openid/v1/jwks"
 JWKS_REFRESH = 3600.0  # the cluster's keys are fetched again at most this often (key rotation is rare)
 MAX_JWKS = 64 << 10
@@ -124,7 +126,7 @@ class Identities:
         entry = self._accepted.get(jwt.token_digest(token))
         if entry is not None and entry[0] == parsed.subject and now < entry[1]:
             return jwt.sa_identity(*sa), min(until, entry[1])
-        if self.vouch is not None and self.vouch(token):
+        if self.vouch is not None and self._for_the_api_server(parsed) and self.vouch(token):
             return jwt.sa_identity(*sa), until
         if self._cluster_signed(parsed):
             return jwt.sa_identity(*sa), until
@@ -188,6 +190,13 @@ class Identities:
         self._memo.pop(token, None)
 
     # ---------------------------------------------------------------- the cluster's keys
+
+    def _for_the_api_server(self, parsed: jwt.Jwt) -> bool:
+        """An audience the API server accepts: its default one, or one of a token it accepted. A token minted or
+        relayed for another audience (a vault sidecar's) is refused by the API server online, so offline it must not
+        read the account's cache either (issue 14 S1: a minted token never widens what its bearer could read)."""
+        accepted = set(API_AUDIENCES).union(*self._issuers.values())
+        return bool(set(parsed.audiences) & accepted)
 
     def _cluster_signed(self, parsed: jwt.Jwt) -> bool:
         """Signed by one of the cluster's service-account keys, for an issuer and an audience the API server was

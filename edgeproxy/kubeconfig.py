@@ -1,8 +1,11 @@
 """`edgeproxy kubeconfig`: write the kubeconfig that points one component at the local proxy (or the proxy upstream).
 
 Which listener a component gets follows from how client-go sends credentials: only to https:// servers.
-- kubelet → http://127.0.0.1:10261, no credentials. The proxy goes upstream with the node's client certificate,
-  which kubelet keeps rotating on disk; this is how operators wire YurtHub today.
+- kubelet → the HTTPS listener (https://127.0.0.1:10268) with its own client certificate (kubelet's rotating
+  /var/lib/kubelet/pki/kubelet-client-current.pem, as in its kubeadm kubeconfig) and the proxy's CA. The proxy checks
+  the certificate against the cluster CA and its name against system:node:<node>, then goes upstream with the node's
+  identity (guard/trust.py). `--server http://127.0.0.1:10261` writes the old, credential-less set-up for the plain
+  listener, which acts as the node only with `serve --plain-as-node on` (anyone on the host is then the node).
 - kube-proxy, coredns, any other in-cluster client → the HTTPS listener (https://127.0.0.1:10268) with its own
   ServiceAccount token (tokenFile, re-read by client-go as the kubelet rotates it) and the proxy's CA. Over plain
   HTTP client-go would drop the token, the request would reach the API server as the node, and the per-identity
@@ -31,6 +34,7 @@ PROXY_CA = "/etc/edgeproxy/pki/ca.crt"
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 UPSTREAM_CA = "/var/lib/edgeproxy/pki/ca.crt"
 UPSTREAM_CLIENT_CERT = "/var/lib/edgeproxy/pki/client.pem"
+KUBELET_CLIENT_CERT = "/var/lib/kubelet/pki/kubelet-client-current.pem"  # kubelet rotates it; holds the key too
 
 
 def build(
@@ -40,7 +44,7 @@ def build(
     certificate_authority: str | None = None,
     embed_ca: bool = False,
     token_file: str = SA_TOKEN,
-    client_certificate: str = UPSTREAM_CLIENT_CERT,
+    client_certificate: str | None = None,
     client_key: str | None = None,
 ) -> dict[str, Any]:
     """The kubeconfig document for `component` as a dict."""
@@ -50,14 +54,18 @@ def build(
     cluster: dict[str, Any] = {}
     user: dict[str, Any] = {}
     if component == "kubelet":
-        cluster["server"] = server or HTTP_SERVER
+        cluster["server"] = server or HTTPS_SERVER
+        if cluster["server"].startswith("https://"):
+            _set_ca(cluster, certificate_authority or PROXY_CA, embed_ca)
+            user["client-certificate"] = client_certificate or KUBELET_CLIENT_CERT
+            user["client-key"] = client_key or user["client-certificate"]
     elif component == "upstream":
         if not server:
             raise ValueError("--component upstream needs --server (the API server, as in /etc/kubernetes/kubelet.conf)")
         cluster["server"] = server
         _set_ca(cluster, certificate_authority or UPSTREAM_CA, embed_ca)
-        user["client-certificate"] = client_certificate
-        user["client-key"] = client_key or client_certificate  # kubelet's pem holds both
+        user["client-certificate"] = client_certificate or UPSTREAM_CLIENT_CERT
+        user["client-key"] = client_key or user["client-certificate"]  # kubelet's pem holds both
     else:
         cluster["server"] = server or HTTPS_SERVER
         _set_ca(cluster, certificate_authority or PROXY_CA, embed_ca)
@@ -139,16 +147,18 @@ def render(component: str, **kwargs: Any) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--component", required=True,
-                        help="kubelet (plain HTTP, no credentials), kube-proxy, coredns or any NAME (HTTPS with its "
-                             "ServiceAccount token), or upstream (what `serve --kubeconfig` reads)")
-    parser.add_argument("--server", help=f"URL to write (default {HTTP_SERVER} for kubelet, {HTTPS_SERVER} otherwise; "
-                                         "required for upstream)")
+                        help="kubelet (HTTPS with its own client certificate), kube-proxy, coredns or any NAME (HTTPS "
+                             "with its ServiceAccount token), or upstream (what `serve --kubeconfig` reads)")
+    parser.add_argument("--server", help=f"URL to write (default {HTTPS_SERVER}; required for upstream; "
+                                         f"kubelet with {HTTP_SERVER}: no credentials, for `serve --plain-as-node on`)")
     parser.add_argument("--certificate-authority", "--ca-file", dest="certificate_authority",
                         help=f"CA file to trust (default {PROXY_CA}: the proxy's own CA; for upstream {UPSTREAM_CA})")
     parser.add_argument("--embed-ca", action="store_true", help="inline the CA as certificate-authority-data")
     parser.add_argument("--token-file", default=SA_TOKEN, help="bearer token file for HTTPS components")
-    parser.add_argument("--client-certificate", default=UPSTREAM_CLIENT_CERT, help="upstream: node client cert (PEM)")
-    parser.add_argument("--client-key", help="upstream: its key (default: the certificate file, which holds both)")
+    parser.add_argument("--client-certificate", default=None,
+                        help=f"kubelet: its client certificate (default {KUBELET_CLIENT_CERT}); upstream: the node's "
+                             f"as copied for the proxy (default {UPSTREAM_CLIENT_CERT})")
+    parser.add_argument("--client-key", help="its key (default: the certificate file, which holds both)")
     parser.add_argument("--out", help="file to write (atomically); default stdout")
 
 

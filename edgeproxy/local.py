@@ -458,12 +458,48 @@ class Local:
             return _ok(decision.status, ct, out)
         if decision.action is action.TOKEN and self.tokens is not None:
             ask = tokens_.read_request(body, content_type, info.namespace or "", info.name or "")
+            refusal = tokens_.node_refusal(ask, self.node, self.pod_facts(ask))
+            if refusal is not None:
+                code, why = refusal
+                log.warning("offline TokenRequest %s/%s refused (%d): %s", ask.namespace, ask.service_account,
+                            code, why)
+                if code == 403:
+                    return _error(status.forbidden("serviceaccounts", ask.service_account, why))
+                if code == 400:
+                    return _error(status.bad_request(why))
+                return _unavailable(info, reason, what=why)
             enc = "protobuf" if ("protobuf", "") in self.acceptable(info)[:1] else "json"
             answer = self.tokens.answer(ask, enc, body, content_type)
             log.info("offline TokenRequest %s/%s for %s: %s token", ask.namespace, ask.service_account,
                      ask.binding.name if ask.binding else "-", answer.source)
             return _ok(answer.status, answer.content_type, answer.body)
         return _unavailable(info, reason, what=f"{info.verb} is not possible offline")
+
+    def pod_facts(self, ask: tokens_.Ask) -> tokens_.PodFacts | None:
+        """The node, service account and uid of the pod `ask` is bound to, from the node identity's views of pods
+        (any of its components' partitions: all of them were filled with the node's own credentials), the freshest
+        view first; None when no such view holds the pod."""
+        b = ask.binding
+        if b is None or b.kind != "Pod":
+            return None
+        found: list[tuple[int, store_.ViewKey]] = []
+        for key, meta in self.store.views():
+            if "@" in key.client or (key.group, key.resource) != ("", "pods"):
+                continue
+            if key.namespace not in ("", ask.namespace):
+                continue
+            found.append((store_.rv_number(meta.resource_version), key))
+        for _, key in sorted(found, key=lambda f: f[0], reverse=True):
+            item = self.store.item(key, ask.namespace, b.name)
+            if item is None:
+                continue
+            try:
+                meta_ = protobuf.object_meta(item.raw) if key.encoding == "protobuf" else jsonwire.object_meta(item.raw)
+            except errors.KubeError:
+                continue
+            return tokens_.PodFacts(item.fields.get("spec.nodeName", ""),
+                                    item.fields.get("spec.serviceAccountName") or "default", meta_.uid)
+        return None
 
     def _holds(self, info: Any) -> Any:
         def holds(namespace: str, name: str) -> bool:

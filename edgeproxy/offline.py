@@ -10,43 +10,18 @@ local, tokens, cache.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from cache import store, writer
 from edgeproxy import local, record, tokens
+from edgeproxy.guard import trust
 
 log = logging.getLogger(__name__)
 
-NODE_PREFIX = "system:node:"
-
-
 def node_name(config: Any, creds: Any) -> str | None:
-    """This node's name: config.node_name, else the CN of the kubeconfig's client certificate, else None."""
-    configured = getattr(config, "node_name", "") or os.environ.get("EDGEPROXY_NODE_NAME", "")
-    if configured:
-        return configured
-    pem = getattr(creds, "cert_data", None)
-    if pem is None and getattr(creds, "cert_file", None):
-        try:
-            pem = Path(creds.cert_file).read_bytes()
-        except OSError:
-            return None
-    if not pem:
-        return None
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        return None
-    for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
-        cn = str(attr.value)
-        if cn.startswith(NODE_PREFIX):
-            return cn[len(NODE_PREFIX):]
-    return None
+    """This node's name (guard.trust.node_name): config.node_name, else the client certificate's CN, else None."""
+    return trust.node_name(config, creds)
 
 
 def hooks(config: Any, up: Any) -> tuple[record.Recorder, local.Local]:

@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, logs, metrics, upstream
+from edgeproxy.guard import trust as trust_
 from edgeproxy.kube import duration
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
@@ -55,15 +56,20 @@ class Route(enum.Enum):
     UPSTREAM = "upstream"  # forward, stream back, tee to the recorder
     LOCAL = "local"  # answer from the cache (offline)
     REJECT = "reject"  # answer with an error from the proxy itself
+    UNAUTHORIZED = "unauthorized"  # 401: no bearer token, and this connection may not act as the node (guard.trust)
 
 
-def route(info: kube_request.RequestInfo | None, online: bool) -> Route:
-    """Where a request goes: the one routing decision, pure. `info` is None when the request did not classify.
+def route(info: kube_request.RequestInfo | None, online: bool, authorized: bool = True) -> Route:
+    """Where a request goes: the one routing decision, pure. `info` is None when the request did not classify;
+    `authorized` is False for a request without a bearer token on a connection that may not act as the node
+    (guard.trust): it goes nowhere, online or offline.
 
     Online, everything goes upstream: the API server is the authority, even on requests the proxy could not parse.
     Offline, what the cache may answer goes to the local side; an unparseable request or a `connect` (exec, attach,
     port-forward: a live session with a container, nothing a cache holds) is rejected.
     """
+    if not authorized:
+        return Route.UNAUTHORIZED
     if online:
         return Route.UPSTREAM
     if info is None or info.verb == "connect":
@@ -180,11 +186,14 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "trust", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
-                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
+                 trust: trust_.NodeTrust | None = None) -> None:
         self.upstream = up
+        # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
+        self.trust = trust
         self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
         # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
         self.classify = Classifier(aliases, identities)
@@ -206,7 +215,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.monotonic()
         info, error = self.classify(request)
-        decision = route(info, self.upstream.online)
+        decision = route(info, self.upstream.online, self._may_act_as_node(request, info))
         answered_by = "upstream"
         note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
@@ -223,6 +232,12 @@ class Proxy:
             elif decision is Route.LOCAL:
                 answered_by, note = "cache", "offline"
                 resp = await self._local(request, info, "offline", start)
+            elif decision is Route.UNAUTHORIZED:
+                tls = request.transport is not None and request.transport.get_extra_info("ssl_object") is not None
+                answered_by, note = "proxy", "no credentials and no node certificate"
+                assert self.trust is not None
+                self.trust.warn(request.remote, tls)
+                resp = status_response(401, "Unauthorized", self.trust.refusal_message(tls))
             else:
                 answered_by, note = "proxy", str(error) if error is not None else "offline"
                 if error is not None:
@@ -241,6 +256,12 @@ class Proxy:
                          verb=info.verb if info is not None else request.method.lower(), path=request.path,
                          code=int(code), source=answered_by, duration=time.monotonic() - start,
                          resource=info.resource if info is not None else "", note=note)
+
+    def _may_act_as_node(self, request: web.BaseRequest, info: kube_request.RequestInfo | None) -> bool:
+        """True when the request has its own bearer token (not the node: the API server, or offline
+        edgeproxy.identity, judges it), or when its connection may act as the node (guard.trust)."""
+        has_token = bool(info.client.identity) if info is not None else bool(kube_request.bearer_token(request.headers))
+        return has_token or self.trust is None or self.trust.allows(request.transport)
 
     async def _local(self, request: web.BaseRequest, info: kube_request.RequestInfo | None, reason: str,
                      start: float) -> web.StreamResponse:

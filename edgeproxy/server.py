@@ -34,12 +34,13 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 
 from aiohttp import web
 
 from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, metrics, notify, proxy, tasks, tls, upstream
+from edgeproxy.guard import trust
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,12 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up)
     identities = token_identities(config, local, up)
+    node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
-                          identities=identities)
+                          identities=identities, trust=node_trust)
     await up.start()
     runners: list[web.BaseRunner] = []
+    background: list[asyncio.Task[None]] = []
     reloading: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
@@ -188,7 +191,10 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
             service.ops_url = await start_listener(runners, ops, ops_host, ops_port)
         if config.tls_listen:
-            service.tls_url = await _start_tls(runners[0], config)
+            service.tls_url, ca_waiting = await _start_tls(runners[0], config)
+            if ca_waiting is not None:
+                background.append(tasks.spawn(ca_waiting, name="client-ca-wait"))
+        _log_trust(node_trust, service)
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
@@ -201,6 +207,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         metrics.CACHE.detach(up)
         if reloading is not None:
             reloading.cancel()
+        for task in background:
+            task.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
@@ -249,10 +257,41 @@ def _status_line(service: Service) -> str:
 # ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----
 
 
-async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
+def _log_trust(node_trust: trust.NodeTrust, service: Service) -> None:
+    """Say at start who may act as the node, and warn when nobody can (kubelet would get 401s)."""
+    if node_trust.plain_as_node:
+        log.warning("--plain-as-node is on: anyone who can connect to %s acts as %s", service.url,
+                    node_trust.user or "the node", extra={"event": "plain_as_node"})
+    elif service.tls_url is None or node_trust.node is None:
+        log.warning("no client can act as the node: %s; requests without a bearer token get 401",
+                    "the node's name is unknown (set --node-name)" if node_trust.node is None
+                    else "the HTTPS listener is off (set --tls-listen, or --plain-as-node on)")
+    else:
+        log.info("%s acts as %s with its client certificate; %s does not act as the node", service.tls_url,
+                 node_trust.user, service.url)
+
+
+async def _wait_for_client_ca(ctx: ssl.SSLContext, path: str, interval: float) -> None:
+    """The cluster CA is copied in by edgeproxy-credentials.service, maybe after the proxy started: once it is there,
+    new connections are asked for client certificates verified against it (kubelet's then acts as the node)."""
+    while not os.path.exists(path):
+        await asyncio.sleep(interval)
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as e:
+        log.error("client CA %s cannot be loaded (%s): no client certificate is verified until a restart", path, e)
+        return
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    log.info("client CA %s loaded: the HTTPS listener verifies client certificates now", path,
+             extra={"event": "client_ca_loaded"})
+
+
+async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
+                     ) -> tuple[str, Coroutine[None, None, None] | None]:
     """Add the HTTPS site to the proxy listener's runner: the same handler, so a request with its own token goes
     upstream with it and is cached under its identity. Client certificates, when presented, are verified against
-    the client CA (the cluster CA)."""
+    the client CA (the cluster CA); kubelet's acts as the node (guard/trust.py). Returns the URL, and a coroutine to
+    run when the client CA is not there yet (it loads it when it appears)."""
     if config.tls_cert_file:
         cert, key = config.tls_cert_file, config.tls_key_file
     else:
@@ -265,15 +304,21 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config) -> str:
     if client_ca and not os.path.exists(client_ca):
         # The cluster CA is copied in by edgeproxy-credentials.service; until it is there, accept connections
         # without asking for client certificates rather than not serving in-cluster clients at all.
-        log.warning("client CA %s is missing: the HTTPS listener does not verify client certificates", client_ca)
+        log.warning("client CA %s is missing: the HTTPS listener does not verify client certificates (so none acts "
+                    "as the node) until it appears", client_ca)
+        waiting: str | None = client_ca
         client_ca = None
+    else:
+        waiting = None
     ctx = tls.server_context(cert, key, client_ca)
     metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
     host, port = config_mod.split_address(config.tls_listen)
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
     await site.start()
     sock_host, sock_port = runner.addresses[-1][:2]
-    return f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+    url = f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
+    interval = config.cert_reload_interval if config.cert_reload_interval > 0 else 10.0
+    return url, (_wait_for_client_ca(ctx, waiting, interval) if waiting else None)
 
 
 def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tls.Reloader | None:

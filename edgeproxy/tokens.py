@@ -294,6 +294,46 @@ def mint_claims(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PodFacts:
+    """What the node's cache says of the pod a TokenRequest is bound to."""
+
+    node_name: str
+    service_account: str
+    uid: str
+
+
+def node_refusal(ask: Ask, node: str | None, pod: PodFacts | None) -> tuple[int, str] | None:
+    """Why the API server would not issue `ask` to this node, as (status code, message), or None when it would.
+    Pure.
+
+    NodeRestriction (plugin/pkg/admission/noderestriction) lets a node create TokenRequests only bound to a Pod, with
+    the pod's uid, for a pod bound to that node; the TokenRequest storage adds that the service account must be the
+    pod's. Offline, `pod` is what the node's own cache holds of that pod (None: not cached): unknown means 503 (the
+    cache cannot tell), a known refusal is the API server's 403/400.
+    """
+    if not node:
+        return 503, "the node's name is not known (no system:node:<name> client certificate, no --node-name)"
+    b = ask.binding
+    if b is None:
+        return 403, "node requested token not bound to a pod"
+    if b.kind != "Pod":
+        return 403, f"node requested token bound to a {b.kind}"
+    if not b.uid:
+        return 403, "node requested token with a pod binding without a uid"
+    if pod is None:
+        return 503, f"pod {ask.namespace}/{b.name} is not in the node's cache"
+    if pod.uid != b.uid:
+        return 403, (f"the UID in the bound object reference ({b.uid}) does not match the UID in record. "
+                     "The object might have been deleted and then recreated")
+    if pod.node_name != node:
+        return 403, "node requested token bound to a pod scheduled on a different node"
+    if pod.service_account != ask.service_account:
+        return 400, (f"cannot bind token for serviceaccount {ask.service_account!r} to pod {b.name!r}: "
+                     f"the pod uses serviceaccount {pod.service_account!r}")
+    return None
+
+
 # ---------------------------------------------------------------- the book of answers
 
 

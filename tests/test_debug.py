@@ -248,7 +248,7 @@ async def running_proxy(tmp_path):
     async with Simulator(pki_dir=tmp_path / "pki") as sim:
         kubeconfig = sim.kubeconfig(tmp_path / "upstream.kubeconfig", user="node")
         cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
-                            probe_interval=30, cache_dir=str(tmp_path / "cache"))
+                            probe_interval=30, cache_dir=str(tmp_path / "cache"), plain_as_node=True)
         async with server.running(cfg) as svc:
             yield sim, svc, kubeconfig
 
@@ -357,12 +357,21 @@ def test_kubelet_wiring_is_checked(tmp_path):
     kc = tmp_path / "etc/edgeproxy/kubelet.kubeconfig"
     dropin.write_text(dropin.read_text().replace("/etc/edgeproxy/kubelet.kubeconfig", str(kc)))
     report = debug.Report()
-    debug.check_kubelet(config.Config(), report, str(dropin))
-    assert report.findings[-1].status == "ok" and "http://127.0.0.1:10261" in report.findings[-1].message
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:10268"), report, str(dropin))
+    assert report.findings[-1].status == "ok" and "https://127.0.0.1:10268" in report.findings[-1].message
     report = debug.Report()
-    debug.check_kubelet(config.Config(listen="127.0.0.1:9999"), report, str(dropin))
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:9999"), report, str(dropin))
     (line,) = report.failed
-    assert "points at http://127.0.0.1:10261, the proxy listens on 127.0.0.1:9999" in line.message
+    assert "points at https://127.0.0.1:10268, the proxy listens on https 127.0.0.1:9999" in line.message
+    # the old, credential-less set-up on the plain listener: only with --plain-as-node on
+    kc.write_text(kc.read_text().replace("https://127.0.0.1:10268", "http://127.0.0.1:10261"))
+    report = debug.Report()
+    debug.check_kubelet(config.Config(tls_listen="127.0.0.1:10268"), report, str(dropin))
+    (line,) = report.failed
+    assert "plain HTTP acts as the node only with --plain-as-node on" in line.message
+    report = debug.Report()
+    debug.check_kubelet(config.Config(plain_as_node=True), report, str(dropin))
+    assert report.findings[-1].status == "ok"
 
 
 def test_diagnose_lists_the_components_cached_views(tmp_path):

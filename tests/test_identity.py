@@ -1,6 +1,7 @@
 """identity.Identities: which token-bearing requests share their ServiceAccount's cache partition."""
 
 import base64
+import dataclasses
 import json
 import os
 
@@ -131,6 +132,18 @@ def test_the_token_book_vouches_for_minted_and_relayed_tokens(tmp_path):
     payload = minted.split(".")[1]
     impostor = stranger.sign(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
     assert key(ids, impostor) == "kube-proxy@" + jwt.hash_identity(impostor)
+
+
+def test_a_vouched_token_for_another_audience_reads_nothing_the_account_cached(tmp_path):
+    """Issue 14 S1: a token the proxy minted (or relayed) for a vault sidecar is refused by the API server online;
+    offline it must not read the service account's cache either."""
+    book = tokens.TokenBook(tmp_path / "tokens", node="edge-1", clock=Clock())
+    ids = identity.Identities(tmp_path, vouch=book.vouch, clock=Clock())
+    ask = tokens.Ask("kube-system", "kube-proxy", ("vault",), 3600, tokens.Binding("Pod", "v1", "kube-proxy-1", "u1"))
+    vault = json.loads(book.answer(ask, "json").body)["status"]["token"]
+    assert key(ids, vault) == "kube-proxy@" + jwt.hash_identity(vault)
+    both = dataclasses.replace(ask, audiences=("vault", "https://kubernetes.default.svc.cluster.local"))
+    assert key(ids, json.loads(book.answer(both, "json").body)["status"]["token"]) == SA_KEY
 
 
 def test_an_unreadable_file_believes_nothing(tmp_path):

@@ -166,14 +166,29 @@ async def test_installed_files_run_the_proxy_end_to_end(tmp_path):
                 return [s.metadata.name for s in api.list_service_for_all_namespaces().items]
 
             def as_kubelet() -> str:
+                # the installed kubelet kubeconfig, with its paths moved under the root and kubelet's certificate
                 kc = tmp_path / "kubelet.kubeconfig"
-                assert cli.main(["kubeconfig", "--component", "kubelet", "--server", f"http://127.0.0.1:{listen}",
-                                 "--out", str(kc)]) == 0
+                text = (root / "etc/edgeproxy/kubelet.kubeconfig").read_text()
+                text = text.replace("127.0.0.1:10268", f"127.0.0.1:{tls_port}").replace('"/', f'"{root}/')
+                text = text.replace(f"{root}/var/lib/kubelet/pki/kubelet-client-current.pem", str(pki / "client.pem"))
+                kc.write_text(text)
                 api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
                 return api.read_node("edge-1").metadata.name
 
+            def anyone_on_the_host() -> int:
+                kc = tmp_path / "anonymous.kubeconfig"
+                assert cli.main(["kubeconfig", "--component", "kubelet", "--server", f"http://127.0.0.1:{listen}",
+                                 "--out", str(kc)]) == 0
+                api = client.CoreV1Api(config.new_client_from_config(config_file=str(kc)))
+                try:
+                    api.read_node("edge-1")
+                except client.ApiException as e:
+                    return e.status
+                return 200
+
             assert await asyncio.to_thread(as_kube_proxy)  # the ServiceAccount's token went through HTTPS
-            assert await asyncio.to_thread(as_kubelet) == "edge-1"
+            assert await asyncio.to_thread(as_kubelet) == "edge-1"  # its client certificate, over HTTPS
+            assert await asyncio.to_thread(anyone_on_the_host) == 401  # the plain listener lends no identity
             check = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edgeproxy", "debug", "check", "--config", str(env_file), cwd=ROOT, env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

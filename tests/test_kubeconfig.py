@@ -14,9 +14,21 @@ def load(path):
     return configuration
 
 
-def test_kubelet_goes_over_plain_http_without_credentials(tmp_path):
+def test_kubelet_goes_over_https_with_its_own_client_certificate(tmp_path):
     out = tmp_path / "kubelet.kubeconfig"
     assert cli.main(["kubeconfig", "--component", "kubelet", "--out", str(out)]) == 0
+    doc = kubeconfig.build("kubelet")
+    assert doc["clusters"][0]["cluster"] == {"server": "https://127.0.0.1:10268",
+                                             "certificate-authority": "/etc/edgeproxy/pki/ca.crt"}
+    assert doc["users"][0]["user"] == {"client-certificate": "/var/lib/kubelet/pki/kubelet-client-current.pem",
+                                       "client-key": "/var/lib/kubelet/pki/kubelet-client-current.pem"}
+    assert "https://127.0.0.1:10268" in out.read_text()
+
+
+def test_kubelet_on_the_plain_listener_is_an_explicit_choice(tmp_path):
+    out = tmp_path / "kubelet.kubeconfig"
+    assert cli.main(["kubeconfig", "--component", "kubelet", "--server", "http://127.0.0.1:10261",
+                     "--out", str(out)]) == 0
     c = load(out)
     assert c.host == "http://127.0.0.1:10261"
     assert not c.api_key and not c.cert_file and not c.ssl_ca_cert

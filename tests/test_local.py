@@ -334,19 +334,59 @@ async def test_lease_renewal_offline_and_a_later_get(c, http):
     assert code == 200 and json.loads(data)["spec"]["renewTime"] == "2026-11-24T16:00:10.000000Z"
 
 
-async def test_token_request_offline(c, http):
-    ask = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                      "spec": {"expirationSeconds": 3607,
-                               "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "u1"}}})
-    code, _, data = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
-                                "application/json", {**KUBELET, "Accept": "application/json"})
+WEB_POD = ("web-ec1d301e21-146d3", "8dfb8263-8198-42ff-b178-e6cf1f3ce2b4")  # in pods-edge1, service account default
+
+
+def token_ask(name="", uid="", kind="Pod"):
+    spec = {"expirationSeconds": 3607}
+    if name:
+        spec["boundObjectRef"] = {"kind": kind, "apiVersion": "v1", "name": name, "uid": uid}
+    return json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+
+
+async def ask_token(http, ask, sa="default", hdrs=None):
+    code, _, data = await send(http, "POST", f"/api/v1/namespaces/edge/serviceaccounts/{sa}/token", ask,
+                               "application/json", hdrs or {**KUBELET, "Accept": "application/json"})
+    return code, json.loads(data)
+
+
+async def test_token_request_offline_for_a_pod_bound_to_this_node(c, http):
+    fill(c)
+    code, doc = await ask_token(http, token_ask(*WEB_POD))
     assert code == 201
-    tok = json.loads(data)["status"]["token"]
-    claims = tokens.verify(tok, c.local.tokens.signer.public_key())
-    assert claims["kubernetes.io"]["pod"] == {"name": "web-0", "uid": "u1"}
-    code, _, _ = await send(http, "POST", "/api/v1/namespaces/edge/serviceaccounts/default/token", ask,
-                            "application/json", {**KUBELET, "Authorization": "Bearer pod-token"})
+    claims = tokens.verify(doc["status"]["token"], c.local.tokens.signer.public_key())
+    assert claims["kubernetes.io"]["pod"] == {"name": WEB_POD[0], "uid": WEB_POD[1]}
+    assert claims["sub"] == "system:serviceaccount:edge:default"
+    code, doc = await ask_token(http, token_ask(*WEB_POD), hdrs={**KUBELET, "Authorization": "Bearer pod-token"})
     assert code == 503  # only the node's identity gets tokens minted
+
+
+async def test_offline_tokens_only_as_node_restriction_allows_them(c, http):
+    """Issue 14 S1: a TokenRequest bound to a pod that does not exist (or to nothing) got a token signed by the proxy,
+    and with it the account's cached Secrets. Now: only for pods of this node in the node's cache, with their uid
+    and their own service account."""
+    fill(c)
+    code, doc = await ask_token(http, token_ask())  # no binding at all
+    assert (code, doc["reason"]) == (403, "Forbidden") and "not bound to a pod" in doc["message"]
+    code, doc = await ask_token(http, token_ask("no-such-pod", "u1"))  # the probe's reproduction
+    assert code == 503 and "not in the node's cache" in doc["message"]
+    code, doc = await ask_token(http, token_ask(WEB_POD[0], "another-uid"))
+    assert code == 403 and "does not match the UID" in doc["message"]
+    code, doc = await ask_token(http, token_ask(WEB_POD[0], ""))
+    assert code == 403 and "without a uid" in doc["message"]
+    code, doc = await ask_token(http, token_ask("edge-1", "n1", kind="Node"))
+    assert code == 403
+    code, doc = await ask_token(http, token_ask(*WEB_POD), sa="admin")  # not the pod's service account
+    assert code == 400 and "the pod uses serviceaccount 'default'" in doc["message"]
+    # a pod the cache knows on another node
+    other = json.loads(body("pods-edge1.list.json"))
+    other["items"] = [p for p in other["items"] if p["metadata"]["name"] == WEB_POD[0]]
+    other["items"][0]["spec"]["nodeName"] = "edge-2"
+    other["metadata"]["resourceVersion"] = "999999"
+    c.feed(info("/api/v1/namespaces/edge/pods", {**KUBELET, "Accept": "application/json"}), "pods-edge1.list.json",
+           data=json.dumps(other).encode())
+    code, doc = await ask_token(http, token_ask(*WEB_POD))
+    assert code == 403 and "different node" in doc["message"]
 
 
 async def test_a_failed_over_watch_is_held_briefly_while_the_prober_still_says_online(c, http):

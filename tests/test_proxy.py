@@ -72,7 +72,8 @@ def free_port() -> int:
 
 
 def proxy_config(**kw) -> config.Config:
-    return config.Config(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", probe_interval=30, cache=False, **kw)
+    return config.Config(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", probe_interval=30, cache=False,
+                         **{"plain_as_node": True, **kw})
 
 
 @pytest.fixture

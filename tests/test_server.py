@@ -75,7 +75,7 @@ async def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
             "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}",
-            "--cache-dir", str(tmp_path / "cache"),
+            "--cache-dir", str(tmp_path / "cache"), "--plain-as-node", "on",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:

@@ -76,7 +76,8 @@ def test_kubelet_drop_in_points_at_the_proxy_kubeconfig(units):
     assert "KUBELET_KUBECONFIG_ARGS=--kubeconfig=/etc/edgeproxy/kubelet.kubeconfig" in dropin
     assert "After=edgeproxy.service" in dropin
     kubelet_kubeconfig = units.parents[2] / "etc/edgeproxy/kubelet.kubeconfig"
-    assert "http://127.0.0.1:10261" in kubelet_kubeconfig.read_text()
+    text = kubelet_kubeconfig.read_text()  # HTTPS with kubelet's own client certificate (guard/trust.py)
+    assert "https://127.0.0.1:10268" in text and "/var/lib/kubelet/pki/kubelet-client-current.pem" in text
 
 
 def test_tmpfiles_keeps_the_cache_private(units):

@@ -171,7 +171,8 @@ async def test_client_cert_rotated_on_disk_mid_watch(tmp_path):
             "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         }))
         cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
-                            probe_interval=30, cache_dir=str(tmp_path / "cache"), cert_reload_interval=0.05)
+                            probe_interval=30, cache_dir=str(tmp_path / "cache"), cert_reload_interval=0.05,
+                            plain_as_node=True)
         async with server.running(cfg) as svc, aiohttp.ClientSession() as s:
             all_pods = svc.url + "/api/v1/pods"
             async with s.get(all_pods) as r:

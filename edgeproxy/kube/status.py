@@ -71,6 +71,11 @@ def forbidden(resource: str, name: str, why: str, group: str = "") -> dict[str, 
     return status(403, "Forbidden", message, {"name": name, "group": group, "kind": resource})
 
 
+def unauthorized(message: str = "Unauthorized") -> dict[str, Any]:
+    """401: the API server's answer to a request whose credentials it cannot accept (or that has none)."""
+    return status(401, "Unauthorized", message)
+
+
 def bad_request(message: str) -> dict[str, Any]:
     return status(400, "BadRequest", message)
 

@@ -77,7 +77,7 @@ def proxy_kubeconfig(path: Path, server_url: str) -> Path:
 @contextlib.asynccontextmanager
 async def proxy_for(kubeconfig: Path, tmp_path: Path, **overrides: object) -> AsyncIterator[server.Service]:
     settings: dict[str, object] = {"listen": "127.0.0.1:0", "ops_listen": "127.0.0.1:0", "probe_interval": 30,
-                                   "cache_dir": str(tmp_path / "cache"), **overrides}
+                                   "cache_dir": str(tmp_path / "cache"), "plain_as_node": True, **overrides}
     cfg = config.Config(kubeconfig=str(kubeconfig), **settings)  # type: ignore[arg-type]
     async with server.running(cfg) as service:
         yield service

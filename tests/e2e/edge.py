@@ -69,7 +69,7 @@ class Edge:
         self.local = local.Local(st, w, tokens=book, node=NODE, bookmark_interval=1.0)
         cfg = config.Config(kubeconfig=str(self.upstream_kubeconfig), listen=f"127.0.0.1:{port}", ops_listen="",
                             cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=2.0, offline_after=2,
-                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5)
+                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True)
         cfg = dataclasses.replace(cfg, **self.settings)
         self._stack = contextlib.AsyncExitStack()
         self.service = await self._stack.enter_async_context(

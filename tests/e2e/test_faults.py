@@ -86,7 +86,7 @@ async def serving(sim: Simulator, tmp: Path, **overrides: object) -> AsyncIterat
     kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", "admin")
     settings: dict[str, object] = dict(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", cache_dir=str(tmp / "cache"),
                                        probe_interval=0.2, probe_timeout=2.0, offline_after=1, online_after=1,
-                                       connect_timeout=1.0, shutdown_timeout=0.5)
+                                       connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True)
     settings.update(overrides)
     cfg = config.Config(kubeconfig=str(kubeconfig), **settings)  # type: ignore[arg-type]
     async with server.running(cfg) as service:
@@ -322,7 +322,7 @@ async def mangled(tmp: Path) -> AsyncIterator[tuple[Mangler, server.Service, aio
     host, port = runner.addresses[0][:2]
     cfg = config.Config(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", cache_dir=str(tmp / "cache"),
                         probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
-                        shutdown_timeout=0.5)
+                        shutdown_timeout=0.5, plain_as_node=True)
     creds = upstream.Credentials(servers=(f"http://{host}:{port}",))
     try:
         async with server.running(cfg, creds=creds) as service, aiohttp.ClientSession() as http:
@@ -635,7 +635,8 @@ class Serve:
     def __init__(self, kubeconfig: Path, cache_dir: Path) -> None:
         self.args = ["serve", "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache_dir),
                      "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--probe-interval", "0.2",
-                     "--offline-after", "1", "--online-after", "1", "--connect-timeout", "1"]
+                     "--offline-after", "1", "--online-after", "1", "--connect-timeout", "1",
+                     "--plain-as-node", "on"]
         self.proc: asyncio.subprocess.Process | None = None
         self.url = self.ops_url = ""
         self.log: list[str] = []

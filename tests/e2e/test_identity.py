@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import time
 from pathlib import Path
 
@@ -78,12 +79,34 @@ def forged(claims_from: str) -> str:
                      _b64(b"\x00" * 256)))
 
 
-async def token_request(session: aiohttp.ClientSession, url: str, pod: str) -> str:
-    """A TokenRequest as kubelet makes it for a pod (plain HTTP, the node's identity), through the proxy."""
+def kubelet_ssl(p: Proxy, sim: Simulator) -> ssl.SSLContext:
+    """kubelet's side of the HTTPS listener: the proxy's CA, and the node's client certificate."""
+    ctx = ssl.create_default_context(cafile=str(p.ca))
+    ctx.load_cert_chain(str(sim.pki.node_cert), str(sim.pki.node_key))
+    return ctx
+
+
+def kube_proxy_pod(sim: Simulator, name: str) -> str:
+    """A kube-proxy pod on edge-1 in the simulator; its uid (a node gets tokens only bound to its own pods)."""
+    pod = sim.create("pods", {"metadata": {"name": name, "namespace": NS},
+                              "spec": {"nodeName": "edge-1", "serviceAccountName": SA,
+                                       "containers": [{"name": "kube-proxy", "image": "kube-proxy"}]}}, namespace=NS)
+    return pod["metadata"]["uid"]
+
+
+async def kubelet_pods(session: aiohttp.ClientSession, url: str, ctx: ssl.SSLContext) -> None:
+    """kubelet's list of its node's pods (what the proxy checks an offline TokenRequest against)."""
+    async with session.get(f"{url}/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1", ssl=ctx,
+                           headers={"User-Agent": KUBELET_UA}) as r:
+        assert r.status == 200, await r.text()
+
+
+async def token_request(session: aiohttp.ClientSession, url: str, ctx: ssl.SSLContext, pod: str, uid: str) -> str:
+    """A TokenRequest as kubelet makes it for a pod (its client certificate: the node's identity), through the proxy."""
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"audiences": ["https://kubernetes.default.svc.cluster.local"], "expirationSeconds": 3600,
-                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": f"uid-{pod}"}}}
-    async with session.post(f"{url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token", json=body,
+                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid}}}
+    async with session.post(f"{url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token", json=body, ssl=ctx,
                             headers={"User-Agent": KUBELET_UA}) as r:
         assert r.status == 201, await r.text()
         return (await r.json())["status"]["token"]
@@ -95,9 +118,10 @@ class Proxy:
         self.cache_dir = tmp / "cache"
         self.ca = self.cache_dir / "pki" / "ca.crt"
 
-    def running(self):
+    def running(self, sim: Simulator):
         cfg = config.Config(kubeconfig=str(self.kubeconfig), listen="127.0.0.1:0", ops_listen="",
-                            tls_listen="127.0.0.1:0", cache_dir=str(self.cache_dir), probe_interval=0.2,
+                            tls_listen="127.0.0.1:0", client_ca_file=str(sim.pki.ca_cert), node_name="edge-1",
+                            cache_dir=str(self.cache_dir), probe_interval=0.2,
                             probe_timeout=2.0, offline_after=2, online_after=1, connect_timeout=1.0,
                             shutdown_timeout=0.5)
         return server.running(cfg)
@@ -121,7 +145,8 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
         p = Proxy(tmp_path, sim)
         a, b = await sim_token(sim), await sim_token(sim)
         assert a != b and {a, b} <= set(sim.tokens)
-        async with p.running() as svc:
+        uids = {pod: kube_proxy_pod(sim, pod) for pod in ("kube-proxy-1", "kube-proxy-2")}
+        async with p.running(sim) as svc:
             # ---------------------------------------------------- online: token A fills the cache
             want = await lists(kube_proxy(svc.tls_url, p.ca, a))
             assert want[0] and want[1]
@@ -132,8 +157,9 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
             # B, the rotation kubelet made later, was used online once: the simulator accepted it
             assert await asyncio.to_thread(kube_proxy(svc.tls_url, p.ca, b).get_api_resources)
             async with aiohttp.ClientSession() as kubelet:
+                await kubelet_pods(kubelet, svc.tls_url, kubelet_ssl(p, sim))
                 # a pod's token, issued by the API server, relayed by the proxy (never used online)
-                c = await token_request(kubelet, svc.url, "kube-proxy-1")
+                c = await token_request(kubelet, svc.tls_url, kubelet_ssl(p, sim), "kube-proxy-1", uids["kube-proxy-1"])
             assert c in sim.tokens
             # online, a forged token is the API server's to refuse, and nothing is recorded for it
             assert await status_of(kube_proxy(svc.tls_url, p.ca, forged(a))) == 401
@@ -142,7 +168,7 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
         vault = await sim_token(sim, ("vault",))  # the cluster's key, another audience
         # -------------------------------------------------------- offline: a restart with the simulator down
         await sim.down()
-        async with p.running() as svc:
+        async with p.running(sim) as svc:
             await until(lambda: not svc.upstream.online, 10)
             # what token A fetched is the account's, not the token's
             clients = {k.client for k, _ in svc.proxy.local.store.views()}
@@ -151,7 +177,8 @@ async def test_rotated_tokens_keep_the_cache_and_forged_ones_see_nothing(tmp_pat
             assert await lists(kube_proxy(svc.tls_url, p.ca, b)) == want  # accepted online earlier
             assert await lists(kube_proxy(svc.tls_url, p.ca, c)) == want  # a relayed TokenRequest answer
             async with aiohttp.ClientSession() as kubelet:
-                d = await token_request(kubelet, svc.url, "kube-proxy-2")  # a new pod offline: minted by edgeproxy
+                # a new pod offline: minted by edgeproxy
+                d = await token_request(kubelet, svc.tls_url, kubelet_ssl(p, sim), "kube-proxy-2", uids["kube-proxy-2"])
             assert d not in sim.tokens and d not in (a, b, c)
             assert await lists(kube_proxy(svc.tls_url, p.ca, d)) == want
             assert await lists(kube_proxy(svc.tls_url, p.ca, e)) == want  # signed by the cluster's key

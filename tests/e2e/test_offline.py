@@ -73,6 +73,9 @@ async def test_clients_keep_working_offline_and_converge_after(e):
     lists_before = len(informer.lists)
     assert held_before and lists_before == 1
 
+    web = "web-ec1d301e21-146d3"  # a pod of edge-1 (kubelet asks tokens bound to its own pods)
+    web_uid = e.sim.get("pods", web, "edge")["metadata"]["uid"]
+
     # ---------------------------------------------------------------- the simulator goes down
     await e.sim.down()
     await e.wait_state(online=False)
@@ -129,7 +132,7 @@ async def test_clients_keep_working_offline_and_converge_after(e):
         kubelet.create_namespaced_service_account_token, "default", "edge",
         kclient.AuthenticationV1TokenRequest(spec=kclient.V1TokenRequestSpec(
             audiences=[], expiration_seconds=3600,
-            bound_object_ref=kclient.V1BoundObjectReference(kind="Pod", api_version="v1", name="web-0", uid="x"))))
+            bound_object_ref=kclient.V1BoundObjectReference(kind="Pod", api_version="v1", name=web, uid=web_uid))))
     assert token.status.token.count(".") == 2
 
     # ---------------------------------------------------------------- changes meanwhile, then the link returns

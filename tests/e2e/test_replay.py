@@ -94,8 +94,13 @@ def _name(path: str) -> str:
     return path.rstrip("/").split("/")[-1]
 
 
-def _token_request(pod: str) -> bytes:
-    ref = b"".join(protobuf.field_bytes(n, s.encode()) for n, s in ((1, "Pod"), (2, "v1"), (3, pod), (4, "uid-" + pod)))
+# Pods of edge-1 in the recorded cluster the simulator starts with: kubelet asks tokens bound to its own pods.
+EDGE1_PODS = [p["metadata"]["name"] for p in json.loads(
+    (Path(__file__).resolve().parents[1] / "fixtures" / "pods-edge1.list.json.body").read_bytes())["items"]]
+
+
+def _token_request(pod: str, uid: str) -> bytes:
+    ref = b"".join(protobuf.field_bytes(n, s.encode()) for n, s in ((1, "Pod"), (2, "v1"), (3, pod), (4, uid)))
     spec = protobuf.field_bytes(3, ref) + protobuf.field_varint(4, 3607)
     return protobuf.wrap("authentication.k8s.io/v1", "TokenRequest",
                          protobuf.field_bytes(1, b"") + protobuf.field_bytes(2, spec) + protobuf.field_bytes(3, b""))
@@ -113,7 +118,8 @@ def body_for(call: Call, sim, n: int) -> tuple[bytes, str]:
     if call.method == "POST" and p == "/api/v1/nodes":
         return sim.object_bytes("nodes", "edge-1"), PB
     if call.method == "POST" and p.endswith("/token"):
-        return _token_request(f"pod-{n}"), PB
+        pod = EDGE1_PODS[n % len(EDGE1_PODS)]
+        return _token_request(pod, (sim.get("pods", pod, "edge") or {})["metadata"]["uid"]), PB
     if call.method == "POST" and p.endswith("/events"):
         ns = p.split("/")[4]
         if "events.k8s.io" in p:

@@ -1,0 +1,9 @@
+"""Defences against hostile or broken local clients: who may act as the node, bounds on what one request may hold,
+and one rate-limited warning line per kind of client error.
+
+- trust.py   who may act as the node (a request with no bearer token goes upstream with the node's identity): a
+             client certificate of `system:node:<node>` verified against the cluster CA on the HTTPS listener, or
+             anyone on the plain listener when the operator opted in (`--plain-as-node on`)
+
+Boundary: no Kubernetes wire decoding (kube/ does it), no upstream I/O. Neighbours: proxy.py and server.py call it.
+"""
