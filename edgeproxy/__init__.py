@@ -5,6 +5,8 @@ The data path reads down the tree; imports go downward only:
     cli ── server ── proxy ──┬── upstream ─┬ httpclient   (API server pool: TLS, health, failover, header deadline)
       │                      │             └ h2/          (HTTP/2: one multiplexed connection per identity, PINGs)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
+      │                      ├── filters/                 (response filters between upstream and client+recorder:
+      │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
       │                                 ├── writes        (offline write policy, a pure decision)
@@ -13,7 +15,8 @@ The data path reads down the tree; imports go downward only:
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
       ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
       └── demo, kubeconfig, install, debug                (the other subcommands)
-    kube/   the pure wire layer under all of them: bytes in, values out, no I/O
+    kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
+            byte work)
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (h2front: its HTTP/2 face)
 

@@ -60,6 +60,12 @@ class Config:
     # listener; on the plain listener only with plain_as_node (anyone who can connect to it is then the node).
     node_name: str = ""  # "" = from the upstream client certificate (CN system:node:<name>)
     plain_as_node: bool = False
+    # Response filters (edgeproxy/filters). The in-cluster redirect is off until an address is given: then edgeproxy
+    # also serves HTTPS there (bearer tokens only) and kube-proxy's view of default/kubernetes points at it.
+    in_cluster_address: str = ""
+    service_topology: bool = True  # Services labelled edgeproxy.io/topology=pool get this pool's endpoints only
+    pool_label: str = "topology.kubernetes.io/zone"  # the node label naming its pool (branch)
+    filter_components: str = "kube-proxy,coredns"  # the clients whose EndpointSlices/Endpoints are filtered
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
 
@@ -112,6 +118,14 @@ _HELP = {
     "plain-as-node": "on or off: let every request without a bearer token on the plain-HTTP listener act as the node "
                      "(anyone who can connect to it reads and writes what the node may); default off: there, such "
                      "requests get 401, and kubelet uses the HTTPS listener with its client certificate",
+    "in-cluster-address": "node-local IP:PORT that pods reach (e.g. 169.254.2.1:10268): serve HTTPS there and point "
+                          "kube-proxy's default/kubernetes endpoints at it, so every pod's kubernetes.default traffic "
+                          "goes through edgeproxy; needs --tls-cert-file signed by the cluster CA (default: off)",
+    "service-topology": "on or off: EndpointSlices of Services labelled edgeproxy.io/topology=pool keep only the "
+                        "endpoints in this node's pool (default on)",
+    "pool-label": "the node label naming the node's pool (default topology.kubernetes.io/zone)",
+    "filter-components": "clients whose EndpointSlices and Endpoints are filtered, comma-separated "
+                         "(default kube-proxy,coredns)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
 }
@@ -151,7 +165,29 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         split_address(config.tls_listen)
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("--tls-cert-file and --tls-key-file go together")
+    if config.in_cluster_address:
+        in_cluster_ip(config.in_cluster_address)
+        if not config.tls_cert_file:
+            raise ConfigError("--in-cluster-address needs --tls-cert-file/--tls-key-file: a serving certificate "
+                              "signed by the cluster CA for kubernetes.default.svc and the Service's ClusterIP "
+                              "(pods trust only that CA)")
     return config
+
+
+def in_cluster_ip(address: str) -> tuple[str, int]:
+    """(IP, port) of --in-cluster-address: an IP literal pods can reach, not loopback and not unspecified
+    (an EndpointSlice holds addresses, and kube-proxy cannot DNAT a pod's traffic to the node's loopback)."""
+    import ipaddress
+
+    host, port = split_address(address)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as e:
+        raise ConfigError(f"--in-cluster-address {address!r}: want an IP address, not {host!r}") from e
+    if ip.is_loopback or ip.is_unspecified or not port:
+        raise ConfigError(f"--in-cluster-address {address!r}: pods cannot reach a loopback or unspecified address "
+                          "(use a node IP, or a link-local address such as 169.254.2.1 on a dummy interface)")
+    return str(ip), port
 
 
 def read_env_file(path: Path) -> dict[str, str]:

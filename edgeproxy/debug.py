@@ -502,11 +502,33 @@ def run_diagnose(args: argparse.Namespace) -> int:
     print(f"\nlast errors ({len(data['errors'])}):" if data["errors"] else "\nno errors", file=out)
     for entry in data["errors"][-args.limit:]:
         print("  " + _entry_line(entry), file=out)
+    _print_filters(base, args.component, args.timeout, out)
     watches = _open_watches(base, args.component, args.timeout)
     if watches:
         print("\nwatches open now: " + ", ".join(f"{n} from {who}" for who, n in sorted(watches.items())), file=out)
     if cfg is not None and not args.skip_cache:
         _print_views(cfg, args.component, out)
+
+
+def _print_filters(base: str, component: str, timeout: float, out: Any) -> None:
+    """Which response filters touched which of the component's views (/debug/state's `filters`)."""
+    try:
+        status, body = fetch(base, "/debug/state", timeout)
+        filters = json.loads(body).get("filters") if status == 200 else None
+    except (OSError, ValueError):
+        return
+    if not filters:
+        return
+    mine = [v for v in filters.get("views", [])
+            if v["client"] == component or v["client"].startswith(component + "@")]
+    node = filters.get("node") or {}
+    pool = f", node pool {node.get('pool')!r}" if node else ""
+    print(f"\nresponse filters ({', '.join(k for k, v in filters['settings'].items() if v and k != 'components')}"
+          f"{pool}):" if mine else "\nresponse filters: none applied to it", file=out)
+    for v in mine:
+        touched = ", ".join(f"{name} changed {n}" for name, n in sorted(v["touched"].items())) or "nothing changed"
+        errors = f", {v['errors']} passed unfiltered (undecodable)" if v["errors"] else ""
+        print(f"  {v['view']}: {v['requests']} answers, {touched}{errors}", file=out)
 
 
 def _open_watches(base: str, component: str, timeout: float) -> dict[str, int]:

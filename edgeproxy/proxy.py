@@ -27,7 +27,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -125,6 +125,19 @@ class Identities(Protocol):
                  status: int) -> kube_request.RequestInfo: ...
 
 
+class Filters(Protocol):
+    """edgeproxy.filters.stage.Stage: `select(info)` -> a chain or None (most requests), `prepare(chain)` before
+    sending, `begin(chain, info, status, headers, abort)` -> a transform whose feed(chunk)/end() give the bytes to
+    pass on to the client and the recorder alike."""
+
+    def select(self, info: kube_request.RequestInfo | None) -> object | None: ...
+
+    async def prepare(self, chain: object) -> None: ...
+
+    def begin(self, chain: object, info: kube_request.RequestInfo, status: int, headers: CIMultiDictProxy[str],
+              abort: object = None) -> object | None: ...
+
+
 class Local(Protocol):
     async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse: ...
@@ -186,14 +199,16 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "identities", "local", "recorder", "trust", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "classify", "filters", "identities", "local", "recorder", "trust",
+                 "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
-                 trust: trust_.NodeTrust | None = None) -> None:
+                 trust: trust_.NodeTrust | None = None, filters: Filters | None = None) -> None:
         self.upstream = up
         # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
         self.trust = trust
+        self.filters = filters  # the response-filter stage (edgeproxy.filters), between upstream and client+recorder
         self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
         # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
         self.classify = Classifier(aliases, identities)
@@ -292,11 +307,20 @@ class Proxy:
                 self._tx.inc(len(body))
             else:
                 body = _counted(request.content.iter_any(), self._tx)
+        chain = self.filters.select(info) if self.filters is not None else None
+        if chain is not None:
+            headers.popall("Accept-Encoding", None)  # a filter reads the body: ask for it uncompressed
+            await self.filters.prepare(chain)
         _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
                                          header_timeout=header_deadline(info, self.upstream.header_timeout))
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
+        transform: Any = None
+        if chain is not None and info is not None:
+            transform = self.filters.begin(chain, info, up.status, up.headers, up.close)
+            if transform is not None:
+                resp.headers.popall("Content-Length", None)  # a rewritten body has its own length
         if self.identities is not None and info is not None and info.client.identity:
             # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
             info = self.identities.answered(info, request.headers, up.status)
@@ -317,6 +341,8 @@ class Proxy:
             try:
                 while chunk := await up.read():
                     self._rx.inc(len(chunk))
+                    if transform is not None and not (chunk := transform.feed(chunk)):
+                        continue
                     if sink is not None:
                         sink.feed(chunk)
                     await resp.write(chunk)
@@ -332,6 +358,11 @@ class Proxy:
                     if request.transport is not None:
                         request.transport.close()
                     return resp
+            if transform is not None and (tail := transform.end()):
+                # a filtered list or object whole; a filtered watch's closing ERROR (its filter's inputs changed)
+                if sink is not None:
+                    sink.feed(tail)
+                await resp.write(tail)
             await resp.write_eof()
             return resp
         finally:
@@ -344,6 +375,8 @@ class Proxy:
             if gauge is not None:
                 gauge.dec()
                 self._watches.discard(up)
+            if transform is not None:
+                transform.close()
             if sink is not None:
                 try:
                     sink.done(ok)

@@ -35,12 +35,17 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, metrics, notify, proxy, tasks, tls, upstream
+from edgeproxy.filters import chain as filters_chain
+from edgeproxy.filters import facts as filters_facts
+from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import trust
+from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class Service:
     ops_url: str | None
     started_at: float
     tls_url: str | None = None
+    in_cluster_url: str | None = None
+    filters: object | None = None  # edgeproxy.filters.stage.Stage, or None when every filter is off
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -69,6 +76,8 @@ class Service:
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
             "local": type(self.proxy.local).__name__,
             "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
+            "in_cluster_listen": self.in_cluster_url,
+            "filters": self.filters.state() if self.filters is not None else None,  # type: ignore[attr-defined]
             "config": cfg,  # names files, never their contents: no secret in here
         }
 
@@ -76,7 +85,7 @@ class Service:
 MAX_REQUEST_HEAD = 1 << 20
 
 
-def proxy_server(handler: proxy.Proxy) -> web.Server:
+def proxy_server(handler: proxy.Proxy, handle: Any = None) -> web.Server:
     """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
     the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
     cancels its handler, which closes its upstream request (a watch would otherwise linger until its next event)."""
@@ -88,8 +97,9 @@ def proxy_server(handler: proxy.Proxy) -> web.Server:
 
     # The API server (Go's net/http, MaxHeaderBytes 1 MiB) takes request lines and headers up to 1 MiB, aiohttp only
     # 8190 bytes: a long label selector must reach it, not die here. Bodies pass as sent (gzip stays gzip).
-    return web.Server(handler.handle, request_factory=request_factory, handler_cancellation=True, access_log=None,
-                      max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD, auto_decompress=False)
+    return web.Server(handle or handler.handle, request_factory=request_factory, handler_cancellation=True,
+                      access_log=None, max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD,
+                      auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -145,6 +155,22 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy
         return None, None
 
 
+def response_filters(config: config_mod.Config, up: upstream.Upstream,
+                     recorder: proxy.Recorder | None) -> filters_stage.Stage | None:
+    """The response-filter stage (edgeproxy/filters) the settings ask for, or None when every filter is off. The
+    redirect's port is set once the in-cluster listener is bound."""
+    components = frozenset(c.strip().lower() for c in config.filter_components.split(",") if c.strip())
+    redirect = (config_mod.split_address(config.in_cluster_address) if config.in_cluster_address else None)
+    settings = filters_chain.Settings(components=components, topology=config.service_topology, redirect=redirect)
+    if not settings.any or not components:
+        return None
+    facts = None
+    if settings.topology:
+        facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label)
+    writer = getattr(recorder, "writer", None)
+    return filters_stage.Stage(settings, facts, invalidate=writer.mark_incomplete if writer is not None else None)
+
+
 def token_identities(config: config_mod.Config, local: proxy.Local | None,
                      up: upstream.Upstream) -> identity.Identities | None:
     """Which tokens share their ServiceAccount's cache partition (identity.py), remembered under the cache
@@ -175,12 +201,14 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         recorder, local = cache_hooks(config, up)
     identities = token_identities(config, local, up)
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
+    stage = response_filters(config, up, recorder)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
-                          identities=identities, trust=node_trust)
+                          identities=identities, trust=node_trust, filters=stage)
     await up.start()
     runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
     reloading: asyncio.Task[None] | None = None
+    refreshing: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
@@ -195,6 +223,15 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             if ca_waiting is not None:
                 background.append(tasks.spawn(ca_waiting, name="client-ca-wait"))
         _log_trust(node_trust, service)
+        service.filters = stage
+        if config.in_cluster_address:
+            service.in_cluster_url = await _start_in_cluster(runners, handler, config)
+            if stage is not None:  # the port actually bound (0 in tests picks one)
+                ip = config_mod.split_address(config.in_cluster_address)[0]
+                port = int(service.in_cluster_url.rsplit(":", 1)[1])
+                stage.settings = dataclasses.replace(stage.settings, redirect=(ip, port))
+        if stage is not None and stage.facts is not None:
+            refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
@@ -207,6 +244,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         metrics.CACHE.detach(up)
         if reloading is not None:
             reloading.cancel()
+        if refreshing is not None:
+            refreshing.cancel()
         for task in background:
             task.cancel()
         for runner in reversed(runners):
@@ -319,6 +358,25 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
     url = f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
     interval = config.cert_reload_interval if config.cert_reload_interval > 0 else 10.0
     return url, (_wait_for_client_ca(ctx, waiting, interval) if waiting else None)
+
+
+async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config) -> str:
+    """The in-cluster listener: HTTPS on the node-local address kube-proxy sends `kubernetes.default` traffic to.
+    Any pod on the node can reach it, so a request without its own bearer token is refused here (401, as the API
+    server answers an anonymous request it does not accept) instead of going upstream as the node."""
+
+    async def token_only(request: web.BaseRequest) -> web.StreamResponse:
+        if not kube_request.bearer_token(request.headers):
+            return proxy.status_response(401, "Unauthorized", "Unauthorized")
+        return await handler.handle(request)
+
+    server = proxy_server(handler, token_only)
+    ctx = tls.server_context(config.tls_cert_file, config.tls_key_file, None)
+    host, port = config_mod.split_address(config.in_cluster_address)
+    url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,
+                               port, ssl_context=ctx)
+    log.info("in-cluster listener on %s: kube-proxy's default/kubernetes endpoints point here", url)
+    return url
 
 
 def _credential_reloader(config: config_mod.Config, up: upstream.Upstream) -> tls.Reloader | None:

@@ -278,6 +278,8 @@ async def test_diagnose_shows_what_a_component_asked_and_got(tmp_path, running_p
     assert re_line(out, r"list\s+endpointslices\s+200 upstream\s+1")
     assert "last errors (1):" in out and re_line(out, r"list\s+403 upstream .* /api/v1/pods")
     assert "watches open now: 1 from upstream" in out
+    # kube-proxy's EndpointSlices pass the response filters (none opted in here: nothing changed)
+    assert re_line(out, r"kube-proxy discovery.k8s.io/v1 endpointslices.*: 1 answers, nothing changed")
     assert await asyncio.to_thread(cli.main, [*args[:2], "coredns", *args[3:]]) == 1
     assert "Components seen: kube-proxy" in capsys.readouterr().out
 

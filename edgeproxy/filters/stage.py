@@ -1,0 +1,214 @@
+"""The response-filter stage: between the API server's answer and both the client and the recorder.
+
+The proxy asks `select(info)` before it forwards a request: a Chain when filters apply to that (client, resource),
+else None and nothing changes on that path. For a filtered request the proxy asks the API server for an identity
+encoding (a filter must read the body; gzip would hide it), waits for `prepare(chain)` (the node's pool, at most
+PREPARE_TIMEOUT on the first request), then passes every body chunk through the Transform that `begin()` returns:
+- a list or an object is buffered whole and rewritten at its end (kube.rewrite: untouched items keep their bytes, an
+  untouched answer is passed on as it came);
+- a watch is rewritten frame by frame as it streams (no event is held back past its own last byte).
+What the client gets is what the recorder gets, so the cache holds the filtered view and offline answers equal the
+online ones. A body that does not decode is passed on unchanged (a filter never breaks a client's read; the
+recorder then judges the bytes as it would have).
+
+When the node's pool changes (facts), open filtered watches end with an ERROR 410 Expired event, so their clients
+relist through the new pool, and the views they filled are marked incomplete until that relist is recorded (a list
+at an unchanged resourceVersion would otherwise be taken for the old, differently filtered one).
+
+`state()` (in /debug/state, shown by `edgeproxy debug diagnose`) says which filters touched which views.
+Neighbours: chain (the decisions), facts (the node's pool), proxy (calls select/prepare/begin), views (view keys).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cache import store
+from edgeproxy import views
+from edgeproxy.filters import chain as chain_
+from edgeproxy.filters import facts as facts_
+from edgeproxy.kube import errors as kube_errors
+from edgeproxy.kube import rewrite
+from edgeproxy.kube import status as kube_status
+
+log = logging.getLogger(__name__)
+
+PREPARE_TIMEOUT = 3.0  # seconds the first filtered request waits for the node's pool (then it is served unfiltered)
+MAX_BODY = 256 << 20  # a list body larger than this is passed on unfiltered rather than held in memory
+
+
+class Stage:
+    """One per process. `invalidate(view key)` is set by the server to the cache writer's mark_incomplete."""
+
+    __slots__ = ("_views", "_watches", "facts", "invalidate", "settings")
+
+    def __init__(self, settings: chain_.Settings, facts: facts_.Facts | None = None,
+                 invalidate: Callable[[store.ViewKey], None] | None = None) -> None:
+        self.settings = settings
+        self.facts = facts
+        self.invalidate = invalidate
+        # (client key, view) -> {"filters": {name: objects changed}, "requests": n, "last": ts}
+        self._views: dict[tuple[str, str], dict[str, Any]] = {}
+        self._watches: set[Transform] = set()
+        if facts is not None:
+            facts.on_change(self._place_changed)
+
+    def place(self) -> chain_.Place:
+        return self.facts.current() if self.facts is not None else chain_.Place()
+
+    def select(self, info: Any) -> chain_.Chain | None:
+        if info is None or not info.is_resource:
+            return None
+        names = chain_.names_for(self.settings, info.client.component, info.api_group or "", info.resource or "",
+                                 info.verb, info.subresource or "")
+        if not names:
+            return None
+        return chain_.Chain(names, info.resource, self.settings, self.place)
+
+    async def prepare(self, chain: chain_.Chain) -> None:
+        if chain_.TOPOLOGY in chain.names and self.facts is not None:
+            await self.facts.ensure(PREPARE_TIMEOUT)
+
+    def begin(self, chain: chain_.Chain, info: Any, status: int, headers: Any,
+              abort: Callable[[], None] | None = None) -> Transform | None:
+        """A Transform for a response the chain can read (200, JSON or protobuf, full objects, not compressed)."""
+        content_type = headers.get("Content-Type", "")
+        encoding = views.encoding_of(content_type)
+        if status != 200 or encoding is None or views.shape_of(content_type) or headers.get("Content-Encoding"):
+            return None
+        key = views.safe_view_key(info, shape="", encoding=encoding) if info.verb != "get" else None
+        label = key.describe() if key is not None else f"{info.client.key} {info.path}"
+        stats = self._views.setdefault((info.client.key, label), {"filters": {}, "requests": 0, "last": None,
+                                                                  "errors": 0})
+        stats["requests"] += 1
+        t = Transform(self, chain, encoding, info.verb, stats, key, abort)
+        if info.verb == "watch":
+            self._watches.add(t)
+        return t
+
+    def _place_changed(self, old: chain_.Place, new: chain_.Place) -> None:
+        if not old.pool and not self._watches and not self._views:
+            return  # the first answer: nothing was filtered with another pool yet
+        for t in list(self._watches):
+            if chain_.TOPOLOGY in t.chain.names:
+                t.expire()
+        if self.invalidate is not None:
+            for (_, _), stats in self._views.items():
+                key = stats.get("key")
+                if key is not None:
+                    self.invalidate(key)
+
+    def state(self) -> dict[str, object]:
+        return {
+            "settings": {"components": sorted(self.settings.components), "servicetopology": self.settings.topology,
+                         "inclusterredirect": (f"{self.settings.redirect[0]}:{self.settings.redirect[1]}"
+                                               if self.settings.redirect else None),
+                         "topology_label": f"{chain_.TOPOLOGY_LABEL}={chain_.TOPOLOGY_POOL}"},
+            "node": self.facts.state() if self.facts is not None else None,
+            "views": [{"client": client, "view": view, "requests": s["requests"], "touched": dict(s["filters"]),
+                       "errors": s["errors"], "last_touched": s["last"]}
+                      for (client, view), s in sorted(self._views.items())],
+            "open_watches": len(self._watches),
+        }
+
+
+class Transform:
+    """One response through the chain. feed(chunk) -> bytes to pass on now; end() -> the bytes still to pass on."""
+
+    __slots__ = ("_abort", "_body", "_expired", "_passthrough", "_size", "_stats", "_watch", "chain", "encoding",
+                 "key", "stage", "verb")
+
+    def __init__(self, stage: Stage, chain: chain_.Chain, encoding: str, verb: str, stats: dict[str, Any],
+                 key: store.ViewKey | None, abort: Callable[[], None] | None) -> None:
+        self.stage = stage
+        self.chain = chain
+        self.encoding = encoding
+        self.verb = verb
+        self.key = key
+        if key is not None:
+            stats["key"] = key
+        self._stats = stats
+        self._abort = abort
+        self._body: list[bytes] = []
+        self._size = 0
+        self._expired = False
+        self._passthrough = False
+        self._watch = rewrite.WatchRewriter(encoding, self._rewrite) if verb == "watch" else None
+
+    def _rewrite(self, obj: bytes) -> bytes | None:
+        return self.chain.rewrite(self.encoding, obj)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._passthrough:
+            return b"" if self._watch is not None else chunk
+        if self._watch is not None:
+            errors_before = self._watch.errors
+            try:
+                out = self._watch.feed(chunk)
+            except kube_errors.KubeError as e:
+                # The stream cannot be cut into frames: end it at the last whole frame (the client re-watches).
+                self._fail(e)
+                if self._abort is not None:
+                    self._abort()
+                return b""
+            if self._watch.errors != errors_before:
+                self._stats["errors"] += self._watch.errors - errors_before
+            self._note()
+            return out
+        self._body.append(chunk)
+        self._size += len(chunk)
+        if self._size > MAX_BODY:
+            self._fail(None)
+            body, self._body = b"".join(self._body), []
+            return body
+        return b""
+
+    def end(self) -> bytes:
+        """The rest: a buffered body rewritten; for a watch, an ERROR 410 when it was expired, else nothing."""
+        self.stage._watches.discard(self)
+        if self._watch is not None:
+            if self._expired:
+                return kube_status.watch_error_event(
+                    kube_status.gone("the node's pool changed: relist through edgeproxy's filters"), self.encoding)
+            return b""
+        body, self._body = b"".join(self._body), []
+        if self._passthrough:
+            return body
+        try:
+            if self.verb == "list":
+                out, _ = rewrite.list_body(self.encoding, body, self._rewrite)
+            else:
+                out, _ = rewrite.object_body(self.encoding, body, self._rewrite)
+        except kube_errors.KubeError as e:
+            self._fail(e)
+            return body
+        self._note()
+        return out
+
+    def close(self) -> None:
+        """The response is over, however it ended."""
+        self.stage._watches.discard(self)
+
+    def expire(self) -> None:
+        """End this watch: its client gets ERROR 410 and relists."""
+        self._expired = True
+        if self._abort is not None:
+            self._abort()
+
+    def _note(self) -> None:
+        touched = self.chain.touched
+        if touched:
+            filters = self._stats["filters"]
+            for name, n in touched.items():
+                filters[name] = filters.get(name, 0) + n
+            touched.clear()
+            self._stats["last"] = time.time()
+
+    def _fail(self, e: Exception | None) -> None:
+        self._passthrough = True
+        self._stats["errors"] += 1
+        if e is not None:
+            log.warning("filters: %s passed on unfiltered: %s", self._stats.get("key") or self.verb, e)
