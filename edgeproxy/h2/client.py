@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._window: list[asyncio.Future[None]] = []  # body senders waiting for a window update
         self._ping_ids = itertools.count(1)
         self._streams_gauge = metrics.UPSTREAM_STREAMS.labels(server=label)
+        self.settings: asyncio.Future[None] = loop.create_future()  # the server's first SETTINGS came
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,6 +139,8 @@ class Connection(asyncio.Protocol):
             self._wake(stream.id)
         if changes.window:
             self._wake_senders()
+            if not self.settings.done() and self.session.settings_seen:
+                self.settings.set_result(None)
         if changes.pings:
             self.ping_sent = 0.0
         if changes.goaway is not None:
@@ -191,6 +194,9 @@ class Connection(asyncio.Protocol):
                 stream.error = exc if stream.received else Stale(f"{exc} (before any response)")
             self._wake(stream.id)
         self._wake_senders()
+        if not self.settings.done():
+            self.settings.set_exception(exc)
+            self.settings.exception()  # retrieved
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
@@ -397,6 +403,7 @@ class Pool:
             raise NotH2(f"{label} speaks HTTP/1.1")
         loop = asyncio.get_running_loop()
         timeout = self.connect_timeout if not deadline else min(self.connect_timeout, deadline - loop.time())
+        started = loop.time()
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
@@ -411,6 +418,14 @@ class Pool:
             metrics.UPSTREAM_H2_EVENTS.labels(server=label, event="alpn_http1").inc()
             log.info("upstream %s chose %s over h2 in ALPN: HTTP/1.1 to it", label, conn.alpn or "no protocol")
             raise NotH2(f"{label} chose {conn.alpn or 'no protocol'} in ALPN")
+        # The server's SETTINGS follow its handshake at once: with them known, the requests waiting for this
+        # connection all go on it up to the server's real stream limit, not the 100 assumed without them.
+        try:
+            async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
+                await asyncio.shield(conn.settings)
+        except (TimeoutError, HttpClientError) as e:
+            conn.close()
+            raise ConnectFailed(f"no HTTP/2 SETTINGS from the server: {type(e).__name__}") from e
         metrics.UPSTREAM_H2_EVENTS.labels(server=label, event="connect").inc()
         metrics.UPSTREAM_CONNECTIONS.labels(server=label, protocol="h2").inc()
         self._conns.setdefault(key, []).append(conn)
