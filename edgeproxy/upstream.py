@@ -496,6 +496,8 @@ class Upstream:
                     resp.release()
         except h2client.NotH2:
             raise
+        except httpclient.ConnectFailed as e:
+            return False, f"ConnectFailed: cannot connect to {server.host}:{server.port}: {e}"
         except (TimeoutError, httpclient.HttpClientError) as e:
             return False, _describe(e)
         ok = resp.status in (200, 401, 403)

@@ -208,14 +208,14 @@ async def test_certificate_reload_new_connection_old_watches_kept(sim, front, up
 
 async def test_black_holed_link_with_only_idle_watches_goes_offline_by_ping(sim, front, tmp_path):
     """Probing is off (an hour apart); only the PING can tell that the link died under a quiet watch."""
-    up = await make_upstream(sim, front, tmp_path, ping_idle=0.3, ping_timeout=0.5)
+    up = await make_upstream(sim, front, tmp_path, ping_idle=0.5, ping_timeout=2)
     try:
         w = await watch(up, wpath(sim))
         await asyncio.sleep(0)  # (not synchronisation: lets the watch's first window update go out)
         before = events(front.url, "ping_timeout")
         front.blackhole()
         await until(lambda: not up.online, what="offline")
-        assert events(front.url, "ping_timeout") == before + 1
+        assert events(front.url, "ping_timeout") >= before + 1
         with pytest.raises(httpclient.Broken):
             while await w.read():
                 pass
