@@ -19,6 +19,8 @@ The data path reads down the tree; imports go downward only:
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work)
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
+    companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
+            nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
             h2front: its HTTP/2 face)
 

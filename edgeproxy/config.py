@@ -68,6 +68,10 @@ class Config:
     filter_components: str = "kube-proxy,coredns"  # the clients whose EndpointSlices/Endpoints are filtered
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
+    # Seconds between re-reports of the cache's health on the Node (edgeproxy.io/cache-health, read by the
+    # autonomy companion); a change is reported within health_check_interval. 0 = never report.
+    health_report_interval: float = 300.0
+    health_check_interval: float = 10.0
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -128,6 +132,10 @@ _HELP = {
                          "(default kube-proxy,coredns)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
+    "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "
+                              "edgeproxy.io/cache-health, for the autonomy companion; 0 never reports (default 300)",
+    "health-check-interval": "seconds between checks of the cache's health; a change is reported at once "
+                             "(default 10)",
 }
 
 

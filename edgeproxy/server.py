@@ -260,6 +260,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
+        reporting = _health_reporter(config, up, local, node_trust.node)
+        if reporting is not None:
+            background.append(reporting)
         metrics.CACHE.attach(store=getattr(local, "store", None), writer=getattr(local, "writer", None), upstream=up,
                              recorder=recorder)
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
@@ -280,6 +283,23 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             close = getattr(hook, "close", None)
             if close is not None:
                 await asyncio.to_thread(close)
+
+
+def _health_reporter(config: config_mod.Config, up: upstream.Upstream, local: proxy.Local | None,
+                     node: str | None) -> asyncio.Task[None] | None:
+    """The cache-health report on this node's Node, for the autonomy companion (companion/reporter.py); None when
+    disabled or when the node's name is unknown (nothing to patch)."""
+    if config.health_report_interval <= 0:
+        return None
+    from edgeproxy.companion import reporter
+
+    node = getattr(local, "node", None) or node
+    if not node:
+        log.info("cache health is not reported: the node's name is unknown (set --node-name)")
+        return None
+    rep = reporter.Reporter(up, getattr(local, "store", None), node, interval=config.health_report_interval,
+                            check=min(config.health_check_interval, config.health_report_interval))
+    return tasks.spawn(rep.run(), name="cache-health-reporter")
 
 
 async def start_listener(runners: list[web.BaseRunner], runner: web.BaseRunner, host: str, port: int, *,
