@@ -313,11 +313,13 @@ class Connection(asyncio.Protocol):
         if stream.id not in self.session.streams:
             return
         self._streams_gauge.dec()
-        if stream.ended or stream.reset is not None or self.failed is not None or self.transport is None:
+        if (stream.ended and stream.sent_all) or stream.reset is not None or self.failed is not None \
+                or self.transport is None:
             self.session.forget(stream)
         else:
             self.session.cancel(stream)
-            metrics.UPSTREAM_H2_EVENTS.labels(server=self.label, event="stream_cancelled").inc()
+            if not stream.ended:
+                metrics.UPSTREAM_H2_EVENTS.labels(server=self.label, event="stream_cancelled").inc()
             self.flush()
         self._waiters.pop(stream.id, None)
         if not self.session.streams:

@@ -55,7 +55,7 @@ class Stream:
     `:status`) once it came; `body` holds the unread DATA; `ended` once END_STREAM came; `reset` the error code of an
     RST_STREAM from the server."""
 
-    __slots__ = ("body", "buffered", "ended", "error", "head", "id", "received", "reset", "unacked")
+    __slots__ = ("body", "buffered", "ended", "error", "head", "id", "received", "reset", "sent_all", "unacked")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -63,6 +63,7 @@ class Stream:
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0  # bytes in body
         self.ended = False
+        self.sent_all = False  # our END_STREAM went: the whole request is out
         self.reset: int | None = None
         self.received = False  # any frame of the response came (a stream with none may be re-sent after GOAWAY)
         self.unacked = 0  # bytes read by the consumer and not yet handed back to the server's window
@@ -148,6 +149,7 @@ class Session:
         except h2.exceptions.H2Error as e:
             raise SessionError(f"cannot open a stream: {e!r}") from e
         stream = Stream(stream_id)
+        stream.sent_all = end_stream
         self.streams[stream_id] = stream
         return stream
 
@@ -171,6 +173,7 @@ class Session:
                 sent += room
             if end_stream and total == 0:
                 conn.end_stream(stream.id)
+            stream.sent_all = end_stream
         except h2.exceptions.H2Error as e:
             raise SessionError(f"cannot send on stream {stream.id}: {e!r}") from e
         return sent
@@ -187,9 +190,10 @@ class Session:
             stream.unacked = 0
 
     def cancel(self, stream: Stream) -> None:
-        """The reader went away: RST_STREAM (CANCEL) unless the stream already ended, and forget it."""
+        """The reader went away: RST_STREAM (CANCEL) unless the stream is over on both sides, and forget it. (A
+        server that answered before taking the whole request body still counts the stream open until then.)"""
         self.streams.pop(stream.id, None)
-        if stream.ended or stream.reset is not None:
+        if (stream.ended and stream.sent_all) or stream.reset is not None:
             return
         try:
             self._conn.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
