@@ -260,6 +260,9 @@ class Writer:
                     self.store.writes_failed += len(ops)
                     stop = any(op[2][0] == "stop" for op in ops)
                     self._finish(ops, dropped)
+            # Let go of the batch before sleeping and waiting: a big list's items would otherwise stay alive (tens
+            # of MB for a 10k-pod list) until the next write came along.
+            ops = dropped = None
             spent = time.monotonic() - started
             if not stop and spent < self.interval:
                 time.sleep(self.interval - spent)  # pace commits: at most one fsync per interval
@@ -498,7 +501,7 @@ class ListAssembly:
         self.abort()
 
 
-_WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replaced", "evictions")
+_WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replaced", "lists_behind", "evictions")
 
 
 def _size(items: Sequence[store_.Item]) -> int:
