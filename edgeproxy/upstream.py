@@ -383,7 +383,9 @@ class Upstream:
                             headers.get("Authorization", "") if own_auth else "",
                             [(b":authority", server.netloc.encode("latin-1")), *h2_headers], body, label=server.url,
                             retry_stale=not isinstance(body, AsyncIterator), deadline=deadline)
-                    except h2client.NotH2:
+                    except h2client.NotH2 as e:
+                        if e.transport is not None and ctx is not None:  # the handshake is not wasted
+                            self._pool.adopt(server.host, server.port, ctx, e.transport)
                         resp = None
                 else:
                     resp = None
@@ -464,8 +466,9 @@ class Upstream:
             # connection the requests use.
             try:
                 ok, error = await self._probe_h2(server, headers)
-            except h2client.NotH2:
-                pass
+            except h2client.NotH2 as e:
+                if e.transport is not None and self._ssl_identity is not None:
+                    self._pool.adopt(server.host, server.port, self._ssl_identity, e.transport)
             else:
                 return self._probed(server, start, ok, error)
         try:

@@ -46,7 +46,12 @@ _CANONICAL: dict[bytes, str] = {}  # b"content-type" -> "Content-Type", as Go's 
 
 
 class NotH2(HttpClientError):
-    """The server's ALPN did not choose h2: use HTTP/1.1 (nothing was sent)."""
+    """The server's ALPN did not choose h2: use HTTP/1.1 (nothing was sent). `transport`: the connection that chose
+    HTTP/1.1, open and unused, for the HTTP/1.1 pool to adopt (None when there is none)."""
+
+    def __init__(self, message: str, transport: asyncio.Transport | None = None) -> None:
+        super().__init__(message)
+        self.transport = transport
 
 
 def canonical(name: bytes) -> str:
@@ -381,7 +386,10 @@ class Pool:
                     return conn
             pending = self._connecting.get(key)
             if pending is not None:
-                await asyncio.shield(pending)  # its ConnectFailed is ours too
+                try:
+                    await asyncio.shield(pending)  # its ConnectFailed is ours too
+                except NotH2 as e:
+                    raise NotH2(str(e)) from None  # its connection goes to one caller only
                 continue
             pending = asyncio.get_running_loop().create_future()
             self._connecting[key] = pending
@@ -414,12 +422,13 @@ class Pool:
         except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
             raise ConnectFailed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
         if conn.alpn != "h2":
-            if conn.transport is not None:
-                conn.transport.close()
             self._h1_only[(host, port)] = time.monotonic() + H1_RECHECK
             metrics.UPSTREAM_H2_EVENTS.labels(server=label, event="alpn_http1").inc()
             log.info("upstream %s chose %s over h2 in ALPN: HTTP/1.1 to it", label, conn.alpn or "no protocol")
-            raise NotH2(f"{label} chose {conn.alpn or 'no protocol'} in ALPN")
+            transport = conn.transport if conn.alpn == "http/1.1" else None
+            if transport is None and conn.transport is not None:
+                conn.transport.close()
+            raise NotH2(f"{label} chose {conn.alpn or 'no protocol'} in ALPN", transport)
         # The server's SETTINGS follow its handshake at once: with them known, the requests waiting for this
         # connection all go on it up to the server's real stream limit, not the 100 assumed without them.
         try:

@@ -232,3 +232,15 @@ async def test_head_deadline_on_a_hung_stream(sim, front, up):
     with pytest.raises(upstream.Unavailable, match="no response head"):
         await up.send("GET", "/api/v1/namespaces/default", CIMultiDict(), header_timeout=0.5)
 
+
+
+async def test_alpn_http1_connection_is_reused_for_http1(sim, tmp_path):
+    """The connection whose ALPN chose HTTP/1.1 carries the request: one handshake, not two."""
+    creds = upstream.load_kubeconfig(sim.kubeconfig(tmp_path / "kc", user="admin"))
+    up = upstream.Upstream(creds, probe_interval=3600)
+    try:
+        results = await asyncio.gather(*(get(up, "/api/v1/namespaces/default") for _ in range(5)))
+        assert {r[0] for r in results} == {200}
+        assert (await get(up, "/api/v1/namespaces/default"))[0] == 200
+    finally:
+        await up.close()
