@@ -16,6 +16,7 @@ CPU per request does not. Upstream connections are counted from /proc while 16 c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import statistics
@@ -83,6 +84,45 @@ def run(opts: harness.Options) -> list[dict[str, object]]:
             ports = {"edgeproxy h1": int(sim_url.rsplit(":", 1)[1]), "edgeproxy h2": int(h2_url.rsplit(":", 1)[1]),
                      "nginx": int(sim_url.rsplit(":", 1)[1])}
             rows += _measure(opts, pods, sim_url, proxies, pki, ports)
+    rows += asyncio.run(_black_hole(work))
+    return rows
+
+
+async def _black_hole(work: Path) -> list[dict[str, object]]:
+    """A link that drops everything (the front accepts, then never answers, not even PINGs) under one idle watch:
+    seconds until the proxy's upstream is offline, with the default probing and with probes off (the PING alone)."""
+    import dataclasses
+
+    from multidict import CIMultiDict
+
+    from edgeproxy import upstream
+    from edgeproxy.sim import Simulator
+    from edgeproxy.sim.h2front import H2Front
+
+    rows: list[dict[str, object]] = []
+    for label, probe_interval in (("probes every 5 s + PING (defaults)", 5.0), ("PING alone (no probes)", 3600.0)):
+        async with Simulator(pki_dir=work / "blackhole-pki") as sim:
+            front = H2Front(sim)
+            await front.start()
+            creds = dataclasses.replace(upstream.load_kubeconfig(sim.kubeconfig(work / "bh.kubeconfig")),
+                                        servers=(front.url,))
+            up = upstream.Upstream(creds, probe_interval=probe_interval)
+            await up.start()
+            try:
+                _, watch = await up.send("GET", f"/api/v1/namespaces/edge/configmaps?watch=true&resourceVersion="
+                                         f"{sim.store.rv}", CIMultiDict(), header_timeout=10)
+                loop = asyncio.get_running_loop()
+                front.blackhole()
+                start = loop.time()
+                while up.online and loop.time() - start < 120:
+                    await asyncio.sleep(0.05)
+                took = loop.time() - start
+                watch.close()
+            finally:
+                await up.close()
+                await front.stop()
+        rows.append(harness.row(SCENARIO, "black-holed link, idle watch: offline after", round(took, 1), "s",
+                                variant=f"edgeproxy h2, {label}", note="PING after 30 s idle, 15 s timeout"))
     return rows
 
 
