@@ -45,6 +45,10 @@ class Config:
     # Seconds a forwarded request waits for the API server's response head before it is answered locally (a hung
     # or black-holed server); half the request's own `timeout` when that is shorter; 0 disables.
     upstream_header_timeout: float = 10.0
+    # HTTP/2 to the API servers (ALPN h2; HTTP/1.1 when the server does not choose it); off forces HTTP/1.1.
+    upstream_http2: bool = True
+    upstream_ping_idle: float = 30.0  # seconds without a frame from the server before an h2 PING; 0: no PINGs
+    upstream_ping_timeout: float = 15.0  # seconds for the PING's answer, else the connection (and server) is dead
     shutdown_timeout: float = 5.0  # SIGTERM: seconds open requests get to finish
     component_aliases: tuple[tuple[str, str], ...] = (("hollow-kubelet", "kubelet"), ("hollow-proxy", "kube-proxy"))
     log_level: str = "info"
@@ -107,6 +111,13 @@ _HELP = {
     "upstream-header-timeout": "seconds a forwarded request waits for the API server's response headers before it "
                                "is answered locally, or half the request's own timeout= when shorter; 0 disables "
                                "(default 10)",
+    "upstream-http2": "on or off: HTTP/2 to the API servers, one connection per identity, every request and watch "
+                      "multiplexed (ALPN h2, HTTP/1.1 when the server does not choose it); off forces HTTP/1.1 "
+                      "(default on)",
+    "upstream-ping-idle": "seconds an HTTP/2 connection may receive nothing before it is PINGed; 0 disables "
+                          "(default 30, as client-go)",
+    "upstream-ping-timeout": "seconds for a PING's answer before the connection is dropped and its server counts as "
+                             "down (default 15, as client-go)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
     "tls-listen": "address of the HTTPS listener, HOST:PORT: kubelet with its client certificate (acts as the node), "

@@ -67,6 +67,19 @@ UPSTREAM_FAILURES = prom.Counter(
     "edgeproxy_upstream_connect_failures", "Requests that could not connect to a server (then failed over).",
     ["server"], registry=REGISTRY,
 )
+UPSTREAM_CONNECTIONS = prom.Gauge(
+    "edgeproxy_upstream_connections", "HTTP/2 connections open to each server (one per identity; more only when a "
+    "server's stream limit is reached; draining ones included).", ["server", "protocol"], registry=REGISTRY,
+)
+UPSTREAM_STREAMS = prom.Gauge(
+    "edgeproxy_upstream_streams", "HTTP/2 streams (requests and watches) open to each server.", ["server"],
+    registry=REGISTRY,
+)
+UPSTREAM_H2_EVENTS = prom.Counter(
+    "edgeproxy_upstream_h2_events", "HTTP/2 connection events per server: connect, goaway, ping_timeout, "
+    "stream_cancelled (RST_STREAM for a client that went away), protocol_error, alpn_http1 (fell back to HTTP/1.1).",
+    ["server", "event"], registry=REGISTRY,
+)
 PROBE_SECONDS = prom.Histogram(
     "edgeproxy_upstream_probe_duration_seconds", "Duration of /readyz probes.", ["server"],
     buckets=_LATENCY_BUCKETS, registry=REGISTRY,

@@ -217,7 +217,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     creds = creds or upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)
     up = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
                            offline_after=config.offline_after, online_after=config.online_after,
-                           connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout)
+                           connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout,
+                           http2=config.upstream_http2, ping_idle=config.upstream_ping_idle,
+                           ping_timeout=config.upstream_ping_timeout)
     off: list[str] = []
     if recorder is None and local is None:
         recorder, local = cache_hooks(config, up, off)
