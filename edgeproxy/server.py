@@ -35,6 +35,7 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -43,6 +44,7 @@ from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, metrics, notify, proxy, tasks, tls, upstream
 from edgeproxy.filters import chain as filters_chain
 from edgeproxy.filters import facts as filters_facts
+from edgeproxy.filters import incluster as filters_incluster
 from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import trust
 from edgeproxy.kube import request as kube_request
@@ -155,20 +157,27 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy
         return None, None
 
 
-def response_filters(config: config_mod.Config, up: upstream.Upstream,
-                     recorder: proxy.Recorder | None) -> filters_stage.Stage | None:
+def response_filters(config: config_mod.Config, up: upstream.Upstream, recorder: proxy.Recorder | None,
+                     local: proxy.Local | None = None) -> filters_stage.Stage | None:
     """The response-filter stage (edgeproxy/filters) the settings ask for, or None when every filter is off. The
-    redirect's port is set once the in-cluster listener is bound."""
+    redirect's port is set once the in-cluster listener is bound. Raises incluster.CertificateError for an
+    in-cluster serving certificate pods would refuse."""
     components = frozenset(c.strip().lower() for c in config.filter_components.split(",") if c.strip())
     redirect = (config_mod.split_address(config.in_cluster_address) if config.in_cluster_address else None)
     settings = filters_chain.Settings(components=components, topology=config.service_topology, redirect=redirect)
+    writer = getattr(local, "writer", None) or getattr(recorder, "writer", None)  # the cache's one writer
+    st = getattr(writer, "store", None)
+    memo = Path(config.cache_dir) / "filters.json" if st is not None else None
     if not settings.any or not components:
+        if memo is not None:  # views filtered by an earlier run are relisted, not served offline as they were
+            filters_stage.remember(memo, {}, lambda: [k for k, _ in st.views()], writer.mark_incomplete)
         return None
-    facts = None
-    if settings.topology:
-        facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label)
-    writer = getattr(recorder, "writer", None)
-    return filters_stage.Stage(settings, facts, invalidate=writer.mark_incomplete if writer is not None else None)
+    cert_ips = filters_incluster.check(config.tls_cert_file) if redirect is not None else None
+    facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label,
+                                want_pool=settings.topology, want_service=redirect is not None)
+    return filters_stage.Stage(
+        settings, facts, invalidate=writer.mark_incomplete if writer is not None else None, cert_ips=cert_ips,
+        memo=memo, stored_views=(lambda: [k for k, _ in st.views()]) if st is not None else None)
 
 
 def token_identities(config: config_mod.Config, local: proxy.Local | None,
@@ -199,7 +208,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         recorder, local = cache_hooks(config, up)
     identities = token_identities(config, local, up)
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
-    stage = response_filters(config, up, recorder)
+    stage = response_filters(config, up, recorder, local)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
                           identities=identities, trust=node_trust, filters=stage)
     await up.start()
@@ -228,8 +237,10 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
                 ip = config_mod.split_address(config.in_cluster_address)[0]
                 port = int(service.in_cluster_url.rsplit(":", 1)[1])
                 stage.settings = dataclasses.replace(stage.settings, redirect=(ip, port))
-        if stage is not None and stage.facts is not None:
-            refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
+        if stage is not None:
+            stage.reconcile()  # settings changed since the cache was filled: its filtered views are relisted
+            if stage.facts is not None:
+                refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
@@ -419,10 +430,12 @@ def run(args: argparse.Namespace) -> int:
         for path in (config.tls_cert_file, config.tls_key_file) if config.tls_listen else ():
             if path and not os.access(path, os.R_OK):
                 raise config_mod.ConfigError(f"--tls-listen: cannot read {path}")
+        if config.in_cluster_address:
+            filters_incluster.check(config.tls_cert_file)
         # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
         logs.setup(level=getattr(args, "log_level", None) or config.log_level,
                    fmt=getattr(args, "log_format", None) or config.log_format)
-    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:
+    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:  # incluster.CertificateError too
         print(f"edgeproxy serve: {e}", file=sys.stderr)
         return 2
     import uvloop
