@@ -13,10 +13,11 @@ The data path reads down the tree; imports go downward only:
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
       ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
-      └── demo, kubeconfig, install, debug                (the other subcommands)
+      ├── demo, kubeconfig, install, debug                (the other subcommands)
+      └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work)
-    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks
+    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
 `cache` knows nothing of HTTP, `cni_plugin` uses the standard library only.

@@ -134,14 +134,21 @@ def check_files(cfg: config_mod.Config, report: Report) -> upstream.Credentials 
         else:
             report.add("ok", "files", f"kubeconfig {cfg.kubeconfig}: {', '.join(creds.servers)}")
     cache_dir = Path(cfg.cache_dir)
-    try:
-        st = cache_dir.stat()
-    except FileNotFoundError:
-        report.add("warn", "files", f"cache directory {cache_dir} does not exist yet",
-                   "systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf (or start the service once)")
-    except OSError as e:
-        report.add("fail", "files", f"cache directory {cache_dir}: {e}", f"ls -ld {cache_dir}")
+    writable = unit_writable_paths()
+    if cfg.cache and writable is not None and not any(_under(cache_dir, w) for w in
+                                                      [*writable, "/tmp", "/var/tmp", "/dev/shm"]):
+        # The cause an operator cannot see from the directory itself: the service's sandbox. It starts, says
+        # online, and runs with no cache at all (nothing served offline).
+        home = (writable or ["/var/lib/edgeproxy"])[0]
+        report.add("fail", "files", f"cache directory {cache_dir} is outside the unit's ReadWritePaths= "
+                   f"({' '.join(writable)}): under ProtectSystem=strict the service cannot write it and runs without "
+                   "a cache, so nothing is answered offline",
+                   f"set EDGEPROXY_CACHE_DIR under {home} in {DEFAULT_ENV_FILE}, or let the unit write it: "
+                   f"systemctl edit edgeproxy ([Service] ReadWritePaths={cache_dir}); then systemctl restart edgeproxy")
+        st = None
     else:
+        st = _stat_cache_dir(cache_dir, report)
+    if st is not None:
         mode = stat.S_IMODE(st.st_mode)
         uid = _service_uid()
         if mode & 0o077:
@@ -162,6 +169,56 @@ def check_files(cfg: config_mod.Config, report: Report) -> upstream.Credentials 
             if mode & 0o077:
                 report.add("warn", "files", f"client key {key_file} is mode {mode:04o}", f"chmod 0600 {key_file}")
     return creds
+
+
+UNIT_FILE = "/etc/systemd/system/edgeproxy.service"
+UNIT_DROPIN_DIRS = ("/etc/systemd/system/edgeproxy.service.d", "/run/systemd/system/edgeproxy.service.d")
+
+
+def unit_writable_paths(unit_file: str | None = None, dropin_dirs: Iterable[str] | None = None) -> list[str] | None:
+    """The paths edgeproxy.service may write under ProtectSystem=strict (ReadWritePaths=, StateDirectory=,
+    CacheDirectory=, ... as the unit file and its drop-ins set them), or None when there is no such unit or it does
+    not make the file system read-only."""
+    texts = []
+    for path in [unit_file or UNIT_FILE, *sorted(str(p) for d in (dropin_dirs if dropin_dirs is not None
+                                                                    else UNIT_DROPIN_DIRS)
+                                                 for p in Path(d).glob("*.conf"))]:
+        try:
+            texts.append(Path(path).read_text())
+        except OSError:
+            if path == (unit_file or UNIT_FILE):
+                return None
+    protect = ""
+    writable: list[str] = []
+    roots = {"StateDirectory": "/var/lib", "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log",
+             "RuntimeDirectory": "/run"}
+    for text in texts:
+        for key, value in re.findall(r"^\s*(\w+)\s*=\s*(.*?)\s*$", text, re.M):
+            if key == "ProtectSystem":
+                protect = value
+            elif key == "ReadWritePaths":
+                writable = [] if not value else writable + [v.lstrip("-+") for v in value.split()]
+            elif key in roots and value:
+                writable += [f"{roots[key]}/{v.split(':')[0]}" for v in value.split()]
+    if protect != "strict":
+        return None
+    return list(dict.fromkeys(writable))
+
+
+def _under(path: Path, parent: str) -> bool:
+    return os.path.normpath(path) == os.path.normpath(parent) or os.path.normpath(path).startswith(
+        os.path.normpath(parent).rstrip("/") + "/")
+
+
+def _stat_cache_dir(cache_dir: Path, report: Report) -> os.stat_result | None:
+    try:
+        return cache_dir.stat()
+    except FileNotFoundError:
+        report.add("warn", "files", f"cache directory {cache_dir} does not exist yet",
+                   "systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf (or start the service once)")
+    except OSError as e:
+        report.add("fail", "files", f"cache directory {cache_dir}: {e}", f"ls -ld {cache_dir}")
+    return None
 
 
 # ---- certificates ---------------------------------------------------------------------------------------------------
@@ -332,13 +389,23 @@ def check_proxy(base: str | None, report: Report, timeout: float) -> None:
                    "systemctl status edgeproxy; journalctl -u edgeproxy -n 50")
         return
     text = body.decode(errors="replace")
-    if status == 200 and "offline" in text.split("\n", 1)[0]:
+    first = text.split("\n", 1)[0]
+    if status == 200 and "offline" in first:
         report.add("warn", "proxy", f"running on {base}, OFFLINE: answering from the cache")
+    elif status == 200 and "connecting" in first:
+        report.add("warn", "proxy", f"running on {base}, connecting: no API server has answered it yet")
     elif status == 200:
         report.add("ok", "proxy", f"running on {base}, online")
     else:
         report.add("fail", "proxy", f"running on {base} but not ready ({status}): {text.strip()[:200]}",
                    "journalctl -u edgeproxy -n 50")
+        return
+    off = re.search(r"^\[-\]cache off: (.*)$", text, re.M)
+    if off and "disabled" in off.group(1):
+        report.add("warn", "proxy", f"the running proxy has its cache turned off: {off.group(1)}")
+    elif off:
+        report.add("fail", "proxy", f"the running proxy has NO CACHE: {off.group(1)}; nothing is answered offline",
+                   "fix the cause above, then systemctl restart edgeproxy")
 
 
 def find_store(cache_dir: str) -> Path | None:
@@ -714,8 +781,14 @@ def run_collect(args: argparse.Namespace) -> int:
     if notes:
         members["NOT-COLLECTED.txt"] = ("\n".join(notes) + "\n").encode()
     secrets = known_secrets(cfg)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        where = "the current directory" if args.out is None else str(out_path.parent)
+        print(f"edgeproxy debug collect: cannot write {out_path.absolute()}: {e.strerror or e}; {where} is not "
+              "writable here: pass --out /tmp/edgeproxy-debug.tar.gz (or another writable path)", file=sys.stderr)
+        return 1
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for member, data in members.items():
             data = scrub(data, secrets)

@@ -1,8 +1,11 @@
 """`edgeproxy install-systemd`: put the units, env file, kubelet drop-in, tmpfiles and sysusers entries in place.
 
 Everything is written under `--root` (default /), so a test, an image build or a package build installs into a
-directory. Files that hold an operator's choices (/etc/default/edgeproxy) are kept unless --force. With --now (and
-root /), it also creates the user and directories and starts the service, as a package's postinst would.
+directory. Files that hold an operator's choices (/etc/default/edgeproxy) are kept unless --force. Directories it
+creates get explicit modes (0755), whatever the caller's umask. With --now (and root /), it also creates the user
+and directories and starts the service, as a package's postinst would; run again (an upgrade), it restarts a running
+service so the new version and units take effect, and says so. `edgeproxy uninstall-systemd` (host/uninstall.py)
+undoes it.
 
 Boundary: files and, with --now, systemctl/systemd-sysusers/systemd-tmpfiles; it never edits a file it did not write
 (the kubelet change is a drop-in). Neighbours: systemd/ (the sources), kubeconfig.py (kubelet's kubeconfig).
@@ -34,7 +37,6 @@ class Target:
 TARGETS = (
     Target("edgeproxy.service", "/etc/systemd/system/edgeproxy.service"),
     Target("edgeproxy-credentials.service", "/etc/systemd/system/edgeproxy-credentials.service"),
-    Target("edgeproxy-credentials.path", "/etc/systemd/system/edgeproxy-credentials.path"),
     Target("edgeproxy.tmpfiles.conf", "/etc/tmpfiles.d/edgeproxy.conf"),
     Target("edgeproxy.sysusers.conf", "/etc/sysusers.d/edgeproxy.conf"),
     Target("edgeproxy.env", "/etc/default/edgeproxy", mode=0o640, keep=True),
@@ -55,6 +57,24 @@ def source_dir() -> Path:
     raise FileNotFoundError("edgeproxy's systemd/ files are not installed next to the package")
 
 
+def docs_url(src: Path) -> str:
+    """Documentation= of the units: the operations guide beside the unit sources (the checkout's docs/, or
+    share/edgeproxy/docs of an installed wheel)."""
+    return (src.parent / "docs" / "operations.md").resolve().as_uri()
+
+
+def make_dirs(path: Path, mode: int = 0o755) -> None:
+    """Create `path` and its missing parents, each with `mode` whatever the caller's umask (a umask of 077 left
+    /etc/sysusers.d 0700)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=mode)
+        os.chmod(directory, mode)
+
+
 def default_exec(prefix: str | None) -> str:
     if prefix:
         return str(Path(prefix) / "bin" / "edgeproxy")
@@ -70,6 +90,7 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
     """Install every file under `root`; returns (path, what happened) for each. tls_sans=None: no listener PKI;
     server: also write the upstream kubeconfig for that API server (kept if there, unless force)."""
     src = source_dir()
+    docs = docs_url(src)
     done: list[tuple[Path, str]] = []
     for target in TARGETS:
         if target.kubelet and not kubelet:
@@ -78,17 +99,18 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
         if target.keep and dest.exists() and not force:
             done.append((dest, "kept (yours; --force replaces it)"))
             continue
-        text = (src / target.source).read_text()
-        if target.source == "edgeproxy.service":
-            text = text.replace("@EXEC@", exec_cmd)
+        text = (src / target.source).read_text().replace("@EXEC@", exec_cmd).replace("@DOCS@", docs)
+        make_dirs(dest.parent)
         kubeconfig.write(dest, text, mode=target.mode)
         done.append((dest, "written"))
     if kubelet:
         dest = root / KUBELET_KUBECONFIG.lstrip("/")
+        make_dirs(dest.parent)
         kubeconfig.write(dest, kubeconfig.render("kubelet"), mode=0o644)
         done.append((dest, "written"))
     if server:
         dest = root / UPSTREAM_KUBECONFIG.lstrip("/")
+        make_dirs(dest.parent)
         if dest.exists() and not force:
             done.append((dest, "kept (yours; --force replaces it)"))
         else:
@@ -96,6 +118,12 @@ def install(root: Path, exec_cmd: str, *, kubelet: bool = True, force: bool = Fa
             done.append((dest, "written"))
     if tls_sans is not None:
         done.extend(listener_pki(root, tls_sans, force=reissue_tls))
+    unit_dir = root / "etc/systemd/system"
+    for unit in OBSOLETE:
+        for path in [unit_dir / unit, *(d / unit for d in unit_dir.glob("*.wants"))]:
+            if path.exists() or path.is_symlink():
+                path.unlink()
+                done.append((path, "removed (replaced by edgeproxy-credentials.service)"))
     return done
 
 
@@ -113,6 +141,7 @@ def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> l
     if force:
         for name in ("serving.crt", "serving.key"):
             (d / name).unlink(missing_ok=True)
+    make_dirs(d)
     cert, key, ca = tls.own_serving_cert(d, sans, days=SERVING_DAYS)
     os.chmod(d, 0o755)
     for path, mode in ((ca, 0o644), (cert, 0o644), (key, 0o600), (d / "ca.key", 0o600)):
@@ -129,11 +158,14 @@ def listener_pki(root: Path, sans: tuple[str, ...], *, force: bool = False) -> l
     return [(ca, "written"), (cert, "written"), (key, "written")]
 
 
-NEXT_STEPS = """\
+UNITS = ("edgeproxy-credentials.service", "edgeproxy.service")  # what is enabled
+# Units an older version installed that this one replaces: removed (disabled first with --now) on install.
+OBSOLETE = ("edgeproxy-credentials.path",)
+NEXT_STEPS = f"""\
 systemd-sysusers /etc/sysusers.d/edgeproxy.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/edgeproxy.conf
 systemctl daemon-reload
-systemctl enable --now edgeproxy-credentials.path edgeproxy-credentials.service edgeproxy.service"""
+systemctl enable --now {' '.join(UNITS)}"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -175,12 +207,21 @@ def run(args: argparse.Namespace) -> int:
         if not (root / UPSTREAM_KUBECONFIG.lstrip("/")).exists():
             print(f"--now needs {UPSTREAM_KUBECONFIG}: pass --server https://API-SERVER:6443", file=sys.stderr)
             return 2
-        for line in NEXT_STEPS.splitlines():
+        # An upgrade: `enable --now` leaves running services on their old code and units; restart them after.
+        running = [u for u in UNITS if subprocess.run(["systemctl", "is-active", "--quiet", u],
+                                                       check=False).returncode == 0]
+        steps = NEXT_STEPS.splitlines() + ([f"systemctl restart {' '.join(running)}"] if running else [])
+        for line in steps:
             print(f"+ {line}")
             result = subprocess.run(shlex.split(line), check=False)
             if result.returncode != 0:
                 print(f"edgeproxy install-systemd: `{line}` failed ({result.returncode})", file=sys.stderr)
                 return 1
+        for unit in OBSOLETE:  # gone from disk; stop what may still run of it
+            subprocess.run(["systemctl", "stop", unit], check=False, capture_output=True)
+        if running:
+            print(f"{' and '.join(running)} {'was' if len(running) == 1 else 'were'} running: restarted, so the "
+                  "installed version and units are in effect")
         if not args.no_kubelet:
             print("kubelet uses the proxy after: systemctl restart kubelet")
         return 0

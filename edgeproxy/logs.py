@@ -2,6 +2,9 @@
 
 - `setup(level, fmt)`: the root logger writes to stderr (the journal under systemd) as text or as JSON, one object
   per line with any `extra=` fields as keys; a bounded in-memory ring keeps the last lines for `debug collect`.
+  When stderr is the journal's stream ($JOURNAL_STREAM names its device:inode), every line starts with its syslog
+  priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), which journald takes as the entry's PRIORITY and
+  strips: `journalctl -u edgeproxy -p warning` shows the warnings and errors.
 - `state_change(event, **fields)`: one line per state change (online/offline, view complete, eviction, certificate
   reloaded), always at INFO, with the fields as JSON keys, on the `edgeproxy.state` logger.
 - `request(...)`: the request log, one request in N (EDGEPROXY_LOG_REQUEST_SAMPLE, default 100) plus every 5xx; all of
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import io
 import itertools
 import json
 import logging
@@ -81,6 +85,43 @@ def _text_value(value: Any) -> str:
     return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
+SYSLOG_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 2 crit, 3 err, 4 warning, 6 info, 7 debug."""
+    for threshold, priority in SYSLOG_PRIORITY:
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+def is_journal_stream(stream: Any) -> bool:
+    """Whether `stream` is connected to the journal: systemd sets $JOURNAL_STREAM to "device:inode" of the stream it
+    gives a service (systemd.exec(5)); a stream redirected elsewhere (a pipe, a file) does not match."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(x) for x in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+class JournalPriorityFormatter(logging.Formatter):
+    """Prefixes each line of another formatter's output with `<N>`, the record's syslog priority: journald reads it as
+    the entry's PRIORITY (SyslogLevelPrefix=, on by default) and removes it from the message. Every line of a
+    multi-line record (a traceback in the text format) is its own journal entry, so each gets the prefix."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
 class RingHandler(logging.Handler):
     """Keeps the last `capacity` records, formatted as JSON lines, for `debug collect` and the ops endpoint."""
 
@@ -129,9 +170,14 @@ def setup(level: str | int | None = None, fmt: str | None = None, stream: Any = 
     fmt = (fmt or os.environ.get(ENV_FORMAT) or "text").strip().lower()
     if fmt not in ("text", "json"):
         raise ValueError(f"unknown log format {fmt!r} (text, json)")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
     # Under systemd ($JOURNAL_STREAM set) the journal timestamps each line; the text format leaves its own out.
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter("JOURNAL_STREAM" not in os.environ))
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter("JOURNAL_STREAM" not in
+                                                                                        os.environ)
+    if is_journal_stream(stream):
+        formatter = JournalPriorityFormatter(formatter)
+    handler.setFormatter(formatter)
     handler._edgeproxy = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_edgeproxy", False) or h is _ring]:

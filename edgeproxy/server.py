@@ -6,7 +6,8 @@ aggregated APIs can register any `/apis/...` path. So the proxy's own endpoints 
 127.0.0.1:10267 by default (`--ops-listen`), where Prometheus, systemd and `edgeproxy debug` find them:
 
     GET /healthz      200 "ok" while the event loop answers
-    GET /readyz       200 while the proxy can answer (online, or offline from the cache); the body says which
+    GET /readyz       200 while the proxy can answer (online, or offline from the cache); the body says which, and
+                      whether the cache is off (X-Edgeproxy-Cache: off, "[-]cache off: why")
     GET /metrics      Prometheus text format (metrics.py)
     GET /debug/state  JSON: upstream servers and their health, online/offline, configuration (no secrets)
     GET /debug/components[?component=NAME]  JSON: per component, the last requests, errors, counts (debug diagnose)
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -65,6 +67,7 @@ class Service:
     tls_url: str | None = None
     in_cluster_url: str | None = None
     filters: object | None = None  # edgeproxy.filters.stage.Stage, or None when every filter is off
+    cache_off: str | None = None  # why the proxy runs without a cache (forward only, nothing offline), if it does
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -77,6 +80,7 @@ class Service:
             "upstream": self.upstream.state(),
             "recorder": type(self.proxy.recorder).__name__ if self.proxy.recorder is not None else None,
             "local": type(self.proxy.local).__name__,
+            "cache_off": self.cache_off,
             "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
             "in_cluster_listen": self.in_cluster_url,
             "filters": self.filters.state() if self.filters is not None else None,  # type: ignore[attr-defined]
@@ -110,9 +114,19 @@ def ops_app(service: Service) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         up = service.upstream
-        line = "[+]upstream online" if up.online else "[-]upstream offline: answering from the cache"
+        if up.connecting:
+            line = "[-]upstream connecting: no API server has answered yet"
+        elif up.online:
+            line = "[+]upstream online"
+        else:
+            line = "[-]upstream offline: answering from the cache"
         servers = "\n".join(f"[{'+' if s.up else '-'}]server {s.url}" for s in up.servers)
-        return web.Response(text=f"{line}\n{servers}\nok\n", headers={"X-Edgeproxy-Online": str(up.online).lower()})
+        online = up.online and not up.connecting
+        # Still 200 without a cache (online it forwards), but the body and a header say offline answers are gone.
+        cache = f"[-]cache off: {service.cache_off}" if service.cache_off else "[+]cache"
+        return web.Response(text=f"{line}\n{servers}\n{cache}\nok\n",
+                            headers={"X-Edgeproxy-Online": str(online).lower(),
+                                     "X-Edgeproxy-Cache": "off" if service.cache_off else "on"})
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
@@ -141,19 +155,28 @@ def ops_app(service: Service) -> web.Application:
     return app
 
 
-def cache_hooks(config: config_mod.Config, up: upstream.Upstream) -> tuple[proxy.Recorder | None, proxy.Local | None]:
+def cache_hooks(config: config_mod.Config, up: upstream.Upstream, off: list[str] | None = None
+                ) -> tuple[proxy.Recorder | None, proxy.Local | None]:
     """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
     the cache in config.cache_dir. With `--cache off`, or a cache that cannot be opened (a full disk at start):
-    (None, None), forward only and 503 while offline."""
+    (None, None), forward only and 503 while offline; `off` then receives why, for /readyz and the status line."""
     if not config.cache:
+        if off is not None:
+            off.append("disabled (--cache off)")
         return None, None
     from edgeproxy import offline
 
     try:
         return offline.hooks(config, up)
-    except Exception:  # a full disk, a read-only or broken cache directory: forwarding must go on without it
+    except Exception as e:  # a full disk, a read-only or broken cache directory: forwarding must go on without it
+        reason = f"{config.cache_dir} cannot be opened: {type(e).__name__}: {e}"
+        if isinstance(e, OSError) and e.errno == errno.EROFS and os.environ.get("INVOCATION_ID"):
+            # Under systemd, ProtectSystem=strict leaves only the unit's ReadWritePaths= writable.
+            reason += " (outside the unit's ReadWritePaths=: keep EDGEPROXY_CACHE_DIR under /var/lib/edgeproxy)"
         log.exception("the cache at %s cannot be opened: forwarding only, nothing is recorded or answered offline",
-                      config.cache_dir)
+                      config.cache_dir, extra={"event": "cache_off", "reason": reason})
+        if off is not None:
+            off.append(reason)
         return None, None
 
 
@@ -204,8 +227,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     up = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
                            offline_after=config.offline_after, online_after=config.online_after,
                            connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout)
+    off: list[str] = []
     if recorder is None and local is None:
-        recorder, local = cache_hooks(config, up)
+        recorder, local = cache_hooks(config, up, off)
     identities = token_identities(config, local, up)
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
     stage = response_filters(config, up, recorder, local)
@@ -220,7 +244,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         host, port = config.listen_host_port
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
                                                              shutdown_timeout=config.shutdown_timeout), host, port)
-        service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time())
+        service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time(),
+                          cache_off=off[0] if off else None)
         if config.ops_host_port is not None:
             ops_host, ops_port = config.ops_host_port
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
@@ -290,6 +315,7 @@ async def serve(config: config_mod.Config) -> None:
         notify.ready(_status_line(service))
         watchdog = notify.start_watchdog()
         service.upstream.on_change(lambda online: notify.status(_status_line(service)))
+        service.upstream.on_reached(lambda: notify.status(_status_line(service)))
         await stop.wait()
         log.info("edgeproxy stopping")
         notify.stopping("stopping: finishing open requests")
@@ -298,8 +324,13 @@ async def serve(config: config_mod.Config) -> None:
 
 
 def _status_line(service: Service) -> str:
-    state = "online" if service.upstream.online else "OFFLINE, answering from the cache"
-    return f"{state}; serving on {service.url}" + (f" and {service.tls_url}" if service.tls_url else "")
+    up = service.upstream
+    if up.connecting:
+        state = "connecting: no API server has answered yet"
+    else:
+        state = "online" if up.online else "OFFLINE, answering from the cache"
+    line = f"{state}; serving on {service.url}" + (f" and {service.tls_url}" if service.tls_url else "")
+    return line + (f"; NO CACHE ({service.cache_off}): nothing is answered offline" if service.cache_off else "")
 
 
 # ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----

@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import logging
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -219,9 +220,9 @@ class Upstream:
     """The API servers of one kubeconfig: a shared ClientSession, the prober, and the online state."""
 
     __slots__ = (
-        "_creds", "_listeners", "_pool", "_prober", "_session", "_ssl_anonymous", "_ssl_identity",
-        "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "header_timeout", "interval",
-        "offline_after", "online", "online_after", "probe_timeout", "servers",
+        "_creds", "_listeners", "_pool", "_prober", "_reached_listeners", "_session", "_ssl_anonymous",
+        "_ssl_identity", "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "header_timeout",
+        "interval", "offline_after", "online", "online_after", "probe_timeout", "reached", "servers",
     )
 
     def __init__(self, creds: Credentials, *, probe_interval: float = 5.0, probe_timeout: float = 2.0,
@@ -235,8 +236,12 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.header_timeout = header_timeout  # the default response-head deadline of a forwarded request; 0: none
         self.online = True  # until probes say otherwise
+        # Whether any API server has answered since the start (a probe or a request). Until then `online` is only a
+        # presumption (requests are tried upstream first), and the status line and /readyz say "connecting".
+        self.reached = False
         self.changed_at = time.time()
         self._listeners: list[Callable[[bool], None]] = []
+        self._reached_listeners: list[Callable[[], None]] = []
         self._session: aiohttp.ClientSession | None = None  # for probes only; requests use the lean pool
         self._pool = httpclient.Pool(connect_timeout=connect_timeout)
         self._prober: asyncio.Task[None] | None = None
@@ -275,6 +280,15 @@ class Upstream:
     def on_change(self, callback: Callable[[bool], None]) -> None:
         """Call `callback(online)` on the event loop whenever the overall state flips."""
         self._listeners.append(callback)
+
+    def on_reached(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once, when an API server answers for the first time since the start."""
+        self._reached_listeners.append(callback)
+
+    @property
+    def connecting(self) -> bool:
+        """Online only by presumption: no API server has answered yet, and not yet declared offline."""
+        return self.online and not self.reached
 
     def set_credentials(self, creds: Credentials) -> None:
         """Use new credentials for new connections (a rotated client certificate); open ones keep the old."""
@@ -359,7 +373,7 @@ class Upstream:
                 if idempotent:
                     continue
                 raise Unavailable("; ".join(errors)) from e
-            if server.fails or not server.up:  # failures count only in a row
+            if server.fails or not server.up or not self.reached:  # failures count only in a row
                 self._record(server, True, "")
             return server, resp
         raise Unavailable("; ".join(errors) or "no API server configured")
@@ -431,6 +445,13 @@ class Upstream:
                 pass
 
     def _record(self, server: Server, ok: bool, error: str) -> None:
+        if ok and not self.reached:
+            self.reached = True
+            for reached in list(self._reached_listeners):
+                try:
+                    reached()
+                except Exception:
+                    log.exception("reached listener failed")
         if ok:
             server.oks, server.fails = server.oks + 1, 0
         else:
@@ -483,6 +504,15 @@ class Upstream:
         return {"online": self.online, "changed_at": self.changed_at, "servers": [s.state() for s in self.servers]}
 
 
+_SSL_REPR = re.compile(r" ?ssl:<ssl\.SSLContext object at 0x[0-9a-f]+>")
+
+
 def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    """An error for logs and /debug/state: the exception's type and message, without aiohttp's repr of the TLS
+    context ("ssl:<ssl.SSLContext object at 0x...>") that says nothing to an operator."""
+    if isinstance(e, aiohttp.ClientConnectorError) and not isinstance(e, aiohttp.ClientSSLError):
+        cause = e.os_error.strerror or str(e.os_error) or type(e.os_error).__name__
+        return f"{type(e).__name__}: cannot connect to {e.host}:{e.port}: {cause}"
+    text = _SSL_REPR.sub("", str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

@@ -399,3 +399,65 @@ def test_diagnose_lists_the_components_cached_views(tmp_path):
     assert "(2 views)" in text and "pods" not in text
     assert re_line(text, r"services .*rv=42\s+complete$")
     assert re_line(text, r"endpointslices .*INCOMPLETE")
+
+
+# ---- issue 17: what booting the units under a real systemd found ----
+
+
+def test_collect_to_an_unwritable_place_is_an_error_not_a_traceback(tmp_path, pki, capsys, monkeypatch):
+    kc = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    args = check_args(tmp_path, kc, timeout=0.2)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc = cli.main(["debug", "collect", "--config", args.config, "--timeout", "0.2", "--skip-cache",
+                   "--out", str(blocker / "bundle.tar.gz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"cannot write {blocker}/bundle.tar.gz" in err and "--out" in err
+    monkeypatch.chdir("/proc")  # read-only even for root: the default ./edgeproxy-debug-*.tar.gz cannot be written
+    rc = cli.main(["debug", "collect", "--config", args.config, "--timeout", "0.2", "--skip-cache"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "the current directory is not writable here" in err and "Traceback" not in err
+
+
+def test_cache_outside_the_units_writable_paths_fails_the_check(tmp_path, pki, monkeypatch):
+    """EDGEPROXY_CACHE_DIR=/var/cache/edgeproxy under the shipped unit (ProtectSystem=strict,
+    ReadWritePaths=/var/lib/edgeproxy): the service would run without a cache; the check names the sandbox and does
+    not suggest systemd-tmpfiles."""
+    root = tmp_path / "root"
+    assert cli.main(["install-systemd", "--root", str(root), "--exec", "/bin/true", "--no-tls"]) == 0
+    monkeypatch.setattr(debug, "UNIT_FILE", str(root / "etc/systemd/system/edgeproxy.service"))
+    monkeypatch.setattr(debug, "UNIT_DROPIN_DIRS", (str(root / "etc/systemd/system/edgeproxy.service.d"),))
+    assert debug.unit_writable_paths() == ["/var/lib/edgeproxy"]
+    kc = write_kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", pki / "ca.crt", pki / "node.crt", pki / "node.key")
+    args = check_args(tmp_path, kc, timeout=0.2, cache_dir="/var/cache/edgeproxy", skip_cache=True)
+    report = debug.run_check(args)
+    (finding,) = [f for f in report.failed if "ReadWritePaths" in f.message]
+    assert "/var/cache/edgeproxy is outside the unit's ReadWritePaths= (/var/lib/edgeproxy)" in finding.message
+    assert "nothing is answered offline" in finding.message
+    assert "EDGEPROXY_CACHE_DIR" in finding.fix and "tmpfiles" not in finding.fix
+    # a drop-in that lets the unit write it makes it fine
+    dropin = root / "etc/systemd/system/edgeproxy.service.d"
+    dropin.mkdir()
+    (dropin / "cache.conf").write_text("[Service]\nReadWritePaths=/var/cache/edgeproxy\n")
+    report = debug.run_check(args)
+    assert not [f for f in report.failed if "ReadWritePaths" in f.message]
+
+
+async def test_check_fails_when_the_running_proxy_has_no_cache(tmp_path, pki):
+    """The proxy started but could not open its cache: /readyz says so and the check fails on it."""
+    import dataclasses
+
+    from edgeproxy import server, upstream
+    from tests.test_proxy import proxy_config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = dataclasses.replace(proxy_config(), cache=True, cache_dir=str(blocker / "cache"))
+    async with server.running(cfg, creds=upstream.Credentials(servers=(f"http://127.0.0.1:{free_port()}",))) as svc:
+        status, body = await asyncio.to_thread(debug.fetch, svc.ops_url, "/readyz", 5)
+        assert status == 200 and f"[-]cache off: {blocker}/cache cannot be opened" in body.decode()
+        assert "NO CACHE" in server._status_line(svc)
+        report = debug.Report()
+        await asyncio.to_thread(debug.check_proxy, svc.ops_url, report, 5)
+        (finding,) = report.failed
+        assert "NO CACHE" in finding.message and "nothing is answered offline" in finding.message

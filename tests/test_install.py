@@ -16,7 +16,6 @@ def test_install_into_a_root(tmp_path, capsys):
     expected = [
         "etc/systemd/system/edgeproxy.service",
         "etc/systemd/system/edgeproxy-credentials.service",
-        "etc/systemd/system/edgeproxy-credentials.path",
         "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf",
         "etc/tmpfiles.d/edgeproxy.conf",
         "etc/sysusers.d/edgeproxy.conf",
@@ -210,3 +209,29 @@ def test_server_writes_the_upstream_kubeconfig_once(tmp_path):
     assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls",
                      "--server", "https://10.9.9.9:6443"]) == 0
     assert kc.read_text() == text  # kept
+
+
+def test_directories_get_their_modes_whatever_the_umask(tmp_path):
+    """A umask of 077 (a hardened root shell) used to leave /etc/sysusers.d and the others 0700."""
+    old = os.umask(0o077)
+    try:
+        assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true",
+                         "--server", "https://10.0.0.1:6443"]) == 0
+    finally:
+        os.umask(old)
+    for rel in ("etc", "etc/sysusers.d", "etc/tmpfiles.d", "etc/systemd/system", "etc/systemd/system/kubelet.service.d",
+                "etc/default", "etc/edgeproxy", "etc/edgeproxy/pki"):
+        assert stat.S_IMODE((tmp_path / rel).stat().st_mode) == 0o755, rel
+    assert stat.S_IMODE((tmp_path / "etc/sysusers.d/edgeproxy.conf").stat().st_mode) == 0o644
+
+
+def test_reinstall_removes_the_old_path_unit(tmp_path, capsys):
+    """An install of an older version had edgeproxy-credentials.path (it missed rotations): it goes, links too."""
+    units = tmp_path / "etc/systemd/system"
+    (units / "paths.target.wants").mkdir(parents=True)
+    (units / "edgeproxy-credentials.path").write_text("[Path]\nPathChanged=/var/lib/kubelet/pki/x.pem\n")
+    (units / "paths.target.wants/edgeproxy-credentials.path").symlink_to("/etc/systemd/system/x")
+    assert cli.main(["install-systemd", "--root", str(tmp_path), "--exec", "/bin/true", "--no-tls"]) == 0
+    assert not (units / "edgeproxy-credentials.path").exists()
+    assert not (units / "paths.target.wants/edgeproxy-credentials.path").is_symlink()
+    assert "removed (replaced by edgeproxy-credentials.service)" in capsys.readouterr().out

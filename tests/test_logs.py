@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 
 import pytest
 
@@ -125,3 +126,41 @@ def test_cache_and_upstream_state_changes_are_json_lines_with_an_event(stream, t
     events = [x for x in lines(stream) if x.get("event") == "view_complete"]
     assert len(events) == 1 and events[0]["items"] == 1 and events[0]["resource_version"] == "5"
     assert "pods" in events[0]["view"]
+
+
+def _journal_file(tmp_path, monkeypatch):
+    """A file standing in for the journal's stream: $JOURNAL_STREAM names its device:inode, as systemd does."""
+    path = tmp_path / "journal-stream"
+    f = open(path, "w")  # noqa: SIM115 (closed by the caller)
+    st = os.fstat(f.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    return path, f
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_journal_stream_lines_carry_their_syslog_priority(stream, tmp_path, monkeypatch, fmt):
+    path, f = _journal_file(tmp_path, monkeypatch)
+    with f:
+        logs.setup(level="debug", fmt=fmt, stream=f)
+        log = logging.getLogger("edgeproxy.test")
+        log.debug("d")
+        log.info("i")
+        log.warning("upstream %s is down", "https://10.0.0.1:6443", extra={"event": "server_down"})
+        log.error("e")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("the cache cannot be opened")
+    out = path.read_text().splitlines()
+    assert [line[:3] for line in out[:4]] == ["<7>", "<6>", "<4>", "<3>"], out
+    assert all(line.startswith("<3>") for line in out[4:]), out  # the traceback's lines too
+    if fmt == "json":
+        assert json.loads(out[2][3:])["event"] == "server_down"  # after the prefix, the JSON object as before
+
+
+def test_no_priority_prefix_when_stderr_is_not_the_journal(stream, tmp_path, monkeypatch):
+    _path, f = _journal_file(tmp_path, monkeypatch)
+    f.close()
+    logs.setup(level="info", fmt="json", stream=stream)  # another stream than the one $JOURNAL_STREAM names
+    logging.getLogger("edgeproxy.test").warning("w")
+    assert json.loads(stream.getvalue())["level"] == "warning"

@@ -102,3 +102,25 @@ def test_serve_without_kubeconfig_is_a_usage_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"})
     assert out.returncode == 2 and "cannot read kubeconfig" in out.stderr
+
+
+async def test_ops_readyz_says_connecting_until_the_api_server_answers():
+    """Started with the API server unreachable: not "online" (the status line neither) before any answer came."""
+    creds = upstream.Credentials(servers=(f"http://127.0.0.1:{free_port()}",))
+    async with server.running(proxy_config(), creds=creds) as svc, aiohttp.ClientSession() as s:
+        async with s.get(svc.ops_url + "/readyz") as r:
+            assert r.status == 200
+            text = await r.text()
+            assert "[-]upstream connecting" in text and "[+]upstream online" not in text, text
+            assert r.headers["X-Edgeproxy-Online"] == "false"
+        assert server._status_line(svc).startswith("connecting")
+    api = recorded.RecordedAPIServer()
+    async with serve_app(api.app) as url, \
+            server.running(proxy_config(), creds=upstream.Credentials(servers=(url,))) as svc, \
+            aiohttp.ClientSession() as s:
+        async with asyncio.timeout(10):
+            while svc.upstream.connecting:  # the first probe runs at the start
+                await svc.upstream.probe_all()
+        async with s.get(svc.ops_url + "/readyz") as r:
+            assert "[+]upstream online" in await r.text() and r.headers["X-Edgeproxy-Online"] == "true"
+        assert server._status_line(svc).startswith("online")

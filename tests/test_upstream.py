@@ -233,3 +233,47 @@ async def test_header_timeout_drops_the_connection_and_counts_toward_offline():
     assert len(set(peers[:2])) == 2 and peers[2] in peers[:2]  # the hung request went on a pooled connection...
     # ...which was dropped, and its idle sibling with it: every later request came on a new connection
     assert len(peers) == len(set(peers)) + 1
+
+
+async def test_server_down_names_the_server_not_the_tls_context(caplog):
+    """A refused https connection: the error and the server_down line say which host:port and why, not aiohttp's
+    `ssl:<ssl.SSLContext object at 0x...>`."""
+    from tests.test_proxy import free_port
+
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    up = upstream.Upstream(upstream.Credentials(servers=(url,)), probe_interval=3600, offline_after=1)
+    await up.start()
+    try:
+        caplog.set_level("WARNING", logger="edgeproxy.upstream")
+        assert not await up.probe(up.servers[0])
+        error = up.servers[0].last_error
+        assert f"127.0.0.1:{port}" in error and "SSLContext" not in error, error
+        (down,) = [r for r in caplog.records if getattr(r, "event", None) == "server_down"]
+        assert url in down.getMessage() and "SSLContext" not in down.getMessage()
+        assert "SSLContext" not in down.error
+    finally:
+        await up.close()
+
+
+async def test_not_reached_until_an_api_server_answers():
+    """Until a probe or a request gets an answer, `online` is only presumed: `connecting` says so; the first answer
+    ends it and tells the listeners once."""
+    api = Switchable()
+    async with serve_app(api.app) as url:
+        up = upstream.Upstream(upstream.Credentials(servers=(url,)), probe_interval=3600)
+        reached = []
+        up.on_reached(lambda: reached.append(True))
+        assert up.online and up.connecting and not up.reached
+        api.code = 500
+        await up.start()
+        try:
+            await up.probe(up.servers[0])
+            assert up.connecting and reached == []
+            api.code = 200
+            await up.probe(up.servers[0])
+            assert not up.connecting and reached == [True]
+            await up.probe(up.servers[0])
+            assert reached == [True]
+        finally:
+            await up.close()

@@ -1,8 +1,9 @@
 """What the simulator starts with: the fixture cluster, and synthetic objects cloned from it by the thousand.
 
-The fixture cluster is the one tests/fixtures was recorded from: the recorded objects as recorded (same names,
-uids, resourceVersions, bytes), completed where the recordings only show part of it (edge-2's node and pods from
-the EndpointSlices, the queue Service, the other ConfigMaps, Namespaces, Leases), list resourceVersion 304.
+The fixture cluster is the one tests/fixtures was recorded from (the files the simulator reads are copied into
+sim/recorded/, package data): the recorded objects as recorded (same names, uids, resourceVersions, bytes),
+completed where the recordings only show part of it (edge-2's node and pods from the EndpointSlices, the queue
+Service, the other ConfigMaps, Namespaces, Leases), list resourceVersion 304.
 `clone_*` make N more objects from the recorded ones, varying name/uid/labels/nodeName/IPs; they share the
 template's unchanged sub-objects (the store never changes a stored dict in place). Neighbours: sim.store.
 """
@@ -18,7 +19,9 @@ from typing import Any
 from edgeproxy.sim import resources, store
 from edgeproxy.sim.store import Entry, copy_json
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+# Copies of the tests/fixtures recordings the simulator needs, shipped as package data (an installed wheel has no
+# tests/): edgeproxy/sim/recorded/README.md.
+FIXTURES = pathlib.Path(__file__).resolve().parent / "recorded"
 FIXTURE_RV = 304
 _NS = uuid.UUID("6f0e3c8a-3d1e-4c55-9a57-0c9d8f1e2a10")
 
