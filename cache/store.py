@@ -203,8 +203,8 @@ def _item_key(gen: bytes, namespace: str, name: str) -> bytes:
 
 # Counters kept across restarts (in the meta database) and exposed as attributes for the metrics module.
 COUNTERS = (
-    "commits", "events_applied", "events_ignored", "lists_replaced", "writes_failed", "writes_dropped",
-    "evictions", "corrupt_records", "map_full",
+    "commits", "events_applied", "events_ignored", "lists_replaced", "lists_behind", "writes_failed",
+    "writes_dropped", "evictions", "corrupt_records", "map_full",
 )
 
 
@@ -714,9 +714,25 @@ class Store:
                 size += len(v) - len(old)
         return n, size
 
+    def _behind_view(self, txn: lmdb.Transaction, view_id: bytes, meta: ViewMeta) -> bool:
+        """True when a list at meta.resource_version is older than what the view already holds (a LIST answered from
+        the API server's watch cache, or one that raced a watch on the same query): installing it would take the
+        view back in time and drop the newer watch events it has applied, a state the cluster never had once the
+        next event lands on it (issue 14 D1). Such a list is not installed; the view keeps its newer state."""
+        old = self._view_doc(txn, view_id)
+        if old is None or compare_rv(meta.resource_version, old["rv"]) != -1:
+            return False
+        self.lists_behind += 1
+        log.debug("cache: list at rv %s is older than the view's rv %s: not installed", meta.resource_version,
+                  old["rv"])
+        return True
+
     def apply_replace(self, txn: lmdb.Transaction, key: ViewKey, meta: ViewMeta, items: Iterable[Item]) -> None:
-        """The view becomes exactly `items` at meta.resource_version (one list response)."""
+        """The view becomes exactly `items` at meta.resource_version (one list response), unless the view already
+        holds a newer state (`_behind_view`)."""
         view_id = key.view_id()
+        if self._behind_view(txn, view_id, meta):
+            return
         gen = self.new_gen()
         n, size = self._write_items(txn, gen, items, self._sealed(key.resource))
         self._flip(txn, view_id, key, meta, gen, n, size)
@@ -757,6 +773,9 @@ class Store:
             self.apply_abort(txn, gen)
             self.apply_mark_incomplete(txn, key)
             return
+        if self._behind_view(txn, key.view_id(), meta):
+            self.apply_abort(txn, gen)
+            return
         n, size = msgpack.unpackb(st)[1:] if st is not None else (0, 0)
         txn.delete(gen, db=self._staging)
         self._flip(txn, key.view_id(), key, meta, gen, n, size)
@@ -785,8 +804,8 @@ class Store:
 
         An event the view already reflects (its resourceVersion is not past the view's) or older than the stored
         object is ignored: a list at RV n contains every change up to n, and an object never goes back in time.
-        An ERROR event marks the view incomplete. Events for a view that does not exist are ignored: they alone
-        cannot make a view anyone could trust.
+        An ERROR event, or an object without a name, marks the view incomplete. Events for a view that does not exist
+        are ignored: they alone cannot make a view anyone could trust.
         """
         view_id = key.view_id()
         doc = self._view_doc(txn, view_id)
@@ -807,7 +826,9 @@ class Store:
                     view_rvn, rv_str = rvn, rv
                 applied += 1
                 continue
-            if typ == "ERROR" or item is None:
+            if typ == "ERROR" or item is None or not item.name:
+                # an ERROR, or an object without a name (no metadata): nothing to store, and the view can no longer
+                # be trusted to be the server's state (issue 14 D10)
                 complete = False
                 continue
             if rvn and rvn <= view_rvn:

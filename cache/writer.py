@@ -498,7 +498,7 @@ class ListAssembly:
         self.abort()
 
 
-_WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replaced", "evictions")
+_WRITER_COUNTERS = ("commits", "events_applied", "events_ignored", "lists_replaced", "lists_behind", "evictions")
 
 
 def _size(items: Sequence[store_.Item]) -> int:

@@ -12,11 +12,15 @@ The data path reads down the tree; imports go downward only:
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
       ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
-      ├── guard/    trust: who may act as the node (kubelet's node certificate; plain HTTP only by opt-in)
+      ├── guard/    hostile local clients: trust (who may act as the node: kubelet's node certificate; plain
+      │             HTTP only by opt-in), limits (head/body sizes and deadlines, connections per listener),
+      │             labels (bounded metric label values), warn (one rate-limited line per kind of client error)
       ├── demo, kubeconfig, install, debug                (the other subcommands)
       └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work)
+    companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
+            nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                        "say what state remains"),
     "copy-credentials": ("edgeproxy.host.credentials", "copy kubelet's rotated client certificate and the cluster CA "
                                                         "for the proxy (run by edgeproxy-credentials.service)"),
+    "companion": ("edgeproxy.companion.main", "the cloud-side autonomy companion: tolerations for autonomous nodes"),
 }
 _GLOBAL_WITH_VALUE = ("--log-level", "--log-format")
 

@@ -30,7 +30,7 @@ class Config:
     servers: tuple[str, ...] = ()  # extra API servers tried after the kubeconfig's, in order
     listen: str = "127.0.0.1:10261"  # the proxy listener: every path on it belongs to Kubernetes clients
     ops_listen: str = "127.0.0.1:10267"  # /healthz /readyz /metrics /debug/state; "" disables it
-    cache_dir: str = "/var/lib/edgeproxy"
+    cache_dir: str = "/var/lib/edgeproxy/cache"  # as `edgeproxy cache` and /etc/default/edgeproxy have it
     cache: bool = True  # record responses and answer from them offline; off: a plain pass-through proxy
     cache_map_size: int = 0  # bytes of the cache's LMDB map, the most it can ever hold; 0 = cache.store's default
     probe_interval: float = 5.0  # seconds between /readyz probes of each server
@@ -64,6 +64,10 @@ class Config:
     filter_components: str = "kube-proxy,coredns"  # the clients whose EndpointSlices/Endpoints are filtered
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
+    # Seconds between re-reports of the cache's health on the Node (edgeproxy.io/cache-health, read by the
+    # autonomy companion); a change is reported within health_check_interval. 0 = never report.
+    health_report_interval: float = 300.0
+    health_check_interval: float = 10.0
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -81,7 +85,7 @@ _HELP = {
     "servers": "extra API server URLs, comma-separated, tried in order after the kubeconfig's",
     "listen": "address of the proxy listener, HOST:PORT (default 127.0.0.1:10261)",
     "ops-listen": "address of the health/metrics listener, HOST:PORT; empty disables it (default 127.0.0.1:10267)",
-    "cache-dir": "directory of the cache (default /var/lib/edgeproxy)",
+    "cache-dir": "directory of the cache (default /var/lib/edgeproxy/cache, as `edgeproxy cache` reads it)",
     "cache": "on or off: record responses and answer from them offline (default on; off: forward only)",
     "cache-map-size": "bytes the cache may ever hold (its LMDB map; evicting from 3/4 of it; default 1 GiB)",
     "probe-interval": "seconds between /readyz probes of each server (default 5)",
@@ -94,8 +98,8 @@ _HELP = {
                                "(default 10)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
-    "tls-listen": "address of the HTTPS listener for in-cluster clients (kube-proxy, CoreDNS) with their own tokens, "
-                  "HOST:PORT; empty disables it (default)",
+    "tls-listen": "address of the HTTPS listener, HOST:PORT: kubelet with its client certificate (acts as the node), "
+                  "kube-proxy, CoreDNS and pods with their own tokens; empty disables it (default)",
     "tls-cert-file": "serving certificate of the HTTPS listener (default: one from the proxy's own CA)",
     "tls-key-file": "its key",
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
@@ -117,6 +121,10 @@ _HELP = {
                          "(default kube-proxy,coredns)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
+    "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "
+                              "edgeproxy.io/cache-health, for the autonomy companion; 0 never reports (default 300)",
+    "health-check-interval": "seconds between checks of the cache's health; a change is reported at once "
+                             "(default 10)",
 }
 
 

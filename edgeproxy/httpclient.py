@@ -150,9 +150,13 @@ class _Conn(asyncio.Protocol):
             waiter = self._head_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result((status, reason, headers))
-            if rest:
+            if self._mode == "none":
+                if rest:
+                    self._keep_alive = False  # bytes where no body may be: the connection is not reusable
+                self._end_body()
+            elif rest:
                 self._feed(rest)
-            elif self._mode == "none" or (self._mode == "length" and self._length_left == 0):
+            elif self._mode == "length" and self._length_left == 0:
                 self._end_body()
         elif self._state == "body":
             self._feed(data)
@@ -221,6 +225,10 @@ class _Conn(asyncio.Protocol):
         te = headers.get("Transfer-Encoding", "").lower()
         if self._is_head or status in _NO_BODY_STATUS or 100 <= status < 200:
             self._mode = "none"
+            if self._is_head:
+                # a server may send a HEAD answer's body anyway, after we stopped reading: such bytes would be the
+                # next request's "response head" on a pooled connection (issue 14 D7), so it is not reused
+                self._keep_alive = False
         elif "chunked" in te:
             self._mode = "chunked"
             self._chunk_left = -1
@@ -552,4 +560,6 @@ def request_head(method: str, target: str, host: str, headers: Iterable[tuple[st
     elif method in ("POST", "PUT", "PATCH"):
         parts.append("Content-Length: 0\r\n")
     parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+    # the bytes the client sent: aiohttp decoded them as UTF-8 with surrogateescape (latin-1 changed U+0080-U+00FF
+    # and failed on the rest, issue 14 D5)
+    return "".join(parts).encode("utf-8", "surrogateescape")

@@ -52,6 +52,7 @@ FILE = "identities.json"
 MAX_REMEMBERED = 10_000  # accepted tokens kept: a few per ServiceAccount on a node
 NO_EXPIRY_KEEP = 7 * 86400  # a token without `exp` (a legacy Secret token) is believed this long after its last 2xx
 MAX_MEMO = 4096
+MAX_MEMO_TOKEN = 8 << 10  # longer tokens are decided each time, never kept
 # The API server's default audience (--api-audiences defaults to its issuer): tokens for it are the API server's.
 API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 JWKS_PATH = "/openid/v1/jwks"
@@ -109,6 +110,8 @@ class Identities:
         if hit is not None and now < hit[1]:
             return hit[0]
         ident, until = self._decide(token, now)
+        if len(token) > MAX_MEMO_TOKEN:
+            return ident  # not kept: 4,096 tokens of 1 MB each were 4 GB (issue 14 D3)
         if len(self._memo) >= MAX_MEMO:
             self._memo.clear()
         self._memo[token] = (ident, until)

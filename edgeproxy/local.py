@@ -40,7 +40,9 @@ from cache import store as store_
 from cache import writer as writer_
 from edgeproxy import tokens as tokens_
 from edgeproxy import views, writes
+from edgeproxy.guard import limits, warn
 from edgeproxy.kube import errors, jsonwire, protobuf, schema, selectors, status
+from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Local:
         if info is None:
             return _error(status.service_unavailable(f"the API server is unreachable ({reason})"))
         try:
+            if info.is_resource and info.accept and not self._clauses(info):
+                kube_request.negotiate(info)  # no clause a cache can serve: 406 NotAcceptable, as the API server says
             if not info.is_resource:
                 return self._non_resource(info, reason)
             verb = info.verb
@@ -121,6 +125,12 @@ class Local:
             return await self._write(request, info, reason)
         except errors.KubeError as e:
             return _error(status.from_error(e))
+        except (ValueError, RecursionError, UnicodeError) as e:
+            # a body, token or header nothing can read (JSON nested thousands deep, invalid UTF-8, not JSON at all):
+            # the client's error, and what the API server answers too
+            warn.client_error("offline-unreadable", "%s %s: %s", info.verb, info.path, f"{type(e).__name__}: {e}")
+            return _error(status.bad_request(f"the request could not be read: {type(e).__name__}: "
+                                             f"{warn.clip(e, 200)}"))
 
     # ---------------------------------------------------------------- representation
 
@@ -128,6 +138,11 @@ class Local:
     def acceptable(info: Any) -> list[tuple[str, str]]:
         """(encoding, shape) the client accepts, best first. Table is never produced: the plain form that follows it
         in kubectl's Accept is (kubectl prints anything that is not a Table itself, wire brief §4)."""
+        return Local._clauses(info) or [("json", "")]
+
+    @staticmethod
+    def _clauses(info: Any) -> list[tuple[str, str]]:
+        """acceptable() without its fallback: empty when no Accept clause names something a cache can serve."""
         out: list[tuple[str, str]] = []
         for m in getattr(info, "accept", ()) or ():
             as_ = getattr(m, "as_", "") or ""
@@ -139,8 +154,6 @@ class Local:
             for e in encs:
                 if (e, shape) not in out:
                     out.append((e, shape))
-        if not out:
-            out.append(("json", ""))
         return out
 
     # ---------------------------------------------------------------- non-resource (discovery)
@@ -440,8 +453,10 @@ class Local:
     # ---------------------------------------------------------------- writes
 
     async def _write(self, request: web.Request, info: Any, reason: str) -> web.StreamResponse:
-        body = await request.read()
+        body = await limits.read_body(request)
         content_type = request.headers.get("Content-Type", "")
+        if body and "json" in content_type.split(";")[0]:
+            json.loads(body)  # JSON (or a JSON patch) that does not parse is 400 offline as online, whatever comes next
         created = writes.body_name(body, content_type) if info.verb == "create" else None
         decision = writes.decide(info, node=self.node, created=created, holds=self._holds(info))
         log.debug("offline write %s %s: %s", info.verb, info.path, decision.why)
@@ -705,12 +720,15 @@ def _encode_continue(rv: str, last: str) -> str:
 
 
 def _decode_continue(token: str, view_rv: str) -> str | None:
-    """The key to continue after, or None when the token is not ours or the view moved since (→ 410 Expired)."""
+    """The key to continue after, or None when the token is not ours or the view moved since (→ 410 Expired). A
+    token that is no continue token at all (not base64 JSON) is InvalidRequest (400), as the API server says."""
     try:
         doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    if not isinstance(doc, dict) or doc.get("v") != CONTINUE_VERSION or doc.get("rv") != view_rv:
+    except (ValueError, binascii.Error, RecursionError) as e:
+        raise errors.InvalidRequest(f"invalid continue token: {type(e).__name__}") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidRequest("invalid continue token: not an object")
+    if doc.get("v") != CONTINUE_VERSION or doc.get("rv") != view_rv:
         return None
     start = doc.get("start")
     return start if isinstance(start, str) and start else None

@@ -35,6 +35,15 @@ OPEN_WATCHES = prom.Gauge(
     "edgeproxy_open_watches", "Watch streams open now, by client component and who serves them.",
     ["component", "answered_by"], registry=REGISTRY,
 )
+CLIENT_CONNECTIONS = prom.Gauge(
+    "edgeproxy_client_connections", "Client connections open now, by listener (http, https).", ["listener"],
+    registry=REGISTRY,
+)
+CLIENT_LIMITS = prom.Counter(
+    "edgeproxy_client_limits", "Client connections and requests stopped by a bound (guard/limits.py): connections "
+    "(over the per-listener bound), head_timeout, body_timeout, head_too_large, malformed.", ["bound"],
+    registry=REGISTRY,
+)
 OPEN_TUNNELS = prom.Gauge(
     "edgeproxy_open_tunnels", "Upgraded connections (exec, attach, port-forward) open now.", registry=REGISTRY,
 )
@@ -167,6 +176,7 @@ _CACHE_COUNTERS = (
     ("commits", "Group commits (LMDB transactions) of the cache writer."),
     ("events_applied", "Watch events applied to views."),
     ("lists_replaced", "List responses that replaced a view."),
+    ("lists_behind", "List responses not installed: older than the watch events their view already held."),
     ("writes_failed", "Writes that failed (their views were marked incomplete)."),
     ("writes_dropped", "Writes dropped because the writer's queue was full (views marked incomplete)."),
     ("corrupt_records", "Records that failed their checksum or seal on read (never served)."),

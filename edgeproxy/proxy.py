@@ -23,6 +23,7 @@ Seams for the cache:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -33,6 +34,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, logs, metrics, upstream
+from edgeproxy.guard import labels, warn
+from edgeproxy.guard import limits as limits_
 from edgeproxy.guard import trust as trust_
 from edgeproxy.kube import duration
 from edgeproxy.kube import errors as kube_errors
@@ -199,8 +202,8 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "classify", "filters", "identities", "local", "recorder", "trust",
-                 "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities", "local", "recorder",
+                 "trust", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
@@ -208,6 +211,7 @@ class Proxy:
         self.upstream = up
         # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
         self.trust = trust
+        self.body_timeout = limits_.BODY_TIMEOUT  # a request body that stalls this long is the client's error (408)
         self.filters = filters  # the response-filter stage (edgeproxy.filters), between upstream and client+recorder
         self.identities = identities  # which token-bearing requests share a ServiceAccount's cache partition
         # aliases: User-Agent name -> component (hollow-kubelet -> kubelet)
@@ -229,13 +233,30 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.monotonic()
-        info, error = self.classify(request)
-        decision = route(info, self.upstream.online, self._may_act_as_node(request, info))
-        answered_by = "upstream"
+        answered_by = "proxy"
         note = ""  # why it was not answered upstream, for the request log and `debug diagnose`
         resp: web.StreamResponse | None = None
+        info: kube_request.RequestInfo | None = None
         try:
+            if limits_.head_size(request) > limits_.MAX_HEAD:  # aiohttp bounds each line; this, the whole head
+                note = "request head too large"
+                metrics.CLIENT_LIMITS.labels("head_too_large").inc()
+                warn.client_error("head-too-large", "a request head over %s bytes from %s", limits_.MAX_HEAD,
+                                  request.remote)
+                resp = limits_.error_response(431, f"the request line and headers exceed {limits_.MAX_HEAD} bytes")
+                resp.force_close()
+                return resp
+            try:
+                info, error = self.classify(request)
+                decision = route(info, self.upstream.online, self._may_act_as_node(request, info))
+            except (ValueError, RecursionError, UnicodeError) as e:  # a request nothing can make sense of
+                note = f"unreadable request: {type(e).__name__}"
+                warn.client_error("unreadable-request", "%s %s from %s: %s", request.method,
+                                  labels.path(request.path), request.remote, f"{type(e).__name__}: {e}")
+                resp = limits_.error_response(400, f"the request could not be read ({type(e).__name__})")
+                return resp
             if decision is Route.UPSTREAM:
+                answered_by = "upstream"
                 try:
                     if _is_upgrade(request):
                         resp = await self._tunnel(request, info, start)
@@ -249,28 +270,40 @@ class Proxy:
                 resp = await self._local(request, info, "offline", start)
             elif decision is Route.UNAUTHORIZED:
                 tls = request.transport is not None and request.transport.get_extra_info("ssl_object") is not None
-                answered_by, note = "proxy", "no credentials and no node certificate"
+                note = "no credentials and no node certificate"
                 assert self.trust is not None
                 self.trust.warn(request.remote, tls)
                 resp = status_response(401, "Unauthorized", self.trust.refusal_message(tls))
             else:
-                answered_by, note = "proxy", str(error) if error is not None else "offline"
+                note = str(error) if error is not None else "offline"
                 if error is not None:
                     resp = status_response(error.status, error.reason, str(error))
                 else:
                     resp = status_response(503, "ServiceUnavailable", "the API server is unreachable (offline)")
                 _observe_latency(info, answered_by, start)
             return resp
+        except limits_.BodyError as e:  # a body too slow or too large: the client's error, answered by the proxy
+            answered_by, note = "proxy", str(e)
+            warn.client_error(f"body-{e.status}", "%s %s from %s: %s", request.method, labels.path(request.path),
+                              request.remote, str(e))
+            resp = limits_.error_response(e.status, str(e))
+            resp.force_close()
+            # sent and closed here: aiohttp would otherwise linger reading the rest of the body the client is not
+            # sending
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await resp.prepare(request)
+                await resp.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         finally:
             code = str(resp.status) if resp is not None else "499"
-            if info is not None:
-                metrics.REQUESTS.labels(info.client.component, info.verb, info.resource, code, answered_by).inc()
-            else:
-                metrics.REQUESTS.labels("", request.method.lower(), "", code, answered_by).inc()
-            logs.request(component=info.client.component if info is not None else "",
-                         verb=info.verb if info is not None else request.method.lower(), path=request.path,
-                         code=int(code), source=answered_by, duration=time.monotonic() - start,
-                         resource=info.resource if info is not None else "", note=note)
+            component = labels.component(info.client.component) if info is not None else ""
+            verb = info.verb if info is not None else labels.verb(request.method.lower())
+            resource = labels.resource(info.resource) if info is not None else ""
+            metrics.REQUESTS.labels(component, verb, resource, code, answered_by).inc()
+            logs.request(component=component, verb=verb, path=labels.path(request.path), code=int(code),
+                         source=answered_by, duration=time.monotonic() - start, resource=resource, note=note)
 
     def _may_act_as_node(self, request: web.BaseRequest, info: kube_request.RequestInfo | None) -> bool:
         """True when the request has its own bearer token (not the node: the API server, or offline
@@ -282,7 +315,7 @@ class Proxy:
                      start: float) -> web.StreamResponse:
         watching = info is not None and info.watch
         if watching:
-            gauge = metrics.OPEN_WATCHES.labels(info.client.component, "cache")
+            gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "cache")
             gauge.inc()
         try:
             resp = await self.local.handle(request, info, reason)
@@ -303,10 +336,10 @@ class Proxy:
                 request.writer.output_size = 0
             length = request.content_length
             if length is not None and length <= MAX_BUFFERED_BODY:
-                body = await request.read()
+                body = await limits_.read_body(request, self.body_timeout)
                 self._tx.inc(len(body))
             else:
-                body = _counted(request.content.iter_any(), self._tx)
+                body = _counted(limits_.stream_body(request.content.iter_any(), self.body_timeout), self._tx)
         chain = self.filters.select(info) if self.filters is not None else None
         if chain is not None:
             headers.popall("Accept-Encoding", None)  # a filter reads the body: ask for it uncompressed
@@ -330,7 +363,7 @@ class Proxy:
                 sink = self.recorder.begin(info, up.status, up.headers)
             except Exception:  # the recorder must never break forwarding
                 log.exception("recorder.begin failed for %s", request.raw_path)
-        gauge = metrics.OPEN_WATCHES.labels(info.client.component, "upstream") if watching else None
+        gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
         ok = False
         try:
             await resp.prepare(request)
@@ -394,12 +427,13 @@ class Proxy:
         def head(server: upstream.Server) -> bytes:
             lines = [f"{request.method} {request.raw_path} HTTP/1.1", f"Host: {server.host}:{server.port}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
-            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            # the header bytes as the client sent them (aiohttp decoded them as UTF-8 with surrogateescape)
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
         server, reader, writer = await self.upstream.open_raw(head, own_auth)
         try:
             if request.body_exists and request.content_length:
-                writer.write(await request.read())
+                writer.write(await limits_.read_body(request, self.body_timeout))
             try:
                 status, reason, up_headers = await _read_head(reader)
             except (ValueError, OSError, asyncio.IncompleteReadError) as e:
@@ -438,6 +472,9 @@ def classify(request: web.BaseRequest, aliases: Mapping[str, str] | None = None
         return None, e
 
 
+MEMO_KEY_MAX = 8 << 10  # requests with a longer method+path+User-Agent+Authorization+Accept are not memoized
+
+
 class Classifier:
     """`classify` with a memo: clients repeat the same requests (kubelet's lease and node status every 10 s, its
     per-object watches), and parse() is a pure function of the method, the path and query, and three headers.
@@ -461,6 +498,12 @@ class Classifier:
         hit = self._memo.get(key)
         if hit is None:
             hit = classify(request, self.aliases)
+            if hit[1] is not None:
+                # An error is not kept: its traceback holds the frames, the request and its (maybe 1 MiB) strings.
+                hit[1].__traceback__ = hit[1].__context__ = hit[1].__cause__ = None
+                return hit
+            if sum(len(part) for part in key if part) > MEMO_KEY_MAX:
+                return hit  # a huge selector, token or User-Agent is answered, not remembered
             if len(self._memo) >= self.size:
                 self._memo.clear()  # cheaper than LRU bookkeeping on every request; refills with what is hot
             self._memo[key] = hit
@@ -469,7 +512,8 @@ class Classifier:
             resolved = self.identities.resolve(info, h)
             if resolved is not info:
                 hit = (resolved, None)
-                self._memo[key] = hit
+                if key in self._memo:
+                    self._memo[key] = hit
         return hit
 
 
@@ -488,7 +532,12 @@ def _observe_latency(info: kube_request.RequestInfo | None, answered_by: str, st
 
 
 def _is_upgrade(request: web.BaseRequest) -> bool:
-    return "Upgrade" in request.headers and "upgrade" in request.headers.get("Connection", "").lower()
+    """An upgrade to tunnel (SPDY, WebSocket). h2c is not one: kube-apiserver speaks HTTP/2 over TLS only and answers
+    an h2c offer as the plain request it is, so it is forwarded as one (Upgrade is hop-by-hop and dropped)."""
+    if "Upgrade" not in request.headers or "upgrade" not in request.headers.get("Connection", "").lower():
+        return False
+    offered = {p.strip().lower() for v in request.headers.getall("Upgrade", ()) for p in v.split(",")}
+    return bool(offered - {"h2c", ""})
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, list[tuple[str, str]]]:
@@ -517,7 +566,9 @@ async def _relay_plain(request: web.BaseRequest, status: int, reason: str, heade
     copy_response_headers(CIMultiDictProxy(source), resp.headers)
     await resp.prepare(request)
     _observe_latency(info, "upstream", start)
-    if length is not None and length.isdigit():
+    if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        pass  # no body follows, whatever Content-Length says (RFC 9110 §6.4.1)
+    elif length is not None and length.isdigit():
         await resp.write(await reader.readexactly(int(length)))
     elif chunked:
         while True:

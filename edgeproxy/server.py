@@ -48,7 +48,8 @@ from edgeproxy.filters import chain as filters_chain
 from edgeproxy.filters import facts as filters_facts
 from edgeproxy.filters import incluster as filters_incluster
 from edgeproxy.filters import stage as filters_stage
-from edgeproxy.guard import trust
+from edgeproxy.guard import labels, trust
+from edgeproxy.guard import limits as guard_limits
 from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
@@ -88,24 +89,22 @@ class Service:
         }
 
 
-MAX_REQUEST_HEAD = 1 << 20
-
-
-def proxy_server(handler: proxy.Proxy, handle: Any = None) -> web.Server:
+def proxy_server(handler: proxy.Proxy, limits: guard_limits.Limits | None = None, handle: Any = None) -> web.Server:
     """The proxy listener's low-level server: every request goes to the one handler, with no router or middleware in
     the way (a third of aiohttp's per-request cost on a small GET). handler_cancellation: a client that goes away
-    cancels its handler, which closes its upstream request (a watch would otherwise linger until its next event)."""
+    cancels its handler, which closes its upstream request (a watch would otherwise linger until its next event).
+    guard.limits bounds what a connection may hold: the head's size and arrival time, idle time, connections per
+    listener (the API server, Go's net/http with MaxHeaderBytes 1 MiB, takes request lines up to 1 MiB, aiohttp
+    by default only 8190 bytes: a long label selector must reach it, not die here)."""
 
     def request_factory(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
         # Bodies up to proxy.MAX_BUFFERED_BODY are read whole (larger ones stream, never through read()).
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=proxy.MAX_BUFFERED_BODY + 1)
 
-    # The API server (Go's net/http, MaxHeaderBytes 1 MiB) takes request lines and headers up to 1 MiB, aiohttp only
-    # 8190 bytes: a long label selector must reach it, not die here. Bodies pass as sent (gzip stays gzip).
-    return web.Server(handle or handler.handle, request_factory=request_factory, handler_cancellation=True,
-                      access_log=None, max_line_size=MAX_REQUEST_HEAD, max_field_size=MAX_REQUEST_HEAD,
-                      auto_decompress=False)
+    # Bodies pass as sent (gzip stays gzip). `handle`: another entry point (the in-cluster listener's).
+    return guard_limits.GuardedServer(handle or handler.handle, limits=limits, request_factory=request_factory,
+                                      handler_cancellation=True, access_log=None, auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -220,9 +219,10 @@ def token_identities(config: config_mod.Config, local: proxy.Local | None,
 
 @contextlib.asynccontextmanager
 async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None = None,
-                  local: proxy.Local | None = None, creds: upstream.Credentials | None = None
-                  ) -> AsyncIterator[Service]:
-    """Start the proxy and ops listeners; stop them (and the upstream session) on exit."""
+                  local: proxy.Local | None = None, creds: upstream.Credentials | None = None,
+                  limits: guard_limits.Limits | None = None) -> AsyncIterator[Service]:
+    """Start the proxy and ops listeners; stop them (and the upstream session) on exit. `limits`: the client
+    bounds (guard/limits.py), their documented defaults unless given (tests shorten the timeouts)."""
     creds = creds or upstream.load_kubeconfig(config.kubeconfig, config.context, config.servers)
     up = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
                            offline_after=config.offline_after, online_after=config.online_after,
@@ -232,6 +232,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         recorder, local = cache_hooks(config, up, off)
     identities = token_identities(config, local, up)
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
+    labels.configure(component for _, component in config.component_aliases)
     stage = response_filters(config, up, recorder, local)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
                           identities=identities, trust=node_trust, filters=stage)
@@ -242,7 +243,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     refreshing: asyncio.Task[None] | None = None
     try:
         host, port = config.listen_host_port
-        url = await start_listener(runners, web.ServerRunner(proxy_server(handler),
+        if limits is not None:
+            handler.body_timeout = limits.body_timeout
+        url = await start_listener(runners, web.ServerRunner(proxy_server(handler, limits),
                                                              shutdown_timeout=config.shutdown_timeout), host, port)
         service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time(),
                           cache_off=off[0] if off else None)
@@ -257,7 +260,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         _log_trust(node_trust, service)
         service.filters = stage
         if config.in_cluster_address:
-            service.in_cluster_url = await _start_in_cluster(runners, handler, config)
+            service.in_cluster_url = await _start_in_cluster(runners, handler, config, limits)
             if stage is not None:  # the port actually bound (0 in tests picks one)
                 ip = config_mod.split_address(config.in_cluster_address)[0]
                 port = int(service.in_cluster_url.rsplit(":", 1)[1])
@@ -269,6 +272,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
+        reporting = _health_reporter(config, up, local, node_trust.node)
+        if reporting is not None:
+            background.append(reporting)
         metrics.CACHE.attach(store=getattr(local, "store", None), writer=getattr(local, "writer", None), upstream=up,
                              recorder=recorder)
         log.info("edgeproxy serving on %s (ops on %s), upstream %s", service.url, service.ops_url,
@@ -289,6 +295,23 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             close = getattr(hook, "close", None)
             if close is not None:
                 await asyncio.to_thread(close)
+
+
+def _health_reporter(config: config_mod.Config, up: upstream.Upstream, local: proxy.Local | None,
+                     node: str | None) -> asyncio.Task[None] | None:
+    """The cache-health report on this node's Node, for the autonomy companion (companion/reporter.py); None when
+    disabled or when the node's name is unknown (nothing to patch)."""
+    if config.health_report_interval <= 0:
+        return None
+    from edgeproxy.companion import reporter
+
+    node = getattr(local, "node", None) or node
+    if not node:
+        log.info("cache health is not reported: the node's name is unknown (set --node-name)")
+        return None
+    rep = reporter.Reporter(up, getattr(local, "store", None), node, interval=config.health_report_interval,
+                            check=min(config.health_check_interval, config.health_report_interval))
+    return tasks.spawn(rep.run(), name="cache-health-reporter")
 
 
 async def start_listener(runners: list[web.BaseRunner], runner: web.BaseRunner, host: str, port: int, *,
@@ -400,7 +423,8 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
     return url, (_wait_for_client_ca(ctx, waiting, interval) if waiting else None)
 
 
-async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config) -> str:
+async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config,
+                            limits: guard_limits.Limits | None = None) -> str:
     """The in-cluster listener: HTTPS on the node-local address kube-proxy sends `kubernetes.default` traffic to.
     Any pod on the node can reach it, so a request without its own bearer token is refused here (401, as the API
     server answers an anonymous request it does not accept) instead of going upstream as the node."""
@@ -410,7 +434,7 @@ async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy,
             return proxy.status_response(401, "Unauthorized", "Unauthorized")
         return await handler.handle(request)
 
-    server = proxy_server(handler, token_only)
+    server = proxy_server(handler, limits, handle=token_only)  # pods get the bounds every client gets
     ctx = tls.server_context(config.tls_cert_file, config.tls_key_file, None)
     host, port = config_mod.split_address(config.in_cluster_address)
     url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,

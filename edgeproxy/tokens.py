@@ -112,7 +112,7 @@ def read_request(body: bytes, content_type: str, namespace: str, service_account
             if not isinstance(obj, dict):
                 raise errors.InvalidRequest("TokenRequest: body is not an object")
             spec = _json_spec(obj.get("spec") or {})
-    except (ValueError, TypeError, AttributeError, errors.DecodeError) as e:
+    except (ValueError, TypeError, AttributeError, RecursionError, errors.DecodeError) as e:
         raise errors.InvalidRequest(f"TokenRequest: {e}") from e
     audiences, expiration, binding = spec
     return Ask(namespace, service_account, tuple(audiences), expiration, binding)
@@ -144,7 +144,7 @@ def claims_of(token: str) -> dict[str, Any] | None:
     try:
         payload = token.split(".")[1]
         claims = json.loads(_b64decode(payload))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -252,7 +252,7 @@ def verify(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, Any] 
         der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
         public_key.verify(der, f"{head}.{payload}".encode(), ec.ECDSA(hashes.SHA256()))
         return json.loads(_b64decode(payload))
-    except (ValueError, InvalidSignature):
+    except (ValueError, InvalidSignature, RecursionError):
         return None
 
 

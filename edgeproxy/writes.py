@@ -129,7 +129,7 @@ def body_name(body: bytes, content_type: str) -> tuple[str, str] | None:
         else:
             metadata = json.loads(body).get("metadata") or {}
             name, namespace = metadata.get("name") or "", metadata.get("namespace") or ""
-    except (ValueError, TypeError, AttributeError, errors.KubeError):
+    except (ValueError, TypeError, AttributeError, RecursionError, errors.KubeError):
         return None
     return (namespace, name) if name else None
 

@@ -110,7 +110,18 @@ async def test_close_delimited_head_and_no_body():
         assert (await fetch(pool, port, method="HEAD"))[:2] == (200, b"")
         assert (await fetch(pool, port))[:2] == (304, b"")
         assert (await fetch(pool, port))[:2] == (204, b"")
-    assert server.connections == 1
+    assert server.connections == 2  # a connection that answered a HEAD is not reused (see the next test)
+
+
+async def test_body_bytes_after_a_head_answer_never_reach_the_next_request():
+    """Issue 14 D7: a HEAD answer carrying body bytes left them on a pooled connection, and the next client's GET
+    failed with "response head too large"."""
+    junk = b"x" * 4096
+    server = Server([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(junk), junk),
+                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(BODY), BODY)])
+    async with serving(server) as (pool, port):
+        assert (await fetch(pool, port, method="HEAD"))[:2] == (200, b"")
+        assert (await fetch(pool, port))[:2] == (200, BODY)
 
 
 async def test_interim_responses_are_skipped():

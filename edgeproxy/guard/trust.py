@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from edgeproxy.guard import warn
+
 log = logging.getLogger(__name__)
 
 NODE_PREFIX = "system:node:"
-_WARN_EVERY = 60.0
 
 
 def node_name(config: Any, creds: Any) -> str | None:
@@ -74,14 +74,13 @@ def peer_common_name(peercert: dict[str, Any] | None) -> str:
 class NodeTrust:
     """`allows(transport)`: may a request on this connection, with no bearer token, act as the node?"""
 
-    __slots__ = ("_last_warning", "_verdicts", "node", "plain_as_node")
+    __slots__ = ("_verdicts", "node", "plain_as_node")
 
     def __init__(self, node: str | None, *, plain_as_node: bool = False) -> None:
         self.node = node  # this node's name; None: unknown, so no certificate can match it
         self.plain_as_node = plain_as_node
         # per TLS connection (its SSLObject), the verdict: getpeercert() builds a dict on every call
         self._verdicts: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-        self._last_warning = float("-inf")
 
     @property
     def user(self) -> str | None:
@@ -112,10 +111,6 @@ class NodeTrust:
         return f"Unauthorized: a request without a bearer token acts as the node; {how}"
 
     def warn(self, peer: object, tls: bool) -> None:
-        """One WARNING a minute at most: a hostile client must not fill the log."""
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY:
-            self._last_warning = now
-            log.warning("refused a request without credentials from %s on the %s listener (401): %s", peer,
-                        "HTTPS" if tls else "plain-HTTP", self.refusal_message(tls),
-                        extra={"event": "node_identity_refused"})
+        """One WARNING a minute at most (guard.warn): a hostile client must not fill the log."""
+        warn.client_error("node-identity-refused", "a request without credentials from %s on the %s listener got "
+                          "401: %s", peer, "HTTPS" if tls else "plain-HTTP", self.refusal_message(tls))

@@ -88,7 +88,7 @@ def decode(token: str) -> Jwt | None:
         header = json.loads(_b64decode(head))
         claims = json.loads(_b64decode(payload))
         signature = _b64decode(sig)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." payloads
         return None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         return None

@@ -59,12 +59,20 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value or ""
 
 
+MAX_COMPONENT = 128
+
+
 def client_from_headers(headers: Mapping[str, str], aliases: Mapping[str, str] | None = None) -> Client:
     """client-go's User-Agent is "<basename(argv0)>/<version> (<os>/<arch>) kubernetes/<commit>" (rest/config.go
     DefaultKubernetesUserAgent); CoreDNS sends "CoreDNS/1.12.1 git_commit:..". The component is the part before the
     first "/" (or blank), lowercased, then mapped through the aliases."""
     ua = _header(headers, "User-Agent").strip()
     component = ua.split(None, 1)[0].split("/", 1)[0].lower() if ua else ""
+    if len(component) > MAX_COMPONENT or not component.isascii() or not component.isprintable():
+        # A cache partition name: printable ASCII, bounded (a User-Agent is the client's to choose: 1 MB, invalid
+        # UTF-8 as surrogates, control characters).
+        component = component.encode("ascii", "backslashreplace").decode()
+        component = "".join(c if c.isprintable() else "?" for c in component)[:MAX_COMPONENT]
     table = {**DEFAULT_ALIASES, **(aliases or {})}
     component = table.get(component, component)
     token = bearer_token(headers)

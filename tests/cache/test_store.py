@@ -189,6 +189,18 @@ def test_error_event_marks_the_view_incomplete(opened):
     assert st.view(key).complete is True
 
 
+def test_an_object_without_a_name_is_dropped_and_the_view_marked_incomplete(opened):
+    """Issue 14 D10: an ADDED event without metadata was stored as a nameless item and served offline."""
+    st, w = opened
+    key = pods_key("protobuf")
+    kind, av, rv, _, items = recorded.list_items("pods-edge1.list.pb.body")
+    w.replace_view(key, store.ViewMeta(kind, av, rv, True), items)
+    w.apply_events(key, [("ADDED", store.Item("", "", "999", {}, {}, b"{}"), "999")])
+    assert w.flush_sync(10)
+    meta, held = st.read_view(key)
+    assert meta.complete is False and all(i.name for i in held) and len(held) == len(items)
+
+
 def test_events_for_an_unknown_view_are_ignored(opened):
     st, w = opened
     w.apply_events(pods_key("protobuf"), events_of("watch.pods-edge1.pb.body"))
