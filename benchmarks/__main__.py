@@ -18,7 +18,7 @@ from pathlib import Path
 import benchmarks
 from benchmarks import harness
 
-NOT_SCENARIOS = {"harness", "loadgen", "__main__"}
+NOT_SCENARIOS = {"harness", "loadgen", "realpods", "yurthub", "__main__"}
 
 
 def scenarios() -> list[str]:

@@ -1,6 +1,9 @@
 """Codec throughput on one core: pod watch events/s (split + decode + metadata + selector fields) and list MB/s.
 
-The streams are recorded kube-apiserver pod events (tests/fixtures/watch.pods-edge1.*) replicated to N events and fed
+JSON is read two ways: jsonwire (the stdlib decoder; the reference) and jsonscan (msgspec; what the recorder uses).
+`json_list_record_*` is what recording a list costs per MB with each decoder; `json_list_to_dicts_*` are whole-
+document decoders that give no item bytes (compared only). The streams are recorded kube-apiserver pod events
+(tests/fixtures/watch.pods-edge1.*) replicated to N events and fed
 to the splitter in 64 KiB chunks, as a socket read hands them over; lists are the recorded 15-pod list replicated to
 5,000 items. Single-threaded, pure CPU: no network, no cache; timed in process CPU seconds (median of the runs, best
 alongside). Reports figures, asserts nothing.
@@ -18,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeproxy.kube import jsonwire, protobuf, watch
+from edgeproxy.kube import jsonscan, jsonwire, protobuf, watch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CHUNK = 64 * 1024
@@ -66,6 +69,36 @@ def consume_json(stream: bytes) -> int:
     return n
 
 
+def consume_json_recorded(stream: bytes) -> int:
+    """What the recorder does per JSON event since issue 15: msgspec finds the object's span, then its metadata."""
+    sp = watch.JsonSplitter()
+    n = 0
+    for i in range(0, len(stream), CHUNK):
+        for line in sp.feed(stream[i : i + CHUNK]):
+            ev = jsonscan.decode_event(line)
+            jsonscan.extract("pods", jsonwire.untyped(ev.obj))
+            n += 1
+    return n
+
+
+def _record_stdlib(body: bytes) -> int:
+    """The recorder's JSON list path before issue 15: the stdlib decoder, each item's dict read as it is decoded."""
+    return len(jsonwire.parse_list(body, convert=lambda raw, doc: (jsonwire.extract("pods", doc), bytes(raw))).items)
+
+
+def _record_msgspec(body: bytes) -> int:
+    """Since issue 15: msgspec.Raw item spans (not decoded), then each item's metadata into typed structs."""
+    return len([(jsonscan.extract("pods", bytes(r)), bytes(r)) for r in jsonscan.scan_list(body, copy=False).items])
+
+
+def _dicts(loads):
+    """A whole-document decoder into dicts (orjson, msgspec untyped): gives no item bytes, so it could only serve
+    with a second pass to find them; timed for comparison, metadata read from the dicts."""
+    def run(body: bytes) -> int:
+        return len([jsonwire.extract("pods", d) for d in loads(body)["items"]])
+    return run
+
+
 def _timed(fn, repeat: int) -> list[float]:
     """CPU seconds of each run: the process's own CPU time, so a busy machine (other jobs on the same cores) slows
     the wall clock but not the figure; the code under test is single-threaded, so this is one core's time."""
@@ -95,7 +128,8 @@ def run(opts=None) -> list[dict]:
     rows = []
 
     pb_stream, js_stream, n = pod_streams(events)
-    for enc, stream, consume in (("protobuf", pb_stream, consume_protobuf), ("json", js_stream, consume_json)):
+    for enc, stream, consume in (("protobuf", pb_stream, consume_protobuf), ("json", js_stream, consume_json),
+                                 ("json_recorded", js_stream, consume_json_recorded)):
         assert consume(stream) == n  # warm-up and a check that every event went through
         times = _timed(lambda stream=stream, consume=consume: consume(stream), repeat)
         rows.append(_row(f"{enc}_pod_watch_events_per_s", n / statistics.median(times), "events/s",
@@ -116,7 +150,16 @@ def run(opts=None) -> list[dict]:
         "protobuf_list_parse": (lambda: protobuf.parse_list(protobuf.unwrap(big_pb).raw), len(big_pb)),
         "json_list_build": (lambda: jsonwire.build_list("PodList", "v1", "304", js_items), len(big_js)),
         "json_list_parse": (lambda: jsonwire.parse_list(big_js), len(big_js)),
+        "json_list_record_stdlib": (lambda: _record_stdlib(big_js), len(big_js)),
+        "json_list_record_msgspec": (lambda: _record_msgspec(big_js), len(big_js)),
     }
+    import msgspec
+    cases["json_list_to_dicts_msgspec"] = (lambda: _dicts(msgspec.json.decode)(big_js), len(big_js))
+    try:
+        import orjson  # not a dependency: measured when installed, for the README's comparison
+        cases["json_list_to_dicts_orjson"] = (lambda: _dicts(orjson.loads)(big_js), len(big_js))
+    except ImportError:
+        pass
     for name, (fn, size) in cases.items():
         fn()
         times = _timed(fn, repeat)

@@ -223,9 +223,13 @@ def cpu_seconds(pid: int) -> float:
 
 def loadgen(url: str, *, concurrency: int = 1, duration: float | None = None, requests: int | None = None,
             watch_events: int | None = None, headers: Sequence[str] = (), cert: str | None = None,
-            key: str | None = None, ca: str | None = None, timeout: float = 600) -> dict[str, object]:
-    """Run benchmarks/loadgen.py in its own process and return its JSON result."""
-    argv = [sys.executable, "-m", "benchmarks.loadgen", url, "--concurrency", str(concurrency)]
+            key: str | None = None, ca: str | None = None, timeout: float = 600, user_agent: str | None = None,
+            prefix: Sequence[str] = ()) -> dict[str, object]:
+    """Run benchmarks/loadgen.py in its own process and return its JSON result. `prefix` runs it elsewhere (e.g.
+    `ip netns exec NS`)."""
+    argv = [*prefix, sys.executable, "-m", "benchmarks.loadgen", url, "--concurrency", str(concurrency)]
+    if user_agent:
+        argv += ["--user-agent", user_agent]
     if duration is not None:
         argv += ["--duration", str(duration)]
     if requests is not None:

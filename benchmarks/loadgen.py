@@ -2,6 +2,7 @@
 
     python -m benchmarks.loadgen URL [--concurrency N] [--duration S | --requests N] [--cert F --key F --ca F]
                                      [--header 'Name: value'] [--watch-events N]
+                                     [--user-agent UA]
 
 Prints one JSON object: requests, errors, seconds, req_per_s, bytes, mb_per_s, and latency percentiles in ms (p50,
 p90, p99) of complete responses. `--watch-events N` instead opens one streaming GET and reports how fast N newline- or
@@ -58,11 +59,14 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, int]:
     return status, 0
 
 
+USER_AGENT = "edgeproxy-loadgen"
+
+
 def _request_bytes(url: urllib.parse.SplitResult, headers: list[str]) -> bytes:
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
-    lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "User-Agent: edgeproxy-loadgen", *headers]
+    lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", f"User-Agent: {USER_AGENT}", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -153,6 +157,7 @@ async def watch(url_s: str, events: int, ctx: ssl.SSLContext | None, headers: li
 
 
 def main(argv: list[str] | None = None) -> int:
+    global USER_AGENT
     p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.splitlines()[0])
     p.add_argument("url")
     p.add_argument("--concurrency", type=int, default=1)
@@ -163,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--ca")
+    p.add_argument("--user-agent", default=USER_AGENT, help="e.g. kubelet's, for proxies that cache by component")
     args = p.parse_args(argv)
+    USER_AGENT = args.user_agent
     ctx = None
     if args.url.startswith("https"):
         ctx = ssl.create_default_context(cafile=args.ca)

@@ -9,7 +9,10 @@ benchmarks.passthrough). Measured, per variant:
   resourceVersion: forwarded, not parsed). CPU is the process's user+system time from the request until the process
   is idle again (recording ends after the response), so it does not depend on what else the machine does;
 - small GET latency at concurrency 1, alone and while JSON lists of new views run back to back beside it: what the
-  parsing thread's hold on the GIL costs the event loop.
+  parsing thread's hold on the GIL costs the event loop;
+- what recording costs the listing client itself: a JSON LIST of every pod, each a new view (so it is parsed and
+  written), through the recording proxy and through `--cache off`, alternately, each started with both proxies idle;
+  p50 of each and the ratio (`--quick`: the 1k-pod figure).
 The proxy under test is told apart from the direct path only by these figures; see passthrough for req/s against nginx.
 """
 
@@ -49,7 +52,27 @@ def run(opts: harness.Options) -> list[dict[str, object]]:
                 passthrough.edgeproxy(work, sim_url, pki, cache=False) as bare:
             for tag, (name, (url, pid)) in enumerate((("edgeproxy", ep), ("edgeproxy --cache off", bare))):
                 rows += _measure(opts, pods, name, url, pid, f"v{tag}")
+            rows += _client_cost(opts, pods, ep, bare)
     return rows
+
+
+def _client_cost(opts: harness.Options, pods: int, ep: tuple[str, int], bare: tuple[str, int]) -> list[dict]:
+    """The listing client's latency with recording on and off, interleaved so both see the same machine."""
+    rounds = 20 if opts.quick else 8
+    took: dict[str, list[float]] = {"on": [], "off": []}
+    for i in range(rounds):
+        for side, (url, _) in (("on", ep), ("off", bare)):
+            _idle_cpu(ep[1])
+            _idle_cpu(bare[1])
+            res = harness.loadgen(url + f"/api/v1/pods?labelSelector=client{side}{i}%21%3Dx", requests=1,
+                                  headers=[passthrough.JSON])
+            took[side].append(float(res["p50_ms"]))
+    on, off = (sorted(took[s])[len(took[s]) // 2] for s in ("on", "off"))
+    name = f"{pods // 1000}k-pod JSON LIST, new view each time"
+    return [harness.row(SCENARIO, f"{name}, recording", round(on, 1), "ms", note=f"p50 of {rounds}"),
+            harness.row(SCENARIO, f"{name}, --cache off", round(off, 1), "ms", note=f"p50 of {rounds}"),
+            harness.row(SCENARIO, "what recording adds to the listing client", round((on / off - 1) * 100, 1), "%",
+                        note="aim <= 10 %")]
 
 
 def _measure(opts: harness.Options, pods: int, variant: str, url: str, pid: int,

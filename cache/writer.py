@@ -260,6 +260,9 @@ class Writer:
                     self.store.writes_failed += len(ops)
                     stop = any(op[2][0] == "stop" for op in ops)
                     self._finish(ops, dropped)
+            # Let go of the batch before sleeping and waiting: a big list's items would otherwise stay alive (tens
+            # of MB for a 10k-pod list) until the next write came along.
+            ops = dropped = None
             spent = time.monotonic() - started
             if not stop and spent < self.interval:
                 time.sleep(self.interval - spent)  # pace commits: at most one fsync per interval

@@ -16,32 +16,32 @@ Neighbours: main.py (calls `run`), config.py, records.py, journal.py, delegate.p
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 
-from cni_plugin import config, delegate, errors, journal, records, request, result
+from cni_plugin import config, delegate, errors, journal, log, records, request, result
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing costs start-up; annotations are strings (PEP 563), so this is enough for checkers
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 REPLAY_LIMIT = 16  # journal entries replayed per invocation: bounds the latency an ADD pays for an old outage
 PRUNE_EVERY = 600.0  # seconds between sweeps of old RELEASED records outside GC
 
 
-@dataclass(slots=True)
 class Invocation:
-    cfg: config.Config
-    req: request.Request
-    store: records.Store
-    journal: journal.Journal
-    env: Mapping[str, str]
-    _delegate: delegate.Delegate | None = None
+    """One CNI call: its config, request, store, journal and environment; the delegate is found when first needed."""
+
+    __slots__ = ("_delegate", "cfg", "env", "journal", "req", "store")
+
+    def __init__(self, cfg: config.Config, req: request.Request, store: records.Store, journal: journal.Journal,
+                 env: Mapping[str, str]):
+        self.cfg, self.req, self.store, self.journal, self.env = cfg, req, store, journal, env
+        self._delegate: delegate.Delegate | None = None
 
     @property
     def delegate(self) -> delegate.Delegate:
         if self._delegate is None:
             self._delegate = delegate.Delegate(self.cfg, self.req.path, self.env,
-                                               cache=self.store.root / "delegate-version.json")
+                                               cache=self.store.path("delegate-version.json"))
         return self._delegate
 
     @property

@@ -9,71 +9,77 @@ Neighbours: commands.py (uses Config), delegate.py (runs what `delegate_conf` bu
 
 from __future__ import annotations
 
-import copy
-import math
-import re
-from dataclasses import dataclass
-from pathlib import Path
-
-from cni_plugin import errors, result
+from cni_plugin import errors, request, result
+from cni_plugin.value import Value
 
 PLUGIN_TYPE = "edge-ipam-snapshot"
 DEFAULT_DATA_DIR = "/var/lib/cni/edge-ipam-snapshot"
 DEFAULT_INHERIT = ("ranges", "routes", "subnet")
-# What API-backed IPAMs print when their server is out of reach (Go net/http and gRPC wording).
-DEFAULT_MSG_REGEX = (
-    r"(?i)connection refused|no route to host|network is unreachable|i/o timeout|timed out|deadline exceeded"
-    r"|connection reset|tls handshake timeout|temporary failure in name resolution|service unavailable"
-    r"|server is currently unable to handle|try again later"
+# What API-backed IPAMs print when their server is out of reach (Go net/http and gRPC wording), any case.
+DEFAULT_PHRASES = (
+    "connection refused", "no route to host", "network is unreachable", "i/o timeout", "timed out",
+    "deadline exceeded", "connection reset", "tls handshake timeout", "temporary failure in name resolution",
+    "service unavailable", "server is currently unable to handle", "try again later",
 )
+DEFAULT_MSG_REGEX = "(?i)" + "|".join(DEFAULT_PHRASES)  # the same, as the msgRegex an operator would write
 REQUEST_VIA = ("args", "runtimeConfig", "env", "none")
 KEYS = ("pod", "container")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _OWN_KEYS = frozenset({"type", "delegate", "dataDir", "key", "requestIP", "delegateTimeout", "offline",
                        "retainAfterRelease", "heldMaxAge", "inherit", "delegateCNIVersion"})
+_INF = float("inf")
 _OFFLINE_KEYS = frozenset({"codes", "msgRegex", "timeout", "probe"})
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
-    host: str
-    port: int
-    timeout: float
+class Probe(Value):
+    _fields = ("host", "port", "timeout")
+    __slots__ = _fields
 
 
-@dataclass(frozen=True, slots=True)
-class Offline:
-    codes: frozenset[int]
-    msg_regex: re.Pattern
-    on_timeout: bool
-    probe: Probe | None
+class Phrases:
+    """The default msgRegex as plain substring tests: importing `re` and compiling it cost more than a CNI call."""
+
+    __slots__ = ()
+
+    def search(self, text: str) -> bool:
+        low = text.lower()
+        return any(p in low for p in DEFAULT_PHRASES)
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    cni_version: str
-    network: str
-    net: dict  # the whole stdin config, as given
-    delegate: dict  # the delegate's ipam section, inheritance applied
-    data_dir: Path
-    key: str
-    request_ip: str
-    delegate_timeout: float
-    delegate_cni_version: str | None
-    offline: Offline
-    retain_after_release: float
-    held_max_age: float | None
+class Offline(Value):
+    """codes (frozenset of CNI codes), msg_regex (anything with .search(text): a compiled msgRegex or Phrases),
+    on_timeout, probe (Probe or None)."""
+
+    _fields = ("codes", "msg_regex", "on_timeout", "probe")
+    __slots__ = _fields
+
+
+class Config(Value):
+    """The ipam section, checked. net is the whole stdin config as given; delegate the delegate's ipam section with
+    inheritance applied; data_dir an absolute path (str)."""
+
+    _fields = ("cni_version", "network", "net", "delegate", "data_dir", "key", "request_ip", "delegate_timeout",
+                 "delegate_cni_version", "offline", "retain_after_release", "held_max_age")
+    __slots__ = _fields
 
     @property
     def delegate_type(self) -> str:
         return self.delegate["type"]
 
 
+def _copy(v):
+    """copy.deepcopy for JSON values (without importing copy, which imports weakref)."""
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
 def _number(ipam: dict, name: str, default: float | None, *, lo: float, hi: float) -> float | None:
     v = ipam.get(name, default)
     if v is None and default is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (_INF, -_INF) or not lo <= v <= hi:
         raise errors.InvalidConfig(f"ipam.{name} must be a number in [{lo}, {hi}], got {v!r}")
     return float(v)
 
@@ -92,10 +98,15 @@ def _offline(raw: object) -> Offline:
     pattern = raw.get("msgRegex", DEFAULT_MSG_REGEX)
     if not isinstance(pattern, str):
         raise errors.InvalidConfig(f"ipam.offline.msgRegex must be a string, got {pattern!r}")
-    try:
-        regex = re.compile(pattern) if pattern else re.compile(r"(?!)")
-    except re.error as e:
-        raise errors.InvalidConfig(f"ipam.offline.msgRegex does not compile: {e}") from e
+    if pattern == DEFAULT_MSG_REGEX:
+        regex = Phrases()
+    else:
+        import re
+
+        try:
+            regex = re.compile(pattern) if pattern else re.compile(r"(?!)")
+        except re.error as e:
+            raise errors.InvalidConfig(f"ipam.offline.msgRegex does not compile: {e}") from e
     on_timeout = raw.get("timeout", True)
     if not isinstance(on_timeout, bool):
         raise errors.InvalidConfig(f"ipam.offline.timeout must be true or false, got {on_timeout!r}")
@@ -121,7 +132,7 @@ def parse(net: dict) -> Config:
         raise errors.IncompatibleVersion("network configuration has no cniVersion")
     result.check_supported(version)
     name = net.get("name")
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not request.is_name(name) or name in (".", ".."):
         raise errors.InvalidConfig(f"network name {name!r} is missing or malformed")
     ipam = net.get("ipam")
     if not isinstance(ipam, dict):
@@ -137,14 +148,14 @@ def parse(net: dict) -> Config:
     if not isinstance(delegate, dict) or not isinstance(delegate.get("type"), str):
         raise errors.InvalidConfig('ipam.delegate must be an object with a "type" (the real IPAM plugin)')
     dtype = delegate["type"]
-    if not _NAME.match(dtype) or dtype == PLUGIN_TYPE:
+    if not request.is_name(dtype) or dtype == PLUGIN_TYPE:
         raise errors.InvalidConfig(f"ipam.delegate.type {dtype!r} is not a plugin file name other than ours")
-    delegate = copy.deepcopy(delegate)
+    delegate = _copy(delegate)
     for k in inherit:
         if k in ipam:
             if k in delegate and delegate[k] != ipam[k]:
                 raise errors.InvalidConfig(f"ipam.{k} and ipam.delegate.{k} are both set and differ")
-            delegate[k] = copy.deepcopy(ipam[k])
+            delegate[k] = _copy(ipam[k])
     data_dir = ipam.get("dataDir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not data_dir.startswith("/"):
         raise errors.InvalidConfig(f"ipam.dataDir must be an absolute path, got {data_dir!r}")
@@ -160,7 +171,7 @@ def parse(net: dict) -> Config:
             raise errors.InvalidConfig(f"ipam.delegateCNIVersion must be a string, got {dver!r}")
         result.check_supported(dver)
     return Config(
-        cni_version=version, network=name, net=net, delegate=delegate, data_dir=Path(data_dir), key=key,
+        cni_version=version, network=name, net=net, delegate=delegate, data_dir=data_dir, key=key,
         request_ip=request_ip,
         delegate_timeout=_number(ipam, "delegateTimeout", 10.0, lo=0.05, hi=600),
         delegate_cni_version=dver, offline=_offline(ipam.get("offline")),
@@ -175,9 +186,9 @@ def delegate_conf(cfg: Config, cni_version: str, requested: list[str] = ()) -> d
     `requested` IPs are asked for the way `requestIP` says (host-local honours all three: CNI_ARGS IP=,
     args.cni.ips, runtimeConfig.ips); the env way is applied by the caller, who owns the environment.
     """
-    conf = {k: copy.deepcopy(v) for k, v in cfg.net.items() if k not in ("ipam", "prevResult")}
+    conf = {k: _copy(v) for k, v in cfg.net.items() if k not in ("ipam", "prevResult")}
     conf["cniVersion"] = cni_version
-    conf["ipam"] = copy.deepcopy(cfg.delegate)
+    conf["ipam"] = _copy(cfg.delegate)
     if requested and cfg.request_ip == "args":
         args = conf.setdefault("args", {})
         if isinstance(args, dict):

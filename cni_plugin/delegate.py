@@ -12,31 +12,29 @@ No records are touched here. Neighbours: config.py (policy, delegate config), co
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import signal
-import socket
-import subprocess
+import select
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
-from cni_plugin import config, durable, errors, result
+from cni_plugin import config, durable, errors, jsonio, log, result
+from cni_plugin.value import Value
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing costs start-up; annotations are strings (PEP 563), so this is enough for checkers
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# Linux signal numbers (the same on every architecture Kubernetes runs on), without importing signal (and enum).
+_SIGKILL, _SIGPIPE, _SIGXFSZ = 9, 13, 25
+_CHUNK = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    ok: bool
-    result: dict | None  # the parsed stdout on success (None when the command prints nothing)
-    code: int | None
-    msg: str
-    details: str = ""
-    offline: bool = False
-    timed_out: bool = False
+class Reply(Value):
+    """ok, result (the parsed stdout on success; None when the command prints nothing), code, msg, details, offline,
+    timed_out."""
+
+    _fields = ("ok", "result", "code", "msg", "details", "offline", "timed_out")
+    __slots__ = _fields
+    _defaults = {"details": "", "offline": False, "timed_out": False}
 
     def error(self, dtype: str) -> errors.IpamError:
         if self.timed_out:
@@ -54,31 +52,119 @@ def find(dtype: str, path: tuple[str, ...]) -> str:
 
 
 def _exec(exe: str, env: Mapping[str, str], stdin: bytes, timeout: float) -> tuple[int | None, bytes, bytes]:
-    """(returncode or None on timeout, stdout, stderr); the delegate's whole process group dies on timeout."""
+    """(returncode or None on timeout, stdout, stderr); the delegate's whole process group dies on timeout.
+
+    posix_spawn in a new session with three pipes, then one poll loop until both outputs end or the deadline passes.
+    (subprocess and the modules it imports cost about as much start-up as the rest of the plugin's work.)
+    """
+    fds: list[int] = []
     try:
-        proc = subprocess.Popen([exe], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=dict(env), start_new_session=True, close_fds=True)
+        r0, w0 = os.pipe()
+        fds += (r0, w0)
+        r1, w1 = os.pipe()
+        fds += (r1, w1)
+        r2, w2 = os.pipe()
+        fds += (r2, w2)
     except OSError as e:
-        raise errors.DelegateMissing(f"delegate {exe} cannot be executed: {e.strerror or e}") from e
+        _close(fds)
+        raise errors.DelegateFailed(f"cannot run delegate {exe}: {e.strerror or e}") from e
+    # The child gets exactly stdin/stdout/stderr: our own descriptors are close-on-exec (Python's default), and any
+    # the runtime let us inherit are closed for it, as subprocess's close_fds did.
+    actions = [(os.POSIX_SPAWN_DUP2, r0, 0), (os.POSIX_SPAWN_DUP2, w1, 1), (os.POSIX_SPAWN_DUP2, w2, 2)]
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited()]
     try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        # Python ignores SIGPIPE and SIGXFSZ; the delegate gets the defaults back, as subprocess's restore_signals did.
+        pid = os.posix_spawn(exe, [exe], dict(env), file_actions=actions, setsid=True,
+                             setsigdef=(_SIGPIPE, _SIGXFSZ))
+    except OSError as e:
+        _close(fds)
+        raise errors.DelegateMissing(f"delegate {exe} cannot be executed: {e.strerror or e}") from e
+    _close([r0, w1, w2])
+    deadline = time.monotonic() + timeout
+    out, err, timed_out = _communicate(w0, r1, r2, stdin, deadline)
+    if timed_out:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pid, _SIGKILL)
         except ProcessLookupError:
             pass
+        # Whatever is left in the pipes; something outside its process group may still hold them, so not forever.
+        more_out, more_err, _ = _communicate(-1, r1, r2, b"", time.monotonic() + 2)
+        out, err = out + more_out, err + more_err
+    _close([r1, r2])
+    _, status = os.waitpid(pid, 0)
+    return (None if timed_out else os.waitstatus_to_exitcode(status)), out, err
+
+
+def _inherited() -> list[int]:
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    keep = []
+    for fd in fds:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    keep.append(fd)
+            except OSError:
+                pass  # the descriptor listdir itself used, closed by now
+    return keep
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
         try:
-            out, err = proc.communicate(timeout=2)
-        except subprocess.TimeoutExpired:
-            # Something outside its process group still holds the pipes: stop reading, the child itself is dead.
-            out, err = b"", b""
-            proc.kill()
-            proc.wait()
-        return None, out, err
-    return proc.returncode, out, err
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _communicate(w0: int, r1: int, r2: int, stdin: bytes, deadline: float) -> tuple[bytes, bytes, bool]:
+    """Write stdin to w0 (then close it), read r1 and r2 to their ends; (out, err, deadline passed)."""
+    poller = select.poll()
+    chunks: dict[int, list[bytes]] = {r1: [], r2: []}
+    view = memoryview(stdin)
+    if w0 >= 0:
+        if view:
+            os.set_blocking(w0, False)
+            poller.register(w0, select.POLLOUT)
+        else:
+            os.close(w0)
+    open_fds = {r1, r2}
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
+    writing = w0 >= 0 and bool(view)
+    while open_fds or writing:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if writing:
+                os.close(w0)
+            return b"".join(chunks[r1]), b"".join(chunks[r2]), True
+        for fd, ev in poller.poll(left * 1000):
+            if fd == w0 and writing:
+                try:
+                    view = view[os.write(w0, view[:_CHUNK]):]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    view = view[:0]  # the delegate stopped reading: its answer says why
+                if not view:
+                    writing = False
+                    poller.unregister(w0)
+                    os.close(w0)
+            elif fd in open_fds:
+                data = os.read(fd, _CHUNK) if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) else b""
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    open_fds.discard(fd)
+                    poller.unregister(fd)
+    return b"".join(chunks[r1]), b"".join(chunks[r2]), False
 
 
 def _probe_reaches(probe: config.Probe) -> bool:
+    import socket
+
     try:
         with socket.create_connection((probe.host, probe.port), timeout=probe.timeout):
             return True
@@ -94,7 +180,7 @@ def classify(policy: config.Offline, code: int | None, out: bytes, err: bytes, t
     parsed: object = None
     if out.strip():
         try:
-            parsed = json.loads(out)
+            parsed = jsonio.loads(out)
         except ValueError:
             parsed = None
     if code == 0:
@@ -115,9 +201,9 @@ def classify(policy: config.Offline, code: int | None, out: bytes, err: bytes, t
 
 
 def _versions(exe: str, env: Mapping[str, str], timeout: float) -> list[str]:
-    rc, out, _ = _exec(exe, {**env, "CNI_COMMAND": "VERSION"}, json.dumps({"cniVersion": "0.4.0"}).encode(), timeout)
+    rc, out, _ = _exec(exe, {**env, "CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}', timeout)
     try:
-        versions = json.loads(out).get("supportedVersions") if rc == 0 else None
+        versions = jsonio.loads(out).get("supportedVersions") if rc == 0 else None
     except (ValueError, AttributeError):
         versions = None
     return [v for v in versions if isinstance(v, str)] if isinstance(versions, list) else []
@@ -129,7 +215,7 @@ class Delegate:
     __slots__ = ("cache", "cfg", "env", "exe", "version")
 
     def __init__(self, cfg: config.Config, path: tuple[str, ...], base_env: Mapping[str, str],
-                 cache: Path | None = None):
+                 cache: str | None = None):
         self.cfg = cfg
         self.exe = find(cfg.delegate_type, path)
         self.env = {k: v for k, v in base_env.items() if not k.startswith("CNI_")}
@@ -145,7 +231,8 @@ class Delegate:
         if self.cache is None:
             return None
         try:
-            saved = json.loads(self.cache.read_bytes())
+            with open(self.cache, "rb") as f:
+                saved = jsonio.loads(f.read())
             return saved["version"] if saved.get("for") == self._stat_key() else None
         except (OSError, ValueError, AttributeError, KeyError):
             return None
@@ -174,7 +261,7 @@ class Delegate:
         return reply
 
     def _run(self, env: dict, conf: dict, version: str) -> Reply:
-        stdin = json.dumps({**conf, "cniVersion": version}).encode()
+        stdin = jsonio.dumps({**conf, "cniVersion": version}).encode()
         code, out, err = _exec(self.exe, env, stdin, self.cfg.delegate_timeout)
         return classify(self.cfg.offline, code, out, err, self.cfg.delegate_timeout)
 
@@ -182,6 +269,6 @@ class Delegate:
         if self.cache is None:
             return
         try:
-            durable.write(self.cache, json.dumps({"for": self._stat_key(), "version": self.version}).encode())
+            durable.write(self.cache, jsonio.dumps({"for": self._stat_key(), "version": self.version}).encode())
         except OSError as e:
             log.warning("cannot cache the delegate's CNI version: %s", e)

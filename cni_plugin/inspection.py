@@ -8,12 +8,10 @@ Neighbours: records.py and journal.py (the files), main.py (dispatches here when
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from cni_plugin import config, journal, records, result
 
@@ -29,25 +27,26 @@ def _age(ts: float) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
-def collect(data_dir: Path, network: str | None) -> dict:
+def collect(data_dir: str, network: str | None) -> dict:
     try:
-        names = [network] if network else sorted(n for n in os.listdir(data_dir) if (data_dir / n).is_dir())
+        names = [network] if network else sorted(n for n in os.listdir(data_dir)
+                                                 if os.path.isdir(os.path.join(data_dir, n)))
     except FileNotFoundError:
         names = []
     out = {}
     for name in names:
-        store = records.Store(data_dir / name)
+        store = records.Store(os.path.join(data_dir, name))
         store.quarantine = False
         out[name] = {
-            "records": [dataclasses.asdict(r) for r in store.all()],
-            "journal": [dataclasses.asdict(e) for e in journal.Journal(store).pending()],
+            "records": [r.as_dict() for r in store.all()],
+            "journal": [e.as_dict() for e in journal.Journal(store).pending()],
             "corrupt": store.corrupt(),
         }
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    data = collect(Path(args.data_dir), args.network)
+    data = collect(args.data_dir, args.network)
     if args.json:
         json.dump(data, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -12,30 +12,19 @@ Neighbours: records.py (the directory and its lock), durable.py, commands.py, in
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import logging
 import os
-import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path
 
-from cni_plugin import durable, records
-
-log = logging.getLogger(__name__)
+from cni_plugin import durable, jsonio, log, records
+from cni_plugin.value import Value
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
-    owner: str  # the container id the delegate's lease is held under
-    ifname: str
-    key: str  # the record this lease backs ("" if none)
-    cni_args: str
-    conf: dict  # the delegate's stdin config
-    created: float
-    attempts: int = 0
-    last_error: str = ""
+class Release(Value):
+    """owner (the container id the delegate's lease is held under), ifname, key (the record this lease backs, "" if
+    none), cni_args, conf (the delegate's stdin config), created, attempts, last_error."""
+
+    _fields = ("owner", "ifname", "key", "cni_args", "conf", "created", "attempts", "last_error")
+    __slots__ = _fields
+    _defaults = {"attempts": 0, "last_error": ""}
 
     @property
     def name(self) -> str:
@@ -43,7 +32,7 @@ class Release:
 
 
 def entry_name(owner: str, ifname: str) -> str:
-    return urllib.parse.quote(f"{owner}@{ifname}", safe="@") + ".json"
+    return records.quote(f"{owner}@{ifname}", safe="@") + ".json"
 
 
 NO_LEASE_MAX_AGE = 86400.0  # a runtime sends the DELs of a failed sandbox within minutes; a day is plenty
@@ -53,59 +42,63 @@ class Journal:
     __slots__ = ("dir", "no_lease")
 
     def __init__(self, store: records.Store):
-        self.dir: Path = store.root / "journal"
-        self.no_lease: Path = self.dir / "no-lease"
+        self.dir: str = store.path("journal")
+        self.no_lease: str = os.path.join(self.dir, "no-lease")
 
     def note_no_lease(self, owner: str, ifname: str) -> None:
         """Best effort: remember that (owner, ifname) got no lease (its ADD failed with the delegate offline)."""
         try:
-            self.no_lease.mkdir(exist_ok=True)
-            durable.write(self.no_lease / entry_name(owner, ifname), b"")
+            os.makedirs(self.no_lease, exist_ok=True)
+            durable.write(os.path.join(self.no_lease, entry_name(owner, ifname)), b"")
         except OSError as e:
             log.warning("cannot note that %s holds no lease: %s", owner, e)
 
     def holds_no_lease(self, owner: str, ifname: str) -> bool:
-        return (self.no_lease / entry_name(owner, ifname)).exists()
+        return os.path.exists(os.path.join(self.no_lease, entry_name(owner, ifname)))
 
     def prune_no_lease(self, now: float) -> None:
-        with contextlib.suppress(OSError):
+        with durable.suppress(OSError):
             for entry in os.scandir(self.no_lease):
                 if entry.name.startswith(durable.TMP_PREFIX) or now - entry.stat().st_mtime > NO_LEASE_MAX_AGE:
-                    with contextlib.suppress(OSError):
+                    with durable.suppress(OSError):
                         os.unlink(entry.path)
 
     def add(self, release: Release) -> None:
-        path = self.dir / release.name
+        path = os.path.join(self.dir, release.name)
         try:
             # 0600: the delegate's config may carry what an API-backed IPAM needs to authenticate.
-            durable.write(path, json.dumps(dataclasses.asdict(release), sort_keys=True).encode() + b"\n", 0o600)
+            durable.write(path, jsonio.dumps(release.as_dict(), sort_keys=True).encode() + b"\n", 0o600)
         except OSError as e:
             raise records.io_error(f"write journal entry {path}", e) from e
 
     def drop(self, owner: str, ifname: str) -> bool:
         try:
-            return durable.remove(self.dir / entry_name(owner, ifname))
+            return durable.remove(os.path.join(self.dir, entry_name(owner, ifname)))
         except OSError as e:
             raise records.io_error("drop journal entry", e) from e
 
     def get(self, owner: str, ifname: str) -> Release | None:
-        return self._load(self.dir / entry_name(owner, ifname))
+        return self._load(os.path.join(self.dir, entry_name(owner, ifname)))
 
-    def _load(self, path: Path) -> Release | None:
+    def _load(self, path: str) -> Release | None:
         try:
-            return Release(**json.loads(path.read_bytes()))
+            with open(path, "rb") as f:
+                raw = jsonio.loads(f.read())
+            if not isinstance(raw, dict):
+                raise TypeError("not an object")
+            return Release(**raw)
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as e:
             log.error("journal entry %s does not decode (%s); moved aside", path, e)
-            with contextlib.suppress(OSError):
-                os.replace(path, path.with_name(path.name + ".corrupt"))
+            with durable.suppress(OSError):
+                os.replace(path, path + ".corrupt")
             return None
         except OSError as e:
             raise records.io_error(f"read {path}", e) from e
 
     def any_pending(self) -> bool:
-        with contextlib.suppress(OSError):
+        with durable.suppress(OSError):
             return any(e.name.endswith(".json") and not e.name.startswith(durable.TMP_PREFIX)
                        for e in os.scandir(self.dir))
         return False
@@ -117,5 +110,5 @@ class Journal:
             return []
         except OSError as e:
             raise records.io_error(f"list {self.dir}", e) from e
-        entries = [e for e in (self._load(self.dir / n) for n in names) if e is not None]
+        entries = [e for e in (self._load(os.path.join(self.dir, n)) for n in names) if e is not None]
         return sorted(entries, key=lambda e: e.created)

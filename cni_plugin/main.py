@@ -7,15 +7,16 @@ records.py; inspection.py is the CLI.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
-from collections.abc import Mapping
 
-from cni_plugin import commands, config, errors, records, request, result
+from cni_plugin import commands, config, errors, jsonio, log, records, request, result
 
-DEBUG_ENV = "EDGE_IPAM_SNAPSHOT_DEBUG"
+TYPE_CHECKING = False  # typing costs start-up; annotations are strings (PEP 563), so this is enough for checkers
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEBUG_ENV = log.DEBUG_ENV
 
 
 def plugin(env: Mapping[str, str], stdin: bytes) -> tuple[int, dict | None]:
@@ -34,22 +35,19 @@ def plugin(env: Mapping[str, str], stdin: bytes) -> tuple[int, dict | None]:
         store = records.Store.open(cfg.data_dir, cfg.network)
         return 0, commands.run(cfg, req, store, env)
     except errors.IpamError as e:
-        logging.getLogger("edge-ipam-snapshot").error("%s: %s (code %d) %s", env.get("CNI_COMMAND", "?"), e.msg,
-                                                      e.code, e.details)
+        log.error("%s: %s (code %d) %s", env.get("CNI_COMMAND", "?"), e.msg, e.code, e.details)
         return 1, e.as_json(version)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(stream=sys.stderr, format="edge-ipam-snapshot: %(levelname)s %(message)s",
-                        level=logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.WARNING)
     if "CNI_COMMAND" not in os.environ and argv:
         from cni_plugin import inspection  # the operator CLI (argparse) stays off the runtime's hot path
 
         return inspection.main(argv)
     status, out = plugin(os.environ, sys.stdin.buffer.read())
     if out is not None:
-        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        sys.stdout.write(jsonio.dumps(out, indent=1) + "\n")
         sys.stdout.flush()
     return status
 

@@ -13,37 +13,25 @@ to `*.corrupt` and treated as absent. Neighbours: durable.py (bytes on disk), jo
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import logging
 import os
 import time
-import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-from cni_plugin import durable, errors
+from cni_plugin import durable, errors, jsonio, log
+from cni_plugin.value import Value
 
 ACTIVE, HELD, RELEASED = "ACTIVE", "HELD", "RELEASED"
 STATES = (ACTIVE, HELD, RELEASED)
 SUFFIX = ".json"
 FORMAT = 1  # the "v" of every record file
-log = logging.getLogger(__name__)
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    key: str
-    state: str
-    container: str
-    owner: str
-    ifname: str
-    result: dict  # result.normalize() form
-    created: float
-    updated: float  # last write
-    since: float  # when it entered its current state (HELD age, RELEASED age)
+class Record(Value):
+    """key, state, container, owner, ifname; result (result.normalize() form); created, updated (last write) and
+    since (when it entered its current state: HELD age, RELEASED age), Unix times."""
+
+    _fields = ("key", "state", "container", "owner", "ifname", "result", "created", "updated", "since")
+    __slots__ = _fields
 
     def servable(self, now: float, held_max_age: float | None) -> bool:
         """May this record be handed out while the delegate is offline?"""
@@ -57,15 +45,15 @@ class Record:
         now = time.time()
         if changes.get("state", self.state) != self.state:
             changes.setdefault("since", now)
-        return dataclasses.replace(self, updated=now, **changes)
+        return self.evolve(updated=now, **changes)
 
     def to_json(self) -> bytes:
-        return json.dumps({"v": FORMAT, **dataclasses.asdict(self)}, sort_keys=True, indent=1).encode() + b"\n"
+        return jsonio.dumps({"v": FORMAT, **self.as_dict()}, sort_keys=True, indent=1).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
-        raw = json.loads(data)
-        fields = {f.name for f in dataclasses.fields(cls)}
+        raw = jsonio.loads(data)
+        fields = set(cls.__slots__)
         # Strict, so a damaged file is caught; a later format must convert FORMAT 1 records here, not reject them.
         if not isinstance(raw, dict) or raw.pop("v", None) != FORMAT:
             raise ValueError(f"not a format {FORMAT} record")
@@ -76,8 +64,14 @@ class Record:
         return cls(**raw)
 
 
+def quote(text: str, safe: str = "") -> str:
+    """urllib.parse.quote(text, safe=safe), without importing urllib (or re, which it imports)."""
+    keep = _UNRESERVED | frozenset(safe.encode())
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
+
+
 def filename(key: str) -> str:
-    return urllib.parse.quote(key, safe="") + SUFFIX
+    return quote(key) + SUFFIX
 
 
 def io_error(what: str, e: OSError) -> errors.StoreFailure:
@@ -89,54 +83,41 @@ class Store:
 
     __slots__ = ("quarantine", "records", "root")
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.records = root / "records"
+    def __init__(self, root: str):
+        self.root = os.fspath(root)
+        self.records = os.path.join(self.root, "records")
         self.quarantine = True  # move undecodable records aside (inspect turns this off: it must not write)
 
     @classmethod
-    def open(cls, data_dir: Path, network: str) -> Store:
-        store = cls(data_dir / network)
-        for d in (store.root, store.records, store.root / "locks", store.root / "journal"):
+    def open(cls, data_dir: str, network: str) -> Store:
+        store = cls(os.path.join(data_dir, network))
+        for d in (store.root, store.records, store.path("locks"), store.path("journal")):
             try:
-                d.mkdir(parents=True, exist_ok=True)
+                os.makedirs(d, exist_ok=True)
             except OSError as e:
-                if not d.is_dir():
+                if not os.path.isdir(d):
                     raise io_error(f"create {d}", e) from e
         return store
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> _NetworkLock:
         """The network-wide lock for read-modify-write of records and journal (short; never around an exec)."""
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(durable.locked(self.root / "lock"))
-            except OSError as e:
-                raise io_error(f"lock {self.root}", e) from e
-            durable.sweep_tmp(self.records)
-            durable.sweep_tmp(self.root / "journal")
-            yield
+        return _NetworkLock(self)
 
-    @contextlib.contextmanager
-    def key_lock(self, key: str, *, blocking: bool = True) -> Iterator[bool]:
-        """Serialise operations on one pod interface (held across its delegate exec; other pods are not blocked)."""
-        path = self.root / "locks" / filename(key)
-        with contextlib.ExitStack() as stack:
-            try:
-                got = stack.enter_context(durable.locked(path, blocking=blocking))
-            except OSError as e:
-                # No lock file and none can be made (read-only store): nothing can be written either, so go on
-                # unlocked and let the first write report the store failure.
-                log.warning("cannot lock %s: %s", path, e)
-                got = True
-            yield got
+    def key_lock(self, key: str, *, blocking: bool = True) -> _KeyLock:
+        """Serialise operations on one pod interface (held across its delegate exec; other pods are not blocked).
+        `with store.key_lock(key, blocking=False) as got:` gives False if another process holds it."""
+        return _KeyLock(self.path("locks", filename(key)), blocking)
 
     def get(self, key: str) -> Record | None:
-        return self._load(self.records / filename(key))
+        return self._load(os.path.join(self.records, filename(key)))
 
-    def _load(self, path: Path) -> Record | None:
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def _load(self, path: str) -> Record | None:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -146,14 +127,14 @@ class Store:
         except (ValueError, TypeError, KeyError) as e:
             if not self.quarantine:
                 return None
-            aside = path.with_name(path.name + ".corrupt")
-            log.error("record %s does not decode (%s); moved aside to %s", path, e, aside.name)
-            with contextlib.suppress(OSError):
+            aside = path + ".corrupt"
+            log.error("record %s does not decode (%s); moved aside to %s", path, e, os.path.basename(aside))
+            with durable.suppress(OSError):
                 os.replace(path, aside)
             return None
 
     def put(self, record: Record) -> None:
-        path = self.records / filename(record.key)
+        path = os.path.join(self.records, filename(record.key))
         try:
             durable.write(path, record.to_json())
         except OSError as e:
@@ -161,7 +142,7 @@ class Store:
 
     def delete(self, key: str) -> None:
         try:
-            durable.remove(self.records / filename(key))
+            durable.remove(os.path.join(self.records, filename(key)))
         except OSError as e:
             raise io_error(f"remove record {key}", e) from e
 
@@ -172,11 +153,11 @@ class Store:
             return []
         except OSError as e:
             raise io_error(f"list {self.records}", e) from e
-        return [r for r in (self._load(self.records / n) for n in names) if r is not None]
+        return [r for r in (self._load(os.path.join(self.records, n)) for n in names) if r is not None]
 
     def pruned_before(self, when: float) -> bool:
         try:
-            return (self.root / "pruned").stat().st_mtime < when
+            return os.stat(self.path("pruned")).st_mtime < when
         except FileNotFoundError:
             return True
         except OSError:
@@ -184,11 +165,64 @@ class Store:
 
     def mark_pruned(self) -> None:
         try:
-            (self.root / "pruned").touch()
+            with open(self.path("pruned"), "ab"):
+                pass
+            os.utime(self.path("pruned"))
         except OSError as e:
             raise io_error("mark the prune time", e) from e
 
     def corrupt(self) -> list[str]:
-        with contextlib.suppress(OSError):
+        with durable.suppress(OSError):
             return sorted(n for n in os.listdir(self.records) if n.endswith(".corrupt"))
         return []
+
+
+class _NetworkLock:
+    __slots__ = ("held", "store")
+
+    def __init__(self, store: Store):
+        self.store, self.held = store, None
+
+    def __enter__(self) -> None:
+        held = durable.locked(self.store.path("lock"))
+        try:
+            held.__enter__()
+        except OSError as e:
+            raise io_error(f"lock {self.store.root}", e) from e
+        self.held = held
+        try:
+            durable.sweep_tmp(self.store.records)
+            durable.sweep_tmp(self.store.path("journal"))
+        except BaseException:
+            self.held = None
+            held.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc) -> None:
+        if self.held is not None:
+            self.held.__exit__(*exc)
+            self.held = None
+
+
+class _KeyLock:
+    __slots__ = ("blocking", "held", "path")
+
+    def __init__(self, path: str, blocking: bool):
+        self.path, self.blocking, self.held = path, blocking, None
+
+    def __enter__(self) -> bool:
+        held = durable.locked(self.path, blocking=self.blocking)
+        try:
+            got = held.__enter__()
+        except OSError as e:
+            # No lock file and none can be made (read-only store): nothing can be written either, so go on
+            # unlocked and let the first write report the store failure.
+            log.warning("cannot lock %s: %s", self.path, e)
+            return True
+        self.held = held
+        return got
+
+    def __exit__(self, *exc) -> None:
+        if self.held is not None:
+            self.held.__exit__(*exc)
+            self.held = None

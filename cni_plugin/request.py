@@ -6,26 +6,29 @@ SPEC.md "Parameters": CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_A
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from cni_plugin import errors, jsonio
+from cni_plugin.value import Value
 
-from cni_plugin import errors
+TYPE_CHECKING = False  # typing costs start-up; annotations are strings (PEP 563), so this is enough for checkers
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_CHARS = _ALNUM | frozenset("_.-")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    cni_args: str  # raw, passed to the delegate unchanged
-    args: Mapping[str, str]
-    path: tuple[str, ...]
+def is_name(s: object) -> bool:
+    """s matches ^[A-Za-z0-9][A-Za-z0-9_.-]*$ (container ids, network and plugin names), without importing re."""
+    return isinstance(s, str) and s[:1] in _ALNUM and all(c in _NAME_CHARS for c in s)
+
+
+class Request(Value):
+    """command, container_id, netns, ifname, cni_args (raw, passed to the delegate unchanged), args (parsed),
+    path (CNI_PATH)."""
+
+    _fields = ("command", "container_id", "netns", "ifname", "cni_args", "args", "path")
+    __slots__ = _fields
 
     @property
     def pod(self) -> tuple[str, str] | None:
@@ -51,9 +54,9 @@ def from_env(env: Mapping[str, str]) -> Request:
         raise errors.InvalidEnvironment(f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
     cid, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
     if command in ("ADD", "DEL", "CHECK"):
-        if not _ID.match(cid):
+        if not is_name(cid):
             raise errors.InvalidEnvironment(f"CNI_CONTAINERID {cid!r} is missing or malformed")
-        if not ifname or ifname in (".", "..") or len(ifname) > 15 or re.search(r"[/:\s]", ifname):
+        if not ifname or ifname in (".", "..") or len(ifname) > 15 or any(c in "/:" or c.isspace() for c in ifname):
             raise errors.InvalidEnvironment(f"CNI_IFNAME {ifname!r} is missing or not an interface name")
     path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
     if command != "VERSION" and not path:
@@ -64,7 +67,7 @@ def from_env(env: Mapping[str, str]) -> Request:
 
 def decode_config(data: bytes) -> dict:
     try:
-        conf = json.loads(data)
+        conf = jsonio.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise errors.DecodeFailure("network configuration on stdin is not JSON", str(e)) from e
     if not isinstance(conf, dict):

@@ -8,8 +8,6 @@ Neighbours: commands.py (results in and out), delegate.py (replies), records.py 
 
 from __future__ import annotations
 
-import ipaddress
-
 from cni_plugin import errors
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -39,6 +37,26 @@ def best_common(wanted: str, theirs: list[str]) -> str | None:
     return max(ok, key=parse_version) if ok else None
 
 
+def _is_octet(p: str) -> bool:
+    return p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or p[0] != "0")
+
+
+def interface(address: str) -> tuple[int, str]:
+    """(IP version, the address without its prefix) of a CIDR address as ipaddress.ip_interface reads it; ValueError
+    if it is not one. Plain IPv4 is checked here; anything else goes to ipaddress (imported only then)."""
+    addr, sep, plen = address.partition("/")
+    if not sep:
+        raise ValueError("no prefix length")
+    parts = addr.split(".")
+    if (len(parts) == 4 and all(_is_octet(p) for p in parts) and plen.isascii() and plen.isdigit()
+            and int(plen) <= 32):
+        return 4, addr
+    import ipaddress
+
+    iface = ipaddress.ip_interface(address)
+    return iface.version, str(iface.ip)
+
+
 def normalize(result: object) -> dict:
     """Any supported version's IPAM result → {"ips": [{"address", "gateway"?}], "routes": [...], "dns": {...}}."""
     if not isinstance(result, dict) or not isinstance(result.get("ips", []), list):
@@ -48,9 +66,7 @@ def normalize(result: object) -> dict:
         if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
             raise errors.DecodeFailure(f"IPAM result ip entry without an address: {ip!r}")
         try:
-            if "/" not in ip["address"]:
-                raise ValueError("no prefix length")
-            ipaddress.ip_interface(ip["address"])
+            interface(ip["address"])
         except ValueError as e:
             raise errors.DecodeFailure(f"IPAM result address {ip['address']!r} is not CIDR") from e
         entry = {"address": ip["address"]}
@@ -69,7 +85,7 @@ def encode(internal: dict, version: str) -> dict:
     for ip in internal["ips"]:
         entry = dict(ip)
         if old:
-            entry = {"version": str(ipaddress.ip_interface(ip["address"]).version), **entry}
+            entry = {"version": str(interface(ip["address"])[0]), **entry}
         ips.append(entry)
     out: dict = {"cniVersion": version, "ips": ips}
     if internal.get("routes"):
@@ -81,4 +97,4 @@ def encode(internal: dict, version: str) -> dict:
 
 def addresses(internal: dict) -> list[str]:
     """The bare IPs (no prefix) of a result, in order: what a delegate is asked for on a restart."""
-    return [str(ipaddress.ip_interface(ip["address"]).ip) for ip in internal.get("ips", [])]
+    return [interface(ip["address"])[1] for ip in internal.get("ips", [])]

@@ -18,7 +18,7 @@ The data path reads down the tree; imports go downward only:
       ├── demo, kubeconfig, install, debug                (the other subcommands)
       └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
-            byte work)
+            byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
             nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster)

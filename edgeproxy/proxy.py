@@ -282,6 +282,12 @@ class Proxy:
                     resp = status_response(503, "ServiceUnavailable", "the API server is unreachable (offline)")
                 _observe_latency(info, answered_by, start)
             return resp
+        except ConnectionResetError:
+            # the client went away while its answer was being written (a watch it stopped reading): nothing to
+            # answer, and not our bug, so no traceback (issue 14 D9)
+            note = "the client went away"
+            resp = web.Response(status=499)
+            return resp
         except limits_.BodyError as e:  # a body too slow or too large: the client's error, answered by the proxy
             answered_by, note = "proxy", str(e)
             warn.client_error(f"body-{e.status}", "%s %s from %s: %s", request.method, labels.path(request.path),

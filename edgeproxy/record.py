@@ -3,7 +3,7 @@
 Implements the proxy's recorder seam: `Recorder.begin(info, status, headers)` picks a sink for a response it can
 cache; the proxy calls `sink.feed(chunk)` for every body chunk it wrote to the client and `sink.done(ok)` at the end.
 feed() only hands the bytes to one parsing thread (a FIFO, so pages and events keep their order) and returns; the
-thread parses with kube.protobuf / kube.jsonwire and enqueues to the cache Writer, which never blocks either. Past
+thread parses with kube.protobuf / kube.jsonscan and enqueues to the cache Writer, which never blocks either. Past
 `max_pending_bytes` of unparsed bytes a response is dropped (a watch's view marked incomplete; a response alone is
 always taken): the client is never slowed down by the cache. The parsing thread itself waits for the writer to
 drain between the pieces of a big list, so a 50k-pod list is recorded rather than dropped. An object answer has
@@ -40,7 +40,7 @@ from cache import store
 from cache import writer as cache_writer
 from edgeproxy import tokens as tokens_
 from edgeproxy import views
-from edgeproxy.kube import errors, jsonwire, protobuf, watch
+from edgeproxy.kube import errors, jsonscan, jsonwire, protobuf, watch
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +196,14 @@ class Recorder:
             pace = _Pacer()
             raws, make = parts.items, lambda raw: pace(_item(resource, encoding, raw))
         else:
-            # Items become Items as they are decoded, from the one decode (see jsonwire.parse_list); an indented
-            # body (?pretty, curl) is stored compact, as client-go gets it.
+            # msgspec finds the items' spans without decoding them (no copies yet), then each item's metadata
+            # is decoded alone into typed structs (jsonscan): 4x the stdlib decoder's speed, and no dicts for the
+            # garbage collector to walk. An indented body (?pretty, curl) is stored compact, as client-go gets it.
             pretty = body[1:2] == b"\n"
             pace = _Pacer()
-            jparts = jsonwire.parse_list(body, convert=lambda raw, doc: pace(_json_item(resource, raw, doc, pretty)))
-            parts, kind, api_version = jparts, jparts.kind, jparts.api_version
-            raws, make = jparts.items, _same
+            parts = jsonscan.scan_list(body, copy=False)
+            kind, api_version = parts.kind, parts.api_version
+            raws, make = parts.items, lambda raw: pace(_json_item(resource, raw, pretty))
         now = time.monotonic()
         self._expire_chunks(now)
         asked = info.continue_
@@ -334,19 +335,16 @@ def _item(resource: str, encoding: str, raw: bytes) -> store.Item:
     if encoding == "protobuf":
         meta, fields = protobuf.extract(resource, raw)
     else:
-        meta, fields = jsonwire.extract(resource, raw)
+        meta, fields = jsonscan.extract(resource, raw)
     return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
 
 
-def _json_item(resource: str, raw: bytes, doc: dict, pretty: bool) -> store.Item:
-    meta, fields = jsonwire.extract(resource, doc)
+def _json_item(resource: str, raw: Any, pretty: bool) -> store.Item:
+    raw = bytes(raw)  # a msgspec.Raw view into the list body: the item's own copy is made here
+    meta, fields = jsonscan.extract(resource, raw)
     if pretty:
         raw = jsonwire.compact(raw)
-    return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, bytes(raw))
-
-
-def _same(item: store.Item) -> store.Item:
-    return item
+    return store.Item(meta.name, meta.namespace, meta.resource_version, meta.labels, fields, raw)
 
 
 class _Pacer:
@@ -484,7 +482,7 @@ class _WatchState:
             if self.assembly is not None and not self.assembly.kind and ev.kind:
                 self.assembly.kind, self.assembly.api_version = ev.kind + "List", ev.api_version
         else:
-            jev = jsonwire.decode_event(frame)
+            jev = jsonscan.decode_event(frame)
             typ, raw = jev.type, jev.obj
             if self.assembly is not None and not self.assembly.kind and typ != "ERROR":
                 self.assembly.kind, self.assembly.api_version = _json_kind(raw)
@@ -493,7 +491,7 @@ class _WatchState:
         if typ == "ERROR":
             return typ, None, "", False
         if typ == "BOOKMARK":
-            meta = protobuf.object_meta(raw) if self.encoding == "protobuf" else jsonwire.object_meta(raw)
+            meta = protobuf.object_meta(raw) if self.encoding == "protobuf" else jsonscan.extract("", raw)[0]
             return typ, None, meta.resource_version, meta.annotations.get(INITIAL_EVENTS_END) == "true"
         item = _item(self.resource, self.encoding, raw)
         return typ, item, item.resource_version, False

@@ -1,4 +1,4 @@
-"""build: one executable file, `#!/usr/bin/env python3`, reproducible; and the DaemonSet's install step, run here."""
+"""build: one executable file (a sh preamble running `python3 -I -S`), reproducible; the DaemonSet's install step."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_build_is_one_reproducible_executable(tmp_path):
     a = build.build(tmp_path / "a" / "edge-ipam-snapshot")
     b = build.build(tmp_path / "b" / "edge-ipam-snapshot")
     data = a.read_bytes()
-    assert data.startswith(b"#!/usr/bin/env python3\n") and data == b.read_bytes()
+    assert data.startswith(b"#!/bin/sh\nexec python3 -I -S -c ") and data == b.read_bytes()
     assert os.access(a, os.X_OK)
     names = zipfile.ZipFile(a).namelist()
     assert "__main__.py" in names and "cni_plugin/main.py" in names and "cni_plugin/main.pyc" in names
@@ -35,6 +35,23 @@ def test_the_file_runs_with_only_the_hosts_python(plugin_file, tmp_path):
     version = subprocess.run([str(plugin_file), "version"], capture_output=True, text=True, env={"PATH": HOST_PATH},
                              cwd=tmp_path, timeout=30)
     assert version.stdout.split() == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def test_the_environment_and_working_directory_cannot_change_the_plugin(plugin_file, tmp_path):
+    # Isolated mode: PYTHONPATH, PYTHONSTARTUP and a module planted in the working directory are all ignored.
+    (tmp_path / "json.py").write_text("raise SystemExit('planted json imported')\n")
+    (tmp_path / "cni_plugin").mkdir()
+    (tmp_path / "cni_plugin" / "__init__.py").write_text("raise SystemExit('planted package imported')\n")
+    env = {"PATH": HOST_PATH, "CNI_COMMAND": "VERSION", "PYTHONPATH": str(tmp_path),
+           "PYTHONSTARTUP": str(tmp_path / "json.py"), "PYTHONINSPECT": "1"}
+    out = subprocess.run([str(plugin_file)], input=b'{"cniVersion": "0.4.0"}', capture_output=True, env=env,
+                         cwd=tmp_path, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert b'"cniVersion": "0.4.0"' in out.stdout and b"planted" not in out.stdout + out.stderr
+    # Run as `python3 FILE` (the zipapp's own __main__) it answers the same.
+    direct = subprocess.run(["python3", "-I", str(plugin_file)], input=b'{"cniVersion": "0.4.0"}',
+                            capture_output=True, env={"PATH": HOST_PATH, "CNI_COMMAND": "VERSION"}, timeout=30)
+    assert direct.returncode == 0 and direct.stdout == out.stdout
 
 
 def test_make_target_command(tmp_path):

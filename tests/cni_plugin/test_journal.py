@@ -25,6 +25,6 @@ def test_no_lease_notes_expire(tmp_path):
     jr.prune_no_lease(time.time())
     assert jr.holds_no_lease("c9", "eth0")
     old = time.time() - journal.NO_LEASE_MAX_AGE - 10
-    os.utime(jr.no_lease / journal.entry_name("c9", "eth0"), (old, old))
+    os.utime(os.path.join(jr.no_lease, journal.entry_name("c9", "eth0")), (old, old))
     jr.prune_no_lease(time.time())
     assert not jr.holds_no_lease("c9", "eth0")

@@ -66,7 +66,7 @@ def test_write_replaces_whole_and_sweeps_temp_files(tmp_path):
     assert target.read_bytes() == b"old"
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(durable.TMP_PREFIX)]
     assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"new"  # durable, but never renamed into place
-    assert durable.sweep_tmp(tmp_path) == leftovers
+    assert durable.sweep_tmp(tmp_path) == [str(p) for p in leftovers]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
 
 
