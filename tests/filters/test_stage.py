@@ -200,7 +200,9 @@ async def test_a_changed_pool_ends_the_watch_with_410_and_the_relist_is_recorded
 
 
 async def test_settings_changed_across_a_restart_never_serve_the_old_filtering_offline(tmp_path: Path) -> None:
-    async with edge(tmp_path, settings={"node_name": "edge-1", "service_topology": False}) as e:
+    # (no cache-health reports on the Node: the cluster's resourceVersion must not move by itself here)
+    async with edge(tmp_path, settings={"node_name": "edge-1", "service_topology": False,
+                                        "health_report_interval": 0}) as e:
         _seed(e)
         async with aiohttp.ClientSession() as s:
             _, unfiltered, _ = await _get(s, e.url + SLICES)
