@@ -38,8 +38,8 @@ from aiohttp import web
 
 from cache import store as store_
 from cache import writer as writer_
+from edgeproxy import memory, views, writes
 from edgeproxy import tokens as tokens_
-from edgeproxy import views, writes
 from edgeproxy.guard import limits, warn
 from edgeproxy.kube import errors, jsonwire, protobuf, schema, selectors, status
 from edgeproxy.kube import request as kube_request
@@ -56,7 +56,7 @@ DEFAULT_WATCH_TIMEOUT = 1800  # the API server's --min-request-timeout, used whe
 # (client-go backs off and relists after one under a second with no event).
 FAILOVER_HOLD = 5.0
 CONTINUE_VERSION = "edgeproxy/v1"
-BODY_CACHE_BYTES = 64 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view
+BODY_CACHE_BYTES = 16 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view (a setting)
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
 # Every local answer says where it came from (the API server's own headers plus this one; clients ignore it).
@@ -275,7 +275,9 @@ class Local:
         for enc, shape in self.acceptable(info):
             src = self.find_list_source(info, enc, shape)
             if src is not None:
-                return await asyncio.to_thread(self.list_response, info, src, enc, shape)
+                resp = await asyncio.to_thread(self.list_response, info, src, enc, shape)
+                memory.trim(resp.content_length or 0)  # the items read to build it are freed: give that heap back
+                return resp
         return _unavailable(info, reason, what="no complete cached list for this query")
 
     def list_response(self, info: Any, src: Source, enc: str, shape: str) -> web.StreamResponse:
@@ -623,6 +625,10 @@ class Bodies:
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped)
+
+    @property
+    def size(self) -> int:
+        return self._bytes
 
 
 class _Probe:

@@ -368,7 +368,7 @@ class Proxy:
             try:
                 sink = self.recorder.begin(info, up.status, up.headers)
             except Exception:  # the recorder must never break forwarding
-                log.exception("recorder.begin failed for %s", request.raw_path)
+                log.exception("recorder.begin failed for %s", labels.path(request.raw_path))
         gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
         ok = False
         try:
@@ -391,7 +391,7 @@ class Proxy:
             except httpclient.Broken as e:
                 # The API server broke the stream. A watch just ends (the client re-watches from its last
                 # resourceVersion); anything else must not look complete to the client, so the connection is dropped.
-                log.info("upstream stream broke on %s %s: %s", request.method, request.raw_path, e)
+                log.info("upstream stream broke on %s %s: %s", request.method, labels.path(request.raw_path), e)
                 if not watching:
                     resp.force_close()
                     if request.transport is not None:
@@ -420,7 +420,7 @@ class Proxy:
                 try:
                     sink.done(ok)
                 except Exception:
-                    log.exception("sink.done failed for %s", request.raw_path)
+                    log.exception("sink.done failed for %s", labels.path(request.raw_path))
 
     async def _tunnel(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                       start: float) -> web.StreamResponse:

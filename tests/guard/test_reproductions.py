@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from cache import cli as cache_cli
-from edgeproxy import config, metrics, server, upstream
+from edgeproxy import config, logs, server, upstream
 from edgeproxy.guard import labels
 from edgeproxy.sim.simulator import Simulator
 from tests.e2e.edge import until
@@ -200,5 +200,10 @@ def test_d10_serve_and_cache_share_the_default_cache_directory():
     assert f"EDGEPROXY_CACHE_DIR={cache_cli.DEFAULT_DIR}\n" in env
 
 
-def test_metrics_module_has_the_guard_counters():
-    assert metrics.CLIENT_LIMITS is not None and metrics.CLIENT_CONNECTIONS is not None
+def test_d4_the_debug_log_ring_keeps_no_megabyte_lines():
+    ring = logs.RingHandler(capacity=3)  # what /debug/logs and `debug collect` read
+    for _ in range(5):
+        ring.handle(logging.LogRecord("edgeproxy.test", logging.WARNING, __file__, 1, "a client sent %s",
+                                      ("p" * (1 << 20),), None))
+    assert len(ring.lines) == 3
+    assert all("a client sent" in line and len(line) <= logs.RING_LINE_MAX + 40 for line in ring.lines)
