@@ -12,7 +12,7 @@ The data path reads down the tree; imports go downward only:
       │                                 ├── writes        (offline write policy, a pure decision)
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
-      ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
+      ├── tls, metrics, logs, notify, tasks, memory       (the service's plumbing; memory: RSS by kind, malloc)
       ├── guard/    hostile local clients: trust (who may act as the node: kubelet's node certificate; plain
       │             HTTP only by opt-in), limits (head/body sizes and deadlines, connections per listener),
       │             labels (bounded metric label values), warn (one rate-limited line per kind of client error)
