@@ -36,7 +36,7 @@ def edgeproxy(work: Path, server: str, pki: passthrough.Pki, name: str, *extra: 
     port = harness.free_port()
     argv = [sys.executable, "-m", "edgeproxy", "--log-level", "warning", "serve", "--kubeconfig", str(kubeconfig),
             "--listen", f"127.0.0.1:{port}", "--ops-listen", "", "--cache-dir", str(work / f"{name}-cache"),
-            "--cache", "off", *extra]
+            "--cache", "off", "--plain-as-node", "on", *extra]  # token-less load acts as the node (guard/trust.py)
     with harness.process(argv, port=port, log=work / f"{name}.log") as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
 
