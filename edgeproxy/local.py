@@ -51,6 +51,7 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 LIST_BLUEPRINT = "kubernetes.io/initial-events-list-blueprint"
 BOOKMARK_INTERVAL = 60.0  # the API server sends one about every minute (cacher nextBookmarkTime)
 DEFAULT_WATCH_TIMEOUT = 1800  # the API server's --min-request-timeout, used when a watch names no timeoutSeconds
+MIN_WATCH_AGE = 1.1  # client-go: a watch closed within 1 s with no event is an error, and the reflector relists
 # A watch answered locally while the prober still says online (one request failed over) is held this long, then
 # ended: the client re-watches, upstream if it is back, here again if not. Long enough not to be a "very short watch"
 # (client-go backs off and relists after one under a second with no event).
@@ -431,11 +432,16 @@ class Local:
         # hold failover_hold at most. Once the prober agrees the upstream is gone, this is an ordinary offline watch,
         # ended when the upstream comes back (the client then re-watches upstream from its last resourceVersion).
         failover_until = loop.time() + self.failover_hold if self.is_online() else None
+        # client-go takes a watch that ends within a second of its start with no event as an error (a "very short
+        # watch") and relists from scratch: the upstream's return ends none younger than that
+        youngest_end = loop.time() + MIN_WATCH_AGE
         while True:
             if failover_until is not None and not self.is_online():
                 failover_until = None
             if failover_until is None and self._back.is_set():
-                break
+                if loop.time() >= youngest_end:
+                    break
+                deadline = min(deadline, youngest_end)
             now = loop.time()
             end = deadline if failover_until is None else min(deadline, failover_until)
             if now >= end:

@@ -465,7 +465,7 @@ class _WatchState:
             return
         try:
             if self.decomp is not None:
-                chunk = self.decomp.decompress(chunk)
+                chunk = self._gunzip(chunk)
             frames = self.splitter.feed(chunk)
             events = [self._event(f) for f in frames]
         except (errors.KubeError, zlib.error) as e:
@@ -489,6 +489,19 @@ class _WatchState:
             out.append((typ, item, rv))
         if out:
             self.recorder.writer.apply_events(self.key, out)
+
+    def _gunzip(self, chunk: bytes) -> bytes:
+        """kube-apiserver gzips a watch event by event: each one is a gzip member of its own, flushed as it goes.
+        A member's end starts the next one (the bytes past it, or the next chunk)."""
+        out = []
+        while True:
+            out.append(self.decomp.decompress(chunk))
+            if not self.decomp.eof:
+                return b"".join(out)
+            chunk = self.decomp.unused_data
+            self.decomp = zlib.decompressobj(31)
+            if not chunk:
+                return b"".join(out)
 
     def _event(self, frame: bytes) -> tuple[str, store.Item | None, str, bool]:
         if self.encoding == "protobuf":

@@ -475,6 +475,8 @@ class Upstream:
             async with self._session.get(
                 server.url + "/readyz", headers=headers, ssl=self.ssl_for(server, False) or True,
                 timeout=aiohttp.ClientTimeout(total=self.probe_timeout), allow_redirects=False,
+                # the kubeconfig's tls-server-name, as for forwarded requests (a server reached by another address)
+                server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
             ) as resp:
                 await resp.read()
                 ok = resp.status in (200, 401, 403)
@@ -607,11 +609,14 @@ def h2_request_headers(method: str, path_qs: str, items: list[tuple[str, str]],
                        body: bytes | AsyncIterator[bytes] | None) -> list[tuple[bytes, bytes]]:
     """An HTTP/2 header block (all but :authority) for an already-filtered HTTP/1.1 request: names lower-cased,
     connection-specific fields dropped (RFC 9113 §8.2.2), Content-Length from a whole body."""
-    out = [(b":method", method.encode("ascii")), (b":scheme", b"https"), (b":path", path_qs.encode("latin-1"))]
+    # The bytes the client sent: aiohttp decoded them as UTF-8 with surrogateescape (latin-1 changed U+0080-U+00FF
+    # and failed on the rest, issue 14 D5).
+    out = [(b":method", method.encode("ascii")), (b":scheme", b"https"),
+           (b":path", path_qs.encode("utf-8", "surrogateescape"))]
     for name, value in items:
         lower = name.lower()
         if lower not in _H2_DROP:
-            out.append((lower.encode("latin-1"), value.encode("latin-1")))
+            out.append((lower.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
     if isinstance(body, bytes | bytearray):
         out.append((b"content-length", str(len(body)).encode("ascii")))
     elif body is None and method in ("POST", "PUT", "PATCH"):

@@ -103,6 +103,13 @@ async def test_d5_header_bytes_reach_the_api_server_unchanged(tmp_path):
         assert line in head
 
 
+def test_d5_header_bytes_go_up_unchanged_over_http2_too():
+    raw = {"User-Agent": b"caf\xc3\xa9/1.0", "X-Latin": b"\xe9t\xe9", "X-Broken": b"\xff\xfe"}
+    items = [(k, v.decode("utf-8", "surrogateescape")) for k, v in raw.items()]  # as aiohttp hands them over
+    block = dict(upstream.h2_request_headers("GET", "/api/v1/namespaces/caf\xe9", items, None))
+    assert all(block[k.lower().encode()] == v for k, v in raw.items())
+
+
 async def test_d6_unreadable_offline_requests_get_400_with_a_status(tmp_path):
     async with online(tmp_path) as (sim, svc, http):
         await offline(sim, svc, http)
