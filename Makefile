@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test setup setup-test bench lint plugin
+.PHONY: demo test setup setup-test bench lint plugin real-build
 demo: setup
 	$(VENV)/bin/edgeproxy demo $(ARGS)
 
-test: setup-test
+test: setup-test real-build
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(ARGS)
 
@@ -16,6 +16,11 @@ bench: setup-test
 
 lint: setup-test
 	$(PY) -m ruff check .
+
+# The real cluster tier's binaries (kube-apiserver, kubemark, etcd, CoreDNS, YurtHub) from Go modules, cached in
+# ~/.cache/edgeproxy/realk8s; a no-op once built (see tests/real/README.md).
+real-build:
+	bash tests/real/build.sh
 
 # The CNI plugin as one executable file that needs only the host's python3.
 plugin: setup

@@ -261,10 +261,24 @@ def simulator(work: Path, *, pods: int = 0, nodes: int = 0, services: int = 0,
         yield f"https://127.0.0.1:{port}", pki
 
 
+@contextlib.contextmanager
+def simulator_h2(work: Path, *, pods: int = 0, max_streams: int = 100) -> Iterator[tuple[str, str, Path]]:
+    """The simulator with its HTTP/2 face (edgeproxy.sim.h2front) in one child process: (https URL of the simulator,
+    https URL of the h2-only front, PKI directory). The front presents the admin certificate to the simulator."""
+    port, h2_port = free_port(), free_port()
+    pki = work / "pki"
+    argv = [sys.executable, "-m", "benchmarks.harness", "sim", "--port", str(port), "--pki", str(pki),
+            "--pods", str(pods), "--h2-port", str(h2_port), "--h2-max-streams", str(max_streams)]
+    with process(argv, port=h2_port, log=work / "sim.log"):
+        yield f"https://127.0.0.1:{port}", f"https://127.0.0.1:{h2_port}", pki
+
+
 def _sim_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.harness sim")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--pki", required=True)
+    p.add_argument("--h2-port", type=int, default=0, help="also serve HTTP/2 here (sim.h2front); 0: no")
+    p.add_argument("--h2-max-streams", type=int, default=100)
     for name in ("pods", "nodes", "services", "endpointslices"):
         p.add_argument(f"--{name}", type=int, default=0)
     args = p.parse_args(argv)
@@ -280,6 +294,11 @@ def _sim_main(argv: list[str]) -> int:
         sim = Simulator(port=args.port, pki_dir=args.pki)
         sim.seed(pods=args.pods, nodes=args.nodes, services=args.services, endpointslices=args.endpointslices)
         async with sim:
+            if args.h2_port:
+                from edgeproxy.sim.h2front import H2Front
+
+                front = H2Front(sim, port=args.h2_port, max_streams=args.h2_max_streams)
+                await front.start()
             await stop.wait()
 
     import uvloop

@@ -4,7 +4,7 @@
 
 One simulator (TLS, client certificates, N pods) is the upstream of all three variants:
 - direct:    the load generator talks TLS to the simulator with the admin client certificate;
-- edgeproxy: `edgeproxy serve` on 127.0.0.1 (plain HTTP, as kubelet uses it), upstream TLS with the certificate,
+- edgeproxy: `edgeproxy serve` on 127.0.0.1 (plain HTTP, --plain-as-node on), upstream TLS with the certificate,
              recording every list/get/watch into its cache as it forwards (what it does in production);
 - edgeproxy --cache off: the same, forwarding only (the pass-through cost alone);
 - nginx:     Debian's nginx, one worker (edgeproxy is one process too), a plain reverse proxy (keep-alive upstream

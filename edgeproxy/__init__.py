@@ -2,7 +2,8 @@
 
 The data path reads down the tree; imports go downward only:
 
-    cli ── server ── proxy ──┬── upstream ── httpclient   (API server pool: TLS, health, failover, header deadline)
+    cli ── server ── proxy ──┬── upstream ─┬ httpclient   (API server pool: TLS, health, failover, header deadline)
+      │                      │             └ h2/          (HTTP/2: one multiplexed connection per identity, PINGs)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
       │                      ├── filters/                 (response filters between upstream and client+recorder:
       │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
@@ -11,7 +12,7 @@ The data path reads down the tree; imports go downward only:
       │                                 ├── writes        (offline write policy, a pure decision)
       │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
       ├── offline   wiring of record + local + tokens for server
-      ├── tls, metrics, logs, notify, tasks               (the service's plumbing)
+      ├── tls, metrics, logs, notify, tasks, memory       (the service's plumbing; memory: RSS by kind, malloc)
       ├── guard/    hostile local clients: trust (who may act as the node: kubelet's node certificate; plain
       │             HTTP only by opt-in), limits (head/body sizes and deadlines, connections per listener),
       │             labels (bounded metric label values), warn (one rate-limited line per kind of client error)
@@ -19,9 +20,11 @@ The data path reads down the tree; imports go downward only:
       └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)
+    h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
             nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
-    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster)
+    sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
+            h2front: its HTTP/2 face)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
 `cache` knows nothing of HTTP, `cni_plugin` uses the standard library only.

@@ -33,6 +33,10 @@ class Config:
     cache_dir: str = "/var/lib/edgeproxy/cache"  # as `edgeproxy cache` and /etc/default/edgeproxy have it
     cache: bool = True  # record responses and answer from them offline; off: a plain pass-through proxy
     cache_map_size: int = 0  # bytes of the cache's LMDB map, the most it can ever hold; 0 = cache.store's default
+    # The proxy's memory bounds (issue 15), sized for a small edge host; each is a cap on one buffer of the process.
+    offline_body_cache: int = 16 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view
+    record_queue: int = 128 << 20  # response bytes waiting to be parsed for the cache (one of any size always fits)
+    cache_write_queue: int = 32 << 20  # parsed bytes waiting for the cache writer; a big list waits at half of it
     probe_interval: float = 5.0  # seconds between /readyz probes of each server
     probe_timeout: float = 2.0
     offline_after: int = 3  # consecutive failed probes before a server counts as down
@@ -41,6 +45,10 @@ class Config:
     # Seconds a forwarded request waits for the API server's response head before it is answered locally (a hung
     # or black-holed server); half the request's own `timeout` when that is shorter; 0 disables.
     upstream_header_timeout: float = 10.0
+    # HTTP/2 to the API servers (ALPN h2; HTTP/1.1 when the server does not choose it); off forces HTTP/1.1.
+    upstream_http2: bool = True
+    upstream_ping_idle: float = 30.0  # seconds without a frame from the server before an h2 PING; 0: no PINGs
+    upstream_ping_timeout: float = 15.0  # seconds for the PING's answer, else the connection (and server) is dead
     shutdown_timeout: float = 5.0  # SIGTERM: seconds open requests get to finish
     component_aliases: tuple[tuple[str, str], ...] = (("hollow-kubelet", "kubelet"), ("hollow-proxy", "kube-proxy"))
     log_level: str = "info"
@@ -88,6 +96,13 @@ _HELP = {
     "cache-dir": "directory of the cache (default /var/lib/edgeproxy/cache, as `edgeproxy cache` reads it)",
     "cache": "on or off: record responses and answer from them offline (default on; off: forward only)",
     "cache-map-size": "bytes the cache may ever hold (its LMDB map; evicting from 3/4 of it; default 1 GiB)",
+    "offline-body-cache": "bytes of joined LIST bodies kept in memory for clients relisting an unchanged view "
+                          "offline; 0 keeps none (default 16777216, 16 MiB)",
+    "record-queue": "bytes of responses waiting to be parsed for the cache; past it a response is forwarded but not "
+                    "recorded and its view marked incomplete; one response of any size is always taken "
+                    "(default 134217728, 128 MiB: two 10k-pod JSON lists)",
+    "cache-write-queue": "bytes of parsed objects waiting for the cache writer; past it writes are dropped and their "
+                         "views marked incomplete, and a big list is fed in as it drains (default 33554432, 32 MiB)",
     "probe-interval": "seconds between /readyz probes of each server (default 5)",
     "probe-timeout": "timeout of one probe in seconds (default 2)",
     "offline-after": "failed probes in a row before a server is down (default 3)",
@@ -96,6 +111,13 @@ _HELP = {
     "upstream-header-timeout": "seconds a forwarded request waits for the API server's response headers before it "
                                "is answered locally, or half the request's own timeout= when shorter; 0 disables "
                                "(default 10)",
+    "upstream-http2": "on or off: HTTP/2 to the API servers, one connection per identity, every request and watch "
+                      "multiplexed (ALPN h2, HTTP/1.1 when the server does not choose it); off forces HTTP/1.1 "
+                      "(default on)",
+    "upstream-ping-idle": "seconds an HTTP/2 connection may receive nothing before it is PINGed; 0 disables "
+                          "(default 30, as client-go)",
+    "upstream-ping-timeout": "seconds for a PING's answer before the connection is dropped and its server counts as "
+                             "down (default 15, as client-go)",
     "shutdown-timeout": "seconds open requests get to finish on SIGTERM (default 5)",
     "component-aliases": "User-Agent aliases, NAME=COMPONENT comma-separated (default hollow-kubelet=kubelet,...)",
     "tls-listen": "address of the HTTPS listener, HOST:PORT: kubelet with its client certificate (acts as the node), "
@@ -160,6 +182,11 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         split_address(config.ops_listen)
     if config.tls_listen:
         split_address(config.tls_listen)
+    for name in ("offline_body_cache", "record_queue", "cache_write_queue"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: {getattr(config, name)} is not a number of bytes")
+    if config.cache_write_queue < 1 << 20 or config.record_queue < 1 << 20:
+        raise ConfigError("--record-queue and --cache-write-queue take at least 1048576 bytes (1 MiB)")
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
         raise ConfigError("--tls-cert-file and --tls-key-file go together")
     if config.in_cluster_address:

@@ -492,6 +492,14 @@ class Pool:
             conn.abort()  # closed by the server, or idle long enough that a load balancer may have dropped it
         return None
 
+    def adopt(self, host: str, port: int, ssl: object, transport: asyncio.Transport) -> None:
+        """Take an open connection made elsewhere (the HTTP/2 pool's, when ALPN chose HTTP/1.1) as an idle one for
+        (host, port, ssl): the next request to it goes out without another handshake."""
+        conn = _Conn(self, (host, port, id(ssl)))
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        self.put(conn)
+
     def put(self, conn: _Conn) -> None:
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)

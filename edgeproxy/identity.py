@@ -56,6 +56,8 @@ MAX_MEMO_TOKEN = 8 << 10  # longer tokens are decided each time, never kept
 # The API server's default audience (--api-audiences defaults to its issuer): tokens for it are the API server's.
 API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 JWKS_PATH = "/openid/v1/jwks"
+# kube-apiserver serves the key set only as application/jwk-set+json: asking for application/json alone gets 406.
+JWKS_ACCEPT = "application/jwk-set+json, application/json"
 JWKS_REFRESH = 3600.0  # the cluster's keys are fetched again at most this often (key rotation is rare)
 MAX_JWKS = 64 << 10
 # JWS algorithms kube-apiserver signs service-account tokens with (RS256 or ES256/384/512, by the key's type).
@@ -221,7 +223,7 @@ class Identities:
         """GET /openid/v1/jwks upstream with a caller's accepted credentials (the default RBAC lets every service
         account read it, system:service-account-issuer-discovery; a node may not). Failures are only logged."""
         try:
-            _, resp = await up.send("GET", JWKS_PATH, {"Authorization": authorization, "Accept": "application/json"})
+            _, resp = await up.send("GET", JWKS_PATH, {"Authorization": authorization, "Accept": JWKS_ACCEPT})
             try:
                 body = b""
                 while len(body) <= MAX_JWKS and (chunk := await resp.read()):

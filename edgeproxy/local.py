@@ -38,8 +38,8 @@ from aiohttp import web
 
 from cache import store as store_
 from cache import writer as writer_
+from edgeproxy import memory, views, writes
 from edgeproxy import tokens as tokens_
-from edgeproxy import views, writes
 from edgeproxy.guard import limits, warn
 from edgeproxy.kube import errors, jsonwire, protobuf, schema, selectors, status
 from edgeproxy.kube import request as kube_request
@@ -51,12 +51,13 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 LIST_BLUEPRINT = "kubernetes.io/initial-events-list-blueprint"
 BOOKMARK_INTERVAL = 60.0  # the API server sends one about every minute (cacher nextBookmarkTime)
 DEFAULT_WATCH_TIMEOUT = 1800  # the API server's --min-request-timeout, used when a watch names no timeoutSeconds
+MIN_WATCH_AGE = 1.1  # client-go: a watch closed within 1 s with no event is an error, and the reflector relists
 # A watch answered locally while the prober still says online (one request failed over) is held this long, then
 # ended: the client re-watches, upstream if it is back, here again if not. Long enough not to be a "very short watch"
 # (client-go backs off and relists after one under a second with no event).
 FAILOVER_HOLD = 5.0
 CONTINUE_VERSION = "edgeproxy/v1"
-BODY_CACHE_BYTES = 64 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view
+BODY_CACHE_BYTES = 16 << 20  # joined LIST bodies kept for repeated offline LISTs of an unchanged view (a setting)
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
 # Every local answer says where it came from (the API server's own headers plus this one; clients ignore it).
@@ -275,7 +276,9 @@ class Local:
         for enc, shape in self.acceptable(info):
             src = self.find_list_source(info, enc, shape)
             if src is not None:
-                return await asyncio.to_thread(self.list_response, info, src, enc, shape)
+                resp = await asyncio.to_thread(self.list_response, info, src, enc, shape)
+                memory.trim(resp.content_length or 0)  # the items read to build it are freed: give that heap back
+                return resp
         return _unavailable(info, reason, what="no complete cached list for this query")
 
     def list_response(self, info: Any, src: Source, enc: str, shape: str) -> web.StreamResponse:
@@ -429,11 +432,16 @@ class Local:
         # hold failover_hold at most. Once the prober agrees the upstream is gone, this is an ordinary offline watch,
         # ended when the upstream comes back (the client then re-watches upstream from its last resourceVersion).
         failover_until = loop.time() + self.failover_hold if self.is_online() else None
+        # client-go takes a watch that ends within a second of its start with no event as an error (a "very short
+        # watch") and relists from scratch: the upstream's return ends none younger than that
+        youngest_end = loop.time() + MIN_WATCH_AGE
         while True:
             if failover_until is not None and not self.is_online():
                 failover_until = None
             if failover_until is None and self._back.is_set():
-                break
+                if loop.time() >= youngest_end:
+                    break
+                deadline = min(deadline, youngest_end)
             now = loop.time()
             end = deadline if failover_until is None else min(deadline, failover_until)
             if now >= end:
@@ -623,6 +631,10 @@ class Bodies:
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped)
+
+    @property
+    def size(self) -> int:
+        return self._bytes
 
 
 class _Probe:

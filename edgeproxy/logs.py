@@ -34,6 +34,7 @@ ENV_FORMAT = "EDGEPROXY_LOG_FORMAT"
 ENV_SAMPLE = "EDGEPROXY_LOG_REQUEST_SAMPLE"
 DEFAULT_SAMPLE = 100
 RING_SIZE = 2000
+RING_LINE_MAX = 8 << 10  # characters of one line kept in the ring (2,000 lines: at most 16 MiB)
 
 state_log = logging.getLogger("edgeproxy.state")
 request_log = logging.getLogger("edgeproxy.request")
@@ -132,7 +133,10 @@ class RingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.lines.append(self.format(record))
+            line = self.format(record)
+            if len(line) > RING_LINE_MAX:  # a line quoting what a client sent (a 1 MB path): the ring stays small
+                line = line[:RING_LINE_MAX] + f"...(+{len(line) - RING_LINE_MAX} chars)"
+            self.lines.append(line)
         except Exception:
             self.handleError(record)
 

@@ -15,6 +15,7 @@ import prometheus_client as prom
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from cache import writer as cache_writer
+from edgeproxy import memory
 
 REGISTRY = prom.CollectorRegistry(auto_describe=True)
 
@@ -65,6 +66,19 @@ UPSTREAM_HEADER_TIMEOUTS = prom.Counter(
 UPSTREAM_FAILURES = prom.Counter(
     "edgeproxy_upstream_connect_failures", "Requests that could not connect to a server (then failed over).",
     ["server"], registry=REGISTRY,
+)
+UPSTREAM_CONNECTIONS = prom.Gauge(
+    "edgeproxy_upstream_connections", "HTTP/2 connections open to each server (one per identity; more only when a "
+    "server's stream limit is reached; draining ones included).", ["server", "protocol"], registry=REGISTRY,
+)
+UPSTREAM_STREAMS = prom.Gauge(
+    "edgeproxy_upstream_streams", "HTTP/2 streams (requests and watches) open to each server.", ["server"],
+    registry=REGISTRY,
+)
+UPSTREAM_H2_EVENTS = prom.Counter(
+    "edgeproxy_upstream_h2_events", "HTTP/2 connection events per server: connect, goaway, ping_timeout, "
+    "stream_cancelled (RST_STREAM for a client that went away), protocol_error, alpn_http1 (fell back to HTTP/1.1).",
+    ["server", "event"], registry=REGISTRY,
 )
 PROBE_SECONDS = prom.Histogram(
     "edgeproxy_upstream_probe_duration_seconds", "Duration of /readyz probes.", ["server"],
@@ -184,6 +198,33 @@ _CACHE_COUNTERS = (
 )
 CACHE = _CacheCollector()
 REGISTRY.register(CACHE)
+
+
+class _MemoryCollector:
+    """The process's resident memory by kind, read at each scrape (memory.rss: /proc/self/status)."""
+
+    def __init__(self) -> None:
+        self.bodies: Any = None  # local.Bodies: the joined LIST bodies kept for offline relists
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        got = memory.rss()
+        for kind, help_text in (("anon", "Resident anonymous memory (the proxy's heap: objects, buffers, free "
+                                          "lists) in bytes; RssAnon of /proc/self/status."),
+                                ("file", "Resident file-backed memory (LMDB pages read, shared libraries) in bytes; "
+                                          "the kernel drops and re-reads these under pressure. RssFile.")):
+            if kind in got:
+                yield GaugeMetricFamily(f"edgeproxy_memory_rss_{kind}_bytes", help_text, value=got[kind])
+        bodies = self.bodies
+        if bodies is not None:
+            yield GaugeMetricFamily("edgeproxy_memory_offline_bodies_bytes", "Bytes of joined LIST bodies kept for "
+                                    "offline relists (bounded by --offline-body-cache).", value=bodies.size)
+
+
+MEMORY = _MemoryCollector()
+REGISTRY.register(MEMORY)
 
 # ---- TLS and operations (issue 7: tls.py via server.py) ----
 CERT_EXPIRY = prom.Gauge(

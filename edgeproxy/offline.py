@@ -28,13 +28,15 @@ def hooks(config: Any, up: Any) -> tuple[record.Recorder, local.Local]:
     """Open the cache under config.cache_dir and return (recorder, local side), wired to the upstream's state."""
     cache_dir = Path(config.cache_dir)
     st = store.Store.open(str(cache_dir), map_size=int(getattr(config, "cache_map_size", 0) or store.DEFAULT_MAP_SIZE))
-    w = writer.Writer(st).start()
+    w = writer.Writer(st, max_pending_bytes=int(getattr(config, "cache_write_queue", 0) or 32 << 20)).start()
     node = node_name(config, getattr(up, "credentials", None))
     book = tokens.TokenBook(cache_dir / "tokens", node=node or "unknown")
-    rec = record.Recorder(w, tokens=book, owns_writer=True)
+    rec = record.Recorder(w, tokens=book, owns_writer=True,
+                          max_pending_bytes=int(getattr(config, "record_queue", 0) or record.MAX_PENDING_BYTES))
     loc = local.Local(st, w, tokens=book, node=node,
                       bookmark_interval=float(getattr(config, "bookmark_interval", 0) or local.BOOKMARK_INTERVAL),
-                      is_online=lambda: bool(up.online))
+                      is_online=lambda: bool(up.online),
+                      body_cache_bytes=int(getattr(config, "offline_body_cache", local.BODY_CACHE_BYTES)))
     up.on_change(loc.upstream_changed)
     log.info("offline side ready: cache %s (%d views), node %s", cache_dir, len(st.views()), node or "unknown")
     return rec, loc

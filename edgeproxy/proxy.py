@@ -282,6 +282,12 @@ class Proxy:
                     resp = status_response(503, "ServiceUnavailable", "the API server is unreachable (offline)")
                 _observe_latency(info, answered_by, start)
             return resp
+        except ConnectionResetError:
+            # the client went away while its answer was being written (a watch it stopped reading): nothing to
+            # answer, and not our bug, so no traceback (issue 14 D9)
+            note = "the client went away"
+            resp = web.Response(status=499)
+            return resp
         except limits_.BodyError as e:  # a body too slow or too large: the client's error, answered by the proxy
             answered_by, note = "proxy", str(e)
             warn.client_error(f"body-{e.status}", "%s %s from %s: %s", request.method, labels.path(request.path),
@@ -362,7 +368,7 @@ class Proxy:
             try:
                 sink = self.recorder.begin(info, up.status, up.headers)
             except Exception:  # the recorder must never break forwarding
-                log.exception("recorder.begin failed for %s", request.raw_path)
+                log.exception("recorder.begin failed for %s", labels.path(request.raw_path))
         gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
         ok = False
         try:
@@ -385,7 +391,7 @@ class Proxy:
             except httpclient.Broken as e:
                 # The API server broke the stream. A watch just ends (the client re-watches from its last
                 # resourceVersion); anything else must not look complete to the client, so the connection is dropped.
-                log.info("upstream stream broke on %s %s: %s", request.method, request.raw_path, e)
+                log.info("upstream stream broke on %s %s: %s", request.method, labels.path(request.raw_path), e)
                 if not watching:
                     resp.force_close()
                     if request.transport is not None:
@@ -414,7 +420,7 @@ class Proxy:
                 try:
                     sink.done(ok)
                 except Exception:
-                    log.exception("sink.done failed for %s", request.raw_path)
+                    log.exception("sink.done failed for %s", labels.path(request.raw_path))
 
     async def _tunnel(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                       start: float) -> web.StreamResponse:

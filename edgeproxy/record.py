@@ -38,8 +38,8 @@ from typing import Any
 
 from cache import store
 from cache import writer as cache_writer
+from edgeproxy import memory, views
 from edgeproxy import tokens as tokens_
-from edgeproxy import views
 from edgeproxy.kube import errors, jsonscan, jsonwire, protobuf, watch
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ class Recorder:
         finally:
             with self._lock:
                 self._pending -= size
+            memory.trim(size)  # a big body and its parse buffers are freed now: give that heap back
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything handed over so far was parsed and enqueued to the writer (tests, shutdown)."""
@@ -405,17 +406,31 @@ class _Sink:
                 log.exception("record: could not record a response")
             return
 
+        whole = self._object  # an object answer is stored as it came: bytes
+
         def parse() -> None:
             if unchanged is not None and unchanged(_head(chunks)):
                 recorder.unchanged += 1
                 return
-            body = b"".join(chunks)
+            body = b"".join(chunks) if whole else _join(chunks)
             handle(zlib.decompress(body, 31) if gzip else body)
 
         if self._object:
             recorder._object(self._size, parse)
         else:
             recorder._submit(self._size, parse)
+
+
+def _join(chunks: list[bytes]) -> bytes | bytearray:
+    """The chunks as one buffer, each chunk let go as it is copied: a big list's body is held about once, not twice
+    (the chunks and the joined copy) while it is parsed. The list parsers read a bytearray as they read bytes."""
+    if len(chunks) == 1:
+        return chunks.pop()
+    buf = bytearray()
+    chunks.reverse()
+    while chunks:
+        buf += chunks.pop()  # grown in place (realloc/mremap): no second copy of what is already in
+    return buf
 
 
 def _head(chunks: list[bytes]) -> bytes:
@@ -450,7 +465,7 @@ class _WatchState:
             return
         try:
             if self.decomp is not None:
-                chunk = self.decomp.decompress(chunk)
+                chunk = self._gunzip(chunk)
             frames = self.splitter.feed(chunk)
             events = [self._event(f) for f in frames]
         except (errors.KubeError, zlib.error) as e:
@@ -474,6 +489,19 @@ class _WatchState:
             out.append((typ, item, rv))
         if out:
             self.recorder.writer.apply_events(self.key, out)
+
+    def _gunzip(self, chunk: bytes) -> bytes:
+        """kube-apiserver gzips a watch event by event: each one is a gzip member of its own, flushed as it goes.
+        A member's end starts the next one (the bytes past it, or the next chunk)."""
+        out = []
+        while True:
+            out.append(self.decomp.decompress(chunk))
+            if not self.decomp.eof:
+                return b"".join(out)
+            chunk = self.decomp.unused_data
+            self.decomp = zlib.decompressobj(31)
+            if not chunk:
+                return b"".join(out)
 
     def _event(self, frame: bytes) -> tuple[str, store.Item | None, str, bool]:
         if self.encoding == "protobuf":

@@ -3,8 +3,15 @@
 Everything else reads `Upstream.online` (and registers `on_change` callbacks) to decide between forwarding and
 answering locally; nothing else opens connections to the API server. The boundary: this module sends a request and
 hands back the response head and body stream; it never reads a body it forwards (proxy.py streams it) and knows nothing
-of the cache. Forwarded requests go over httpclient.py's lean keep-alive connections; probes use an aiohttp session.
-Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), httpclient.py, metrics.py.
+of the cache. Forwarded requests go over HTTP/2 (edgeproxy/h2: one multiplexed connection per server and identity,
+ALPN h2) or, when the server does not choose h2 or `http2` is off, httpclient.py's lean HTTP/1.1 keep-alive
+connections; upgrades (exec, attach, port-forward) always over HTTP/1.1; probes use an aiohttp session.
+Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), httpclient.py, h2/,
+metrics.py.
+
+Liveness. An HTTP/2 connection that hears nothing for `ping_idle` seconds is PINGed; no answer within `ping_timeout`
+and its server counts as down at once (as after `offline_after` failed probes): the link is dead even if every stream
+on it was a quiet watch. Probes bring it back up as after any other failure.
 
 Identity. A request without an Authorization header goes up as the kubeconfig's user: its client certificate in TLS
 and, if it has one, its bearer token. A request with its own Authorization header goes up over a TLS connection that
@@ -33,6 +40,7 @@ import yaml
 from multidict import CIMultiDict
 
 from edgeproxy import httpclient, metrics, tasks
+from edgeproxy.h2 import client as h2client
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +152,7 @@ def _only(items: object, what: str, path: Path) -> dict:
     return entries[0].get(what) or {}
 
 
-def ssl_context(creds: Credentials, *, client_cert: bool = True) -> ssl.SSLContext:
+def ssl_context(creds: Credentials, *, client_cert: bool = True, http2: bool = False) -> ssl.SSLContext:
     """The TLS client context for the API servers: the cluster CA, and the user's client certificate if asked.
 
     The one place TLS is set up, so a rotated client certificate (kubelet rotates its own) is picked up by building a
@@ -163,7 +171,7 @@ def ssl_context(creds: Credentials, *, client_cert: bool = True) -> ssl.SSLConte
     if creds.insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     if client_cert and creds.has_client_cert:
         if creds.cert_file and creds.key_file:
             ctx.load_cert_chain(creds.cert_file, creds.key_file)
@@ -220,14 +228,16 @@ class Upstream:
     """The API servers of one kubeconfig: a shared ClientSession, the prober, and the online state."""
 
     __slots__ = (
-        "_creds", "_listeners", "_pool", "_prober", "_reached_listeners", "_session", "_ssl_anonymous",
-        "_ssl_identity", "_token", "_token_mtime", "_wake", "changed_at", "connect_timeout", "header_timeout",
-        "interval", "offline_after", "online", "online_after", "probe_timeout", "reached", "servers",
+        "_creds", "_h2", "_listeners", "_pool", "_prober", "_reached_listeners", "_session", "_ssl_anonymous",
+        "_ssl_anonymous_h2", "_ssl_identity", "_ssl_identity_h2", "_token", "_token_mtime", "_wake", "changed_at",
+        "connect_timeout", "header_timeout", "http2", "interval", "offline_after", "online", "online_after",
+        "probe_timeout", "reached", "servers",
     )
 
     def __init__(self, creds: Credentials, *, probe_interval: float = 5.0, probe_timeout: float = 2.0,
                  offline_after: int = 3, online_after: int = 2, connect_timeout: float = 3.0,
-                 header_timeout: float = 10.0) -> None:
+                 header_timeout: float = 10.0, http2: bool = True, ping_idle: float = 30.0,
+                 ping_timeout: float = 15.0) -> None:
         self.servers = [Server(url) for url in creds.servers]
         self.interval = probe_interval
         self.probe_timeout = probe_timeout
@@ -244,6 +254,9 @@ class Upstream:
         self._reached_listeners: list[Callable[[], None]] = []
         self._session: aiohttp.ClientSession | None = None  # for probes only; requests use the lean pool
         self._pool = httpclient.Pool(connect_timeout=connect_timeout)
+        self.http2 = http2
+        self._h2 = h2client.Pool(connect_timeout=connect_timeout, read_idle=ping_idle, ping_timeout=ping_timeout,
+                                 on_dead=self._connection_dead)
         self._prober: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._token: str | None = None
@@ -251,6 +264,8 @@ class Upstream:
         self._creds = creds
         self._ssl_identity: ssl.SSLContext | None = None
         self._ssl_anonymous: ssl.SSLContext | None = None
+        self._ssl_identity_h2: ssl.SSLContext | None = None
+        self._ssl_anonymous_h2: ssl.SSLContext | None = None
         self.set_credentials(creds)
         metrics.ONLINE.set(1)
         for s in self.servers:
@@ -276,6 +291,7 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
         self._pool.close()
+        self._h2.close()
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         """Call `callback(online)` on the event loop whenever the overall state flips."""
@@ -296,6 +312,12 @@ class Upstream:
         self._creds = creds
         self._ssl_identity = ssl_context(creds) if https else None
         self._ssl_anonymous = ssl_context(creds, client_cert=False) if https else None
+        if https and self.http2:
+            # New requests go on new connections presenting the new certificate; the open ones carry their
+            # watches on until they end, then close.
+            self._ssl_identity_h2 = ssl_context(creds, http2=True)
+            self._ssl_anonymous_h2 = ssl_context(creds, client_cert=False, http2=True)
+            self._h2.drain()
         self._token = creds.token
         self._token_mtime = 0.0
         self._refresh_token()
@@ -341,6 +363,7 @@ class Upstream:
         own_auth = self.authorize(headers)
         idempotent = method in _IDEMPOTENT and not isinstance(body, AsyncIterator)
         items = list(headers.items())
+        h2_headers: list[tuple[bytes, bytes]] | None = None
         errors = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + header_timeout if header_timeout and not isinstance(body, AsyncIterator) else None
@@ -349,11 +372,28 @@ class Upstream:
                 errors.append(f"no response head within {header_timeout:g}s")
                 break
             ctx = self.ssl_for(server, own_auth)
-            head = httpclient.request_head(method, path_qs, server.netloc, items, body)
             try:
-                resp = await self._pool.request(
-                    server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
-                    method, head, body, retry_stale=not isinstance(body, AsyncIterator), deadline=deadline)
+                if self.http2 and ctx is not None and self._h2.speaks_h2(server.host, server.port):
+                    if h2_headers is None:
+                        h2_headers = h2_request_headers(method, path_qs, items, body)
+                    try:
+                        resp = await self._h2.request(
+                            server.host, server.port, self._ssl_anonymous_h2 if own_auth else self._ssl_identity_h2,
+                            self._creds.tls_server_name or server.host,
+                            headers.get("Authorization", "") if own_auth else "",
+                            [(b":authority", server.netloc.encode("latin-1")), *h2_headers], body, label=server.url,
+                            retry_stale=not isinstance(body, AsyncIterator), deadline=deadline)
+                    except h2client.NotH2 as e:
+                        if e.transport is not None and ctx is not None:  # the handshake is not wasted
+                            self._pool.adopt(server.host, server.port, ctx, e.transport)
+                        resp = None
+                else:
+                    resp = None
+                if resp is None:
+                    head = httpclient.request_head(method, path_qs, server.netloc, items, body)
+                    resp = await self._pool.request(
+                        server.host, server.port, ctx, (self._creds.tls_server_name or server.host) if ctx else None,
+                        method, head, body, retry_stale=not isinstance(body, AsyncIterator), deadline=deadline)
             except httpclient.HeadTimeout as e:
                 error = f"no response head within {header_timeout:g}s"
                 errors.append(f"{server.url}: {error}")
@@ -397,6 +437,16 @@ class Upstream:
             return server, reader, writer
         raise Unavailable("; ".join(errors) or "no API server configured")
 
+    def _connection_dead(self, host: str, port: int, why: str) -> None:
+        """An HTTP/2 connection did not answer a PING in time: its server is down now (the probes bring it back)."""
+        for server in self.servers:
+            if (server.host, server.port) == (host, port):
+                metrics.UPSTREAM_FAILURES.labels(server=server.url).inc()
+                server.fails = max(server.fails, self.offline_after - 1)
+                self._record(server, False, why)
+                self._pool.discard_idle(host, port)  # kept-alive HTTP/1.1 connections over the same dead path
+                self._wake.set()
+
     def note_failure(self, server: Server, error: str) -> None:
         """A request could not connect, or got no response head in time: count it like a failed probe and probe
         again now."""
@@ -411,16 +461,54 @@ class Upstream:
         headers: CIMultiDict[str] = CIMultiDict()
         self.authorize(headers)
         start = time.monotonic()
+        if self.http2 and server.scheme == "https" and self._h2.speaks_h2(server.host, server.port):
+            # Over the identity's one HTTP/2 connection: no connection of its own across the WAN, and it tests the
+            # connection the requests use.
+            try:
+                ok, error = await self._probe_h2(server, headers)
+            except h2client.NotH2 as e:
+                if e.transport is not None and self._ssl_identity is not None:
+                    self._pool.adopt(server.host, server.port, self._ssl_identity, e.transport)
+            else:
+                return self._probed(server, start, ok, error)
         try:
             async with self._session.get(
                 server.url + "/readyz", headers=headers, ssl=self.ssl_for(server, False) or True,
                 timeout=aiohttp.ClientTimeout(total=self.probe_timeout), allow_redirects=False,
+                # the kubeconfig's tls-server-name, as for forwarded requests (a server reached by another address)
+                server_hostname=self._creds.tls_server_name if server.scheme == "https" else None,
             ) as resp:
                 await resp.read()
                 ok = resp.status in (200, 401, 403)
                 error = "" if ok else f"/readyz answered {resp.status}"
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             ok, error = False, _describe(e)
+        return self._probed(server, start, ok, error)
+
+    async def _probe_h2(self, server: Server, headers: CIMultiDict[str]) -> tuple[bool, str]:
+        h2_headers = [(b":authority", server.netloc.encode("latin-1")),
+                      *h2_request_headers("GET", "/readyz", list(headers.items()), None)]
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                resp = await self._h2.request(
+                    server.host, server.port, self._ssl_identity_h2, self._creds.tls_server_name or server.host, "",
+                    h2_headers, None, label=server.url, retry_stale=True, deadline=loop.time() + self.probe_timeout)
+                try:
+                    while await resp.read():
+                        pass
+                finally:
+                    resp.release()
+        except h2client.NotH2:
+            raise
+        except httpclient.ConnectFailed as e:
+            return False, f"ConnectFailed: cannot connect to {server.host}:{server.port}: {e}"
+        except (TimeoutError, httpclient.HttpClientError) as e:
+            return False, _describe(e)
+        ok = resp.status in (200, 401, 403)
+        return ok, "" if ok else f"/readyz answered {resp.status}"
+
+    def _probed(self, server: Server, start: float, ok: bool, error: str) -> bool:
         server.latency = time.monotonic() - start
         server.last_probe = time.time()
         metrics.PROBE_SECONDS.labels(server=server.url).observe(server.latency)
@@ -440,7 +528,9 @@ class Upstream:
                 log.exception("probe round failed")
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that meets a set() (close hangs)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -478,6 +568,7 @@ class Upstream:
             if not online:
                 # Requests still waiting on a hung server are answered locally now instead of hanging on.
                 self._pool.abort_waiting("the API server went offline before answering")
+                self._h2.abort_waiting("the API server went offline before answering")
             log.warning("edgeproxy is %s", "ONLINE: forwarding to the API server" if online
                         else "OFFLINE: no API server reachable, answering locally",
                         extra={"event": "online" if online else "offline",
@@ -501,7 +592,36 @@ class Upstream:
             log.warning("cannot read token file %s: %s", path, e)
 
     def state(self) -> dict[str, object]:
-        return {"online": self.online, "changed_at": self.changed_at, "servers": [s.state() for s in self.servers]}
+        conns: dict[str, list[dict[str, object]]] = {}
+        for conn in self._h2.connections():
+            conns.setdefault(conn.label, []).append({
+                "protocol": "h2", "streams": len(conn.session.streams), "max_streams": conn.session.max_streams,
+                "draining": conn.draining, "identity": "token" if conn.key[3] else "kubeconfig",
+                "buffered_bytes": [st.buffered for st in conn.session.streams.values()]})
+        servers = [{**s.state(), "connections": conns.get(s.url, [])} for s in self.servers]
+        return {"online": self.online, "changed_at": self.changed_at, "servers": servers}
+
+
+_H2_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "te"})
+
+
+def h2_request_headers(method: str, path_qs: str, items: list[tuple[str, str]],
+                       body: bytes | AsyncIterator[bytes] | None) -> list[tuple[bytes, bytes]]:
+    """An HTTP/2 header block (all but :authority) for an already-filtered HTTP/1.1 request: names lower-cased,
+    connection-specific fields dropped (RFC 9113 §8.2.2), Content-Length from a whole body."""
+    # The bytes the client sent: aiohttp decoded them as UTF-8 with surrogateescape (latin-1 changed U+0080-U+00FF
+    # and failed on the rest, issue 14 D5).
+    out = [(b":method", method.encode("ascii")), (b":scheme", b"https"),
+           (b":path", path_qs.encode("utf-8", "surrogateescape"))]
+    for name, value in items:
+        lower = name.lower()
+        if lower not in _H2_DROP:
+            out.append((lower.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+    if isinstance(body, bytes | bytearray):
+        out.append((b"content-length", str(len(body)).encode("ascii")))
+    elif body is None and method in ("POST", "PUT", "PATCH"):
+        out.append((b"content-length", b"0"))
+    return out
 
 
 _SSL_REPR = re.compile(r" ?ssl:<ssl\.SSLContext object at 0x[0-9a-f]+>")

@@ -47,7 +47,9 @@ def test_aliases_and_ipv6():
 
 
 @pytest.mark.parametrize("argv", [["--listen", "nope"], ["--probe-timeout", "x"], ["--config", "/nonexistent/f"],
-                                  ["--component-aliases", "nosep"], ["--cache", "maybe"]])
+                                  ["--component-aliases", "nosep"], ["--cache", "maybe"],
+                                  ["--offline-body-cache", "-1"], ["--record-queue", "10"],
+                                  ["--cache-write-queue", "16MiB"]])
 def test_bad_settings_are_config_errors(argv):
     with pytest.raises(config.ConfigError):
         config.load(parse(argv), environ={})
@@ -60,3 +62,11 @@ def test_upstream_header_timeout():
     assert config.load(parse([]), environ=env).upstream_header_timeout == 2.5
     with pytest.raises(config.ConfigError):
         config.load(parse(["--upstream-header-timeout", "10s"]), environ={})
+
+
+def test_memory_bounds_are_settings_with_small_host_defaults(tmp_path):
+    c = config.load(parse([]), environ={})
+    assert (c.offline_body_cache, c.record_queue, c.cache_write_queue) == (16 << 20, 128 << 20, 32 << 20)
+    c = config.load(parse(["--offline-body-cache", "0"]),
+                    environ={"EDGEPROXY_RECORD_QUEUE": str(200 << 20), "EDGEPROXY_CACHE_WRITE_QUEUE": str(8 << 20)})
+    assert (c.offline_body_cache, c.record_queue, c.cache_write_queue) == (0, 200 << 20, 8 << 20)

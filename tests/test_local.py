@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import time
 
 import aiohttp
 import pytest
@@ -219,6 +220,25 @@ async def test_watch_holds_with_bookmarks_and_ends_when_upstream_returns(c, http
             rest = await r.read()
         assert r.content.at_eof()
         del rest
+
+
+@pytest.mark.parametrize("bookmarks", [False, True])
+async def test_the_upstreams_return_ends_no_watch_within_its_first_second(c, http, bookmarks):
+    """client-go takes a watch that closes within a second of its start with no event as an error and relists (seen
+    with a real kubelet restarted offline just before the WAN came back): such a watch lasts past that second."""
+    fill(c)
+    url = PODS + "&watch=true&resourceVersion=304&timeoutSeconds=300" + ("&allowWatchBookmarks=true" * bookmarks)
+    c.local.upstream_changed(True)  # the API server is back as the watch opens
+    start = time.monotonic()
+    async with http.get(url, headers=KUBELET) as r:
+        assert r.status == 200
+        async with asyncio.timeout(10):
+            data = await r.read()
+    assert time.monotonic() - start >= 1.0
+    frames = watch.ProtobufSplitter().feed(data)
+    types = [protobuf.decode_event(f).type for f in frames]
+    # with bookmarks: one at once, (the test's short interval ones,) one as it ends, as the API server does
+    assert (set(types) == {"BOOKMARK"} and len(types) >= 2) if bookmarks else types == []
 
 
 async def test_watch_ends_at_its_timeout(c, http):

@@ -86,6 +86,28 @@ def test_a_watch_list_becomes_the_view_at_its_end_bookmark(c, ext):
     assert len(c.store.raw_items(pods_key(ext))) == 15
 
 
+@pytest.mark.parametrize("ext", ["pb", "json"])
+def test_a_gzip_watch_list_of_one_member_per_event_becomes_the_view(c, ext):
+    """kube-apiserver (Accept-Encoding: gzip) compresses a watch event by event: one gzip member per event."""
+    data = body(f"watchlist.pods-edge1.{ext}")
+    if ext == "pb":
+        frames = [len(f).to_bytes(4, "big") + f for f in watch.ProtobufSplitter().feed(data)]
+    else:
+        frames = [f + b"\n" for f in watch.JsonSplitter().feed(data)]
+    assert len(frames) > 10
+    zipped = b"".join(zlib.compress(f, wbits=31) for f in frames)
+    headers = CIMultiDict(recording.headers(f"watchlist.pods-edge1.{ext}"), **{"Content-Encoding": "gzip"})
+    for chunk in (7, 1000):  # members split across chunks, and several members in one chunk
+        sink = c.recorder.begin(info(WATCH_LIST, ENC[ext][1]), 200, headers)
+        for i in range(0, len(zipped), chunk):
+            sink.feed(zipped[i : i + chunk])
+        sink.done(True)
+        c.sync()
+        meta = c.store.view(pods_key(ext))
+        assert meta.complete and meta.resource_version == "316"
+        assert len(c.store.raw_items(pods_key(ext))) == 15
+
+
 def test_a_watch_list_cut_before_its_end_is_dropped(c):
     data = body("watchlist.pods-edge1.pb")
     frames = watch.ProtobufSplitter().feed(data)

@@ -143,6 +143,41 @@ async def test_hysteresis_and_callbacks():
             await up.close()
 
 
+async def test_probe_checks_the_certificate_against_tls_server_name(tmp_path):
+    """A server reached by an address its certificate does not name (a relay, a NAT) is up when the kubeconfig's
+    tls-server-name is a name the certificate does carry, for the prober as for forwarded requests."""
+    from edgeproxy import tls
+
+    ca = tls.make_ca()
+    ca.write(tmp_path / "ca.crt", tmp_path / "ca.key")
+    tls.issue(ca, "kube-apiserver", sans=["kubernetes"]).write(tmp_path / "s.crt", tmp_path / "s.key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "s.crt", tmp_path / "s.key")
+    app = web.Application()
+    async def readyz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        for name, up_after in (("kubernetes", True), (None, False)):
+            up = upstream.Upstream(upstream.Credentials(servers=(url,), ca_file=str(tmp_path / "ca.crt"),
+                                                        tls_server_name=name), probe_interval=3600)
+            await up.start()
+            try:
+                assert await up.probe(up.servers[0]) is up_after
+                if not up_after:
+                    assert "not valid for '127.0.0.1'" in up.servers[0].last_error
+            finally:
+                await up.close()
+    finally:
+        await runner.cleanup()
+
+
 async def test_token_file_is_reread_when_it_changes(tmp_path):
     token = tmp_path / "token"
     token.write_text("one")

@@ -73,8 +73,11 @@ class Controller:
                      len(self.pods.items))
             self._dirty_nodes.update(self.by_node)
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
+                # event is set, and the loop would go on after its task was cancelled
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.resync)
+                    async with asyncio.timeout(self.resync):
+                        await self._wake.wait()
                 self._wake.clear()
                 if not self._dirty_nodes and not self._dirty_pods:
                     self._dirty_nodes.update(self.by_node)  # resync: staleness comes with time alone

@@ -239,9 +239,9 @@ def plan_pod(pod: Mapping[str, Any], verdict: Verdict, *, fresh: bool = False) -
             changes[ORIGINAL] = json.dumps(base, separators=(",", ":"), sort_keys=True)
         if annotations.get(GRANTED) != format_seconds(verdict.seconds):
             changes[GRANTED] = format_seconds(verdict.seconds)
-        before = (pod.get("spec") or {}).get("tolerations") or []
-        if not changes and tolerations == [dict(t) for t in before]:
-            return None
+        before = [dict(t) for t in (pod.get("spec") or {}).get("tolerations") or ()]
+        if tolerations == before and (original is None or not changes):
+            return None  # nothing to raise (a DaemonSet's pods tolerate forever): no write, no annotation
         return PodPlan(tolerations, changes, True)
     if original is None:
         return None  # never granted: stock, untouched

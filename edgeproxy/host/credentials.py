@@ -7,7 +7,7 @@ run as root by edgeproxy-credentials.service, copies the file into /var/lib/edge
 with an atomic rename; the proxy re-reads it without dropping open watches.
 
 How every rotation gets here (issue 17): `--follow` (what the unit runs) stays up and reads both sources every
-`--interval` (0.5 s; two small files), copying whatever differs from the copy. There is no event to miss: the
+`--interval` (0.25 s; two small files), copying whatever differs from the copy. There is no event to miss: the
 old `.path` unit missed rotations because a trigger landed at the instant the link was absent
 (ConditionPathExists=) or while the previous copy was still running (systemd drops a trigger for a unit that is
 still active), and a path unit on the directory with a timer backstop still left every change that arrived during a
@@ -193,16 +193,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"the cluster CA (env {ENV_CA}, default {DEFAULT_CA})")
     parser.add_argument("--dest", default=DEST_DIR, help=f"where the proxy reads them (default {DEST_DIR})")
     parser.add_argument("--user", default=USER, help=f"owner of the copies (default {USER}; '' keeps the caller)")
-    parser.add_argument("--settle", type=float, default=0.2,
-                        help="seconds a source must stay unchanged before it is copied (default 0.2)")
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds a source must stay unchanged before it is copied (default 0.1)")
     parser.add_argument("--wait", type=float, default=5.0,
                         help="seconds to wait for a source that is absent, as between kubelet's remove and rename "
                              "(default 5; once only)")
     parser.add_argument("--follow", action="store_true",
                         help="keep running: copy every change (what edgeproxy-credentials.service runs; tells systemd "
                              "READY=1 after the first round)")
-    parser.add_argument("--interval", type=float, default=0.5,
-                        help="with --follow: seconds between two reads of the sources (default 0.5)")
+    parser.add_argument("--interval", type=float, default=0.25,
+                        help="with --follow: seconds between two reads of the sources (default 0.25)")
 
 
 def run(args: argparse.Namespace) -> int:

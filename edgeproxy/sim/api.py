@@ -258,7 +258,7 @@ class Api:
             return self._fixture_body("version.json", JSON)
         user = self._authenticate(request)
         if path == "/openid/v1/jwks":
-            return self._jwks()
+            return self._jwks(request.headers.get("Accept", ""))
         if path.startswith("/openapi/v3"):
             gv = path.removeprefix("/openapi/v3").strip("/")
             doc = (
@@ -682,8 +682,12 @@ class Api:
             self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return self._signing_key
 
-    def _jwks(self) -> web.Response:
-        """GET /openid/v1/jwks: the public half of the signing key as a JWK set (ServiceAccountIssuerDiscovery)."""
+    def _jwks(self, accept: str) -> web.Response:
+        """GET /openid/v1/jwks: the public half of the signing key as a JWK set (ServiceAccountIssuerDiscovery).
+        Only as application/jwk-set+json, as kube-apiserver (go-restful) serves it: any other Accept gets 406."""
+        types = {t.split(";")[0].strip() for t in accept.split(",") if t.strip()}
+        if types and not types & {"application/jwk-set+json", "application/*", "*/*"}:
+            return web.Response(status=406, text="406: Not Acceptable", headers={"Content-Type": "text/plain"})
         numbers = self._sa_key().public_key().public_numbers()
 
         def b64(n: int) -> str:

@@ -56,3 +56,11 @@ def test_rbac_is_least_privilege_and_matches_the_names_used():
 
 def test_two_replicas_elect_a_leader():
     assert one("Deployment")["spec"]["replicas"] > 1 and args().leader_elect
+
+
+def test_a_bad_kubeconfig_is_a_clear_error(tmp_path, caplog):
+    parser = argparse.ArgumentParser()
+    main.configure(parser)
+    missing = tmp_path / "nope.kubeconfig"
+    assert main.run(parser.parse_args(["--kubeconfig", str(missing)])) == 1
+    assert "cannot read kubeconfig" in caplog.text

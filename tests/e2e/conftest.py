@@ -1,9 +1,9 @@
 """End-to-end fixtures: the simulator over TLS with client certificates, edgeproxy in front of it, real clients.
 
 `cluster` gives both ways in: `direct_kubeconfig` (TLS to the simulator with the admin client certificate) and
-`proxy_kubeconfig` (plain HTTP to edgeproxy on 127.0.0.1, no credentials, as kubelet uses it; the proxy goes upstream
-with the admin certificate). kubectl is the one installed next to this Python (never another on the machine), and every
-call passes --kubeconfig (never ~/.kube/config).
+`proxy_kubeconfig` (plain HTTP to edgeproxy on 127.0.0.1, no credentials, the proxy run with --plain-as-node on; it goes
+upstream with the admin certificate). kubectl is the one installed next to this Python (never another on the machine),
+and every call passes --kubeconfig (never ~/.kube/config).
 """
 
 from __future__ import annotations

@@ -1,0 +1,12 @@
+"""HTTP/2 to the API servers: one multiplexed connection per upstream identity (issue 13).
+
+    session   the pure connection/stream layer over python-hyper's sans-I/O `h2`: stream state, bounded per-stream
+              buffering and flow-control window accounting, GOAWAY and PING bookkeeping; bytes in, bytes out, no I/O
+    client    the asyncio shell: a TLS connection speaking `session`, and the pool that keeps one connection per
+              (server, identity), opens a second only when the server's SETTINGS_MAX_CONCURRENT_STREAMS is reached,
+              drains connections on GOAWAY or a credential change, and PINGs idle connections for liveness
+
+Its one user is upstream.py, which falls back to httpclient.py (HTTP/1.1) when ALPN does not choose h2. Errors are
+httpclient's (ConnectFailed, Stale, Broken, HeadTimeout), so the failover logic above does not care which protocol
+carried a request.
+"""

@@ -1,0 +1,126 @@
+"""edgeproxy.h2.session, the pure layer, against python-hyper's h2 as the server, bytes handed across in memory."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from edgeproxy.h2 import session
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api"), (b":path", b"/api/v1/pods")]
+
+
+class Server:
+    def __init__(self, client: session.Session, max_streams: int = 100) -> None:
+        self.client = client
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+        self.h2.initiate_connection()
+        self.events: list = []
+        self.pump(client.start())
+
+    def pump(self, from_client: bytes = b"") -> session.Changes:
+        """Hand bytes both ways until both sides are quiet; returns the client's last changes."""
+        changes = session.Changes()
+        while True:
+            if from_client:
+                self.events += self.h2.receive_data(from_client)
+            to_client = self.h2.data_to_send()
+            if not to_client:
+                return changes
+            changes = self.client.receive(to_client)
+            from_client = self.client.output()
+
+    def answer(self, stream_id: int) -> None:
+        self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/json")])
+
+    def send_all(self, stream_id: int, data: bytes) -> int:
+        """Send as much as the client's windows allow; returns how much went."""
+        room = min(self.h2.local_flow_control_window(stream_id), len(data))
+        sent = 0
+        while sent < room:
+            n = min(room - sent, self.h2.max_outbound_frame_size)
+            self.h2.send_data(stream_id, data[sent:sent + n])
+            sent += n
+        return sent
+
+
+def test_a_stalled_reader_holds_only_its_own_stream():
+    client = session.Session(stream_window=1 << 16, conn_window=1 << 20)
+    server = Server(client)
+    a = client.open(REQUEST, end_stream=True)
+    b = client.open(REQUEST, end_stream=True)
+    server.pump(client.output())
+    server.answer(a.id)
+    server.answer(b.id)
+    blob = b"x" * (1 << 20)
+    assert server.send_all(a.id, blob) == 1 << 16  # the stream's window, and no more
+    server.pump()
+    assert a.buffered == 1 << 16 and server.h2.local_flow_control_window(a.id) == 0
+    # b goes on and on while a is not read: the connection's window is handed back as bytes arrive.
+    for _ in range(8):  # 8 MiB through a 1 MiB connection window
+        assert server.send_all(b.id, blob) > 0
+        server.pump()
+        data = b.take()
+        client.consumed(b, len(data))
+        server.pump(client.output())
+    assert a.buffered == 1 << 16  # still bounded
+    # a's reader comes back: its window opens again.
+    client.consumed(a, len(a.take()))
+    server.pump(client.output())
+    assert server.h2.local_flow_control_window(a.id) > 0
+
+
+def test_cancel_sends_rst_stream_and_frees_the_slot():
+    client = session.Session()
+    server = Server(client)
+    a = client.open(REQUEST, end_stream=True)
+    server.pump(client.output())
+    assert client.open_streams == 1
+    client.cancel(a)
+    server.pump(client.output())
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == a.id for e in server.events)
+    assert client.open_streams == 0
+
+
+def test_stream_limit_from_the_servers_settings():
+    client = session.Session()
+    assert client.max_streams == session.DEFAULT_MAX_STREAMS  # before the server's SETTINGS
+    server = Server(client, max_streams=2)
+    assert client.max_streams == 2
+    client.open(REQUEST, end_stream=True)
+    client.open(REQUEST, end_stream=True)
+    server.pump(client.output())
+    assert not client.can_open()
+
+
+def test_goaway_lets_the_streams_in_flight_finish():
+    client = session.Session()
+    server = Server(client)
+    a = client.open(REQUEST, end_stream=True)
+    server.pump(client.output())
+    server.answer(a.id)
+    server.h2.close_connection(last_stream_id=a.id)
+    server.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+    changes = server.pump()
+    assert client.goaway == (a.id, 0) and not client.can_open()
+    server.h2.send_data(a.id, b"the rest", end_stream=True)  # in the same read as nothing else: still taken
+    server.pump()
+    assert changes is not None and a.take() == b"the rest" and a.ended
+
+
+def test_garbage_from_the_server_is_a_session_error():
+    client = session.Session()
+    client.start()
+    with pytest.raises(session.SessionError):
+        client.receive(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
+
+
+def test_status_of():
+    assert session.status_of([(b":status", b"404"), (b"a", b"b")]) == 404
+    with pytest.raises(session.SessionError):
+        session.status_of([(b"a", b"b")])
