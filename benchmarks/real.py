@@ -53,6 +53,7 @@ NGINX = "/usr/sbin/nginx"
 LIST_NODE = "bench-node"
 # edgeproxy with its own defaults (the tests' edge host probes faster), and --plain-as-node on: YurtHub's model, every
 # request without credentials on the plain-HTTP listener acts as the node, so one client and query serve all variants
+# of the LISTs (the kubelet of part 3 uses edgeproxy's HTTPS listener with the node's certificate, as in production)
 EDGEPROXY_DEFAULTS = ("--probe-interval", "5", "--probe-timeout", "2", "--offline-after", "3", "--online-after", "2",
                       "--upstream-header-timeout", "10", "--plain-as-node", "on")
 ROOT = harness.ROOT
@@ -125,8 +126,8 @@ def nginx_conf(work: Path, port: int, upstream: str, cert: Path, key: Path, ca: 
 
 
 def start_edgeproxy(edge: Any, cluster: Any) -> None:
-    """The edge host's edgeproxy, its upstream the WAN by the name `kubernetes` (hosts_file()) rather than the
-    relay's address plus tls-server-name, which its /readyz prober ignored before the real tier's fix."""
+    """The edge host's edgeproxy, its upstream the WAN by the name `kubernetes` (hosts_file()), as YurtHub and nginx
+    reach it."""
     from tests.real.cluster import write_kubeconfig
 
     assert edge.wan is not None
@@ -345,9 +346,10 @@ def kubelet_restarts(opts: harness.Options, cluster: Any, work: Path, variant: s
                                  node_ip=edge.netns.edge_ip, ops_host=edge.netns.edge_ip,
                                  prefix=["ip", "netns", "exec", edge.netns.name])
                 hub.start()
-                edge.kubelet_kubeconfig = write_kubeconfig(edge.dir / "kubelet-yurthub.kubeconfig", hub.url)
+                kc = write_kubeconfig(edge.dir / "kubelet-yurthub.kubeconfig", hub.url)  # plain HTTP, as the node
+                edge._kubelet_kubeconfig = lambda: kc
             elif variant == "direct":
-                edge.kubelet_kubeconfig = edge.upstream_kubeconfig  # the WAN, as the node
+                edge._kubelet_kubeconfig = lambda: edge.upstream_kubeconfig  # the WAN, as the node
             mine = [f"{ns}/{node}-pod-{i}" for i in range(npods)]
 
             def all_running() -> bool:
