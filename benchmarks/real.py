@@ -265,7 +265,7 @@ def lists_and_memory(opts: harness.Options, cluster: Any, work: Path, pods: int)
                     online[(enc, name)] = statistics.median(times[name])
                     rows.append(_row(f"{pods // 1000}k-pod LIST {enc} online", online[(enc, name)], "ms",
                                      variant=name, note=f"{size[name] / 1e6:.1f} MB, median of {runs} rounds"))
-            time.sleep(3)  # the proxies' caches written
+            time.sleep(10)  # the proxies' caches written (YurtHub persists a 10k-pod list object by object)
             rows += _memory(proxies, "after online LISTs")
             edge.wan.cut()
             checks = {"edgeproxy": lambda: not edge.proxy_online()}
