@@ -6,7 +6,8 @@ The data path reads down the tree; imports go downward only:
       │                      │             └ h2/          (HTTP/2: one multiplexed connection per identity, PINGs)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
       │                      ├── filters/                 (response filters between upstream and client+recorder:
-      │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
+      │                      │  stage, chain, facts,      servicetopology, inclusterredirect; bytes via kube.rewrite)
+      │                      │  incluster
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
       │                                 ├── writes        (offline write policy, a pure decision)
@@ -23,6 +24,9 @@ The data path reads down the tree; imports go downward only:
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
             nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
+    pool/   pool sharing between the nodes of a branch (issue 16, foundation): election (pure: a Lease per pool,
+            client-go leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which
+            requests a follower may take from the leader)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
             h2front: its HTTP/2 face)
 
