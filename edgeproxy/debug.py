@@ -588,8 +588,11 @@ def _print_filters(base: str, component: str, timeout: float, out: Any) -> None:
         return
     mine = [v for v in filters.get("views", [])
             if v["client"] == component or v["client"].startswith(component + "@")]
-    node = filters.get("node") or {}
-    pool = f", node pool {node.get('pool')!r}" if node else ""
+    facts = filters.get("facts") or {}
+    pool = f", node pool {facts.get('pool')!r}" if facts.get("pool") is not None else ""
+    withheld = filters.get("redirect_withheld")
+    if withheld:
+        pool += f"; in-cluster redirect withheld: {withheld}"
     print(f"\nresponse filters ({', '.join(k for k, v in filters['settings'].items() if v and k != 'components')}"
           f"{pool}):" if mine else "\nresponse filters: none applied to it", file=out)
     for v in mine:

@@ -37,6 +37,7 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +46,7 @@ from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, memory, metrics, notify, proxy, tasks, tls, upstream
 from edgeproxy.filters import chain as filters_chain
 from edgeproxy.filters import facts as filters_facts
+from edgeproxy.filters import incluster as filters_incluster
 from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import labels, trust
 from edgeproxy.guard import limits as guard_limits
@@ -177,20 +179,27 @@ def cache_hooks(config: config_mod.Config, up: upstream.Upstream, off: list[str]
         return None, None
 
 
-def response_filters(config: config_mod.Config, up: upstream.Upstream,
-                     recorder: proxy.Recorder | None) -> filters_stage.Stage | None:
+def response_filters(config: config_mod.Config, up: upstream.Upstream, recorder: proxy.Recorder | None,
+                     local: proxy.Local | None = None) -> filters_stage.Stage | None:
     """The response-filter stage (edgeproxy/filters) the settings ask for, or None when every filter is off. The
-    redirect's port is set once the in-cluster listener is bound."""
+    redirect's port is set once the in-cluster listener is bound. Raises incluster.CertificateError for an
+    in-cluster serving certificate pods would refuse."""
     components = frozenset(c.strip().lower() for c in config.filter_components.split(",") if c.strip())
     redirect = (config_mod.split_address(config.in_cluster_address) if config.in_cluster_address else None)
     settings = filters_chain.Settings(components=components, topology=config.service_topology, redirect=redirect)
+    writer = getattr(local, "writer", None) or getattr(recorder, "writer", None)  # the cache's one writer
+    st = getattr(writer, "store", None)
+    memo = Path(config.cache_dir) / "filters.json" if st is not None else None
     if not settings.any or not components:
+        if memo is not None:  # views filtered by an earlier run are relisted, not served offline as they were
+            filters_stage.remember(memo, {}, lambda: [k for k, _ in st.views()], writer.mark_incomplete)
         return None
-    facts = None
-    if settings.topology:
-        facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label)
-    writer = getattr(recorder, "writer", None)
-    return filters_stage.Stage(settings, facts, invalidate=writer.mark_incomplete if writer is not None else None)
+    cert_ips = filters_incluster.check(config.tls_cert_file) if redirect is not None else None
+    facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label,
+                                want_pool=settings.topology, want_service=redirect is not None)
+    return filters_stage.Stage(
+        settings, facts, invalidate=writer.mark_incomplete if writer is not None else None, cert_ips=cert_ips,
+        memo=memo, stored_views=(lambda: [k for k, _ in st.views()]) if st is not None else None)
 
 
 def token_identities(config: config_mod.Config, local: proxy.Local | None,
@@ -226,7 +235,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     identities = token_identities(config, local, up)
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
     labels.configure(component for _, component in config.component_aliases)
-    stage = response_filters(config, up, recorder)
+    stage = response_filters(config, up, recorder, local)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
                           identities=identities, trust=node_trust, filters=stage)
     await up.start()
@@ -253,13 +262,15 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         _log_trust(node_trust, service)
         service.filters = stage
         if config.in_cluster_address:
-            service.in_cluster_url = await _start_in_cluster(runners, handler, config)
+            service.in_cluster_url = await _start_in_cluster(runners, handler, config, limits)
             if stage is not None:  # the port actually bound (0 in tests picks one)
                 ip = config_mod.split_address(config.in_cluster_address)[0]
                 port = int(service.in_cluster_url.rsplit(":", 1)[1])
                 stage.settings = dataclasses.replace(stage.settings, redirect=(ip, port))
-        if stage is not None and stage.facts is not None:
-            refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
+        if stage is not None:
+            stage.reconcile()  # settings changed since the cache was filled: its filtered views are relisted
+            if stage.facts is not None:
+                refreshing = tasks.spawn(stage.facts.run(), name="filters-facts-refresh")
         reloader = _credential_reloader(config, up)
         if reloader is not None:
             reloading = tasks.spawn(reloader.run(), name="credential-reloader")
@@ -415,7 +426,8 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
     return url, (_wait_for_client_ca(ctx, waiting, interval) if waiting else None)
 
 
-async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config) -> str:
+async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy, config: config_mod.Config,
+                            limits: guard_limits.Limits | None = None) -> str:
     """The in-cluster listener: HTTPS on the node-local address kube-proxy sends `kubernetes.default` traffic to.
     Any pod on the node can reach it, so a request without its own bearer token is refused here (401, as the API
     server answers an anonymous request it does not accept) instead of going upstream as the node."""
@@ -425,7 +437,7 @@ async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy,
             return proxy.status_response(401, "Unauthorized", "Unauthorized")
         return await handler.handle(request)
 
-    server = proxy_server(handler, handle=token_only)
+    server = proxy_server(handler, limits, handle=token_only)  # pods get the bounds every client gets
     ctx = tls.server_context(config.tls_cert_file, config.tls_key_file, None)
     host, port = config_mod.split_address(config.in_cluster_address)
     url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,
@@ -476,10 +488,12 @@ def run(args: argparse.Namespace) -> int:
         for path in (config.tls_cert_file, config.tls_key_file) if config.tls_listen else ():
             if path and not os.access(path, os.R_OK):
                 raise config_mod.ConfigError(f"--tls-listen: cannot read {path}")
+        if config.in_cluster_address:
+            filters_incluster.check(config.tls_cert_file)
         # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
         logs.setup(level=getattr(args, "log_level", None) or config.log_level,
                    fmt=getattr(args, "log_format", None) or config.log_format)
-    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:
+    except (config_mod.ConfigError, upstream.UpstreamError, ValueError) as e:  # incluster.CertificateError too
         print(f"edgeproxy serve: {e}", file=sys.stderr)
         return 2
     import uvloop

@@ -71,12 +71,13 @@ def names_for(settings: Settings, component: str, group: str, resource: str, ver
 
 @dataclasses.dataclass(slots=True)
 class Chain:
-    """The filters of one request, over one kind of object; `touched` counts the objects each filter changed."""
+    """The filters of one request, over one kind of object; `touched` counts the objects each filter changed.
+    `place()` is this node's Place now; `target()` the redirect's (IP, port), None while it is withheld."""
 
     names: tuple[str, ...]
     kind: str  # "endpointslices" or "endpoints"
-    settings: Settings
     place: Callable[[], Place]
+    target: Callable[[], tuple[str, int] | None]
     touched: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def rewrite(self, encoding: str, obj: bytes) -> bytes | None:
@@ -93,10 +94,10 @@ class Chain:
     def _one(self, fname: str, encoding: str, obj: bytes, namespace: str, name: str,
              labels: dict[str, str]) -> bytes | None:
         if fname == REDIRECT:
-            assert self.settings.redirect is not None
-            ip, port = self.settings.redirect
-            if namespace != "default":
+            target = self.target()
+            if target is None or namespace != "default":
                 return None
+            ip, port = target
             if self.kind == "endpoints":
                 return endpoints.redirect_endpoints(encoding, obj, ip, port) if name == "kubernetes" else None
             if labels.get(endpoints.SERVICE_NAME_LABEL) != "kubernetes":

@@ -133,7 +133,7 @@ async def test_watch_events_arrive_filtered_and_offline_answers_equal_the_online
     state = e.service.state()["filters"]
     touched = {v["view"]: v["touched"] for v in state["views"]}
     assert any(t.get("servicetopology") for t in touched.values())
-    assert state["node"]["pool"] == "branch-a"
+    assert state["facts"]["pool"] == "branch-a"
 
 
 def _kubernetes_slice() -> dict[str, Any]:
@@ -146,7 +146,9 @@ def _kubernetes_slice() -> dict[str, Any]:
 
 
 async def test_in_cluster_redirect_points_kube_proxy_at_the_listener_and_wants_tokens(tmp_path: Path) -> None:
-    cert, key, ca = tls.own_serving_cert(tmp_path / "pki-serving", ["kubernetes.default.svc", "127.0.0.1"])
+    # the kubernetes Service's ClusterIP in the simulator is 10.96.0.1, as in a kubeadm cluster
+    cert, key, ca = tls.own_serving_cert(tmp_path / "pki-serving", ["kubernetes.default.svc", "10.96.0.1",
+                                                                    "127.0.0.1"])
     settings = {"node_name": "edge-1", "in_cluster_address": "127.0.0.1:0", "tls_cert_file": str(cert),
                 "tls_key_file": str(key)}
     async with edge(tmp_path, settings=settings,
@@ -172,3 +174,64 @@ async def test_in_cluster_redirect_points_kube_proxy_at_the_listener_and_wants_t
         await until(lambda: bool(e.service.state()["filters"]["views"]))
         views = e.service.state()["filters"]["views"]
         assert any(v["touched"].get("inclusterredirect") for v in views)
+
+
+async def test_a_changed_pool_ends_the_watch_with_410_and_the_relist_is_recorded(branch) -> None:
+    e = branch
+    async with aiohttp.ClientSession() as s:
+        _, body, _ = await _get(s, e.url + SLICES)
+        assert _addresses(body)["opted-x1"] == ["10.0.1.1", "10.0.1.2"]
+        rv = json.loads(body)["metadata"]["resourceVersion"]
+        async with s.get(e.url + SLICES + f"?watch=true&resourceVersion={rv}",
+                         headers={"Accept": "application/json", "User-Agent": KUBE_PROXY}) as r:
+            e.sim.patch("nodes", "edge-1", {"metadata": {"labels": {"topology.kubernetes.io/zone": "branch-b"}}})
+            await e.service.filters.facts.refresh()  # what the 60 s refresh does
+            event = json.loads(await r.content.readline())
+            assert event["type"] == "ERROR" and event["object"]["code"] == 410
+            assert await r.content.read() == b""  # and the watch ends
+        # the client relists and gets the new pool's endpoints (and the one on this very node, whatever its zone)
+        _, body, _ = await _get(s, e.url + SLICES)
+        assert _addresses(body)["opted-x1"] == ["10.0.1.1", "10.0.2.1", "10.0.2.2"]
+        await e.settle()
+        await e.sim.down()
+        await e.wait_state(online=False)
+        status, offline, _ = await _get(s, e.url + SLICES)
+        assert status == 200 and offline == body
+
+
+async def test_settings_changed_across_a_restart_never_serve_the_old_filtering_offline(tmp_path: Path) -> None:
+    # (no cache-health reports on the Node: the cluster's resourceVersion must not move by itself here)
+    async with edge(tmp_path, settings={"node_name": "edge-1", "service_topology": False,
+                                        "health_report_interval": 0}) as e:
+        _seed(e)
+        async with aiohttp.ClientSession() as s:
+            _, unfiltered, _ = await _get(s, e.url + SLICES)
+            assert len(_addresses(unfiltered)["opted-x1"]) == 4
+            await e.settle()
+            await e.stop_proxy()
+            e.settings["service_topology"] = True
+            await e.start_proxy()
+            # kube-proxy relists at the resourceVersion it has: the same list, filtered now, must be what is cached
+            _, filtered, _ = await _get(s, e.url + SLICES)
+            assert _addresses(filtered)["opted-x1"] == ["10.0.1.1", "10.0.1.2"]
+            assert json.loads(filtered)["metadata"] == json.loads(unfiltered)["metadata"]
+            await e.settle()
+            await e.sim.down()
+            await e.wait_state(online=False)
+            status, offline, _ = await _get(s, e.url + SLICES)
+            assert status == 200 and offline == filtered
+
+
+async def test_the_redirect_is_withheld_while_the_certificate_misses_the_cluster_ip(tmp_path: Path) -> None:
+    cert, key, _ = tls.own_serving_cert(tmp_path / "pki-serving", ["kubernetes.default.svc", "127.0.0.1"])
+    settings = {"node_name": "edge-1", "in_cluster_address": "127.0.0.1:0", "tls_cert_file": str(cert),
+                "tls_key_file": str(key)}
+    async with edge(tmp_path, settings=settings) as e:
+        e.sim.create("endpointslices", _kubernetes_slice(), "default")
+        path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+        async with aiohttp.ClientSession() as s:
+            _, body, _ = await _get(s, e.url + path)
+        assert body == await _direct(e, path, "application/json")  # pods keep going straight to the API server
+        state = e.service.state()["filters"]
+        assert state["redirect_applied"] is None
+        assert "not valid for the kubernetes Service's ClusterIP 10.96.0.1" in state["redirect_withheld"]

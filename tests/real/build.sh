@@ -22,7 +22,7 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath" CGO_ENABLED=0
 command -v go >/dev/null || { echo "build.sh: the Go toolchain (go) is not on PATH" >&2; exit 2; }
 
 stamp_of() { # the inputs that decide a component's build
-  { echo "$K8S_VERSION"; go version; cat "$here/build.sh"; [ -d "$here/go/$1" ] && find "$here/go/$1" -type f | sort | xargs cat; } | sha256sum | cut -c1-16
+  { echo "$K8S_VERSION"; go version; cat "$here/build.sh"; [ ! -d "$here/go/$1" ] || find "$here/go/$1" -type f | sort | xargs cat; } | sha256sum | cut -c1-16
 }
 fresh() { [ -f "$OUT/.$1.stamp" ] && [ "$(cat "$OUT/.$1.stamp")" = "$(stamp_of "$1")" ]; }
 done_() { stamp_of "$1" > "$OUT/.$1.stamp"; }
