@@ -6,7 +6,8 @@ The data path reads down the tree; imports go downward only:
       │                      │             └ h2/          (HTTP/2: one multiplexed connection per identity, PINGs)
       │                      ├── identity                 (bearer token → whose cache: service account or token hash)
       │                      ├── filters/                 (response filters between upstream and client+recorder:
-      │                      │     stage, chain, facts     servicetopology, inclusterredirect; bytes via kube.rewrite)
+      │                      │  stage, chain, facts,      servicetopology, inclusterredirect; bytes via kube.rewrite)
+      │                      │  incluster
       │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
       │                      └── local  ── views ── cache (offline answers: get, list, watch)
       │                                 ├── writes        (offline write policy, a pure decision)

@@ -67,6 +67,8 @@ class Config:
     # Response filters (edgeproxy/filters). The in-cluster redirect is off until an address is given: then edgeproxy
     # also serves HTTPS there (bearer tokens only) and kube-proxy's view of default/kubernetes points at it.
     in_cluster_address: str = ""
+    in_cluster_cert_file: str = ""  # its serving certificate (signed by the cluster CA); "" = tls_cert_file
+    in_cluster_key_file: str = ""
     service_topology: bool = True  # Services labelled edgeproxy.io/topology=pool get this pool's endpoints only
     pool_label: str = "topology.kubernetes.io/zone"  # the node label naming its pool (branch)
     filter_components: str = "kube-proxy,coredns"  # the clients whose EndpointSlices/Endpoints are filtered
@@ -136,6 +138,9 @@ _HELP = {
     "in-cluster-address": "node-local IP:PORT that pods reach (e.g. 169.254.2.1:10268): serve HTTPS there and point "
                           "kube-proxy's default/kubernetes endpoints at it, so every pod's kubernetes.default traffic "
                           "goes through edgeproxy; needs --tls-cert-file signed by the cluster CA (default: off)",
+    "in-cluster-cert-file": "serving certificate of the in-cluster address, signed by the cluster CA for "
+                            "kubernetes.default.svc and the kubernetes Service's ClusterIP (default: --tls-cert-file)",
+    "in-cluster-key-file": "its key (default: --tls-key-file)",
     "service-topology": "on or off: EndpointSlices of Services labelled edgeproxy.io/topology=pool keep only the "
                         "endpoints in this node's pool (default on)",
     "pool-label": "the node label naming the node's pool (default topology.kubernetes.io/zone)",
@@ -191,11 +196,20 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         raise ConfigError("--tls-cert-file and --tls-key-file go together")
     if config.in_cluster_address:
         in_cluster_ip(config.in_cluster_address)
-        if not config.tls_cert_file:
-            raise ConfigError("--in-cluster-address needs --tls-cert-file/--tls-key-file: a serving certificate "
-                              "signed by the cluster CA for kubernetes.default.svc and the Service's ClusterIP "
-                              "(pods trust only that CA)")
+        if bool(config.in_cluster_cert_file) != bool(config.in_cluster_key_file):
+            raise ConfigError("--in-cluster-cert-file and --in-cluster-key-file go together")
+        if not in_cluster_cert(config)[0]:
+            raise ConfigError("--in-cluster-address needs --in-cluster-cert-file/--in-cluster-key-file (or "
+                              "--tls-cert-file/--tls-key-file): a serving certificate signed by the cluster CA for "
+                              "kubernetes.default.svc and the Service's ClusterIP (pods trust only that CA)")
     return config
+
+
+def in_cluster_cert(config: Config) -> tuple[str, str]:
+    """(certificate, key) files the in-cluster listener serves: its own, else the HTTPS listener's."""
+    if config.in_cluster_cert_file:
+        return config.in_cluster_cert_file, config.in_cluster_key_file
+    return config.tls_cert_file, config.tls_key_file
 
 
 def in_cluster_ip(address: str) -> tuple[str, int]:

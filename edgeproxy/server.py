@@ -42,6 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cache import store
 from edgeproxy import config as config_mod
 from edgeproxy import identity, logs, memory, metrics, notify, proxy, tasks, tls, upstream
 from edgeproxy.filters import chain as filters_chain
@@ -194,12 +195,18 @@ def response_filters(config: config_mod.Config, up: upstream.Upstream, recorder:
         if memo is not None:  # views filtered by an earlier run are relisted, not served offline as they were
             filters_stage.remember(memo, {}, lambda: [k for k, _ in st.views()], writer.mark_incomplete)
         return None
-    cert_ips = filters_incluster.check(config.tls_cert_file) if redirect is not None else None
+    cert_ips = filters_incluster.check(config_mod.in_cluster_cert(config)[0]) if redirect is not None else None
     facts = filters_facts.Facts(up, trust.node_name(config, up.credentials) or "", config.pool_label,
                                 want_pool=settings.topology, want_service=redirect is not None)
+    def complete(key: store.ViewKey) -> bool:
+        assert writer is not None and st is not None
+        meta = st.view(key)
+        return not writer.unsettled(key) and (meta is None or meta.complete)
+
     return filters_stage.Stage(
         settings, facts, invalidate=writer.mark_incomplete if writer is not None else None, cert_ips=cert_ips,
-        memo=memo, stored_views=(lambda: [k for k, _ in st.views()]) if st is not None else None)
+        memo=memo, stored_views=(lambda: [k for k, _ in st.views()]) if st is not None else None,
+        complete=complete if st is not None else None)
 
 
 def token_identities(config: config_mod.Config, local: proxy.Local | None,
@@ -438,7 +445,7 @@ async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy,
         return await handler.handle(request)
 
     server = proxy_server(handler, limits, handle=token_only)  # pods get the bounds every client gets
-    ctx = tls.server_context(config.tls_cert_file, config.tls_key_file, None)
+    ctx = tls.server_context(*config_mod.in_cluster_cert(config), None)
     host, port = config_mod.split_address(config.in_cluster_address)
     url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,
                                port, ssl_context=ctx)
@@ -489,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
             if path and not os.access(path, os.R_OK):
                 raise config_mod.ConfigError(f"--tls-listen: cannot read {path}")
         if config.in_cluster_address:
-            filters_incluster.check(config.tls_cert_file)
+            filters_incluster.check(config_mod.in_cluster_cert(config)[0])
         # The log settings may come from the --config file too (cli.py set up logging from flags and environment).
         logs.setup(level=getattr(args, "log_level", None) or config.log_level,
                    fmt=getattr(args, "log_format", None) or config.log_format)

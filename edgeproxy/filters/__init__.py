@@ -2,7 +2,8 @@
 
     stage   the I/O side: per (client, resource) selection, streams through kube.rewrite, stats for /debug/state
     chain   the filters and their decisions (servicetopology, inclusterredirect), pure
-    facts   this node's pool, read from its Node's labels upstream
+    facts   this node's pool (its Node's labels) and the kubernetes Service's ClusterIPs, read upstream
+    incluster   whether the in-cluster serving certificate is one pods will accept
 
 The byte work is in the wire layer: kube.endpoints (EndpointSlice/Endpoints rewrites) and kube.rewrite (lists,
 objects, watch streams). Neighbours: proxy (calls the stage), server (builds it from the settings).

@@ -53,21 +53,28 @@ class Stage:
     memo: a file remembering what the cached views were filtered with; when that differs at start (settings changed
     across a restart) or later (the pool changed), the cached EndpointSlice/Endpoints views are marked incomplete
     until they are relisted, so a list at an unchanged resourceVersion is recorded again, filtered the new way.
-    stored_views(): the views the cache holds."""
+    stored_views(): the views the cache holds. complete(view key): whether the cache holds that view complete (or
+    not at all): a filtered client's watch on a view marked incomplete, which no list has refilled since, ends at
+    once with 410 Expired: resuming from its resourceVersion, the client would never be sent the objects again, and
+    would keep what it was sent filtered the old way (kube-proxy pointing at the API server after the redirect was
+    turned on)."""
 
-    __slots__ = ("_views", "_watches", "cert_ips", "facts", "invalidate", "memo", "settings", "stored_views",
-                 "withheld")
+    __slots__ = ("_fresh", "_views", "_watches", "cert_ips", "complete", "facts", "invalidate", "memo", "settings",
+                 "stored_views", "withheld")
 
     def __init__(self, settings: chain_.Settings, facts: facts_.Facts | None = None,
                  invalidate: Callable[[store.ViewKey], None] | None = None, *,
                  cert_ips: frozenset[str] | None = None, memo: Path | None = None,
-                 stored_views: Callable[[], Iterable[store.ViewKey]] | None = None) -> None:
+                 stored_views: Callable[[], Iterable[store.ViewKey]] | None = None,
+                 complete: Callable[[store.ViewKey], bool] | None = None) -> None:
         self.settings = settings
         self.facts = facts
         self.invalidate = invalidate
         self.cert_ips = cert_ips
         self.memo = memo
         self.stored_views = stored_views
+        self.complete = complete
+        self._fresh: set[store.ViewKey] = set()  # views a filtered list refilled since they were last invalidated
         self.withheld = ""  # why the redirect is not applied now ("" when it is, or is off)
         # (client key, view) -> {"filters": {name: objects changed}, "requests": n, "last": ts, "key", "names"}
         self._views: dict[tuple[str, str], dict[str, Any]] = {}
@@ -123,9 +130,22 @@ class Stage:
                                                                   "errors": 0, "key": key, "names": chain.names})
         stats["requests"] += 1
         t = Transform(self, chain, encoding, info.verb, stats, abort)
+        if key is not None and info.verb == "list" and not info.continue_:
+            self._fresh.add(key)
         if info.verb == "watch":
             self._watches.add(t)
+            if key is not None and self._stale(key) and not info.send_initial_events:
+                t.expire()  # the client relists through the filters as they are now
         return t
+
+    def _stale(self, key: store.ViewKey) -> bool:
+        if key in self._fresh or self.complete is None:
+            return False
+        try:
+            return not self.complete(key)
+        except Exception:  # the cache cannot tell: let the watch be
+            log.exception("filters: cannot read the state of %s", key.describe())
+            return False
 
     # ---- when what the filters depend on changes
 
@@ -147,7 +167,10 @@ class Stage:
         """Remember what the cache is filtered with (remember() below); True when cached views were marked."""
         if self.memo is None:
             return False
-        return remember(self.memo, self.fingerprint(), self.stored_views, self.invalidate)
+        marked = remember(self.memo, self.fingerprint(), self.stored_views, self.invalidate)
+        if marked:
+            self._fresh.clear()
+        return marked
 
     def _facts_changed(self, what: str) -> None:
         name = chain_.TOPOLOGY if what == "pool" else chain_.REDIRECT
@@ -158,6 +181,7 @@ class Stage:
             for stats in self._views.values():
                 if stats["key"] is not None and name in stats["names"]:
                     self.invalidate(stats["key"])
+                    self._fresh.discard(stats["key"])
         self.reconcile()
 
     def state(self) -> dict[str, object]:

@@ -37,9 +37,15 @@ def test_addresses_pods_cannot_reach_are_refused(tmp_path: Path, address: str, w
         load("--in-cluster-address", address, "--tls-cert-file", str(cert), "--tls-key-file", str(key))
 
 
-def test_the_redirect_needs_a_certificate_of_the_cluster_ca() -> None:
-    with pytest.raises(config.ConfigError, match="needs --tls-cert-file"):
+def test_the_redirect_needs_a_certificate_of_the_cluster_ca(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="needs --in-cluster-cert-file"):
         load("--in-cluster-address", "169.254.2.1:10268")
+    with pytest.raises(config.ConfigError, match="go together"):
+        load("--in-cluster-address", "169.254.2.1:10268", "--in-cluster-cert-file", "x.crt")
+    cert, key, _ = tls.own_serving_cert(tmp_path, ["kubernetes.default.svc", "10.96.0.1"])
+    cfg = load("--in-cluster-address", "169.254.2.1:10268", "--in-cluster-cert-file", str(cert),
+               "--in-cluster-key-file", str(key), "--tls-cert-file", "/elsewhere.crt", "--tls-key-file", "/k")
+    assert config.in_cluster_cert(cfg) == (str(cert), str(key))
 
 
 def test_a_certificate_without_kubernetes_default_svc_is_refused(tmp_path: Path) -> None:

@@ -235,3 +235,35 @@ async def test_the_redirect_is_withheld_while_the_certificate_misses_the_cluster
         state = e.service.state()["filters"]
         assert state["redirect_applied"] is None
         assert "not valid for the kubernetes Service's ClusterIP 10.96.0.1" in state["redirect_withheld"]
+
+
+async def test_turning_the_redirect_on_makes_kube_proxy_relist_instead_of_resuming(tmp_path: Path) -> None:
+    cert, key, _ = tls.own_serving_cert(tmp_path / "pki-serving", ["kubernetes.default.svc", "10.96.0.1"])
+    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    async with edge(tmp_path, settings={"node_name": "edge-1", "health_report_interval": 0}) as e:
+        e.sim.create("endpointslices", _kubernetes_slice(), "default")
+        async with aiohttp.ClientSession() as s:
+            _, body, _ = await _get(s, e.url + path)
+            assert json.loads(body)["items"][0]["endpoints"][0]["addresses"] == ["192.0.2.10"]
+            rv = json.loads(body)["metadata"]["resourceVersion"]
+            await e.settle()
+            await e.stop_proxy()
+            e.settings.update(in_cluster_address="127.0.0.1:0", in_cluster_cert_file=str(cert),
+                              in_cluster_key_file=str(key))
+            await e.start_proxy()
+            # kube-proxy resumes its watch where it was: it is told to relist, and the list is redirected
+            async with s.get(e.url + path + f"?watch=true&resourceVersion={rv}",
+                             headers={"Accept": "application/json", "User-Agent": KUBE_PROXY}) as r:
+                event = json.loads(await r.content.readline())
+            assert event["type"] == "ERROR" and event["object"]["code"] == 410
+            _, body, _ = await _get(s, e.url + path)
+            assert json.loads(body)["items"][0]["endpoints"][0]["addresses"] == ["127.0.0.1"]
+            rv = json.loads(body)["metadata"]["resourceVersion"]
+            # once relisted, its watches resume as usual
+            async with s.get(e.url + path + f"?watch=true&resourceVersion={rv}",
+                             headers={"Accept": "application/json", "User-Agent": KUBE_PROXY}) as r:
+                e.sim.patch("endpointslices", "kubernetes", {"metadata": {"labels": {"touched": "yes"}}},
+                            namespace="default")
+                event = json.loads(await r.content.readline())
+            assert event["type"] == "MODIFIED"
+            assert event["object"]["endpoints"][0]["addresses"] == ["127.0.0.1"]
