@@ -5,7 +5,7 @@ mapped files (the LMDB pages read, shared libraries): the kernel drops those und
 they are reported apart (`/metrics`: edgeproxy_memory_rss_anon_bytes, edgeproxy_memory_rss_file_bytes).
 `tune_malloc()` at start: glibc keeps one heap arena per thread that ever allocated (the event loop, the parsing
 thread, the cache writer, the executor's workers) and by default raises the size below which freed blocks stay in
-the heap as big buffers come and go; fixing the mmap threshold at 256 KiB returns a big list's buffers to the kernel
+the heap as big buffers come and go; fixing the mmap threshold at 1 MiB returns a big list's buffers to the kernel
 the moment they are freed, and two arenas bound the free lists kept. `trim()` asks malloc to return free heap pages
 (malloc_trim) half a second after a big list was recorded or served, from a timer thread. Both are no-ops off glibc.
 Neighbours: metrics (reads `rss`), record and local (call `trim`), server (calls `tune_malloc`).
@@ -21,7 +21,7 @@ import threading
 log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc malloc.h
-MMAP_THRESHOLD = 256 << 10
+MMAP_THRESHOLD = 1 << 20  # above TLS reads: ssl.read(256 KiB) then shrunk would be 3 syscalls a read
 ARENA_MAX = 2
 TRIM_AFTER = 8 << 20  # bytes: a list body at least this big freed is worth a trim
 TRIM_DELAY = 0.5  # seconds from the first request to the trim: what is freed meanwhile is returned too

@@ -18,6 +18,7 @@ the streams `receive()` reports. Nothing here knows about sockets, TLS, asyncio 
 from __future__ import annotations
 
 import collections
+import functools
 
 import h2.config
 import h2.connection
@@ -25,6 +26,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack
+import hyperframe.frame
 
 STREAM_WINDOW = 4 << 20  # bytes a stream may have unread here before its server must wait (Go's transport: 4 MiB)
 CONN_WINDOW = 16 << 20  # the connection's receive window; refilled as bytes arrive, never held by a slow reader
@@ -33,10 +36,49 @@ MAX_STREAMS_CAP = 1000  # never more streams on one connection than this, whatev
 MAX_HEADER_LIST = 1 << 20  # a response head larger than this is refused
 
 
+class _Quiet:
+    """hpack logs every integer and header it codes at DEBUG (`log.debug(...)`, ~30 calls per request: a tenth of an
+    HTTP/2 request's CPU); edgeproxy never runs hpack at DEBUG, so its module logger is this no-op."""
+
+    @staticmethod
+    def debug(*args: object, **kwargs: object) -> None:
+        return None
+
+
+hpack.hpack.log = _Quiet()  # type: ignore[assignment]
+
+
 class _H2Connection(h2.connection.H2Connection):
     """h2's connection, except that a GOAWAY received does not end it. h2 moves the whole connection to CLOSED on
     GOAWAY and then refuses every frame after it, but RFC 9113 §6.8 lets the streams up to the server's last stream id
     run to completion (a watch may go on for minutes): only new streams are off, and Session.can_open sees to that."""
+
+    def _receive_frame(self, frame):  # type: ignore[no-untyped-def]
+        # h2's own, less its `logger.trace("Received frame: %s", repr(frame))`: the repr is built even for a logger
+        # that drops it, a sixth of an HTTP/2 request's CPU.
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except h2.exceptions.StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = hyperframe.frame.RstStreamFrame(e.stream_id)
+                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise h2.exceptions.StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
     def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
         state = self.state_machine.state
@@ -103,8 +145,13 @@ class Session:
             # Headers come from an already-parsed HTTP/1.1 request, lower-cased and stripped of connection-specific
             # fields by the caller: checking them again per request is pure cost.
             validate_outbound_headers=False, normalize_outbound_headers=False, normalize_inbound_headers=False,
+            validate_inbound_headers=False,
         )
         self._conn = _H2Connection(config=config)
+        # Request headers repeat (the dynamic table makes them one byte each after the first time); Huffman-coding
+        # the rest in pure Python costs more than the few bytes it saves on a WAN link.
+        encoder = self._conn.encoder
+        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
         self._conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,

@@ -174,3 +174,26 @@ async def test_a_proxy_restarted_with_the_upstream_down_serves_its_cache(e):
     assert restarted.snapshot() == held
     assert restarted.lists == ["0"] and restarted.list_errors == []
     restarted.stop()
+
+
+async def test_a_big_offline_list_is_served_whole_again_and_again_on_one_connection(e):
+    """A list past memory.TRIM_AFTER (1,500 pods, ~10 MB of JSON) is sent from the handler without aiohttp keeping
+    its body after the answer (issue 15); what the client gets is still the list it got online, each time."""
+    import aiohttp
+
+    from edgeproxy import memory
+
+    e.sim.seed(pods=1500, namespace="big")
+    url = f"{e.url}/api/v1/namespaces/big/pods"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:  # one kept-alive connection
+        async with s.get(url, headers={"Accept": "application/json", "User-Agent": KUBELET_UA}) as r:
+            online = await r.read()
+        assert r.status == 200 and len(online) >= memory.TRIM_AFTER
+        await e.settle()
+        await e.sim.down()
+        await e.wait_state(False)
+        for _ in range(2):
+            async with s.get(url, headers={"Accept": "application/json", "User-Agent": KUBELET_UA}) as r:
+                assert r.status == 200 and r.headers.get("X-Edgeproxy-Source") == "cache"
+                assert int(r.headers["Content-Length"]) == len(online)
+                assert await r.read() == online
