@@ -26,7 +26,7 @@ The data path reads down the tree; imports go downward only:
             nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
     pool/   pool sharing between the nodes of a branch (issue 16, foundation): election (pure: a Lease per pool,
             client-go leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which
-            requests a follower may take from the leader)
+            requests a follower may take from the leader), peers (the leader's listener: node certificates only)
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
             h2front: its HTTP/2 face)
 

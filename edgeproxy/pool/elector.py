@@ -121,7 +121,7 @@ class Elector:
         self._publish(election.View(election.Role.CANDIDATE))
         if body is None:
             return
-        with contextlib.suppress(errors.LeaseError, TimeoutError, OSError):
+        with contextlib.suppress(Exception):  # best effort: unanswered, the Lease simply expires
             status, _ = await asyncio.wait_for(self._call("PUT", self.election.config.path, body), _TIMEOUT)
             if status < 300:
                 log.info("pool %s: %s released the lease", self.election.config.pool, self.election.config.identity)

@@ -1,0 +1,114 @@
+"""The leader's peer listener: who may ask (nodes of the cluster) and what (pool-scoped reads), then an answer seam.
+
+A peer connects over TLS and must present a client certificate that the cluster CA verified (CERT_REQUIRED: no
+certificate, no handshake) whose subject is `CN=system:node:<name>, O=system:nodes` — a kubelet client certificate,
+the proof kube-apiserver itself accepts that the caller is a node. Anything else gets 403 and nothing. A node's
+request is classified by kube.request and judged by pool.policy; what the policy does not share gets 403 with the
+policy's reason (the follower then asks the API server itself). What is shared goes to `answer(info, request)`: the
+leader's view of the pool (its upstream list/watch per query, memory and LMDB) — not built yet; until it is, the
+listener answers 503 so a follower goes to the API server.
+Neighbours: policy (what is shared), kube.request and kube.status (the wire), tls (server context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from edgeproxy.kube import errors as kube_errors
+from edgeproxy.kube import request as kube_request
+from edgeproxy.kube import status as kube_status
+from edgeproxy.pool import policy
+
+log = logging.getLogger(__name__)
+
+NODE_PREFIX = "system:node:"
+NODES_GROUP = "system:nodes"
+
+Answer = Callable[[kube_request.RequestInfo, web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peer:
+    node: str  # the peer's node name; "" when refused
+    refusal: str = ""
+
+
+def admit(peercert: dict[str, Any] | None) -> Peer:
+    """The peer of a verified client certificate (ssl.SSLObject.getpeercert(): empty unless the CA verified it)."""
+    if not peercert:
+        return Peer("", "a node client certificate issued by the cluster CA is required")
+    cn, groups = "", []
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = str(value)
+            elif key == "organizationName":
+                groups.append(str(value))
+    if not cn.startswith(NODE_PREFIX) or not cn[len(NODE_PREFIX):]:
+        return Peer("", f"{cn or 'a certificate without a common name'} is not a node (system:node:<name>)")
+    if NODES_GROUP not in groups:
+        return Peer("", f"{cn} is not in the group {NODES_GROUP}")
+    return Peer(cn[len(NODE_PREFIX):])
+
+
+def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
+                   cluster_ca_file: str | os.PathLike[str]) -> ssl.SSLContext:
+    """TLS for the peer listener: our serving certificate, peers' client certificates REQUIRED and verified against
+    the cluster CA."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.load_verify_locations(cafile=str(cluster_ca_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+async def _not_yet(info: kube_request.RequestInfo, request: web.Request) -> web.StreamResponse:
+    return _status(kube_status.service_unavailable("the pool leader's view is not available yet"))
+
+
+def _status(st: dict[str, Any]) -> web.Response:
+    return web.Response(status=int(st["code"]), body=kube_status.encode_json(st),
+                        headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"})
+
+
+class PeerListener:
+    """The aiohttp application of the peer listener; serve it with `server_context(...)`."""
+
+    __slots__ = ("answer", "policy")
+
+    def __init__(self, pool_policy: policy.Policy | None = None, answer: Answer | None = None) -> None:
+        self.policy = pool_policy or policy.Policy()
+        self.answer = answer or _not_yet
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        peer = admit(ssl_object.getpeercert() if ssl_object is not None else None)
+        if not peer.node:
+            log.warning("pool peer %s refused: %s", request.remote, peer.refusal)
+            return _status(kube_status.forbidden("", "", f"the pool leader serves nodes only: {peer.refusal}"))
+        try:
+            info = kube_request.parse(request.method, request.raw_path, "", dict(request.headers))
+        except kube_errors.KubeError as e:
+            return _status(kube_status.from_error(e))
+        impersonating = any(k.lower().startswith("impersonate-") for k in request.headers)
+        decision = self.policy.decide(info, impersonating=impersonating)
+        if not decision.shared:
+            return _status(kube_status.forbidden(
+                info.resource, info.name, f"the pool leader does not serve this to node {peer.node}: "
+                f"{decision.reason}; ask the API server", info.api_group))
+        return await self.answer(info, request)
