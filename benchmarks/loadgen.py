@@ -78,6 +78,7 @@ async def load(url_s: str, concurrency: int, duration: float | None, requests: i
     errors = 0
     total_bytes = 0
     remaining = [requests if requests is not None else 1 << 62]
+    statuses: dict[int, int] = {}
     conns = [await _connect(url, ctx) for _ in range(concurrency)]
     start = time.perf_counter()
     deadline = start + duration if duration is not None else float("inf")
@@ -98,6 +99,7 @@ async def load(url_s: str, concurrency: int, duration: float | None, requests: i
                 continue
             latencies.append(time.perf_counter() - t0)
             total_bytes += n
+            statuses[status] = statuses.get(status, 0) + 1
             if status >= 400:
                 errors += 1
 
@@ -113,7 +115,7 @@ async def load(url_s: str, concurrency: int, duration: float | None, requests: i
     return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 4),
             "req_per_s": round(len(latencies) / elapsed, 1), "bytes": total_bytes,
             "mb_per_s": round(total_bytes / elapsed / 1e6, 2), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
-            "p99_ms": pct(0.99)}
+            "p99_ms": pct(0.99), "statuses": {str(k): v for k, v in sorted(statuses.items())}}
 
 
 async def watch(url_s: str, events: int, ctx: ssl.SSLContext | None, headers: list[str]) -> dict[str, object]:

@@ -19,7 +19,8 @@ YurtHub v1.7.0 renews the node's Lease every 10 s (unhealthy after one failed re
 2. Resident memory of each proxy, anonymous and file-backed (/proc/PID/status RssAnon/RssFile), idle, after the
    online LISTs and after the offline ones.
 3. Per variant (direct, edgeproxy, YurtHub), a fresh edge host running a hollow kubelet (kubemark: real kubelet
-   code, fake runtime) with 50 pods (10 with --quick): the TCP connections open across the WAN in steady state;
+   code, fake runtime) with 50 pods (10 with --quick) and a hollow kube-proxy (its own ServiceAccount token, over
+   the proxy's HTTPS listener): the TCP connections open across the WAN in steady state;
    the time from a kubelet restart to all its pods running again (its /metrics kubelet_running_pods and its /pods),
    online (the floor) and with the WAN cut; then the WAN back, and the LIST requests that reach the API server in
    the minute after (apiserver_request_total).
@@ -52,6 +53,7 @@ NGINX = "/usr/sbin/nginx"
 LIST_NODE = "bench-node"
 # edgeproxy with its own defaults (the tests' edge host probes faster), and --plain-as-node on: YurtHub's model, every
 # request without credentials on the plain-HTTP listener acts as the node, so one client and query serve all variants
+# of the LISTs (the kubelet of part 3 uses edgeproxy's HTTPS listener with the node's certificate, as in production)
 EDGEPROXY_DEFAULTS = ("--probe-interval", "5", "--probe-timeout", "2", "--offline-after", "3", "--online-after", "2",
                       "--upstream-header-timeout", "10", "--plain-as-node", "on")
 ROOT = harness.ROOT
@@ -123,6 +125,19 @@ def nginx_conf(work: Path, port: int, upstream: str, cert: Path, key: Path, ca: 
         """)
 
 
+def start_edgeproxy(edge: Any, cluster: Any) -> None:
+    """The edge host's edgeproxy, its upstream the WAN by the name `kubernetes` (hosts_file()), as YurtHub and nginx
+    reach it."""
+    from tests.real.cluster import write_kubeconfig
+
+    assert edge.wan is not None
+    cert, key = cluster.node_cert(edge.node)
+    edge.upstream_kubeconfig = write_kubeconfig(edge.dir / "upstream-by-name.kubeconfig",
+                                                f"https://kubernetes:{edge.wan.port}", ca_file=cluster.ca_file,
+                                                cert=cert, key=key)
+    edge.start_component("edgeproxy")
+
+
 def tree_rss(pid: int) -> dict[str, float]:
     """rss() of a process plus its children (nginx's worker)."""
     total: dict[str, float] = yh.rss(pid)
@@ -146,7 +161,8 @@ class Client:
         res = harness.loadgen(url, requests=runs, headers=[f"Accept: {accept}"], user_agent=UA, prefix=self.prefix,
                               **(tls or {}))
         if res["errors"]:
-            raise RuntimeError(f"GET {url}: {res['errors']} of {runs} failed")
+            raise RuntimeError(f"GET {url}: {res['errors']} of {runs} failed (statuses {res.get('statuses')}, "
+                               f"{res['seconds']} s)")
         return res
 
     def ok(self, url: str) -> bool:
@@ -193,9 +209,10 @@ def lists_and_memory(opts: harness.Options, cluster: Any, work: Path, pods: int)
     rows.append(_row("seed: pods created", sizes["pods"], "pods", note=f"in {time.perf_counter() - t0:.0f} s, "
                      f"{sizes['protobuf_bytes_per_pod']:.0f} B protobuf / {sizes['json_bytes_per_pod']:.0f} B JSON "
                      "per pod as listed"))
-    edge = EdgeHost(cluster, work / "lists", LIST_NODE, components=("edgeproxy",), proxy_flags=EDGEPROXY_DEFAULTS)
+    edge = EdgeHost(cluster, work / "lists", LIST_NODE, components=(), proxy_flags=EDGEPROXY_DEFAULTS)
     with edge, hosts_file(edge.netns.name, edge.netns.host_ip):
         assert edge.wan is not None
+        start_edgeproxy(edge, cluster)
         cert, key = cluster.node_cert(LIST_NODE)
         hub = yh.YurtHub(work / "yurthub", server=f"https://kubernetes:{edge.wan.port}", node_name=LIST_NODE,
                          ca_cert=cluster.ca_file, ca_key=cluster.pki.ca_key, node_ip=edge.netns.edge_ip,
@@ -248,7 +265,7 @@ def lists_and_memory(opts: harness.Options, cluster: Any, work: Path, pods: int)
                     online[(enc, name)] = statistics.median(times[name])
                     rows.append(_row(f"{pods // 1000}k-pod LIST {enc} online", online[(enc, name)], "ms",
                                      variant=name, note=f"{size[name] / 1e6:.1f} MB, median of {runs} rounds"))
-            time.sleep(3)  # the proxies' caches written
+            time.sleep(10)  # the proxies' caches written (YurtHub persists a 10k-pod list object by object)
             rows += _memory(proxies, "after online LISTs")
             edge.wan.cut()
             checks = {"edgeproxy": lambda: not edge.proxy_online()}
@@ -316,21 +333,23 @@ def kubelet_restarts(opts: harness.Options, cluster: Any, work: Path, variant: s
     ns = f"restart-{variant}"
     cluster.create_pods(node, npods, namespace=ns)
     rows: list[dict[str, object]] = []
-    components = ("edgeproxy",) if variant == "edgeproxy" else ()
-    edge = EdgeHost(cluster, work / node, node, components=components, proxy_flags=EDGEPROXY_DEFAULTS)
+    edge = EdgeHost(cluster, work / node, node, components=(), proxy_flags=EDGEPROXY_DEFAULTS)
     hub = None
     with edge, hosts_file(edge.netns.name, edge.netns.host_ip):
         assert edge.wan is not None
         try:
+            if variant == "edgeproxy":
+                start_edgeproxy(edge, cluster)
             if variant == "yurthub":
                 hub = yh.YurtHub(work / f"{node}-yurthub", server=f"https://kubernetes:{edge.wan.port}",
                                  node_name=node, ca_cert=cluster.ca_file, ca_key=cluster.pki.ca_key,
                                  node_ip=edge.netns.edge_ip, ops_host=edge.netns.edge_ip,
                                  prefix=["ip", "netns", "exec", edge.netns.name])
                 hub.start()
-                edge.kubelet_kubeconfig = write_kubeconfig(edge.dir / "kubelet-yurthub.kubeconfig", hub.url)
+                kc = write_kubeconfig(edge.dir / "kubelet-yurthub.kubeconfig", hub.url)  # plain HTTP, as the node
+                edge._kubelet_kubeconfig = lambda: kc
             elif variant == "direct":
-                edge.kubelet_kubeconfig = edge.upstream_kubeconfig  # the WAN, as the node
+                edge._kubelet_kubeconfig = lambda: edge.upstream_kubeconfig  # the WAN, as the node
             mine = [f"{ns}/{node}-pod-{i}" for i in range(npods)]
 
             def all_running() -> bool:
@@ -339,13 +358,25 @@ def kubelet_restarts(opts: harness.Options, cluster: Any, work: Path, variant: s
 
             edge.start_component("kubelet")
             wait(all_running, 180, f"{npods} pods running on the kubelet ({variant})")
+            # kube-proxy with its ServiceAccount token: edgeproxy's HTTPS listener, YurtHub's, or the WAN itself
+            if variant == "direct":
+                kp = write_kubeconfig(edge.dir / "kube-proxy-direct.kubeconfig", edge.wan.url,
+                                      ca_file=cluster.ca_file, token=edge.tokens["kube-proxy"],
+                                      tls_server_name="kubernetes")
+                edge._token_kubeconfig = lambda who: kp
+            elif hub is not None:
+                kp = write_kubeconfig(edge.dir / "kube-proxy-yurthub.kubeconfig",
+                                      f"https://127.0.0.1:{hub.secure_port}", ca_file=cluster.ca_file,
+                                      token=edge.tokens["kube-proxy"])
+                edge._token_kubeconfig = lambda who: kp
+            edge.start_component("kube-proxy")
             time.sleep(5 if opts.quick else 15)  # steady state
             conns = []
             for _ in range(5):
                 conns.append(edge.wan.stats()["connections_open"])
                 time.sleep(1)
             rows.append(_row("TCP connections across the WAN, steady state", max(conns), "connections",
-                             variant=variant, note=f"a node's kubelet with {npods} pods (and the proxy itself); "
+                             variant=variant, note=f"kubelet ({npods} pods) and kube-proxy, and the proxy itself; "
                                                    f"samples {conns}"))
             floor = _restart(edge, all_running, 180)
             rows.append(_row(f"kubelet restart to {npods} pods running, online", floor, "s", variant=variant,

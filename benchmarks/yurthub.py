@@ -24,8 +24,8 @@ What YurtHub needs, read from its source (cmd/yurthub/app, pkg/yurthub), with no
   uses), --proxy-secure-port 10268, --multiplexer-port 10269 (on --node-ip): edgeproxy's defaults are the same
   numbers, so both get free ports here.
 - Only requests whose User-Agent is a cache agent (kubelet, kube-proxy, coredns, flanneld, ...) are cached, and
-  answered offline; more come from `cache_agents` in the kube-system/yurt-hub-cfg ConfigMap (here: hollow-kubelet,
-  kubemark's kubelet, which edgeproxy counts as kubelet by itself).
+  answered offline; more come from `cache_agents` in the kube-system/yurt-hub-cfg ConfigMap (here: hollow-kubelet
+  and hollow-proxy, kubemark's kubelet and kube-proxy, which edgeproxy recognises by itself).
 Clients point at `http://127.0.0.1:<proxy-port>` with no credentials (YurtHub goes upstream as the node), as kubelet
 does in an OpenYurt node.
 """
@@ -55,7 +55,8 @@ DUMMY_IP = "169.254.2.1"
 KUBE_DNS_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 
 # The Helm chart's RBAC (charts/yurthub/templates/yurthub-cfg.yaml), and its yurt-hub-cfg ConfigMap, whose
-# cache_agents adds kubemark's hollow kubelet (User-Agent hollow-kubelet/...) to the components YurtHub caches for.
+# cache_agents adds kubemark's hollow kubelet and kube-proxy (User-Agents hollow-kubelet/..., hollow-proxy/...) to
+# the components YurtHub caches for.
 RBAC = [
     ("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "yurt-hub"},
@@ -77,7 +78,7 @@ RBAC = [
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "yurt-hub-cfg", "namespace": "kube-system",
                      "labels": {"openyurt.io/configmap-name": "yurt-hub-cfg"}},
-        "data": {"cache_agents": "hollow-kubelet", "servicetopology": "", "discardcloudservice": "",
+        "data": {"cache_agents": "hollow-kubelet,hollow-proxy", "servicetopology": "", "discardcloudservice": "",
                  "masterservice": ""}}),
 ]
 
