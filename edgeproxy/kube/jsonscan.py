@@ -107,10 +107,6 @@ class _Obj(msgspec.Struct, gc=False):
     metadata: _Meta | None = None
 
 
-class _PodIP(msgspec.Struct, gc=False):
-    ip: str | None = None
-
-
 class _PodSpec(msgspec.Struct, gc=False):
     nodeName: str | None = None
     restartPolicy: str | None = None
@@ -121,8 +117,8 @@ class _PodSpec(msgspec.Struct, gc=False):
 
 class _PodStatus(msgspec.Struct, gc=False):
     phase: str | None = None
-    podIP: str | None = None
-    podIPs: list[_PodIP] | None = None
+    podIP: Any = None  # a falsy value of any type counts as absent, as jsonwire reads it
+    podIPs: Any = None  # likewise; otherwise a list of objects
     nominatedNodeName: str | None = None
 
 
@@ -203,9 +199,12 @@ def _bool(v: object) -> str:
 def _fields(resource: str, o: Any) -> dict[str, str]:
     if resource == "pods":
         spec, status = o.spec or _PodSpec(), o.status or _PodStatus()
-        ip_list = [p.ip or "" for p in status.podIPs or ()]
+        ips = status.podIPs or []
+        if not isinstance(ips, list) or not all(isinstance(p, dict) for p in ips):
+            raise _bad("status.podIPs is not a list of objects")
+        ip_list = [_str(p.get("ip")) for p in ips]
         if not ip_list and status.podIP:
-            ip_list = [status.podIP]
+            ip_list = [_str(status.podIP)]
         return {"spec.nodeName": spec.nodeName or "", "spec.restartPolicy": spec.restartPolicy or "",
                 "spec.schedulerName": spec.schedulerName or "",
                 "spec.serviceAccountName": spec.serviceAccountName or "",

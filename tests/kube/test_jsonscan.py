@@ -93,3 +93,12 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data):
             parse(data)
         except errors.DecodeError:
             pass
+
+
+@pytest.mark.parametrize("status", [b'{"podIPs": false}', b'{"podIPs": 0}', b'{"podIPs": ""}', b'{"podIP": false}',
+                                    b'{"podIPs": [{"ip": "10.0.0.1"}], "podIP": "10.0.0.1"}', b'{"podIPs": true}',
+                                    b'{"podIPs": [1]}', b'{"podIPs": [{"ip": 1}]}'])
+def test_pod_ips_of_any_shape_read_as_jsonwire_reads_them(status):
+    """A falsy podIPs/podIP of any type is absent, anything else must be a list of objects (found by hypothesis)."""
+    data = b'{"status": ' + status + b'}'
+    assert _outcome(jsonscan.extract, "pods", data) == _outcome(jsonwire.extract, "pods", data)
