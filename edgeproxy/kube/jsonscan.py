@@ -16,12 +16,14 @@ from typing import Any
 
 import msgspec
 
-from edgeproxy.kube import errors, meta
-from edgeproxy.kube.jsonwire import EVENT_TYPES, Event, ListParts
-
-
-def _bad(msg: str) -> errors.DecodeError:
-    return errors.DecodeError("json: " + msg)
+from edgeproxy.kube import meta
+from edgeproxy.kube.jsonwire import (  # the same messages as the reference reader
+    EVENT_TYPES,
+    Event,
+    ListParts,
+    _bad,
+    _str,
+)
 
 
 class _List(msgspec.Struct, gc=False):
@@ -58,14 +60,6 @@ def scan_list(body: bytes, *, copy: bool = True) -> ListParts:
         items = [bytes(r) for r in items]
     return ListParts(top.kind or "", top.apiVersion or "", _str(md.get("resourceVersion")),
                      _str(md.get("continue")), remaining, items, pretty=body[1:2] == b"\n")
-
-
-def _str(v: object) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise _bad(f"expected a string, got {type(v).__name__}")
-    return v
 
 
 class _WatchEvent(msgspec.Struct, gc=False):
