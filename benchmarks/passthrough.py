@@ -69,7 +69,9 @@ def edgeproxy(work: Path, server: str, pki, *, cache: bool = True) -> Iterator[t
         yield f"http://127.0.0.1:{port}", proc.pid
 
 
-def nginx_conf(work: Path, port: int, upstream_port: int, pki) -> str:
+def nginx_conf(work: Path, port: int, upstream: str, cert: Path, key: Path, ca: Path,
+               ssl_name: str = "localhost") -> str:
+    """nginx as a TLS-terminating-and-originating baseline in front of `upstream` (host:port); also used by real.py."""
     return textwrap.dedent(f"""\
         worker_processes 1;
         user root;
@@ -81,7 +83,7 @@ def nginx_conf(work: Path, port: int, upstream_port: int, pki) -> str:
           access_log off;
           client_body_temp_path {work}/nginx-body; proxy_temp_path {work}/nginx-proxy;
           fastcgi_temp_path {work}/nginx-fcgi; uwsgi_temp_path {work}/nginx-uwsgi; scgi_temp_path {work}/nginx-scgi;
-          upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
+          upstream api {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
           server {{
             listen 127.0.0.1:{port};
             keepalive_requests 1000000;
@@ -92,11 +94,11 @@ def nginx_conf(work: Path, port: int, upstream_port: int, pki) -> str:
               proxy_buffering off;
               proxy_request_buffering off;
               proxy_read_timeout 1h;
-              proxy_ssl_certificate {pki.admin_cert};
-              proxy_ssl_certificate_key {pki.admin_key};
-              proxy_ssl_trusted_certificate {pki.ca_cert};
+              proxy_ssl_certificate {cert};
+              proxy_ssl_certificate_key {key};
+              proxy_ssl_trusted_certificate {ca};
               proxy_ssl_verify on;
-              proxy_ssl_name localhost;  # nginx matches names, not IP SANs
+              proxy_ssl_name {ssl_name};  # nginx matches names, not IP SANs
               proxy_ssl_session_reuse on;
             }}
           }}
@@ -111,7 +113,8 @@ def nginx(work: Path, server: str, pki) -> Iterator[tuple[str, int] | None]:
         return
     port = harness.free_port()
     conf = work / "nginx.conf"
-    conf.write_text(nginx_conf(work, port, int(server.rsplit(":", 1)[1]), pki))
+    conf.write_text(nginx_conf(work, port, f"127.0.0.1:{server.rsplit(':', 1)[1]}", pki.admin_cert, pki.admin_key,
+                               pki.ca_cert))
     with harness.process([NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")], port=port,
                          log=work / "nginx.log") as proc:
         yield f"http://127.0.0.1:{port}", proc.pid

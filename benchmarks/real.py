@@ -37,7 +37,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 
 from benchmarks import harness, realpods
 from benchmarks import yurthub as yh
+from benchmarks.passthrough import nginx_conf
 
 SCENARIO = "real"
 UA = "kubelet/v1.37.2 (linux/amd64) kubernetes/bench"
@@ -89,40 +89,6 @@ def hosts_file(netns: str, host_ip: str) -> Iterator[None]:
         yield
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def nginx_conf(work: Path, port: int, upstream: str, cert: Path, key: Path, ca: Path) -> str:
-    return textwrap.dedent(f"""\
-        worker_processes 1;
-        user root;
-        pid {work}/nginx.pid;
-        error_log {work}/nginx-error.log warn;
-        daemon off;
-        events {{ worker_connections 4096; }}
-        http {{
-          access_log off;
-          client_body_temp_path {work}/nginx-body; proxy_temp_path {work}/nginx-proxy;
-          fastcgi_temp_path {work}/nginx-fcgi; uwsgi_temp_path {work}/nginx-uwsgi; scgi_temp_path {work}/nginx-scgi;
-          upstream api {{ server {upstream}; keepalive 64; }}
-          server {{
-            listen 127.0.0.1:{port};
-            location / {{
-              proxy_pass https://api;
-              proxy_http_version 1.1;
-              proxy_set_header Connection "";
-              proxy_buffering off;
-              proxy_request_buffering off;
-              proxy_read_timeout 1h;
-              proxy_ssl_certificate {cert};
-              proxy_ssl_certificate_key {key};
-              proxy_ssl_trusted_certificate {ca};
-              proxy_ssl_verify on;
-              proxy_ssl_name kubernetes;
-              proxy_ssl_session_reuse on;
-            }}
-          }}
-        }}
-        """)
 
 
 def start_edgeproxy(edge: Any, cluster: Any) -> None:
@@ -219,7 +185,8 @@ def lists_and_memory(opts: harness.Options, cluster: Any, work: Path, pods: int)
                          ops_host=edge.netns.edge_ip, prefix=["ip", "netns", "exec", edge.netns.name])
         nginx_port = harness.free_port()
         conf = work / "nginx.conf"
-        conf.write_text(nginx_conf(work, nginx_port, f"kubernetes:{edge.wan.port}", cert, key, cluster.ca_file))
+        conf.write_text(nginx_conf(work, nginx_port, f"kubernetes:{edge.wan.port}", cert, key, cluster.ca_file,
+                                   ssl_name="kubernetes"))
         nginx = None
         client = Client(edge.netns.name)
         try:
