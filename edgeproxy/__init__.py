@@ -27,7 +27,9 @@ The data path reads down the tree; imports go downward only:
     pool/   pool sharing between the nodes of a branch (issue 16): election (pure: a Lease per pool, client-go
             leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which requests a
             follower may take from the leader), peers (the leader's listener: node certificates only), view (the
-            leader's served view: one upstream list+watch per query, memory + LMDB) over state (pure: objects, ring)
+            leader's served view: one upstream list+watch per query, memory + LMDB) over state (pure: objects, ring),
+            route (a node's shareable requests: own views, the leader over TLS, or upstream; failover), wiring
+            (server's `--pool on`); proxy reaches it through its `pool` seam
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
             h2front: its HTTP/2 face)
 

@@ -1,4 +1,5 @@
-"""Pool sharing (issue 16): the nodes of one branch share one view of the pool-scoped objects through an elected leader.
+"""Pool sharing (issue 16, `serve --pool on`): the nodes of one branch share one view of the pool-scoped objects
+through an elected leader.
 
 Pure decisions and state at the bottom, the I/O shells on top:
 
@@ -13,7 +14,8 @@ Pure decisions and state at the bottom, the I/O shells on top:
                              its pure part: objects, resourceVersion, the ring of recent events, the frames)
     policy                  (pure: which requests a follower may take from the leader — reads of Services,
                              EndpointSlices, RuntimeClasses, CSIDrivers; never anything identity-specific)
+    route ── policy         (where this node's shareable requests go: its own views while it leads, the leader over
+                             TLS while it follows, else the API server; failover; the token rule)
+    wiring                  (`serve --pool on`: builds and starts all of the above)
     errors
-
-To come (see issue 16): wiring into `edgeproxy serve` (config, the follower's routing and failover).
 """

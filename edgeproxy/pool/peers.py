@@ -63,14 +63,18 @@ def admit(peercert: dict[str, Any] | None) -> Peer:
 
 
 def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
-                   cluster_ca_file: str | os.PathLike[str]) -> ssl.SSLContext:
+                   cluster_ca_file: str | os.PathLike[str] | None, cluster_ca_data: bytes | None = None
+                   ) -> ssl.SSLContext:
     """TLS for the peer listener: our serving certificate, peers' client certificates REQUIRED and verified against
-    the cluster CA."""
+    the cluster CA (a file, or PEM data from the kubeconfig)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.load_verify_locations(cafile=str(cluster_ca_file))
+    if cluster_ca_file:
+        ctx.load_verify_locations(cafile=str(cluster_ca_file))
+    else:
+        ctx.load_verify_locations(cadata=(cluster_ca_data or b"").decode("ascii", "replace"))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -103,9 +107,11 @@ async def send(reply: view.Reply, request: web.Request) -> web.StreamResponse:
         async for chunk in reply.stream:
             metrics.POOL_PEER_BYTES.inc(len(chunk))
             await resp.write(chunk)
+        await resp.write_eof()
+    except ConnectionResetError:  # the follower went away (its client did, or it is shutting down)
+        pass
     finally:
         await reply.stream.aclose()  # type: ignore[attr-defined]
-    await resp.write_eof()
     return resp
 
 

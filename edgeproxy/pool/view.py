@@ -56,6 +56,7 @@ IDLE = 300.0  # seconds a view nobody asked for is kept watching
 WAIT = 5.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion
 DEFAULT_WATCH_TIMEOUT = 1800
 MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
+_RX = metrics.UPSTREAM_BYTES.labels(direction="received")  # the views' upstream traffic is WAN traffic too
 
 
 @dataclasses.dataclass(slots=True)
@@ -203,6 +204,7 @@ class PoolView:
         chunks = []
         try:
             while chunk := await resp.read():
+                _RX.inc(len(chunk))
                 chunks.append(chunk)
         except BaseException:
             resp.close()
@@ -242,6 +244,7 @@ class PoolView:
         ok = False
         try:
             while chunk := await resp.read():
+                _RX.inc(len(chunk))
                 persist: list[tuple[str, store_.Item | None, str]] = []
                 for frame in splitter.feed(chunk):
                     parsed = state.parse_frame(self.query, frame)
