@@ -250,7 +250,13 @@ class ViewState:
             raise TooOld(rv, self.floor)
         if n >= rv_number(self.rv):
             return []
-        return [e for e in self.ring if e.rv > n]
+        out = []
+        for e in reversed(self.ring):  # the newest first: a follower asks for what it has not seen, a few events
+            if e.rv <= n:
+                break
+            out.append(e)
+        out.reverse()
+        return out
 
     def sorted_objects(self) -> list[Obj]:
         return [self.objects[k] for k in sorted(self.objects)]

@@ -11,7 +11,7 @@ semantics from memory, persisted to the leader's LMDB cache. The I/O shell aroun
 - LIST: the whole view at its resourceVersion, items in the API server's order. `limit` is not applied (the API
   server's watch cache answers resourceVersion=0 the same way, whole); a `continue` token is never issued, so one
   asked for is the API server's: fallback. resourceVersion newer than the view: waited for up to `wait`, then 504
-  "Too large resource version" as the API server says.
+  "Too large resource version" as the API server says; resourceVersionMatch=Exact on another version: 410 Expired.
 - WATCH from resourceVersion N: the ring's events after N; N older than the ring → ERROR 410 "too old resource
   version" (client-go relists), as the API server's watch cache answers; "" or "0": ADDED for every object first;
   sendInitialEvents=true: ADDED for each, then the BOOKMARK with k8s.io/initial-events-end; allowWatchBookmarks:
@@ -420,11 +420,13 @@ class Views:
             self._janitor = None
 
     async def close(self) -> None:
+        """Stop every view there is now (one started meanwhile, by a new term as leader, is left running)."""
         if self._janitor is not None:
             self._janitor.cancel()
-        for v in list(self.views.values()):
-            await v.stop()
-        self.views.clear()
+        for q in list(self.views):
+            v = self.views.pop(q, None)
+            if v is not None:
+                await v.stop()
 
     def state(self) -> list[dict[str, Any]]:
         return [{"query": q.describe(), "resource_version": v.st.rv, "objects": len(v.st.objects),
@@ -455,6 +457,9 @@ class Views:
                 st = kube_status.too_large_rv(rv, v.st.rv)
                 return status_reply(st, "too large resource version" if fallback_ok else "")
         if info.verb == "list":
+            if info.resource_version_match == "Exact" and rv not in ("", "0") and rv != v.st.rv:
+                # the view holds its own version only: an older one exactly is history it does not keep
+                return status_reply(kube_status.expired_list_rv(), "exact resourceVersion" if fallback_ok else "")
             return v.list_reply()
         return v.watch_reply(info, fallback_ok)
 

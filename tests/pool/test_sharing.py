@@ -89,6 +89,13 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
         assert leader is not None
         state = leader.service.pool.state()
         assert state["role"] == "leader" and len(state["views"]) == 2
+        assert sorted(state["followers"]) == sorted(n.name for n in branch.nodes if n is not leader)
+        text = metrics.render().decode()
+        for name in ("edgeproxy_pool_role", "edgeproxy_pool_leader_changes_total", "edgeproxy_pool_upstream_watches",
+                     "edgeproxy_pool_upstream_requests_total", "edgeproxy_pool_follower_watches",
+                     "edgeproxy_pool_followers", "edgeproxy_pool_peer_bytes_total",
+                     'edgeproxy_pool_requests_total{via="leader"}', 'edgeproxy_pool_requests_total{via="view"}'):
+            assert name in text, name
 
 
 async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, branch):

@@ -332,3 +332,18 @@ async def test_a_node_gets_the_view_over_the_peer_listener_and_a_foreign_certifi
             assert r.status == 503 and r.headers[view.FALLBACK_HEADER] == "not the leader"
     finally:
         await runner.cleanup()
+
+
+async def test_an_exact_list_at_a_version_the_view_does_not_hold_is_expired(sim, views):
+    listed = await views.reply(info(SVC, JSON))
+    rv = json.loads(listed.body)["metadata"]["resourceVersion"]
+    sim.create("services", svc("moved"), "edge")
+    v = next(iter(views.views.values()))
+    await v.reached(str(sim.store.rv), 5)
+    old = await views.reply(info(f"{SVC}?resourceVersion={rv}&resourceVersionMatch=Exact", JSON))
+    assert (old.status, json.loads(old.body)["reason"]) == (410, "Expired")
+    now = await views.reply(info(f"{SVC}?resourceVersion={v.st.rv}&resourceVersionMatch=Exact", JSON))
+    assert now.status == 200
+    # NotOlderThan (the default) an older version: the view's newer state, as the API server answers
+    older = await views.reply(info(f"{SVC}?resourceVersion={rv}", JSON))
+    assert older.status == 200 and json.loads(older.body)["metadata"]["resourceVersion"] == v.st.rv
