@@ -51,6 +51,7 @@ from edgeproxy.filters import incluster as filters_incluster
 from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import labels, trust
 from edgeproxy.guard import limits as guard_limits
+from edgeproxy.h1 import lane
 from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,11 @@ def proxy_server(handler: proxy.Proxy, limits: guard_limits.Limits | None = None
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=proxy.MAX_BUFFERED_BODY + 1)
 
-    # Bodies pass as sent (gzip stays gzip). `handle`: another entry point (the in-cluster listener's).
-    return guard_limits.GuardedServer(handle or handler.handle, limits=limits, request_factory=request_factory,
-                                      handler_cancellation=True, access_log=None, auto_decompress=False)
+    # Bodies pass as sent (gzip stays gzip). `handle`: another entry point (the in-cluster listener's, without the
+    # lane: h1.lane takes plain GETs to Proxy.lane, past aiohttp's per-request objects).
+    return lane.LaneServer(handle or handler.handle, lane=None if handle else handler.lane, limits=limits,
+                           request_factory=request_factory, handler_cancellation=True, access_log=None,
+                           auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
