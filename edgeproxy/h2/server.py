@@ -36,7 +36,7 @@ from typing import Any
 import h2.errors
 from aiohttp import streams, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http import HttpVersion
+from aiohttp.http import HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -48,7 +48,10 @@ from edgeproxy.h2 import serversession
 log = logging.getLogger(__name__)
 
 ALPN = ("h2", "http/1.1")
-HTTP2 = HttpVersion(2, 0)
+# The version an h2 request shows aiohttp: 1.1, whose response code paths (chunking, Connection) the handlers were
+# written for (local.py's offline watch enables chunked encoding, which aiohttp forbids for any other version); the
+# HTTP/1.1-only headers they produce (Transfer-Encoding, Connection) are dropped on the way out (response_headers).
+VERSION = HttpVersion11
 MAX_BODY = 4 << 20  # bytes of a body read whole (the proxy listener's client_max_size: proxy.MAX_BUFFERED_BODY)
 
 
@@ -544,7 +547,7 @@ class Connection(asyncio.Protocol):
 
 
 def _message(head: serversession.Head, fields: list[tuple[str, str]]) -> RawRequestMessage:
-    """aiohttp's parsed request head for an h2 request: version 2.0, Host from :authority when not sent."""
+    """aiohttp's parsed request head for an h2 request (VERSION), Host from :authority when not sent."""
     headers = CIMultiDict(fields)
     raw = head.raw
     if "Host" not in headers and head.authority:
@@ -560,5 +563,5 @@ def _message(head: serversession.Head, fields: list[tuple[str, str]]) -> RawRequ
     elif "#" in path:
         path, fragment = path.split("#", 1)
     url = URL.build(path=path, query_string=query, fragment=fragment, encoded=True)
-    return RawRequestMessage(head.method, head.path, HTTP2, CIMultiDictProxy(headers), tuple(raw), False, None,
+    return RawRequestMessage(head.method, head.path, VERSION, CIMultiDictProxy(headers), tuple(raw), False, None,
                              False, False, url)

@@ -229,6 +229,19 @@ async def test_offline_answers_over_h2_are_the_http1_bytes(tmp_path, edge):
         v2, code2, body2 = await curl(tmp_path, sim, svc.tls_url + p, "--http2")
         assert (v1, v2) == ("1.1", "2")
         assert (code2, body2) == (code1, body1), p
+    # an offline watch over h2 ends cleanly (END_STREAM, not RST_STREAM) when the API server is back: client-go then
+    # re-watches from its resourceVersion; a reset stream would make it relist
+    client = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+    try:
+        as_curl = [("accept", "*/*"), ("user-agent", "curl/7.88.1")]  # the client whose view was recorded above
+        watch = client.request("GET", NS + "/services?watch=true&allowWatchBookmarks=true", as_curl)
+        await client.until(lambda: watch.status is not None, what="an offline watch's head")
+        assert watch.status == 200, bytes(watch.body)
+        await sim.up()
+        await client.response(watch)
+        assert watch.ended and watch.reset is None
+    finally:
+        await client.close()
 
 
 async def test_exec_upgrade_still_works_over_http1_on_the_same_listener(tmp_path):
