@@ -9,9 +9,10 @@ connections; upgrades (exec, attach, port-forward) always over HTTP/1.1; probes 
 Neighbours: proxy.py (its one user on the data path), server.py (builds and starts it), httpclient.py, h2/,
 metrics.py.
 
-Liveness. An HTTP/2 connection that hears nothing for `ping_idle` seconds is PINGed; no answer within `ping_timeout`
-and its server counts as down at once (as after `offline_after` failed probes): the link is dead even if every stream
-on it was a quiet watch. Probes bring it back up as after any other failure.
+Liveness. An HTTP/2 connection that hears nothing for `ping_idle` seconds is PINGed, and so is every HTTP/2
+connection to a server whose probe timed out; no answer within `ping_timeout` and its server counts as down at once (as
+after `offline_after` failed probes): the link is dead even if every stream on it was a quiet watch. Probes bring it
+back up as after any other failure.
 
 Identity. A request without an Authorization header goes up as the kubeconfig's user: its client certificate in TLS
 and, if it has one, its bearer token. A request with its own Authorization header goes up over a TLS connection that
@@ -483,6 +484,8 @@ class Upstream:
                 error = "" if ok else f"/readyz answered {resp.status}"
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             ok, error = False, _describe(e)
+            if isinstance(e, TimeoutError):
+                self._probe_timed_out(server)
         return self._probed(server, start, ok, error)
 
     async def _probe_h2(self, server: Server, headers: CIMultiDict[str]) -> tuple[bool, str]:
@@ -504,9 +507,18 @@ class Upstream:
         except httpclient.ConnectFailed as e:
             return False, f"ConnectFailed: cannot connect to {server.host}:{server.port}: {e}"
         except (TimeoutError, httpclient.HttpClientError) as e:
+            if isinstance(e, TimeoutError | httpclient.HeadTimeout):
+                self._probe_timed_out(server)
             return False, _describe(e)
         ok = resp.status in (200, 401, 403)
         return ok, "" if ok else f"/readyz answered {resp.status}"
+
+    def _probe_timed_out(self, server: Server) -> None:
+        """A probe got no answer in time: PING the server's HTTP/2 connections now instead of after `ping_idle`. A
+        dead link is then known within `ping_timeout` (`_connection_dead`), however many probes `offline_after`
+        asks for; an answered PING leaves the decision to the probes."""
+        if self._h2.ping_server(server.host, server.port):
+            log.info("upstream %s: a probe timed out: PING on its HTTP/2 connections", server.url)
 
     def _probed(self, server: Server, start: float, ok: bool, error: str) -> bool:
         server.latency = time.monotonic() - start

@@ -10,7 +10,8 @@ the server stops that one request and the connection carries on.
 Liveness: a connection that has received nothing for `read_idle` seconds is sent a PING; no answer within
 `ping_timeout` and it is dead: its streams fail (Broken; Stale if nothing of theirs had come back), it is closed, and
 `on_dead(host, port, why)` tells upstream.py, whose offline decision takes it from there. A request whose response
-head misses its deadline is reset (HeadTimeout) and its connection PINGed at once.
+head misses its deadline is reset (HeadTimeout) and its connection PINGed at once; a probe that times out PINGs every
+connection to its server at once (`ping_server`).
 
 GOAWAY: the streams the server says it processed finish; those above its last stream id fail Stale (never processed,
 safe to send again: the pool retries them once on a new connection); new requests go to a new connection; the old one
@@ -463,6 +464,19 @@ class Pool:
 
     def connections(self) -> list[Connection]:
         return list(self._all)
+
+    def ping_server(self, host: str, port: int) -> int:
+        """PING every connection to (host, port) now, whatever its identity: a probe of that server got no answer in
+        time. An answer within `ping_timeout` says the link lives (the probe's failure counts as usual); none and
+        the connection is dead, as after an idle PING (`on_dead`). Returns how many connections were PINGed."""
+        n = 0
+        for conn in list(self._all):
+            if conn.failed is None and conn.transport is not None and conn.key[0] == host and conn.key[1] == port:
+                if not conn.ping_sent:
+                    metrics.UPSTREAM_H2_EVENTS.labels(server=conn.label, event="probe_ping").inc()
+                conn.ping()
+                n += 1
+        return n
 
     async def _tick(self) -> None:
         """Head deadlines (every 0.1 s while any request waits on one) and liveness (PINGs) of every connection."""

@@ -225,6 +225,31 @@ async def test_black_holed_link_with_only_idle_watches_goes_offline_by_ping(sim,
         await up.close()
 
 
+async def test_a_probe_timeout_pings_every_connection_of_its_server_at_once(sim, front, tmp_path):
+    """The idle PING is an hour away and the probes alone would need 1000 failures: the first probe that times out
+    PINGs the server's connections (the node's and a token's), and the unanswered PING takes the server offline."""
+    up = await make_upstream(sim, front, tmp_path, probe_interval=0.2, probe_timeout=0.3, offline_after=1000,
+                             ping_idle=3600, ping_timeout=1)
+    try:
+        node_watch = await watch(up, wpath(sim))
+        _, token_watch = await up.send("GET", wpath(sim), CIMultiDict({"Authorization": "Bearer pod-token"}),
+                                       header_timeout=10)
+        assert token_watch.status == 200 and len(up.state()["servers"][0]["connections"]) == 2
+        before = events(front.url, "ping_timeout"), events(front.url, "probe_ping")
+        front.blackhole()
+        await until(lambda: not up.online, what="offline")
+        assert "PING" in up.state()["servers"][0]["last_error"]
+        assert events(front.url, "probe_ping") >= before[1] + 2
+        await until(lambda: events(front.url, "ping_timeout") >= before[0] + 2, what="both connections dropped")
+        for w in (node_watch, token_watch):
+            with pytest.raises(httpclient.Broken):
+                while await w.read():
+                    pass
+            w.close()
+    finally:
+        await up.close()
+
+
 async def test_head_deadline_on_a_hung_stream(sim, front, up):
     """A server that stops answering on an established connection: the request's head deadline still holds."""
     assert (await get(up, "/api/v1/namespaces/default"))[0] == 200
