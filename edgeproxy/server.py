@@ -51,6 +51,7 @@ from edgeproxy.filters import incluster as filters_incluster
 from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import labels, trust
 from edgeproxy.guard import limits as guard_limits
+from edgeproxy.h1 import lane
 from edgeproxy.h2 import server as h2server
 from edgeproxy.kube import request as kube_request
 
@@ -71,6 +72,7 @@ class Service:
     in_cluster_url: str | None = None
     filters: object | None = None  # edgeproxy.filters.stage.Stage, or None when every filter is off
     cache_off: str | None = None  # why the proxy runs without a cache (forward only, nothing offline), if it does
+    pool: Any = None  # edgeproxy.pool.wiring.Pool with --pool on
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -87,6 +89,7 @@ class Service:
             "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
             "in_cluster_listen": self.in_cluster_url,
             "filters": self.filters.state() if self.filters is not None else None,  # type: ignore[attr-defined]
+            "pool": self.pool.state() if self.pool is not None else None,
             "config": cfg,  # names files, never their contents: no secret in here
         }
 
@@ -104,9 +107,11 @@ def proxy_server(handler: proxy.Proxy, limits: guard_limits.Limits | None = None
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=proxy.MAX_BUFFERED_BODY + 1)
 
-    # Bodies pass as sent (gzip stays gzip). `handle`: another entry point (the in-cluster listener's).
-    return guard_limits.GuardedServer(handle or handler.handle, limits=limits, request_factory=request_factory,
-                                      handler_cancellation=True, access_log=None, auto_decompress=False)
+    # Bodies pass as sent (gzip stays gzip). `handle`: another entry point (the in-cluster listener's, without the
+    # lane: h1.lane takes plain GETs to Proxy.lane, past aiohttp's per-request objects).
+    return lane.LaneServer(handle or handler.handle, lane=None if handle else handler.lane, limits=limits,
+                           request_factory=request_factory, handler_cancellation=True, access_log=None,
+                           auto_decompress=False)
 
 
 def ops_app(service: Service) -> web.Application:
@@ -244,8 +249,14 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
     labels.configure(component for _, component in config.component_aliases)
     stage = response_filters(config, up, recorder, local)
+    pool = None
+    if config.pool:  # pool sharing (issue 16): the leader's views, or the leader, before the API server
+        from edgeproxy.pool import wiring as pool_wiring
+
+        pool = pool_wiring.build(config, up, local)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
-                          identities=identities, trust=node_trust, filters=stage)
+                          identities=identities, trust=node_trust, filters=stage,
+                          pool=pool.router if pool is not None else None)
     await up.start()
     runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
@@ -258,7 +269,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler, limits),
                                                              shutdown_timeout=config.shutdown_timeout), host, port)
         service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time(),
-                          cache_off=off[0] if off else None)
+                          cache_off=off[0] if off else None, pool=pool)
+        if pool is not None:
+            await pool_wiring.start(pool, runners)
         if config.ops_host_port is not None:
             ops_host, ops_port = config.ops_host_port
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
@@ -299,6 +312,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             refreshing.cancel()
         for task in background:
             task.cancel()
+        if pool is not None:
+            await pool_wiring.stop(pool)
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()
