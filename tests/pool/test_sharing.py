@@ -102,19 +102,39 @@ async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, bran
     await branch.start()
     await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
         "follower", "follower", "leader"])
+    leader = branch.leader()
+    follower = next(n for n in branch.nodes if n.role == "follower")
     with reflectors([n.url for n in branch.nodes], [SVC]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        want = expected(sim, "services")
         await sim.down()
         await until(lambda: not any(n.service.upstream.online for n in branch.nodes))
-        follower = next(n for n in branch.nodes if n.role == "follower")
+        # longer than the lease lasts: nobody can renew it, and nobody takes it; the branch keeps its leader
+        rounds = {n.name: n.service.pool.elector.unreachable_rounds for n in branch.nodes}
+        await until(lambda: all(n.service.pool.elector.unreachable_rounds >= rounds[n.name] + 10
+                                for n in branch.nodes), timeout=30)
+        assert sorted(n.role for n in branch.nodes) == ["follower", "follower", "leader"] and leader.role == "leader"
         via_leader = metrics.POOL_REQUESTS.labels("leader")._value.get()
         # a client the follower's own cache has never answered (its own partition is empty) still gets the view
         with reflectors([follower.url], [SVC], user_agent="newcomer/1.0") as (late,):
             await until(lambda: late.synced.is_set())
-            assert late.snapshot() == expected(sim, "services")
-            assert late.list_errors == []
+            assert late.snapshot() == want and late.list_errors == []
         assert metrics.POOL_REQUESTS.labels("leader")._value.get() > via_leader
+        # the leader restarted while the WAN is still down: its followers still get its last view, from its LMDB
+        follower.service.pool.router.retry_after = 0.2  # it will see the leader gone while it restarts
+        await branch.stop_node(leader)
+        await branch.start_node(leader)
+        await until(lambda: not leader.service.upstream.online)
+        with reflectors([follower.url], [SVC], user_agent="second-newcomer/1.0") as (late,):
+            await until(lambda: late.synced.is_set())
+            assert late.snapshot() == want
+        # the WAN back: a leader again, and every client converges on the API server's state
         await sim.up()
+        await until(lambda: branch.leader() is not None and any(n.role == "leader" for n in branch.nodes))
+        sim.create("services", svc("back"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs), timeout=30)
+        assert all(410 not in r.watch_errors for r in rs)
 
 
 @pytest.mark.timeout(120)
