@@ -26,6 +26,7 @@ for what the real cluster showed (issue 16, 20:20-20:40 on the session clock):
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ from edgeproxy import tls
 from .branch import POOL_PORT, Branch, api_view, peer_get, served_list
 from .cluster import Cluster
 from .edge import EdgeHost
-from .procs import wait_for
+from .procs import RealError, wait_for
 from .rollout import Rollout
 
 POOL_RESOURCES = ("services", "endpointslices")
@@ -65,11 +66,16 @@ class Site:
         if not self.sharing:
             self.sharing = True
             self.branch.sharing(True, "--pool-lease-duration", str(LEASE_SECONDS))
-            try:
-                self.leader = str(wait_for(self.branch.leader, 3 * LEASE_SECONDS, "a leader of the branch's pool"))
-            except Exception:
-                self.leader = ""
+            # a leader, or a node told it may not write the Lease (no point waiting out the lease durations then)
+            with contextlib.suppress(RealError):
+                wait_for(lambda: self.branch.leader() or self.lease_refused(), 3 * LEASE_SECONDS,
+                         "a leader of the branch's pool, or the Lease refused")
+            self.leader = self.branch.leader()
         return self.leader
+
+    def lease_refused(self) -> bool:
+        return any("lease round failed: 403" in (h.procs["edgeproxy"].log() if "edgeproxy" in h.procs else "")
+                   for h in self.branch.nodes)
 
     def need_leader(self) -> str:
         leader = self.share() and self.branch.leader()
