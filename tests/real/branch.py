@@ -356,6 +356,33 @@ class Branch:
         """The node holding the branch's pool Lease ("" when none)."""
         return lease_holder(self.cluster, self.name)
 
+    def roles(self) -> dict[str, str]:
+        """Each node's role in the pool as its edgeproxy says (edgeproxy_pool_role: leader, follower, candidate; ""
+        when it does not say)."""
+        out = {}
+        for h in self.nodes:
+            try:
+                m = re.search(r'^edgeproxy_pool_role\{role="(\w+)"\} 1(?:\.0)?$', h.proxy_metrics(), re.M)
+            except OSError:
+                m = None
+            out[h.node] = m.group(1) if m else ""
+        return out
+
+    def settled(self) -> bool:
+        """A leader holds the Lease and every node knows its place (leader or follower)."""
+        return bool(self.leader()) and all(r in ("leader", "follower") for r in self.roles().values())
+
+    def restart_clients(self) -> None:
+        """Every node's clients restarted (hosts: kubelet and kube-proxy; simulated nodes: the reflector), so their
+        watches are opened anew through edgeproxy as it is now (what a branch in steady state has: client-go ends
+        every watch within 5-10 minutes and opens the next one)."""
+        for h in self.hosts:
+            for name in ("kubelet", "kube-proxy"):
+                if name in h.components:
+                    h.restart(name)
+        for sim in self.sims:
+            sim.start_reflector()
+
     # ---- what the nodes see
 
     def views(self) -> dict[str, dict[str, dict[str, str]]]:
@@ -377,16 +404,20 @@ def _query(resource: str) -> str:
 
 
 def served_list(h: EdgeHost, resource: str) -> dict[str, str]:
-    """{ns/name: resourceVersion} of a LIST through the node's edgeproxy as kube-proxy (its token, its selectors)."""
+    """{ns/name: resourceVersion} of a LIST through the node's edgeproxy as kube-proxy: its token, its selectors, and
+    protobuf as it asks (so a pool leader answers it from kube-proxy's own view instead of starting another)."""
     code = ("import json, ssl, sys, urllib.request\n"
+            "sys.path[:0] = json.loads(sys.argv[4])\n"
+            "from tests.real.reflector import ACCEPT, UA, _key, _list\n"
             "ctx = ssl.create_default_context(cafile=sys.argv[3])\n"
             "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2],"
-            " 'User-Agent': 'kube-proxy/v1.37.2 (linux/amd64) kubernetes/test', 'Accept': 'application/json'})\n"
-            "doc = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))\n"
-            "print(json.dumps({i['metadata'].get('namespace', '') + '/' + i['metadata']['name']:"
-            " i['metadata']['resourceVersion'] for i in doc['items']}))\n")
+            " 'User-Agent': UA, 'Accept': ACCEPT})\n"
+            "r = urllib.request.urlopen(req, context=ctx, timeout=10)\n"
+            "rv, cont, metas = _list(r.headers.get('Content-Type', ''), r.read())\n"
+            "print(json.dumps({_key(m): m.resource_version for m in metas}))\n")
     r = h.netns.run(sys.executable, "-c", code, f"https://127.0.0.1:{TLS_PORT}{_query(resource)}",
-                    h.tokens["kube-proxy"], str(h.cache_dir / "pki" / "ca.crt"))
+                    h.tokens["kube-proxy"], str(h.cache_dir / "pki" / "ca.crt"),
+                    json.dumps([str(HERE.parents[1]), *sys.path]))
     if r.returncode != 0:
         raise RealError(f"LIST {resource} through {h.node}'s edgeproxy: {r.stderr.strip()[-500:]}")
     return json.loads(r.stdout)
@@ -417,7 +448,7 @@ if cert:
     ctx.load_cert_chain(cert, key)
 try:
     c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
-    c.request("GET", path, headers={"Accept": "application/json", "User-Agent": "peer-probe"})
+    c.request("GET", path, headers={"Accept": "application/vnd.kubernetes.protobuf", "User-Agent": "peer-probe"})
     r = c.getresponse()
     print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
 except (ssl.SSLError, ConnectionError, OSError) as e:
@@ -427,8 +458,9 @@ except (ssl.SSLError, ConnectionError, OSError) as e:
 
 def peer_get(h: EdgeHost, address: tuple[str, int], path: str, cert: Path | None = None,
              key: Path | None = None, ca: Path | None = None) -> dict[str, Any]:
-    """GET `path` from a peer listener at `address`, from node `h`'s namespace, with a client certificate (or none):
-    {"status": HTTP status or 0 when TLS or the connection failed, "body": text, "error": why}."""
+    """GET `path` from a peer listener at `address`, from node `h`'s namespace, with a client certificate (or none),
+    in protobuf as the nodes' clients ask (so a leader answers from the view they use): {"status": HTTP status or 0
+    when TLS or the connection failed, "body": the body as text (protobuf: names and kinds readable), "error": why}."""
     r = h.netns.run(sys.executable, "-c", PEER_GET, address[0], str(address[1]), str(ca or h.cluster.ca_file),
                     str(cert or ""), str(key or ""), path)
     if r.returncode != 0:
