@@ -6,11 +6,12 @@ the leader over the LAN."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
 
-from edgeproxy import metrics
+from edgeproxy import debug, metrics
 from edgeproxy import sim as sim_pkg
 from edgeproxy.sim import api as sim_api
 from tests.e2e.reflector import Reflector
@@ -107,6 +108,13 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
         state = leader.service.pool.state()
         assert state["role"] == "leader" and len(state["views"]) == 2
         assert sorted(state["followers"]) == sorted(n.name for n in branch.nodes if n is not leader)
+        report = debug.Report()
+        await asyncio.to_thread(debug.check_pool, leader.service.config, leader.service.ops_url, report, 5)
+        follower = next(n for n in branch.nodes if n is not leader)
+        await asyncio.to_thread(debug.check_pool, follower.service.config, follower.service.ops_url, report, 5)
+        lines = [f.message for f in report.findings if f.area == "pool"]
+        assert lines[0].startswith("pool branch-1: this node leads; followers now: ")
+        assert lines[1] == f"pool branch-1: follows {leader.name} at {leader.settings['pool_listen']}"
         text = metrics.render().decode()
         for name in ("edgeproxy_pool_role", "edgeproxy_pool_leader_changes_total", "edgeproxy_pool_upstream_watches",
                      "edgeproxy_pool_upstream_requests_total", "edgeproxy_pool_follower_watches",
