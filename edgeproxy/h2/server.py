@@ -321,8 +321,8 @@ class Connection(asyncio.Protocol):
             metrics.CLIENT_H2_CONNECTIONS.labels(self._listener).dec()
         self._server.connection_lost(self, exc)  # type: ignore[arg-type]
         for stream in list(self._streams.values()):
-            if stream.body is not None:
-                stream.body.feed_eof()
+            if stream.body is not None:  # a body cut short must not read as whole
+                stream.body.set_exception(ConnectionResetError("the HTTP/2 connection was lost"))
             if stream.task is not None:
                 stream.task.cancel()
         self._wake_all()
@@ -389,8 +389,11 @@ class Connection(asyncio.Protocol):
             else:  # Reset: the client went away from that request
                 metrics.CLIENT_H2_EVENTS.labels(self._listener, "client_reset").inc()
                 stream = self._streams.get(ev.stream_id)
-                if stream is not None and stream.task is not None:
-                    stream.task.cancel()
+                if stream is not None:
+                    if stream.body is not None:
+                        stream.body.set_exception(ConnectionResetError("the client reset the HTTP/2 stream"))
+                    if stream.task is not None:
+                        stream.task.cancel()
         if self.session.window_opened:
             self.session.window_opened = False
             self._wake_all()
