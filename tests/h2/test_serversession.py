@@ -201,4 +201,4 @@ def test_static_encoder_blocks_decode_as_sent():
     ]
     for block in blocks:
         assert decoder.decode(encoder.encode(block), raw=True) == block
-    assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: the client's decoder holds no state of ours
+    assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: the decoder holds no state of ours
