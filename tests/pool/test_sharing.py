@@ -12,6 +12,7 @@ import pytest
 
 from edgeproxy import metrics
 from edgeproxy import sim as sim_pkg
+from edgeproxy.sim import api as sim_api
 from tests.e2e.reflector import Reflector
 from tests.pool.branch import Branch, until
 
@@ -20,9 +21,25 @@ SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
 KP = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
 
 
+class CountingApi(sim_api.Api):
+    """The simulator's API, counting the LISTs it answers per resource (a relist storm would show here)."""
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.lists = {}
+
+    async def _route(self, request, encoding, pretty):
+        if request.method == "GET" and request.query.get("watch") not in ("true", "1"):
+            resource = request.path.rstrip("/").rsplit("/", 1)[-1]
+            self.lists[resource] = self.lists.get(resource, 0) + 1
+        return await super()._route(request, encoding, pretty)
+
+
 @pytest.fixture
 async def sim(tmp_path):
-    async with sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0) as s:
+    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0)
+    s.api = CountingApi(s)
+    async with s:
         s.seed(services=20, endpointslices=20)
         yield s
 
@@ -156,6 +173,7 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         await until(lambda: all(r.snapshot() == expected(sim, "services" if r.path == SVC else "endpointslices")
                                 for r in rs))
         lists = {id(r): len(r.lists) for r in rs}
+        upstream_lists = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices"))
         branch.kill(leader)
         for i in range(3):  # changes while the followers' clients move off the dead leader
             sim.create("services", svc(f"after-kill-{i}"), "edge")
@@ -168,6 +186,9 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         assert all(not r.watch_errors and not r.list_errors for r in rs)  # no 410, no error of any kind
         relists = sum(len(r.lists) - lists[id(r)] for r in rs)
         assert relists == 0, [r.history for r in rs]
+        # at the API server: the new leader's one LIST per query, and nothing from the followers' clients
+        after = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices")) - upstream_lists
+        assert after <= 2, sim.api.lists
 
 
 async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):
