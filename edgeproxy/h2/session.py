@@ -18,7 +18,6 @@ the streams `receive()` reports. Nothing here knows about sockets, TLS, asyncio 
 from __future__ import annotations
 
 import collections
-import functools
 
 import h2.config
 import h2.connection
@@ -46,6 +45,62 @@ class _Quiet:
 
 
 hpack.hpack.log = _Quiet()  # type: ignore[assignment]
+
+# Request fields that change with every request go out as literals "without indexing" naming their static-table entry
+# (RFC 7541 §6.2.2): inserted into the dynamic table they would evict the identity's constant fields (a 1 KB token)
+# and shift every index, so the constant fields could never be coded once and reused.
+_UNINDEXED = {b":path": b"\x04", b"content-length": b"\x0f\x0d"}  # static indices 4 and 28 (4-bit prefix)
+_ENCODED_CACHE = 256  # header fields remembered per connection (the dynamic table holds far fewer)
+
+
+class _Encoder:
+    """HPACK encoding of request header blocks, remembering each field's bytes while the dynamic table stands still.
+
+    A proxy sends the same few fields for every request of one identity (:method, :scheme, :authority, Accept,
+    User-Agent, Authorization); once each is in the dynamic table (or the static one) its encoding is one index,
+    and as long as nothing is inserted those bytes stay right. hpack's encoder computes them anew per request
+    (table searches, integer coding: a quarter of the h2 layer's CPU per request); this keeps them. Any insertion
+    or eviction (a new field value) or a table size change forgets them all. No Huffman coding: on our own request
+    fields it costs more CPU than the few bytes it saves, and repeated fields are one byte anyway.
+    """
+
+    __slots__ = ("_cache", "_encoder", "_entries", "_table")
+
+    def __init__(self, encoder: hpack.hpack.Encoder) -> None:
+        self._encoder = encoder
+        self._table = encoder.header_table
+        self._entries = encoder.header_table.dynamic_entries
+        self._cache: dict[tuple[bytes, bytes], bytes] = {}
+
+    def __call__(self, headers: list[tuple[bytes, bytes]], huffman: bool = False) -> bytes:
+        table, cache, entries = self._table, self._cache, self._entries
+        block: list[bytes] = []
+        if table.resized:
+            block.append(self._encoder._encode_table_size_change())
+            table.resized = False
+            cache.clear()
+        for header in headers:
+            out = cache.get(header) if type(header) is tuple else None
+            if out is None:
+                name, value = header[0], header[1]
+                literal = _UNINDEXED.get(name)
+                if literal is not None:
+                    n = len(value)
+                    block.append(literal + (bytes((n,)) if n < 127 else bytes(hpack.hpack.encode_integer(n, 7)))
+                                 + value)
+                    continue
+                first, length = entries[0] if entries else None, len(entries)
+                sensitive = type(header) is not tuple and not getattr(header, "indexable", True)
+                out = self._encoder.add((name, value), sensitive, False)
+                if (entries[0] if entries else None) is first and len(entries) == length:
+                    if type(header) is tuple:
+                        if len(cache) >= _ENCODED_CACHE:
+                            cache.clear()
+                        cache[header] = out
+                else:
+                    cache.clear()  # indices moved: what was remembered may point elsewhere now
+            block.append(out)
+        return b"".join(block)
 
 
 class _H2Connection(h2.connection.H2Connection):
@@ -148,10 +203,7 @@ class Session:
             validate_inbound_headers=False,
         )
         self._conn = _H2Connection(config=config)
-        # Request headers repeat (the dynamic table makes them one byte each after the first time); Huffman-coding
-        # the rest in pure Python costs more than the few bytes it saves on a WAN link.
-        encoder = self._conn.encoder
-        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
+        self._conn.encoder.encode = _Encoder(self._conn.encoder)  # type: ignore[method-assign]
         self._conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
@@ -263,6 +315,10 @@ class Session:
 
     def output(self) -> bytes:
         return self._conn.data_to_send()
+
+    def has_output(self) -> bool:
+        """Frames are waiting for output() (h2 keeps them in one buffer)."""
+        return bool(self._conn._data_to_send)
 
     # ---- receiving ----
     def receive(self, data: bytes) -> Changes:

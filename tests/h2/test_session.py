@@ -124,3 +124,33 @@ def test_status_of():
     assert session.status_of([(b":status", b"404"), (b"a", b"b")]) == 404
     with pytest.raises(session.SessionError):
         session.status_of([(b"a", b"b")])
+
+
+def test_request_headers_arrive_exactly_and_repeated_fields_cost_one_byte():
+    """Header blocks as the server decodes them, over many requests: paths that change every time, a new header value
+    half-way, a token bigger than the whole table, the server shrinking the table; and once warm, a request repeating
+    the identity's fields (a 1 KB token among them) costs little more than its path."""
+    client = session.Session()
+    server = Server(client)
+    token = b"Bearer " + b"t" * 1000
+    sent = []
+    sizes = []
+    for i in range(70):
+        headers = [*REQUEST[:3], (b":path", f"/api/v1/namespaces/ns-{i}/pods?limit={i}".encode()),
+                   (b"accept", b"application/json"), (b"user-agent", b"kubelet/v1.37.2" if i < 50 else b"kubectl"),
+                   (b"authorization", token if i != 52 else b"Bearer " + b"x" * 5000)]
+        if i % 7 == 0:
+            headers.append((b"content-length", str(i * 1000).encode()))
+        if i == 55:
+            server.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 1200})
+            server.pump()
+        stream = client.open(headers, end_stream=True)
+        out = client.output()
+        sizes.append(len(out))
+        server.pump(out)
+        client.forget(stream)
+        sent.append(headers)
+    got = [e.headers for e in server.events if isinstance(e, h2.events.RequestReceived)]
+    assert got == sent
+    # warm, with the same identity: the 1 KB token is not sent again (a HEADERS frame is 9 bytes + the block)
+    assert max(sizes[2:50]) < 9 + 60 + 10
