@@ -24,9 +24,12 @@ The data path reads down the tree; imports go downward only:
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
             nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
-    pool/   pool sharing between the nodes of a branch (issue 16, foundation): election (pure: a Lease per pool,
-            client-go leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which
-            requests a follower may take from the leader), peers (the leader's listener: node certificates only)
+    pool/   pool sharing between the nodes of a branch (issue 16): election (pure: a Lease per pool, client-go
+            leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which requests a
+            follower may take from the leader), peers (the leader's listener: node certificates only), view (the
+            leader's served view: one upstream list+watch per query, memory + LMDB) over state (pure: objects, ring),
+            route (a node's shareable requests: own views, the leader over TLS, or upstream; failover), wiring
+            (server's `--pool on`); proxy reaches it through its `pool` seam
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
             h2front: its HTTP/2 face)
 

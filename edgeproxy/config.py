@@ -72,6 +72,19 @@ class Config:
     service_topology: bool = True  # Services labelled edgeproxy.io/topology=pool get this pool's endpoints only
     pool_label: str = "topology.kubernetes.io/zone"  # the node label naming its pool (branch)
     filter_components: str = "kube-proxy,coredns"  # the clients whose EndpointSlices/Endpoints are filtered
+    # Pool sharing (edgeproxy/pool, issue 16): the nodes of a branch elect a leader on a Lease; it keeps one upstream
+    # list+watch per pool-scoped query and serves the others over TLS (node client certificates only).
+    pool: bool = False
+    pool_name: str = ""  # "" = the value of this node's pool_label label
+    pool_listen: str = ""  # the peer listener, NODE_IP:PORT: the address followers reach this node at when it leads
+    pool_resources: str = ("services,endpointslices.discovery.k8s.io,runtimeclasses.node.k8s.io,"
+                           "csidrivers.storage.k8s.io")
+    pool_cert_file: str = ""  # the peer listener's serving certificate, signed by the cluster CA; "" = tls_cert_file
+    pool_key_file: str = ""  # "" = tls_key_file (or pool_cert_file when that file holds the key too)
+    pool_ca_file: str = ""  # the cluster CA peers are verified against; "" = client_ca_file, else the kubeconfig's
+    pool_tokens: str = "vouched"  # off | vouched | on: requests with their own bearer token (see pool/route.py)
+    pool_namespace: str = "edgeproxy"  # where the pools' Leases live
+    pool_lease_duration: int = 15  # seconds; a dead leader is replaced within about this
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
     # Seconds between re-reports of the cache's health on the Node (edgeproxy.io/cache-health, read by the
@@ -146,6 +159,27 @@ _HELP = {
     "pool-label": "the node label naming the node's pool (default topology.kubernetes.io/zone)",
     "filter-components": "clients whose EndpointSlices and Endpoints are filtered, comma-separated "
                          "(default kube-proxy,coredns)",
+    "pool": "on or off: share one view of the pool-scoped objects (Services, EndpointSlices...) with the other "
+            "nodes of this node's pool: a leader elected on a Lease keeps one upstream watch per query and serves the "
+            "others over TLS (default off)",
+    "pool-name": "the pool (branch) this node shares with (default: the value of its --pool-label node label)",
+    "pool-listen": "NODE_IP:PORT of the peer listener, the address the other nodes of the pool reach this node at "
+                   "when it leads (advertised in the pool's Lease); required with --pool on",
+    "pool-resources": "pool-scoped resources shared, resource[.group] comma-separated (default services,"
+                      "endpointslices.discovery.k8s.io,runtimeclasses.node.k8s.io,csidrivers.storage.k8s.io); "
+                      "identity-specific ones (secrets, configmaps, pods, nodes, leases...) are refused",
+    "pool-cert-file": "serving certificate of the peer listener, signed by the cluster CA for the --pool-listen IP "
+                      "(e.g. kubelet's /var/lib/kubelet/pki/kubelet-server-current.pem; default --tls-cert-file)",
+    "pool-key-file": "its key (default --tls-key-file, or --pool-cert-file when that file holds the key too)",
+    "pool-ca-file": "the cluster CA the peers' certificates are verified against (default --client-ca-file, else the "
+                    "kubeconfig's certificate-authority)",
+    "pool-tokens": "off, vouched or on: whether requests with their own bearer token (kube-proxy's, CoreDNS's) are "
+                   "answered from the pool: vouched (default) only once the API server answered that identity the "
+                   "same query",
+    "pool-namespace": "namespace of the pools' Leases (default edgeproxy; nodes need get/create/update on leases "
+                      "there)",
+    "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
+                           "about this (default 15)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
     "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "
@@ -202,7 +236,36 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
             raise ConfigError("--in-cluster-address needs --in-cluster-cert-file/--in-cluster-key-file (or "
                               "--tls-cert-file/--tls-key-file): a serving certificate signed by the cluster CA for "
                               "kubernetes.default.svc and the Service's ClusterIP (pods trust only that CA)")
+    if config.pool:
+        pool_settings(config)
     return config
+
+
+def pool_settings(config: Config) -> dict[str, object]:
+    """The checked pool settings: listen (host, port), resources, certificate and key, tokens; ConfigError."""
+    from edgeproxy.pool import errors as pool_errors
+    from edgeproxy.pool import policy
+
+    if not config.pool_listen:
+        raise ConfigError("--pool on needs --pool-listen NODE_IP:PORT (the address the pool's other nodes reach)")
+    host, port = split_address(config.pool_listen)
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError(f"--pool-listen {config.pool_listen!r}: give this node's IP on the branch's network, which "
+                          "the other nodes reach (it is advertised in the pool's Lease)")
+    try:
+        resources = policy.parse_resources(config.pool_resources)
+    except pool_errors.ConfigError as e:
+        raise ConfigError(f"--pool-resources: {e}") from e
+    cert = config.pool_cert_file or config.tls_cert_file
+    key = config.pool_key_file or (config.tls_key_file if not config.pool_cert_file else "") or cert
+    if not cert:
+        raise ConfigError("--pool on needs --pool-cert-file (or --tls-cert-file): a serving certificate signed by "
+                          "the cluster CA for the --pool-listen IP, which the other nodes verify")
+    if config.pool_tokens not in ("off", "vouched", "on"):
+        raise ConfigError(f"--pool-tokens {config.pool_tokens!r}: off, vouched or on")
+    if config.pool_lease_duration < 3:
+        raise ConfigError(f"--pool-lease-duration {config.pool_lease_duration}: at least 3 seconds")
+    return {"listen": (host, port), "resources": resources, "cert": cert, "key": key}
 
 
 def in_cluster_cert(config: Config) -> tuple[str, str]:

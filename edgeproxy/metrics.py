@@ -89,6 +89,46 @@ ONLINE = prom.Gauge("edgeproxy_online", "1 while any API server is up; 0 while a
 STATE_CHANGES = prom.Counter("edgeproxy_state_changes", "Online/offline transitions, by the state entered.",
                              ["state"], registry=REGISTRY)
 
+# ---- pool sharing (edgeproxy/pool) ----
+POOL_ROLE = prom.Gauge(
+    "edgeproxy_pool_role", "1 for this node's role in its pool now (leader, follower, candidate: nobody known to "
+    "lead), 0 for the others; all 0 with --pool off.", ["role"], registry=REGISTRY,
+)
+POOL_LEADER_CHANGES = prom.Counter(
+    "edgeproxy_pool_leader_changes", "Times the pool's leader as this node sees it changed (elections won, lost, "
+    "another node taking over).", registry=REGISTRY,
+)
+POOL_FAILOVERS = prom.Counter(
+    "edgeproxy_pool_failovers", "Times a follower stopped using its leader and went to the API server (or its own "
+    "cache) instead, by why: connect (refused, unreachable, TLS), head_timeout, broken, silent (a watch with no "
+    "bookmark in time).", ["reason"], registry=REGISTRY,
+)
+POOL_UPSTREAM_WATCHES = prom.Gauge(
+    "edgeproxy_pool_upstream_watches", "Pool views the leader keeps now: one upstream list+watch each.",
+    registry=REGISTRY,
+)
+POOL_UPSTREAM_REQUESTS = prom.Counter(
+    "edgeproxy_pool_upstream_requests", "LISTs and WATCHes the leader's pool views sent to the API server.", ["verb"],
+    registry=REGISTRY,
+)
+POOL_FOLLOWER_WATCHES = prom.Gauge(
+    "edgeproxy_pool_follower_watches", "Watches open on the leader's pool views (followers' and its own clients').",
+    registry=REGISTRY,
+)
+POOL_FOLLOWERS = prom.Gauge(
+    "edgeproxy_pool_followers", "Follower nodes with a request open on this leader's peer listener now.",
+    registry=REGISTRY,
+)
+POOL_PEER_BYTES = prom.Counter(
+    "edgeproxy_pool_peer_bytes", "Body bytes the leader served to followers over its peer listener.",
+    registry=REGISTRY,
+)
+POOL_REQUESTS = prom.Counter(
+    "edgeproxy_pool_requests", "Shareable requests (policy.py) by where this node sent them: leader (a follower to "
+    "its leader), view (the leader's own clients, from its views), upstream (the API server, or the cache offline).",
+    ["via"], registry=REGISTRY,
+)
+
 # ---- the cache and time offline: read at scrape time from the running Store, Writer and Upstream ----
 # Hits and misses are edgeproxy_requests_total{answered_by="cache"} by code (2xx: answered from the cache; 503: not
 # cached, or not completely). The rest comes from the cache's own counters (kept across restarts in the store's meta

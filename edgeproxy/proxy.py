@@ -14,6 +14,9 @@ Seams for the cache:
   upstream body ended cleanly).
 - `identities.resolve(info, headers)` / `.answered(info, headers, status)` (identity.py) decide the cache partition
   of a request with its own bearer token: the token's hash, or its ServiceAccount's once the token is believed.
+- `pool.send(info, ...)` (pool/route.py, `serve --pool on`) answers a shareable read from the branch's pool leader
+  (or, on the leader, its views) before the API server is asked, offline too; None sends it on as usual. Its answer
+  streams and is teed exactly as an upstream one, but is not WAN traffic and does not vouch for a token.
 - `local.handle(request, info, reason) -> StreamResponse` answers what cannot go upstream: routed LOCAL while
   offline, or a request that failed before any byte reached the client (per-request failover): it could not connect,
   or the API server sent no response head within `header_deadline()` (hung, or a black-holed link). A write whose
@@ -141,6 +144,16 @@ class Filters(Protocol):
               abort: object = None) -> object | None: ...
 
 
+class Pool(Protocol):
+    """edgeproxy.pool.route.Router: `shares(info, headers)`; `send(...)` -> an httpclient.Response-shaped answer from
+    the pool (the leader's views, or the leader), or None (go upstream)."""
+
+    def shares(self, info: kube_request.RequestInfo | None, headers: Any) -> bool: ...
+
+    async def send(self, info: kube_request.RequestInfo, method: str, path: str, headers: CIMultiDict[str], *,
+                   online: bool) -> Any | None: ...
+
+
 class Local(Protocol):
     async def handle(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
                      reason: str) -> web.StreamResponse: ...
@@ -202,13 +215,15 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities", "local", "recorder",
-                 "trust", "upstream")
+    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities", "local", "pool",
+                 "recorder", "trust", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
-                 trust: trust_.NodeTrust | None = None, filters: Filters | None = None) -> None:
+                 trust: trust_.NodeTrust | None = None, filters: Filters | None = None,
+                 pool: Pool | None = None) -> None:
         self.upstream = up
+        self.pool = pool  # pool sharing (edgeproxy/pool/route.py): the leader's views, or the leader, before upstream
         # who may act as the node (guard/trust.py); None: everyone (a Proxy built by hand in a test)
         self.trust = trust
         self.body_timeout = limits_.BODY_TIMEOUT  # a request body that stalls this long is the client's error (408)
@@ -267,7 +282,14 @@ class Proxy:
                     resp = await self._local(request, info, str(e), start)
             elif decision is Route.LOCAL:
                 answered_by, note = "cache", "offline"
-                resp = await self._local(request, info, "offline", start)
+                if self.pool is not None and self.pool.shares(info, request.headers):
+                    try:  # offline, the pool's leader still answers over the LAN
+                        answered_by = "upstream"
+                        resp = await self._forward(request, info, start, pool_only=True)
+                    except upstream.Unavailable:
+                        answered_by = "cache"
+                if resp is None:
+                    resp = await self._local(request, info, "offline", start)
             elif decision is Route.UNAUTHORIZED:
                 tls = request.transport is not None and request.transport.get_extra_info("ssl_object") is not None
                 note = "no credentials and no node certificate"
@@ -332,7 +354,7 @@ class Proxy:
         return resp
 
     async def _forward(self, request: web.BaseRequest, info: kube_request.RequestInfo | None,
-                       start: float) -> web.StreamResponse:
+                       start: float, *, pool_only: bool = False) -> web.StreamResponse:
         headers = forward_headers(request.headers)
         body: bytes | AsyncIterator[bytes] | None = None
         if request.body_exists:
@@ -350,8 +372,16 @@ class Proxy:
         if chain is not None:
             headers.popall("Accept-Encoding", None)  # a filter reads the body: ask for it uncompressed
             await self.filters.prepare(chain)
-        _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
-                                         header_timeout=header_deadline(info, self.upstream.header_timeout))
+        up: Any = None
+        if self.pool is not None and body is None and info is not None:
+            up = await self.pool.send(info, request.method, request.raw_path, headers, online=self.upstream.online)
+        pooled = up is not None
+        if up is None:
+            if pool_only:
+                raise upstream.Unavailable("offline, and the pool leader cannot answer this")
+            _, up = await self.upstream.send(request.method, request.raw_path, headers, body,
+                                             header_timeout=header_deadline(info, self.upstream.header_timeout))
+        rx = None if pooled else self._rx  # what came over the LAN from the pool leader is no WAN traffic
         watching = info is not None and info.watch and up.status == 200
         resp = (_Relayed if watching else _Buffered)(status=up.status, reason=up.reason)
         copy_response_headers(up.headers, resp.headers)
@@ -360,7 +390,7 @@ class Proxy:
             transform = self.filters.begin(chain, info, up.status, up.headers, up.close)
             if transform is not None:
                 resp.headers.popall("Content-Length", None)  # a rewritten body has its own length
-        if self.identities is not None and info is not None and info.client.identity:
+        if self.identities is not None and info is not None and info.client.identity and not pooled:
             # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
             info = self.identities.answered(info, request.headers, up.status)
         sink = None
@@ -376,10 +406,12 @@ class Proxy:
             _observe_latency(info, "upstream", start)
             if gauge is not None:
                 gauge.inc()
-                self._watches.add(up)
+                if not pooled:
+                    self._watches.add(up)
             try:
                 while chunk := await up.read():
-                    self._rx.inc(len(chunk))
+                    if rx is not None:
+                        rx.inc(len(chunk))
                     if transform is not None and not (chunk := transform.feed(chunk)):
                         continue
                     if sink is not None:

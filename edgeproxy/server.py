@@ -70,6 +70,7 @@ class Service:
     in_cluster_url: str | None = None
     filters: object | None = None  # edgeproxy.filters.stage.Stage, or None when every filter is off
     cache_off: str | None = None  # why the proxy runs without a cache (forward only, nothing offline), if it does
+    pool: Any = None  # edgeproxy.pool.wiring.Pool with --pool on
 
     def state(self) -> dict[str, object]:
         cfg = dataclasses.asdict(self.config)
@@ -86,6 +87,7 @@ class Service:
             "token_identities": self.proxy.identities.state() if self.proxy.identities is not None else None,
             "in_cluster_listen": self.in_cluster_url,
             "filters": self.filters.state() if self.filters is not None else None,  # type: ignore[attr-defined]
+            "pool": self.pool.state() if self.pool is not None else None,
             "config": cfg,  # names files, never their contents: no secret in here
         }
 
@@ -243,8 +245,14 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
     node_trust = trust.NodeTrust(trust.node_name(config, creds), plain_as_node=config.plain_as_node)
     labels.configure(component for _, component in config.component_aliases)
     stage = response_filters(config, up, recorder, local)
+    pool = None
+    if config.pool:  # pool sharing (issue 16): the leader's views, or the leader, before the API server
+        from edgeproxy.pool import wiring as pool_wiring
+
+        pool = pool_wiring.build(config, up, local)
     handler = proxy.Proxy(up, recorder=recorder, local=local, aliases=dict(config.component_aliases),
-                          identities=identities, trust=node_trust, filters=stage)
+                          identities=identities, trust=node_trust, filters=stage,
+                          pool=pool.router if pool is not None else None)
     await up.start()
     runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
@@ -257,7 +265,9 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         url = await start_listener(runners, web.ServerRunner(proxy_server(handler, limits),
                                                              shutdown_timeout=config.shutdown_timeout), host, port)
         service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time(),
-                          cache_off=off[0] if off else None)
+                          cache_off=off[0] if off else None, pool=pool)
+        if pool is not None:
+            await pool_wiring.start(pool, runners)
         if config.ops_host_port is not None:
             ops_host, ops_port = config.ops_host_port
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)
@@ -298,6 +308,8 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
             refreshing.cancel()
         for task in background:
             task.cancel()
+        if pool is not None:
+            await pool_wiring.stop(pool)
         for runner in reversed(runners):
             await runner.cleanup()
         await up.close()

@@ -4,10 +4,12 @@ A peer connects over TLS and must present a client certificate that the cluster 
 certificate, no handshake) whose subject is `CN=system:node:<name>, O=system:nodes` — a kubelet client certificate,
 the proof kube-apiserver itself accepts that the caller is a node. Anything else gets 403 and nothing. A node's
 request is classified by kube.request and judged by pool.policy; what the policy does not share gets 403 with the
-policy's reason (the follower then asks the API server itself). What is shared goes to `answer(info, request)`: the
-leader's view of the pool (its upstream list/watch per query, memory and LMDB) — not built yet; until it is, the
-listener answers 503 so a follower goes to the API server.
-Neighbours: policy (what is shared), kube.request and kube.status (the wire), tls (server context).
+policy's reason (the follower then asks the API server itself). What is shared goes to `answer(info, request)`:
+`views_answer(views)` while this node leads (view.Views: its upstream list/watch per query, memory and LMDB); until
+then, and on a node that does not lead, 503 so a follower goes to the API server. A follower whose own API server is
+reachable says so (X-Edgeproxy-Pool-Fallback-Ok: true): what the view cannot answer then sends it there instead of
+an answer the API server might not give (a watch from before the leader's ring).
+Neighbours: policy (what is shared), view (the answers), kube.request and kube.status (the wire).
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
+from edgeproxy import metrics
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
-from edgeproxy.pool import policy
+from edgeproxy.pool import policy, view
 
 log = logging.getLogger(__name__)
 
 NODE_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
+FALLBACK_OK_HEADER = "X-Edgeproxy-Pool-Fallback-Ok"
 
 Answer = Callable[[kube_request.RequestInfo, web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,20 +63,56 @@ def admit(peercert: dict[str, Any] | None) -> Peer:
 
 
 def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
-                   cluster_ca_file: str | os.PathLike[str]) -> ssl.SSLContext:
+                   cluster_ca_file: str | os.PathLike[str] | None, cluster_ca_data: bytes | None = None
+                   ) -> ssl.SSLContext:
     """TLS for the peer listener: our serving certificate, peers' client certificates REQUIRED and verified against
-    the cluster CA."""
+    the cluster CA (a file, or PEM data from the kubeconfig)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.load_verify_locations(cafile=str(cluster_ca_file))
+    if cluster_ca_file:
+        ctx.load_verify_locations(cafile=str(cluster_ca_file))
+    else:
+        ctx.load_verify_locations(cadata=(cluster_ca_data or b"").decode("ascii", "replace"))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
 async def _not_yet(info: kube_request.RequestInfo, request: web.Request) -> web.StreamResponse:
-    return _status(kube_status.service_unavailable("the pool leader's view is not available yet"))
+    resp = _status(kube_status.service_unavailable("this node does not lead its pool (or its view is not ready)"))
+    resp.headers[view.FALLBACK_HEADER] = "not the leader"
+    return resp
+
+
+def views_answer(views: view.Views) -> Answer:
+    """The `answer` of a leading node: its pool views."""
+
+    async def answer(info: kube_request.RequestInfo, request: web.Request) -> web.StreamResponse:
+        reply = await views.reply(info, fallback_ok=request.headers.get(FALLBACK_OK_HEADER, "") == "true")
+        return await send(reply, request)
+
+    return answer
+
+
+async def send(reply: view.Reply, request: web.Request) -> web.StreamResponse:
+    """A view.Reply as the aiohttp response to `request`; the body bytes count toward edgeproxy_pool_peer_bytes."""
+    if reply.stream is None:
+        metrics.POOL_PEER_BYTES.inc(len(reply.body))
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    resp = web.StreamResponse(status=reply.status, headers=reply.headers)
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    try:
+        async for chunk in reply.stream:
+            metrics.POOL_PEER_BYTES.inc(len(chunk))
+            await resp.write(chunk)
+        await resp.write_eof()
+    except ConnectionResetError:  # the follower went away (its client did, or it is shutting down)
+        pass
+    finally:
+        await reply.stream.aclose()  # type: ignore[attr-defined]
+    return resp
 
 
 def _status(st: dict[str, Any]) -> web.Response:
@@ -83,11 +123,20 @@ def _status(st: dict[str, Any]) -> web.Response:
 class PeerListener:
     """The aiohttp application of the peer listener; serve it with `server_context(...)`."""
 
-    __slots__ = ("answer", "policy")
+    __slots__ = ("_open", "answer", "policy")
 
     def __init__(self, pool_policy: policy.Policy | None = None, answer: Answer | None = None) -> None:
         self.policy = pool_policy or policy.Policy()
         self.answer = answer or _not_yet
+        self._open: dict[str, int] = {}  # node -> requests open now (edgeproxy_pool_followers)
+
+    def lead(self, answer: Answer | None) -> None:
+        """Serve `answer` (this node leads), or nothing (None: 503, go to the API server)."""
+        self.answer = answer or _not_yet
+
+    @property
+    def followers(self) -> list[str]:
+        return sorted(self._open)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -111,4 +160,12 @@ class PeerListener:
             return _status(kube_status.forbidden(
                 info.resource, info.name, f"the pool leader does not serve this to node {peer.node}: "
                 f"{decision.reason}; ask the API server", info.api_group))
-        return await self.answer(info, request)
+        self._open[peer.node] = self._open.get(peer.node, 0) + 1
+        metrics.POOL_FOLLOWERS.set(len(self._open))
+        try:
+            return await self.answer(info, request)
+        finally:
+            left = self._open.pop(peer.node) - 1
+            if left:
+                self._open[peer.node] = left
+            metrics.POOL_FOLLOWERS.set(len(self._open))

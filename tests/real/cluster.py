@@ -103,6 +103,7 @@ def write_kubeconfig(path: Path, server: str, *, ca_file: Path | None = None, ce
 
 _SAMPLE = re.compile(r'^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _WATCH_LIST = re.compile(r'^apiserver_watch_list_duration_seconds_count\{([^}]*)\} ([0-9.e+]+)$', re.M)
+_LONGRUNNING = re.compile(r'^apiserver_longrunning_requests\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -362,18 +363,32 @@ class Cluster:
 
     # ---- metrics
 
-    def request_counts(self) -> dict[tuple[str, str], int]:
+    def request_counts(self, scope: str | None = None) -> dict[tuple[str, str], int]:
         """apiserver_request_total summed per (verb, resource): e.g. {("LIST", "pods"): 3, ("WATCH", "pods"): 2}.
         Verbs are the API server's (LIST, WATCH, GET, POST, PUT, PATCH, DELETE, APPLY, CONNECT), plus "WATCHLIST":
         the watch-lists (sendInitialEvents=true) that reached their initial-events-end, from
-        apiserver_watch_list_duration_seconds_count (a client with WatchListClient on lists that way)."""
+        apiserver_watch_list_duration_seconds_count (a client with WatchListClient on lists that way). `scope`
+        ("cluster", "namespace", "resource") keeps that scope's requests only: kube-proxy lists Services and
+        EndpointSlices cluster-wide, a test polling one namespace's is not counted with it."""
         text = self.get_raw("/metrics", timeout=30).decode()
         counts: dict[tuple[str, str], int] = {}
         for verb, pattern in ((None, _SAMPLE), ("WATCHLIST", _WATCH_LIST)):
             for labels, value in pattern.findall(text):
                 d = dict(_LABEL.findall(labels))
+                if scope is not None and d.get("scope") != scope:
+                    continue
                 key = (verb or d.get("verb", ""), d.get("resource", ""))
                 counts[key] = counts.get(key, 0) + int(float(value))
+        return counts
+
+    def open_watches(self) -> dict[str, int]:
+        """Watches open at the API server now, per resource (apiserver_longrunning_requests, verb WATCH): every
+        client's, so compare with a figure taken before the clients of interest started."""
+        counts: dict[str, int] = {}
+        for labels, value in _LONGRUNNING.findall(self.get_raw("/metrics", timeout=30).decode()):
+            d = dict(_LABEL.findall(labels))
+            if d.get("verb") == "WATCH" and not d.get("subresource"):
+                counts[d.get("resource", "")] = counts.get(d.get("resource", ""), 0) + int(float(value))
         return counts
 
 

@@ -119,7 +119,8 @@ class Netns:
 class EdgeHost:
     def __init__(self, cluster: Cluster, workdir: Path, node: str = "edge-1", *, watchlist: bool | None = None,
                  proxy: str | None = None, proxy_flags: tuple[str, ...] = (),
-                 kubelet_flags: tuple[str, ...] = (), components: tuple[str, ...] = COMPONENTS) -> None:
+                 kubelet_flags: tuple[str, ...] = (), components: tuple[str, ...] = COMPONENTS,
+                 netns: Any = None, wan: Wan | None = None) -> None:
         self.cluster = cluster
         self.dir = workdir
         self.node = node
@@ -130,8 +131,11 @@ class EdgeHost:
         self.proxy_flags = tuple(proxy_flags)
         self.kubelet_flags = tuple(kubelet_flags)
         self.components = components
-        self.netns = Netns()
-        self.wan: Wan | None = None
+        # a namespace and WAN given by the caller (a branch's: tests/real/branch.py) are the caller's to create and
+        # delete; otherwise this host makes its own
+        self._own_net = netns is None
+        self.netns = Netns() if netns is None else netns
+        self.wan: Wan | None = wan
         self.procs: dict[str, Proc] = {}
 
     # ---- life cycle
@@ -149,8 +153,10 @@ class EdgeHost:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.netns.create()
-        self.wan = Wan(self.netns.host_ip, ("127.0.0.1", self.cluster.port)).start()
+        if self._own_net:
+            self.netns.create()
+            self.wan = Wan(self.netns.host_ip, ("127.0.0.1", self.cluster.port)).start()
+        assert self.wan is not None
         c = self.cluster
         cert, key = c.node_cert(self.node)
         self.upstream_kubeconfig = write_kubeconfig(self.dir / "upstream.kubeconfig", self.wan.url,
@@ -170,10 +176,11 @@ class EdgeHost:
             p = self.procs.pop(name, None)
             if p is not None:
                 p.stop()
-        if self.wan is not None:
-            self.wan.stop()
-            self.wan = None
-        self.netns.delete()
+        if self._own_net:
+            if self.wan is not None:
+                self.wan.stop()
+                self.wan = None
+            self.netns.delete()
         # the kubelets' scratch root dirs (they can hold read-only bits; never fatal)
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
 

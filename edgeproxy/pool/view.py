@@ -1,0 +1,481 @@
+"""The leader's served view: one upstream list+watch per pool-scoped query, served to followers with real list/watch
+semantics from memory, persisted to the leader's LMDB cache. The I/O shell around state.ViewState.
+
+`Views.reply(info)` answers a shared read (peers.PeerListener's `answer` seam, and the leader's own clients):
+- the query (resource, namespace, canonical selectors, encoding as asked) names a `PoolView`, started at the first
+  request for it and stopped once no follower used it for `idle` seconds. It LISTs upstream once (or takes the view
+  the cache kept, from before a restart), then WATCHes with bookmarks from its resourceVersion; a watch that ends
+  or breaks is resumed from the view's resourceVersion, and only a 410 from the API server makes it relist. Every
+  change goes to memory (the objects and a bounded ring of events) and to the cache (client partition `pool@leader`,
+  which no local client reads), so a restarted leader, or the whole branch offline, still serves its last view.
+- LIST: the whole view at its resourceVersion, items in the API server's order. `limit` is not applied (the API
+  server's watch cache answers resourceVersion=0 the same way, whole); a `continue` token is never issued, so one
+  asked for is the API server's: fallback. resourceVersion newer than the view: waited for up to `wait`, then 504
+  "Too large resource version" as the API server says; resourceVersionMatch=Exact on another version: 410 Expired.
+- WATCH from resourceVersion N: the ring's events after N; N older than the ring → ERROR 410 "too old resource
+  version" (client-go relists), as the API server's watch cache answers; "" or "0": ADDED for every object first;
+  sendInitialEvents=true: ADDED for each, then the BOOKMARK with k8s.io/initial-events-end; allowWatchBookmarks:
+  a BOOKMARK every `bookmark_interval` (followers take a silent watch for a dead leader). A relist of the view ends
+  its open watches (they re-watch, and get 410 if the ring does not reach back).
+- What the view cannot answer (not synced within `wait`, a single GET, PartialObjectMetadata or Table, a continue
+  token, and, when the follower says its API server is reachable (`fallback_ok`), a too-old watch) gets 503 with
+  the header X-Edgeproxy-Pool-Fallback: the follower then asks the API server itself.
+Neighbours: state (the pure state), peers (serves `reply` to nodes), route (the leader's own clients), upstream,
+cache (persistence), metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from multidict import CIMultiDict
+
+from cache import store as store_
+from cache import writer as writer_
+from edgeproxy import httpclient, metrics, tasks, upstream
+from edgeproxy.kube import errors as kube_errors
+from edgeproxy.kube import status as kube_status
+from edgeproxy.kube import watch as kube_watch
+from edgeproxy.pool import state
+
+log = logging.getLogger(__name__)
+
+POOL_CLIENT = "pool@leader"  # the cache partition of the leader's views ("@": never a local client's key alone)
+FALLBACK_HEADER = "X-Edgeproxy-Pool-Fallback"
+SOURCE_HEADER = "X-Edgeproxy-Source"
+BOOKMARK_INTERVAL = 5.0  # seconds between bookmarks on a follower's watch that asked for them
+IDLE = 300.0  # seconds a view nobody asked for is kept watching
+WAIT = 5.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion
+DEFAULT_WATCH_TIMEOUT = 1800
+MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
+_RX = metrics.UPSTREAM_BYTES.labels(direction="received")  # the views' upstream traffic is WAN traffic too
+
+
+@dataclasses.dataclass(slots=True)
+class Reply:
+    """An answer, transport-free: status, headers, and the body whole or as a stream of chunks."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+    @property
+    def fallback(self) -> str:
+        return self.headers.get(FALLBACK_HEADER, "")
+
+
+def _headers(content_type: str, **extra: str) -> CIMultiDict[str]:
+    h: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type, "Cache-Control": "no-cache, private",
+                                       SOURCE_HEADER: "pool-leader"})
+    for k, v in extra.items():
+        h[k.replace("_", "-")] = v
+    return h
+
+
+def status_reply(st: dict[str, Any], fallback: str = "") -> Reply:
+    h = _headers("application/json")
+    if fallback:
+        h[FALLBACK_HEADER] = fallback
+    return Reply(int(st["code"]), h, kube_status.encode_json(st))
+
+
+def fallback_reply(why: str) -> Reply:
+    return status_reply(kube_status.service_unavailable(f"the pool leader cannot answer this: {why}; ask the API "
+                                                        "server"), why)
+
+
+def to_item(o: state.Obj) -> store_.Item:
+    return store_.Item(o.name, o.namespace, o.resource_version, o.labels, o.fields, o.raw)
+
+
+def cache_key(q: state.Query) -> store_.ViewKey:
+    return store_.ViewKey(client=POOL_CLIENT, group=q.group, version=q.version, resource=q.resource,
+                          namespace=q.namespace, label_selector=q.label_selector, field_selector=q.field_selector,
+                          shape="", encoding=q.encoding)
+
+
+class PoolView:
+    """One query: its upstream list+watch loop, its state, and the followers' watches waiting on it."""
+
+    __slots__ = ("_changed", "_response", "_synced", "_task", "bookmark_interval", "last_used", "lists", "query",
+                 "st", "up", "watchers", "watches", "writer")
+
+    def __init__(self, query: state.Query, up: upstream.Upstream, *, writer: writer_.Writer | None = None,
+                 bookmark_interval: float = BOOKMARK_INTERVAL, ring_events: int = state.RING_EVENTS) -> None:
+        self.query = query
+        self.up = up
+        self.writer = writer
+        self.bookmark_interval = bookmark_interval
+        self.st = state.ViewState(query, max_events=ring_events)
+        self._changed = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._response: httpclient.Response | Any = None
+        self.last_used = time.monotonic()
+        self.watchers = 0  # followers' watches open on it
+        self.lists = 0  # upstream LISTs made (a relist storm would show here)
+        self.watches = 0  # upstream WATCHes opened
+
+    # ---- life ----
+
+    def load(self, st: store_.Store | None) -> None:
+        """Take the view the cache kept (a restarted leader): served at once, and resumed from its version."""
+        if st is None:
+            return
+        try:
+            got = st.read_view(cache_key(self.query))
+        except Exception:  # a cache that cannot be read: the view starts from the API server
+            log.exception("pool view %s: the cached view does not read back", self.query.describe())
+            return
+        if got is None or not got[0].complete or not got[0].resource_version:
+            return
+        meta, items = got
+        self.st.replace(meta.kind, meta.api_version, meta.resource_version,
+                        (state.Obj(i.name, i.namespace, i.resource_version, dict(i.labels), dict(i.fields),
+                                   bytes(i.raw)) for i in items))
+        self._synced.set()
+        log.info("pool view %s: %d objects at resourceVersion %s from the cache", self.query.describe(),
+                 len(self.st.objects), meta.resource_version)
+
+    def start(self) -> None:
+        if self._task is None:
+            metrics.POOL_UPSTREAM_WATCHES.inc()
+            self._task = tasks.spawn(self.run(), name=f"pool-view {self.query.describe()}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            metrics.POOL_UPSTREAM_WATCHES.dec()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._wake()
+
+    def upstream_changed(self, online: bool) -> None:
+        """Offline: the upstream watch over a dead link would sit silent; end it (it is resumed when back)."""
+        if not online and self._response is not None:
+            self._response.close()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # ---- the upstream side ----
+
+    async def run(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            try:
+                if not self.st.synced:
+                    await self._list()
+                if await self._watch():
+                    backoff = MIN_BACKOFF
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except (upstream.Unavailable, httpclient.HttpClientError, kube_errors.KubeError, OSError,
+                    TimeoutError) as e:
+                log.info("pool view %s: upstream: %s: %s", self.query.describe(), type(e).__name__, e)
+            except Exception:
+                log.exception("pool view %s: upstream loop", self.query.describe())
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def _send(self, params: list[tuple[str, str]]) -> httpclient.Response:
+        q = self.query
+        headers = CIMultiDict({"Accept": q.content_type, "User-Agent": "edgeproxy-pool"})
+        _, resp = await self.up.send("GET", f"{q.path}?{urlencode(params)}", headers,
+                                     header_timeout=self.up.header_timeout or None)
+        return resp
+
+    async def _list(self) -> None:
+        self.lists += 1
+        metrics.POOL_UPSTREAM_REQUESTS.labels("list").inc()
+        resp = await self._send(self.query.params())
+        chunks = []
+        try:
+            while chunk := await resp.read():
+                _RX.inc(len(chunk))
+                chunks.append(chunk)
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        body = b"".join(chunks)
+        if resp.status != 200:
+            raise upstream.Unavailable(f"LIST answered {resp.status}: {body[:200]!r}")
+        kind, api_version, rv, objs = await asyncio.to_thread(state.parse_list, self.query, body)
+        self.st.replace(kind, api_version, rv, objs)
+        if self.writer is not None:
+            self.writer.replace_view(cache_key(self.query), store_.ViewMeta(kind, api_version, rv, True),
+                                     [to_item(o) for o in self.st.objects.values()])
+        self._synced.set()
+        self._wake()  # open watches of an older generation end
+        log.info("pool view %s: listed %d objects at resourceVersion %s", self.query.describe(), len(objs), rv)
+
+    async def _watch(self) -> bool:
+        """One upstream watch from the view's resourceVersion; True when it ended cleanly (resume at once)."""
+        self.watches += 1
+        metrics.POOL_UPSTREAM_REQUESTS.labels("watch").inc()
+        params = [*self.query.params(), ("watch", "true"), ("allowWatchBookmarks", "true"),
+                  ("resourceVersion", self.st.rv), ("timeoutSeconds", str(random.randint(300, 600)))]
+        resp = await self._send(params)
+        if resp.status != 200:
+            body = b""
+            with contextlib.suppress(Exception):
+                while (chunk := await resp.read()) and len(body) < 4096:
+                    body += chunk
+            resp.close()
+            if resp.status == 410:
+                self.st.synced = False
+            raise upstream.Unavailable(f"WATCH answered {resp.status}: {body[:200]!r}")
+        self._response = resp
+        splitter = kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf" else kube_watch.JsonSplitter()
+        key = cache_key(self.query)
+        ok = False
+        try:
+            while chunk := await resp.read():
+                _RX.inc(len(chunk))
+                persist: list[tuple[str, store_.Item | None, str]] = []
+                for frame in splitter.feed(chunk):
+                    parsed = state.parse_frame(self.query, frame)
+                    if parsed.type == "ERROR":
+                        code = int((parsed.status or {}).get("code") or 0)
+                        log.info("pool view %s: watch ended with %s: %s", self.query.describe(), code,
+                                 (parsed.status or {}).get("message", ""))
+                        if code == 410:
+                            self.st.synced = False  # expired: relist
+                        return False
+                    event = self.st.apply(parsed)
+                    if event is not None or parsed.type == "BOOKMARK":
+                        obj = parsed.obj
+                        persist.append((parsed.type, to_item(obj) if obj is not None else None,
+                                        parsed.resource_version))
+                if persist:
+                    if self.writer is not None:
+                        self.writer.apply_events(key, persist)
+                    self._wake()
+            ok = True
+        finally:
+            self._response = None
+            if ok:
+                resp.release()
+            else:
+                resp.close()
+        return True
+
+    # ---- the followers' side ----
+
+    async def synced(self, wait: float) -> bool:
+        if not self._synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._synced.wait()
+        return self.st.synced or self._synced.is_set()
+
+    async def reached(self, rv: str, wait: float) -> bool:
+        """Whether the view reached resourceVersion `rv` (waiting up to `wait`)."""
+        want = state.rv_number(rv)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while state.rv_number(self.st.rv) < want:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await changed.wait()
+        return True
+
+    def list_reply(self) -> Reply:
+        return Reply(200, _headers(self.query.content_type), self.st.list_body())
+
+    def watch_reply(self, info: Any, fallback_ok: bool) -> Reply:
+        """The watch answer (the caller checked the view is synced and not behind the asked resourceVersion)."""
+        st = self.st
+        rv = info.resource_version or ""
+        first: list[bytes] = []
+        replay = bool(info.send_initial_events) or rv in ("", "0")
+        if replay:
+            first = st.initial_frames()
+            if info.send_initial_events:
+                first.append(st.bookmark_frame(initial_end=True))
+        else:
+            try:
+                first = [e.frame for e in st.since(rv)]
+            except state.TooOld as e:
+                if fallback_ok:
+                    return fallback_reply(str(e))
+                return Reply(200, _headers(self.query.watch_content_type),
+                             stream=_once(st.error_frame(kube_status.too_old_rv(e.requested, e.oldest))))
+        timeout = info.timeout_seconds or DEFAULT_WATCH_TIMEOUT
+        return Reply(200, _headers(self.query.watch_content_type),
+                     stream=self._follow(first, st.rv, st.generation, bool(info.allow_watch_bookmarks), timeout))
+
+    async def _follow(self, first: list[bytes], pos: str, generation: int, bookmarks: bool,
+                      timeout: float) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_bookmark = loop.time() + self.bookmark_interval
+        self.watchers += 1
+        metrics.POOL_FOLLOWER_WATCHES.inc()
+        try:
+            if first:
+                yield b"".join(first)
+            while True:
+                self.last_used = time.monotonic()
+                st = self.st
+                if st.generation != generation or self._task is None:
+                    return  # relisted, or stopped: the follower re-watches
+                if state.rv_number(st.rv) > state.rv_number(pos):
+                    try:
+                        frames = [e.frame for e in st.since(pos)]
+                    except state.TooOld:
+                        return  # fell behind the ring: re-watching tells the client
+                    pos = st.rv
+                    if frames:
+                        yield b"".join(frames)
+                        continue
+                now = loop.time()
+                if now >= deadline:
+                    if bookmarks:
+                        yield st.bookmark_frame(pos)
+                    return
+                if bookmarks and now >= next_bookmark:
+                    yield st.bookmark_frame(pos)
+                    next_bookmark = now + self.bookmark_interval
+                    continue
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(deadline, next_bookmark if bookmarks else deadline) - now):
+                        await changed.wait()
+        finally:
+            self.watchers -= 1
+            metrics.POOL_FOLLOWER_WATCHES.dec()
+            self.last_used = time.monotonic()
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
+
+
+class Views:
+    """The leader's views, by query. `reply(info)` answers one shared read."""
+
+    __slots__ = ("_janitor", "bookmark_interval", "idle", "ring_events", "store", "up", "views", "wait", "writer")
+
+    def __init__(self, up: upstream.Upstream, *, store: store_.Store | None = None,
+                 writer: writer_.Writer | None = None, bookmark_interval: float = BOOKMARK_INTERVAL,
+                 idle: float = IDLE, wait: float = WAIT, ring_events: int = state.RING_EVENTS) -> None:
+        self.up = up
+        self.store = store
+        self.writer = writer
+        self.bookmark_interval = bookmark_interval
+        self.idle = idle
+        self.wait = wait
+        self.ring_events = ring_events
+        self.views: dict[state.Query, PoolView] = {}
+        self._janitor: asyncio.Task[None] | None = None
+        up.on_change(self._upstream_changed)
+
+    def _upstream_changed(self, online: bool) -> None:
+        for v in list(self.views.values()):
+            v.upstream_changed(online)
+
+    def view(self, query: state.Query) -> PoolView:
+        v = self.views.get(query)
+        if v is None:
+            v = self.views[query] = PoolView(query, self.up, writer=self.writer,
+                                             bookmark_interval=self.bookmark_interval, ring_events=self.ring_events)
+            v.load(self.store)
+            log.info("pool view %s: started for a follower", query.describe())
+        v.start()
+        v.last_used = time.monotonic()
+        if self._janitor is None:
+            self._janitor = tasks.spawn(self._sweep(), name="pool-views-janitor")
+        return v
+
+    async def _sweep(self) -> None:
+        """Stop the views no follower used for `idle` seconds."""
+        try:
+            while self.views:
+                await asyncio.sleep(min(self.idle / 4, 30.0))
+                now = time.monotonic()
+                for q, v in list(self.views.items()):
+                    if v.watchers == 0 and now - v.last_used > self.idle:
+                        log.info("pool view %s: unused for %.0fs, stopped", q.describe(), now - v.last_used)
+                        del self.views[q]
+                        await v.stop()
+        finally:
+            self._janitor = None
+
+    async def close(self) -> None:
+        """Stop every view there is now (one started meanwhile, by a new term as leader, is left running)."""
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for q in list(self.views):
+            v = self.views.pop(q, None)
+            if v is not None:
+                await v.stop()
+
+    def state(self) -> list[dict[str, Any]]:
+        return [{"query": q.describe(), "resource_version": v.st.rv, "objects": len(v.st.objects),
+                 "ring": len(v.st.ring), "followers": v.watchers, "upstream_lists": v.lists,
+                 "upstream_watches": v.watches} for q, v in self.views.items()]
+
+    async def reply(self, info: Any, *, fallback_ok: bool = False) -> Reply:
+        """The answer to a shared read (policy already said yes)."""
+        enc = _encoding(info)
+        if enc is None:
+            return fallback_reply("only plain objects in JSON or protobuf are served from the pool view")
+        if info.verb not in ("list", "watch"):
+            return fallback_reply(f"{info.verb} is not served from the pool view")
+        if info.continue_:
+            return fallback_reply("a continue token of the API server's")
+        try:
+            query = state.Query.of(info, enc)
+        except kube_errors.KubeError as e:
+            return status_reply(kube_status.from_error(e))
+        v = self.view(query)
+        if not await v.synced(self.wait):
+            return fallback_reply("the view is not synced yet")
+        rv = info.resource_version or ""
+        if rv not in ("", "0") and not info.send_initial_events:
+            if not rv.isdigit():
+                return status_reply(kube_status.bad_request(f"invalid resource version {rv!r}"))
+            if not await v.reached(rv, self.wait):
+                st = kube_status.too_large_rv(rv, v.st.rv)
+                return status_reply(st, "too large resource version" if fallback_ok else "")
+        if info.verb == "list":
+            if info.resource_version_match == "Exact" and rv not in ("", "0") and rv != v.st.rv:
+                # the view holds its own version only: an older one exactly is history it does not keep
+                return status_reply(kube_status.expired_list_rv(), "exact resourceVersion" if fallback_ok else "")
+            return v.list_reply()
+        return v.watch_reply(info, fallback_ok)
+
+
+def _encoding(info: Any) -> str | None:
+    """The encoding of the first Accept clause the view can serve ("protobuf" or "json"); None when the first clause
+    the API server would answer asks a shape (PartialObjectMetadata, Table) the view does not keep."""
+    accept = getattr(info, "accept", ()) or ()
+    if not accept:
+        return "json"
+    for m in accept:
+        enc = getattr(m, "encoding", None)
+        if enc is None and "*" not in (m.type, m.subtype):
+            continue
+        if getattr(m, "as_", ""):
+            return None
+        return enc or "json"
+    return None
+

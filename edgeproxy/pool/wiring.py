@@ -1,0 +1,176 @@
+"""Wiring of pool sharing for `edgeproxy serve` (--pool on): views, peer listener, router, elector.
+
+`build(config, up, local)` makes the parts (before the proxy, which takes the router); `start(...)` binds the peer
+listener on --pool-listen (TLS: --pool-cert-file, peers verified against the cluster CA), learns the pool's name
+(--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
+pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
+clients are answered from them; when it stops leading, its views stop (their followers' watches end and go
+elsewhere). Neighbours: server (calls build/start/stop), wiring's parts in this package, upstream, config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import ssl
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edgeproxy import config as config_mod
+from edgeproxy import tasks, upstream
+from edgeproxy.guard import trust
+from edgeproxy.pool import election, elector, peers, policy, route, view
+
+log = logging.getLogger(__name__)
+NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
+
+
+@dataclasses.dataclass(slots=True)
+class Pool:
+    config: config_mod.Config
+    up: upstream.Upstream
+    node: str
+    views: view.Views
+    router: route.Router
+    listener: peers.PeerListener
+    url: str = ""
+    name: str = ""
+    elector: elector.Elector | None = None
+    task: asyncio.Task[None] | None = None
+    _stopping: asyncio.Task[None] | None = None
+
+    def state(self) -> dict[str, Any]:
+        v = self.router.role
+        return {"pool": self.name or None, "node": self.node, "listen": self.url, "role": v.role.value,
+                "leader": v.holder or None,
+                "leader_address": f"{v.leader_address[0]}:{v.leader_address[1]}" if v.leader_address else None,
+                "followers": self.listener.followers, "views": self.views.state()}
+
+    def _role(self, v: election.View) -> None:
+        if v.role is election.Role.LEADER:
+            self.listener.lead(peers.views_answer(self.views))
+        else:
+            self.listener.lead(None)
+            if self.views.views:  # stop the upstream watches: the new leader keeps them now
+                self._stopping = tasks.spawn(self.views.close(), name="pool-views-stop")
+
+
+def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
+    settings = config_mod.pool_settings(config)
+    node = trust.node_name(config, up.credentials)
+    if not node:
+        raise config_mod.ConfigError("--pool on needs this node's name (--node-name, or a kubeconfig client "
+                                     "certificate of system:node:NAME)")
+    st, w = getattr(local, "store", None), getattr(local, "writer", None)
+    views = view.Views(up, store=st, writer=w)
+    shared = policy.Policy(settings["resources"])  # type: ignore[arg-type]
+    ca = config.pool_ca_file or config.client_ca_file
+    cache: dict[str, Any] = {}
+
+    def client_ssl() -> ssl.SSLContext:
+        """The node's client certificate (rotations picked up), the leader verified against the cluster CA."""
+        creds = up.credentials
+        if cache.get("creds") is not creds:
+            ctx = upstream.ssl_context(creds)
+            if ca:
+                ctx.load_verify_locations(cafile=ca)
+            cache.update(creds=creds, ctx=ctx)
+        return cache["ctx"]
+
+    router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
+                          header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
+    pool = Pool(config, up, node, views, router, peers.PeerListener(shared))
+    router.on_role = pool._role
+    return pool
+
+
+def _server_context(config: config_mod.Config, up: upstream.Upstream) -> ssl.SSLContext:
+    settings = config_mod.pool_settings(config)
+    ca = config.pool_ca_file or config.client_ca_file or up.credentials.ca_file
+    cadata = None if ca else up.credentials.ca_data
+    if not ca and not cadata:
+        raise config_mod.ConfigError("--pool on needs the cluster CA (--pool-ca-file, --client-ca-file, or the "
+                                     "kubeconfig's certificate-authority) to verify the peers' certificates")
+    return peers.server_context(str(settings["cert"]), str(settings["key"]), ca or None, cadata)
+
+
+async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
+    """Bind the peer listener and start the election (once the pool's name is known)."""
+    config = pool.config
+    host, port = config_mod.split_address(config.pool_listen)
+    runner = web.AppRunner(pool.listener.app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    runners.append(runner)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=_server_context(config, pool.up))
+    await site.start()
+    bound = runner.addresses[-1][1]
+    address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    pool.url = f"https://{address}"
+    pool.task = tasks.spawn(_elect(pool, address), name="pool-elector")
+    log.info("pool peer listener on %s", pool.url)
+
+
+async def _elect(pool: Pool, address: str) -> None:
+    config = pool.config
+    name = config.pool_name or await _pool_label(pool)
+    pool.name = name
+    d = config.pool_lease_duration
+    cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
+                          duration=d, renew_deadline=d * 2 / 3, retry=max(0.2, d / 7.5))
+    pool.elector = elector.Elector(pool.up, cfg, on_change=pool.router.elected)
+    log.info("pool %s: %s takes part in the election (Lease %s/%s)", name, pool.node, cfg.namespace, cfg.lease_name)
+    await pool.elector.run()
+
+
+async def _pool_label(pool: Pool) -> str:
+    """The value of this node's --pool-label label, read from its Node (retried until it is there)."""
+    label = pool.config.pool_label
+    warned = False
+    while True:
+        why = ""
+        try:
+            _, resp = await pool.up.send("GET", f"/api/v1/nodes/{pool.node}",
+                                         CIMultiDict({"Accept": "application/json", "User-Agent": "edgeproxy-pool"}),
+                                         header_timeout=5.0)
+            chunks = []
+            try:
+                while chunk := await resp.read():
+                    chunks.append(chunk)
+            finally:
+                resp.close()
+            if resp.status == 200:
+                labels = (json.loads(b"".join(chunks)).get("metadata") or {}).get("labels") or {}
+                value = labels.get(label, "")
+                if value:
+                    try:
+                        election.lease_name(value)
+                        return str(value)
+                    except Exception as e:
+                        why = str(e)
+                else:
+                    why = f"the Node has no label {label}"
+            else:
+                why = f"GET of the Node answered {resp.status}"
+        except Exception as e:  # unreachable: try again
+            why = f"{type(e).__name__}: {e}"
+        if not warned:
+            log.warning("pool: no pool name yet (%s); set --pool-name or label the node; retrying", why)
+            warned = True
+        await asyncio.sleep(NAME_RETRY)
+
+
+async def stop(pool: Pool) -> None:
+    if pool.task is not None:
+        pool.task.cancel()  # the elector releases the Lease when it leads
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pool.task
+    if pool._stopping is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pool._stopping
+    await pool.views.close()
+    pool.router.close()

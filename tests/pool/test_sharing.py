@@ -1,0 +1,163 @@
+"""Pool sharing end to end: three edgeproxies (`serve --pool on`) in front of the simulator, informer clients on each.
+
+One upstream watch per query for the whole branch instead of one per node; the leader killed mid-stream: a new
+leader, the followers' clients keep their view with no 410 and no relist; the branch offline: followers served by
+the leader over the LAN."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from edgeproxy import metrics
+from edgeproxy import sim as sim_pkg
+from tests.e2e.reflector import Reflector
+from tests.pool.branch import Branch, until
+
+SVC = "/api/v1/services"
+SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
+KP = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+
+
+@pytest.fixture
+async def sim(tmp_path):
+    async with sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0) as s:
+        s.seed(services=20, endpointslices=20)
+        yield s
+
+
+@pytest.fixture
+async def branch(sim, tmp_path):
+    b = Branch(sim, tmp_path)
+    yield b
+    await b.stop()
+
+
+@contextlib.contextmanager
+def reflectors(urls, paths, **kw):
+    started = [Reflector(url, path, label_selector=KP if path == SVC else "", **kw).start()
+               for url in urls for path in paths]
+    try:
+        yield started
+    finally:
+        for r in started:
+            r.stop()
+
+
+def upstream_watches(sim, resource):
+    return sum(1 for w in sim.api.watches if w.res.name == resource)
+
+
+def svc(name):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "edge",
+                                                                "labels": {"app": name}},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "type": "ClusterIP"}}
+
+
+def expected(sim, resource):
+    return {f"{ns}/{name}": e.obj["metadata"]["resourceVersion"]
+            for (ns, name), e in sim.store.snapshot(resource).items()
+            if resource != "services" or not set(e.obj["metadata"].get("labels") or {}) & {
+                "service.kubernetes.io/headless", "service.kubernetes.io/service-proxy-name"}}
+
+
+def received():
+    return metrics.UPSTREAM_BYTES.labels(direction="received")._value.get()
+
+
+@pytest.mark.parametrize("pool", [True, False], ids=["sharing", "alone"])
+async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
+    await branch.start(pool=pool)
+    if pool:
+        await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
+            "follower", "follower", "leader"])
+    before = received()
+    with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        for i in range(5):
+            sim.create("services", svc(f"late-{i}"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs if r.path == SVC))
+        n = 1 if pool else 3
+        await until(lambda: upstream_watches(sim, "services") == n and upstream_watches(sim, "endpointslices") == n)
+        assert all(len(r.lists) == 1 and not r.watch_errors for r in rs)
+    print(f"\nbranch of 3, {'sharing' if pool else 'alone'}: upstream watches per query {n}, "
+          f"bytes received from the API server {received() - before:.0f}")
+    if pool:
+        leader = branch.leader()
+        assert leader is not None
+        state = leader.service.pool.state()
+        assert state["role"] == "leader" and len(state["views"]) == 2
+        assert sorted(state["followers"]) == sorted(n.name for n in branch.nodes if n is not leader)
+        text = metrics.render().decode()
+        for name in ("edgeproxy_pool_role", "edgeproxy_pool_leader_changes_total", "edgeproxy_pool_upstream_watches",
+                     "edgeproxy_pool_upstream_requests_total", "edgeproxy_pool_follower_watches",
+                     "edgeproxy_pool_followers", "edgeproxy_pool_peer_bytes_total",
+                     'edgeproxy_pool_requests_total{via="leader"}', 'edgeproxy_pool_requests_total{via="view"}'):
+            assert name in text, name
+
+
+async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, branch):
+    await branch.start()
+    await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
+        "follower", "follower", "leader"])
+    with reflectors([n.url for n in branch.nodes], [SVC]) as rs:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        await sim.down()
+        await until(lambda: not any(n.service.upstream.online for n in branch.nodes))
+        follower = next(n for n in branch.nodes if n.role == "follower")
+        via_leader = metrics.POOL_REQUESTS.labels("leader")._value.get()
+        # a client the follower's own cache has never answered (its own partition is empty) still gets the view
+        with reflectors([follower.url], [SVC], user_agent="newcomer/1.0") as (late,):
+            await until(lambda: late.synced.is_set())
+            assert late.snapshot() == expected(sim, "services")
+            assert late.list_errors == []
+        assert metrics.POOL_REQUESTS.labels("leader")._value.get() > via_leader
+        await sim.up()
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_view(sim, branch):
+    for node in branch.nodes:
+        branch.spawn(node)
+    for node in branch.nodes:
+        await branch.wait_serving(node)
+    await until(lambda: branch.leader() is not None, timeout=30)
+    leader = branch.leader()
+    followers = [n for n in branch.nodes if n is not leader]
+    await branch.wait_roles(leader)
+    with reflectors([n.url for n in followers], [SVC, SLICES]) as rs:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs), timeout=30)
+        await until(lambda: upstream_watches(sim, "services") == 1, timeout=30)
+        # every client's watch has had an event from the leader: killed mid-stream, not in its first second
+        sim.create("services", svc("before-kill"), "edge")
+        sim.patch("endpointslices", "load-00000-x1", {"metadata": {"labels": {"x": "1"}}}, namespace="edge")
+        await until(lambda: all(r.snapshot() == expected(sim, "services" if r.path == SVC else "endpointslices")
+                                for r in rs))
+        lists = {id(r): len(r.lists) for r in rs}
+        branch.kill(leader)
+        for i in range(3):  # changes while the followers' clients move off the dead leader
+            sim.create("services", svc(f"after-kill-{i}"), "edge")
+        await until(lambda: branch.leader() not in (None, leader), timeout=30)
+        await branch.wait_roles(branch.leader())
+        sim.create("services", svc("new-leader"), "edge")
+        sim.patch("endpointslices", "load-00001-x1", {"metadata": {"labels": {"x": "2"}}}, namespace="edge")
+        await until(lambda: all(r.snapshot() == expected(sim, "services" if r.path == SVC else "endpointslices")
+                                for r in rs), timeout=30)
+        assert all(not r.watch_errors and not r.list_errors for r in rs)  # no 410, no error of any kind
+        relists = sum(len(r.lists) - lists[id(r)] for r in rs)
+        assert relists == 0, [r.history for r in rs]
+
+
+async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):
+    b = Branch(sim, tmp_path, n=2)  # edge-1 and edge-2: topology.kubernetes.io/zone=edge-site-a in the simulator
+    for node in b.nodes:
+        node.settings["pool_name"] = ""
+    try:
+        await b.start()
+        await until(lambda: sorted(n.role for n in b.nodes) == ["follower", "leader"])
+        assert {n.service.pool.state()["pool"] for n in b.nodes} == {"edge-site-a"}
+        assert sim.store.get("leases", ("edgeproxy", "edgeproxy-pool-edge-site-a")) is not None
+    finally:
+        await b.stop()

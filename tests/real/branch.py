@@ -1,0 +1,347 @@
+"""A branch of the real cluster tier: N edge hosts on one LAN, reaching the API server through ONE WAN link.
+
+    b = Branch(cluster, workdir, "branch-a", hosts=3, sims=5, proxy_flags=lambda node, ip: ())
+    b.start()             # the LAN, the WAN relay, the hosts (edgeproxy + hollow kubelet + hollow kube-proxy), the sims
+    b.wan.stats()         # the branch's WAN: every byte and connection of every node of the branch
+    b.wan.cut() / .blackhole() / .restore()
+    b.hosts[i]            # edge.EdgeHost (edge_host.netns.edge_ip: its LAN address)
+    b.sims[i]             # SimNode: edgeproxy + a reflector client standing in for kube-proxy (no kubelet)
+    b.views()             # {node: {"services": {ns/name: rv}, "endpointslices": {...}}} as each node's client has it
+    b.stop()              # every process by PID, the namespaces (veths and bridge go with them), the host route
+
+The network (addresses of 10.252.0.0/16, a /24 per branch taken under edge.py's lock file, so branches never collide
+with each other nor with edge.py's 10.251.0.0/16 hosts):
+
+    API server 127.0.0.1 ── Wan relay on <uplink host side> 10.252.K.253 (host namespace)
+                                  │  veth epbu<K>  10.252.K.252/30
+    router namespace  ep-branch-<pid>-<K>: uplink 10.252.K.254, bridge br0 10.252.K.1/25, forwarding on
+                                  │  one veth per node into br0
+    node namespaces   ep-branch-<pid>-<K>-<i>: lan0 10.252.K.(2+i)/25, default route via 10.252.K.1
+
+Every node of the branch reaches the API server only through the branch's WAN relay (its edgeproxy's upstream is the
+relay's address), and the other nodes directly over the LAN (what pool sharing's peer connections use). The test
+process (host namespace) reaches every node's address through the route to the branch LAN.
+
+Hosts run edgeproxy, a hollow kubelet (labelled with the branch's pool, topology.kubernetes.io/zone=<branch>) and a
+hollow kube-proxy; CoreDNS is left out (CPU). A SimNode is a node the machine could not afford a kubelet for: a Node
+object (made as admin, same label), the node's own edgeproxy (its own node certificate, cache and namespace) and a
+reflector client (tests/real/reflector.py) that lists and watches Services and EndpointSlices through it exactly as
+kube-proxy's informers do (protobuf, kube-proxy's label selector, its ServiceAccount token, watch-list or list+watch).
+What a SimNode does not do: the kubelet's own traffic (its pods, Node status, Lease), which is node-specific and never
+shared, so it adds the same bytes with sharing on or off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from .cluster import Cluster
+from .edge import LOCK, TLS_PORT, EdgeHost
+from .procs import Proc, RealError, wait_for
+from .reflector import QUERIES
+from .wan import Wan
+
+NET = ipaddress.ip_network("10.252.0.0/16")
+ZONE = "topology.kubernetes.io/zone"
+HOST_COMPONENTS = ("edgeproxy", "kubelet", "kube-proxy")
+SIM_COMPONENTS = ("edgeproxy",)
+HERE = Path(__file__).parent
+
+Flags = Callable[[str, str], Sequence[str]]  # (node, its LAN address) -> edgeproxy flags
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise RealError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def _sweep_stale() -> None:
+    """Namespaces of branches whose test process is gone (a crashed or killed run)."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        m = re.match(r"ep-branch-(\d+)-\S+", line)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            _ip("netns", "del", m.group(0), check=False)
+
+
+class NodeNet:
+    """One node's namespace on the branch LAN (the shape edge.EdgeHost expects of its `netns`)."""
+
+    def __init__(self, name: str, edge_ip: str, host_ip: str) -> None:
+        self.name, self.edge_ip, self.host_ip = name, edge_ip, host_ip
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+
+class Lan:
+    """The router namespace with the branch's bridge, its uplink to the host, and the nodes' namespaces."""
+
+    def __init__(self) -> None:
+        self.slot = -1
+        self.router = ""
+        self.nodes: list[NodeNet] = []
+
+    def create(self) -> Lan:
+        LOCK.touch(exist_ok=True)
+        with open(LOCK) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _sweep_stale()
+            taken = set(re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", _ip("-o", "-4", "addr").stdout))
+            for slot in range(256):
+                if str(NET[slot * 256 + 253]) not in taken:
+                    break
+            else:
+                raise RealError("no free /24 in 10.252.0.0/16 for a branch")
+            self.slot = slot
+            base = slot * 256
+            self.gateway, self.uplink_host, self.uplink_router = (str(NET[base + 1]), str(NET[base + 253]),
+                                                                  str(NET[base + 254]))
+            self.lan = f"{NET[base]}/25"
+            self.router = f"ep-branch-{os.getpid()}-{slot}"
+            self.host_if = f"epbu{slot}"
+            _ip("link", "del", self.host_if, check=False)  # left by a run whose namespace is gone
+            _ip("netns", "add", self.router)
+            try:
+                r = self.router
+                _ip("link", "add", self.host_if, "type", "veth", "peer", "name", "uplink", "netns", r)
+                _ip("addr", "add", f"{self.uplink_host}/30", "dev", self.host_if)
+                _ip("link", "set", self.host_if, "up")
+                for args in (("link", "set", "lo", "up"), ("addr", "add", f"{self.uplink_router}/30", "dev", "uplink"),
+                             ("link", "set", "uplink", "up"), ("link", "add", "br0", "type", "bridge"),
+                             ("addr", "add", f"{self.gateway}/25", "dev", "br0"), ("link", "set", "br0", "up"),
+                             ("route", "add", "default", "via", self.uplink_host)):
+                    _ip("-n", r, *args)
+                sysctl = subprocess.run(["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                                        capture_output=True, text=True, timeout=30)
+                if sysctl.returncode != 0:
+                    raise RealError(f"forwarding in {r}: {sysctl.stderr.strip()}")
+                _ip("route", "add", self.lan, "via", self.uplink_router)
+            except BaseException:
+                self.delete()
+                raise
+        return self
+
+    def add_node(self) -> NodeNet:
+        """A node's namespace, its veth on the bridge, the next address of the LAN."""
+        i = len(self.nodes)
+        if i >= 120:
+            raise RealError("a branch LAN holds 120 nodes")
+        ns = f"{self.router}-{i}"
+        ip = str(NET[self.slot * 256 + 2 + i])
+        _ip("netns", "add", ns)
+        node = NodeNet(ns, ip, self.uplink_host)
+        self.nodes.append(node)
+        _ip("-n", self.router, "link", "add", f"n{i}", "type", "veth", "peer", "name", "lan0", "netns", ns)
+        _ip("-n", self.router, "link", "set", f"n{i}", "master", "br0")
+        _ip("-n", self.router, "link", "set", f"n{i}", "up")
+        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{ip}/25", "dev", "lan0"),
+                     ("link", "set", "lan0", "up"), ("route", "add", "default", "via", self.gateway)):
+            _ip("-n", ns, *args)
+        return node
+
+    def delete(self) -> None:
+        for node in self.nodes:
+            _ip("netns", "del", node.name, check=False)
+        self.nodes = []
+        if self.router:
+            _ip("route", "del", self.lan, check=False)
+            _ip("netns", "del", self.router, check=False)  # takes the bridge and the veths with it
+            _ip("link", "del", self.host_if, check=False)
+            self.router = ""
+
+
+class SimNode:
+    """A simulated node: its own namespace and edgeproxy (an EdgeHost with edgeproxy only) plus a reflector client
+    standing in for its kube-proxy."""
+
+    def __init__(self, host: EdgeHost, *, watchlist: bool | None) -> None:
+        self.host = host
+        self.node = host.node
+        self.watchlist = watchlist
+        self.view_file = host.dir / "reflector-view.json"
+        self.proc: Proc | None = None
+
+    def start_reflector(self) -> Proc:
+        self.stop_reflector()
+        self.view_file.unlink(missing_ok=True)
+        h = self.host
+        argv = [sys.executable, "-m", "tests.real.reflector", "--server", f"https://127.0.0.1:{TLS_PORT}",
+                "--ca", h.cache_dir / "pki" / "ca.crt", "--token", h.tokens["kube-proxy"], "--out", self.view_file,
+                "--watchlist", "off" if self.watchlist is False else "on"]
+        self.proc = Proc("reflector", argv, h.dir / "logs" / "reflector.log", netns=h.netns.name,
+                         env={"PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), *sys.path])})
+        wait_for(self.synced, 60, f"{self.node}'s reflector synced", procs=[self.proc])
+        return self.proc
+
+    def stop_reflector(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def view(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.view_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def synced(self) -> bool:
+        return bool(self.view().get("synced"))
+
+
+class Branch:
+    def __init__(self, cluster: Cluster, workdir: Path, name: str = "branch-a", *, hosts: int = 3, sims: int = 0,
+                 watchlist: bool | None = None, proxy_flags: Flags | None = None,
+                 host_components: tuple[str, ...] = HOST_COMPONENTS) -> None:
+        self.cluster = cluster
+        self.dir = workdir
+        self.name = name
+        self.n_hosts, self.n_sims = hosts, sims
+        self.watchlist = watchlist
+        self.proxy_flags: Flags = proxy_flags or (lambda node, ip: ())
+        self.host_components = host_components
+        self.lan = Lan()
+        self.wan: Wan | None = None
+        self.hosts: list[EdgeHost] = []
+        self.sims: list[SimNode] = []
+
+    def __enter__(self) -> Branch:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def nodes(self) -> list[EdgeHost]:
+        """Every node's EdgeHost: the hosts, then the simulated nodes'."""
+        return [*self.hosts, *(s.host for s in self.sims)]
+
+    def node_names(self) -> list[str]:
+        return [h.node for h in self.nodes]
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lan.create()
+        self.wan = Wan(self.lan.uplink_host, ("127.0.0.1", self.cluster.port)).start()
+        for i in range(self.n_hosts):
+            node = f"{self.name}-{i}"
+            h = self._host(node, self.host_components,
+                           kubelet_flags=(f"--node-labels={ZONE}={self.name}",))
+            self.hosts.append(h)
+            h.start()
+        for i in range(self.n_sims):
+            node = f"{self.name}-sim-{i}"
+            self._register_node(node)
+            sim = SimNode(self._host(node, SIM_COMPONENTS), watchlist=self.watchlist)
+            self.sims.append(sim)
+            sim.host.start()
+            sim.start_reflector()
+
+    def _host(self, node: str, components: tuple[str, ...], kubelet_flags: tuple[str, ...] = ()) -> EdgeHost:
+        net = self.lan.add_node()
+        return EdgeHost(self.cluster, self.dir / node, node, watchlist=self.watchlist, netns=net, wan=self.wan,
+                        proxy_flags=tuple(self.proxy_flags(node, net.edge_ip)), kubelet_flags=kubelet_flags,
+                        components=components)
+
+    def _register_node(self, node: str) -> None:
+        """The Node object of a simulated node (no kubelet registers it), labelled with the branch's pool."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+        try:
+            self.cluster.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(
+                name=node, labels={ZONE: self.name, "edgeproxy.test/simulated": "true"})))
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    def stop(self) -> None:
+        for sim in self.sims:
+            sim.stop_reflector()
+        for h in self.nodes:
+            h.stop()
+        self.hosts, self.sims = [], []
+        if self.wan is not None:
+            self.wan.stop()
+            self.wan = None
+        self.lan.delete()
+
+    # ---- edgeproxy across the branch
+
+    def restart_proxies(self, proxy_flags: Flags | None = None) -> None:
+        """Every node's edgeproxy stopped, then started again (with new flags when given); kubelets, kube-proxies and
+        reflectors keep running and reconnect, as they would across an edgeproxy upgrade."""
+        if proxy_flags is not None:
+            self.proxy_flags = proxy_flags
+        for h in self.nodes:
+            h.stop_component("edgeproxy")
+        for h in self.nodes:
+            h.proxy_flags = tuple(self.proxy_flags(h.node, h.netns.edge_ip))
+            h.start_component("edgeproxy")
+
+    # ---- what the nodes see
+
+    def views(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Each node's view of Services and EndpointSlices, {node: {resource: {ns/name: resourceVersion}}}: a simulated
+        node's as its reflector holds it, a host's as its edgeproxy serves kube-proxy (a LIST with kube-proxy's
+        token and selector: the hollow kube-proxy exposes no view of its own)."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for h in self.hosts:
+            out[h.node] = {res: served_list(h, res) for res in QUERIES}
+        for s in self.sims:
+            v = s.view()
+            out[s.node] = {res: v.get(res, {}) for res in QUERIES}
+        return out
+
+
+def _query(resource: str) -> str:
+    path, selectors = QUERIES[resource]
+    return f"{path}?{urlencode(sorted(selectors.items()))}"
+
+
+def served_list(h: EdgeHost, resource: str) -> dict[str, str]:
+    """{ns/name: resourceVersion} of a LIST through the node's edgeproxy as kube-proxy (its token, its selectors)."""
+    code = ("import json, ssl, sys, urllib.request\n"
+            "ctx = ssl.create_default_context(cafile=sys.argv[3])\n"
+            "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2],"
+            " 'User-Agent': 'kube-proxy/v1.37.2 (linux/amd64) kubernetes/test', 'Accept': 'application/json'})\n"
+            "doc = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))\n"
+            "print(json.dumps({i['metadata'].get('namespace', '') + '/' + i['metadata']['name']:"
+            " i['metadata']['resourceVersion'] for i in doc['items']}))\n")
+    r = h.netns.run(sys.executable, "-c", code, f"https://127.0.0.1:{TLS_PORT}{_query(resource)}",
+                    h.tokens["kube-proxy"], str(h.cache_dir / "pki" / "ca.crt"))
+    if r.returncode != 0:
+        raise RealError(f"LIST {resource} through {h.node}'s edgeproxy: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout)
+
+
+def api_view(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """The API server's Services and EndpointSlices as kube-proxy selects them, {resource: {ns/name: rv}}. Read one
+    namespace at a time, so these LISTs (scope "namespace") never count with the nodes' cluster-wide ones."""
+    out: dict[str, dict[str, str]] = {res: {} for res in QUERIES}
+    namespaces = [n["metadata"]["name"] for n in json.loads(cluster.get_raw("/api/v1/namespaces"))["items"]]
+    for ns in namespaces:
+        for res in QUERIES:
+            path, selectors = QUERIES[res]
+            prefix, _, plural = path.rpartition("/")
+            query = urlencode(sorted(selectors.items()))
+            doc = json.loads(cluster.get_raw(f"{prefix}/namespaces/{ns}/{plural}?{query}"))
+            out[res].update({f"{ns}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in doc["items"]})
+    return out
+
