@@ -6,7 +6,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeproxy.h2 import session
 
@@ -154,3 +157,37 @@ def test_request_headers_arrive_exactly_and_repeated_fields_cost_one_byte():
     assert got == sent
     # warm, with the same identity: the 1 KB token is not sent again (a HEADERS frame is 9 bytes + the block)
     assert max(sizes[2:50]) < 9 + 60 + 10
+
+
+_NAMES = st.sampled_from([b":status", b"content-type", b"date", b"audit-id", b"content-length", b"x-kubernetes-pf"])
+_FIELDS = st.lists(st.tuples(_NAMES | st.binary(min_size=1, max_size=20), st.binary(max_size=300), st.booleans()),
+                   max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_FIELDS, st.booleans(), st.sampled_from([None, 0, 256, 4096])), max_size=12))
+def test_response_header_blocks_decode_as_hpack_decodes_them(blocks):
+    """The session's decoder against hpack's own, block after block on one table: literals indexed, not indexed and
+    never indexed, Huffman or not, the table resized, fields larger than the table."""
+    encoder, reference, ours = hpack.Encoder(), hpack.Decoder(), session._Decoder(hpack.Decoder())
+    for fields, huffman, table_size in blocks:
+        if table_size is not None:
+            encoder.header_table_size = table_size
+        block = encoder.encode(fields, huffman=huffman)
+        assert ours(block, raw=True) == [tuple(h) for h in reference.decode(block, raw=True)]
+        assert ours._table.dynamic_entries == reference.header_table.dynamic_entries
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_garbage_header_blocks_fail_as_hpack_fails_on_them(data):
+    """Bytes from a broken server: the same fields or an error h2 turns into a protocol error (never another one)."""
+    try:
+        expected = [tuple(h) for h in hpack.Decoder().decode(data, raw=True)]
+    except (hpack.HPACKError, IndexError, TypeError):
+        expected = None
+    try:
+        got = session._Decoder(hpack.Decoder())(data, raw=True)
+    except (hpack.HPACKError, IndexError, TypeError):
+        got = None
+    assert got == expected
