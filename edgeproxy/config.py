@@ -60,6 +60,9 @@ class Config:
     tls_pki_dir: str = ""  # "" = <cache_dir>/pki
     tls_sans: str = "127.0.0.1,::1,localhost"  # names of that own certificate, comma-separated
     client_ca_file: str = ""  # verify presented client certificates against it (the cluster CA)
+    # HTTP/2 on the HTTPS listeners (ALPN h2 offered, then http/1.1): client-go multiplexes its watches on one
+    # connection; off: HTTP/1.1 only, one connection per watch (the plain listener is always HTTP/1.1).
+    listen_http2: bool = True
     # Who may act as the node (guard/trust.py): a client certificate of system:node:<node_name> on the HTTPS
     # listener; on the plain listener only with plain_as_node (anyone who can connect to it is then the node).
     node_name: str = ""  # "" = from the upstream client certificate (CN system:node:<name>)
@@ -141,6 +144,9 @@ _HELP = {
     "tls-key-file": "its key",
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
     "tls-sans": "names (IPs, DNS) of that own serving certificate, comma-separated (default 127.0.0.1,::1,localhost)",
+    "listen-http2": "on or off: offer HTTP/2 (ALPN h2) on the HTTPS listeners, so client-go multiplexes every "
+                    "request and watch of a client on one connection; HTTP/1.1 stays for other clients and for "
+                    "exec/attach/port-forward (default on); the plain listener is always HTTP/1.1",
     "client-ca-file": "CA to verify client certificates against on the HTTPS listener (the cluster CA)",
     "node-name": "this node's name (default: from the upstream kubeconfig's client certificate, "
                  "CN system:node:NAME); a client certificate of system:node:NAME acts as the node on the HTTPS "

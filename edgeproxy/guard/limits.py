@@ -70,7 +70,11 @@ _REASONS = {400: "BadRequest", 408: "Timeout", 413: "RequestEntityTooLarge", 414
 
 def head_size(request: web.BaseRequest) -> int:
     """Bytes of the request line and headers as received (near enough: names, values, separators)."""
-    return len(request.raw_path) + sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+    return head_size_of(request.raw_path, request.raw_headers)
+
+
+def head_size_of(raw_path: str, raw_headers: tuple[tuple[bytes, bytes], ...]) -> int:
+    return len(raw_path) + sum(len(k) + len(v) + 4 for k, v in raw_headers)
 
 
 class GuardedHandler(web_protocol.RequestHandler):
@@ -122,9 +126,13 @@ class GuardedHandler(web_protocol.RequestHandler):
         before = self._request_count
         if data and self._head_timer is None:
             self._arm_head_timer()
-        super().data_received(data)
+        self._heads_received(data)
         if self._request_count != before:
             self._disarm_head_timer()  # a whole head arrived (a later partial one is the idle timer's)
+
+    def _heads_received(self, data: bytes) -> None:
+        """Bytes of request heads: aiohttp parses them and queues the requests (edgeproxy.h1.lane takes some first)."""
+        super().data_received(data)
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._guard.limits.head_timeout, self._head_expired)
@@ -202,8 +210,10 @@ async def read_body(request: web.BaseRequest, timeout: float = BODY_TIMEOUT) -> 
     except TimeoutError:
         metrics.CLIENT_LIMITS.labels("body_timeout").inc()
         raise BodyError(408, f"the request body did not arrive within {timeout:g} s") from None
-    except web.HTTPRequestEntityTooLarge as e:
-        raise BodyError(413, f"the request body is larger than {e.max_size} bytes, the most edgeproxy reads "
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp refuses a body of client_max_size bytes or more (its exception does not keep the bound)
+        most = getattr(request, "_client_max_size", 0) - 1
+        raise BodyError(413, f"the request body is larger than {most} bytes, the most edgeproxy reads "
                              "whole") from None
 
 

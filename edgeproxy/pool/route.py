@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_MODES = ("off", "vouched", "on")
 RETRY_AFTER = 10.0  # seconds a leader that failed is not asked again (unless the election names one again)
-HEADER_TIMEOUT = 3.0  # seconds for the leader's response head
+HEADER_TIMEOUT = 4.0  # seconds for the leader's response head (it waits up to view.WAIT for its view itself)
 FALLBACK_OK_HEADER = "X-Edgeproxy-Pool-Fallback-Ok"
 
 
