@@ -183,6 +183,21 @@ async def test_bounds_give_clear_errors(tmp_path, edge):
         await client.close()
 
 
+async def test_expect_100_continue_is_answered_before_the_body(tmp_path, edge):
+    sim, svc = edge
+    client = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+    try:
+        body = json.dumps(service("posted")).encode()
+        post = client.request("POST", NS + "/services", [("content-type", "application/json"),
+                                                         ("expect", "100-continue")], end=False)
+        await client.until(lambda: post.informational == [100], what="100 Continue")
+        client.send_body(post, body, end=True)
+        assert (await client.response(post)).status == 201, bytes(post.body)
+        assert json.loads(bytes(post.body))["metadata"]["name"] == "posted"
+    finally:
+        await client.close()
+
+
 async def test_broken_frames_get_goaway_protocol_error_others_go_on(tmp_path, edge):
     sim, svc = edge
     other = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
