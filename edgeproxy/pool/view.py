@@ -240,6 +240,7 @@ class PoolView:
                 self.st.synced = False
             raise upstream.Unavailable(f"WATCH answered {resp.status}: {body[:200]!r}")
         self._response = resp
+        started, frames_seen = time.monotonic(), 0
         splitter = kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf" else kube_watch.JsonSplitter()
         key = cache_key(self.query)
         ok = False
@@ -248,6 +249,7 @@ class PoolView:
                 _RX.inc(len(chunk))
                 persist: list[tuple[str, store_.Item | None, str]] = []
                 for frame in splitter.feed(chunk):
+                    frames_seen += 1
                     parsed = state.parse_frame(self.query, frame)
                     if parsed.type == "ERROR":
                         code = int((parsed.status or {}).get("code") or 0)
@@ -272,7 +274,8 @@ class PoolView:
                 resp.release()
             else:
                 resp.close()
-        return True
+        # a watch ended at once with nothing in it (as client-go's "very short watch"): back off, do not spin
+        return frames_seen > 0 or time.monotonic() - started >= 1.0
 
     # ---- the followers' side ----
 

@@ -83,7 +83,7 @@ class Branch:
                 f"users: [{{name: u, user: {{client-certificate: \"{d / 'node.crt'}\", "
                 f"client-key: \"{d / 'node.key'}\"}}}}]\n"
                 "contexts: [{name: c, context: {cluster: s, user: u}}]\n")
-            settings = {"listen": f"127.0.0.1:{free_port('127.0.0.1')}", "ops_listen": "",
+            settings = {"listen": f"127.0.0.1:{free_port('127.0.0.1')}", "ops_listen": "127.0.0.1:0",
                         "cache_dir": str(d / "cache"), "plain_as_node": True, "node_name": name,
                         "probe_interval": 0.3, "probe_timeout": 1.0, "offline_after": 2, "online_after": 1,
                         "connect_timeout": 1.0, "shutdown_timeout": 0.5, "cache_map_size": 64 << 20,

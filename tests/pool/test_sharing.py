@@ -6,11 +6,12 @@ the leader over the LAN."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
 
-from edgeproxy import metrics
+from edgeproxy import debug, metrics
 from edgeproxy import sim as sim_pkg
 from edgeproxy.sim import api as sim_api
 from tests.e2e.reflector import Reflector
@@ -37,7 +38,8 @@ class CountingApi(sim_api.Api):
 
 @pytest.fixture
 async def sim(tmp_path):
-    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0)
+    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0, tokens={
+        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",))})
     s.api = CountingApi(s)
     async with s:
         s.seed(services=20, endpointslices=20)
@@ -107,12 +109,43 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
         state = leader.service.pool.state()
         assert state["role"] == "leader" and len(state["views"]) == 2
         assert sorted(state["followers"]) == sorted(n.name for n in branch.nodes if n is not leader)
+        report = debug.Report()
+        await asyncio.to_thread(debug.check_pool, leader.service.config, leader.service.ops_url, report, 5)
+        follower = next(n for n in branch.nodes if n is not leader)
+        await asyncio.to_thread(debug.check_pool, follower.service.config, follower.service.ops_url, report, 5)
+        lines = [f.message for f in report.findings if f.area == "pool"]
+        assert lines[0].startswith("pool branch-1: this node leads; followers now: ")
+        assert lines[1] == f"pool branch-1: follows {leader.name} at {leader.settings['pool_listen']}"
         text = metrics.render().decode()
         for name in ("edgeproxy_pool_role", "edgeproxy_pool_leader_changes_total", "edgeproxy_pool_upstream_watches",
                      "edgeproxy_pool_upstream_requests_total", "edgeproxy_pool_follower_watches",
                      "edgeproxy_pool_followers", "edgeproxy_pool_peer_bytes_total",
                      'edgeproxy_pool_requests_total{via="leader"}', 'edgeproxy_pool_requests_total{via="view"}'):
             assert name in text, name
+
+
+async def test_kube_proxys_own_token_is_shared_once_the_api_server_answered_it(sim, branch):
+    await branch.start()
+    await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
+        "follower", "follower", "leader"])
+    lists = sim.api.lists.get("services", 0)
+    rs = [Reflector(n.url, SVC, label_selector=KP, user_agent="kube-proxy/v1.37.2 (linux/amd64) kubernetes/0")
+          for n in branch.nodes]
+    for r in rs:
+        r.api.set_default_header("Authorization", "Bearer kube-proxy-token")
+        r.start()
+    try:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        # each node's first LIST for that identity went to the API server (it authorized it); then one watch serves
+        # all three: the leader's
+        assert sim.api.lists.get("services", 0) - lists <= 3 + 1
+        await until(lambda: upstream_watches(sim, "services") == 1)
+        sim.create("services", svc("seen-by-kube-proxy"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs))
+    finally:
+        for r in rs:
+            r.stop()
 
 
 async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, branch):
