@@ -88,6 +88,8 @@ class Config:
     pool_tokens: str = "vouched"  # off | vouched | on: requests with their own bearer token (see pool/route.py)
     pool_namespace: str = "edgeproxy"  # where the pools' Leases live
     pool_lease_duration: int = 15  # seconds; a dead leader is replaced within about this
+    pool_election: str = "companion"  # companion: the companion names the leader, nodes read the Lease; lease: nodes
+    # write it (needs an admission without NodeRestriction)
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
     # Seconds between re-reports of the cache's health on the Node (edgeproxy.io/cache-health, read by the
@@ -186,6 +188,10 @@ _HELP = {
                       "there)",
     "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
                            "about this (default 15)",
+    "pool-election": "companion or lease: who elects the pool's leader. companion (default): `edgeproxy companion` "
+                     "names it on the pool's Lease and nodes only read it (nodes need get on leases in "
+                     "--pool-namespace; deploy/pool/rbac.yaml); lease: the nodes write the Lease themselves, which "
+                     "the NodeRestriction admission plugin refuses in a standard cluster",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
     "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "
@@ -269,6 +275,8 @@ def pool_settings(config: Config) -> dict[str, object]:
                           "the cluster CA for the --pool-listen IP, which the other nodes verify")
     if config.pool_tokens not in ("off", "vouched", "on"):
         raise ConfigError(f"--pool-tokens {config.pool_tokens!r}: off, vouched or on")
+    if config.pool_election not in ("companion", "lease"):
+        raise ConfigError(f"--pool-election {config.pool_election!r}: companion or lease")
     if config.pool_lease_duration < 3:
         raise ConfigError(f"--pool-lease-duration {config.pool_lease_duration}: at least 3 seconds")
     return {"listen": (host, port), "resources": resources, "cert": cert, "key": key}
