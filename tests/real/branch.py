@@ -59,6 +59,8 @@ HERE = Path(__file__).parent
 POOL_PORT = 10270  # each node's peer listener, on its LAN address
 POOL_NAMESPACE = "edgeproxy"  # where the pools' Leases live (edgeproxy's default)
 POOL_RBAC = HERE.parents[1] / "deploy" / "pool" / "rbac.yaml"
+COMPANION_MANIFEST = HERE.parents[1] / "deploy" / "companion" / "companion.yaml"
+COMPANION_NS = "edgeproxy-system"
 
 Flags = Callable[[str, str], Sequence[str]]  # (node, its LAN address) -> edgeproxy flags
 
@@ -204,13 +206,14 @@ class SimNode:
         return bool(self.view().get("synced"))
 
 
-def apply_manifest(cluster: Cluster, path: Path) -> None:
-    """Create every object of a YAML manifest as admin (those that exist are left as they are)."""
+def apply_manifest(cluster: Cluster, path: Path, kinds: tuple[str, ...] = ()) -> None:
+    """Create every object of a YAML manifest (of `kinds`, when given) as admin; those that exist are left as they
+    are."""
     import yaml
     from kubernetes import utils
 
     for doc in yaml.safe_load_all(path.read_text()):
-        if not doc:
+        if not doc or (kinds and doc.get("kind") not in kinds):
             continue
         try:
             utils.create_from_dict(cluster.api, doc)
@@ -223,6 +226,36 @@ def grant_pool(cluster: Cluster) -> None:
     """What the README tells an operator to apply once per cluster for pool sharing: deploy/pool/rbac.yaml, as
     shipped."""
     apply_manifest(cluster, POOL_RBAC)
+
+
+class Companion:
+    """`edgeproxy companion` as its own process with deploy/companion/companion.yaml's ServiceAccount and RBAC (no
+    webhook: --listen ''): here for its pool controller, which names each pool's leader on the pool's Lease (nodes
+    cannot write it: NodeRestriction). A node may lead while its kubelet renews its Lease in kube-node-lease within
+    `node_grace` seconds (through its edgeproxy: a dead edgeproxy stops the renewals) and its edgeproxy announced its
+    peer address on its Node; simulated nodes have no kubelet, so they only follow."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, *, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+        self.cluster, self.dir = cluster, workdir
+        self.pool_lease, self.node_grace = pool_lease, node_grace
+        self.proc: Proc | None = None
+
+    def start(self) -> Proc:
+        apply_manifest(self.cluster, COMPANION_MANIFEST,
+                       ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"))
+        kubeconfig = self.cluster.kubeconfig(self.dir / "companion.kubeconfig",
+                                             token=self.cluster.sa_token(COMPANION_NS, "edgeproxy-companion"))
+        argv = [sys.executable, "-m", "edgeproxy", "companion", "--kubeconfig", kubeconfig, "--namespace",
+                COMPANION_NS, "--listen", "", "--retry-period", "1", "--lease-duration", "5", "--renew-deadline", "4",
+                "--pool-lease-duration", str(self.pool_lease), "--pool-node-grace", str(self.node_grace)]
+        self.proc = Proc("companion", argv, self.dir / "logs" / "companion.log",
+                         env={"PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), *sys.path])})
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
 
 
 def pool_flags(cluster: Cluster, *extra: str) -> Flags:
@@ -264,6 +297,7 @@ class Branch:
         self.wan: Wan | None = None
         self.hosts: list[EdgeHost] = []
         self.sims: list[SimNode] = []
+        self.companion: Companion | None = None
 
     def __enter__(self) -> Branch:
         try:
@@ -320,6 +354,9 @@ class Branch:
                 raise
 
     def stop(self) -> None:
+        if self.companion is not None:
+            self.companion.stop()
+            self.companion = None
         for sim in self.sims:
             sim.stop_reflector()
         for h in self.nodes:
@@ -343,10 +380,18 @@ class Branch:
             h.proxy_flags = tuple(self.proxy_flags(h.node, h.netns.edge_ip))
             h.start_component("edgeproxy")
 
-    def sharing(self, on: bool, *extra: str) -> None:
-        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off."""
+    def sharing(self, on: bool, *extra: str, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off; on: deploy/pool/rbac.yaml
+        applied and the companion started (its pool controller elects: `pool_lease` seconds a pool Lease lasts,
+        `node_grace` seconds a leader's node Lease may go unrenewed)."""
         if on:
             grant_pool(self.cluster)
+            if self.companion is None:
+                self.companion = Companion(self.cluster, self.dir, pool_lease=pool_lease, node_grace=node_grace)
+                self.companion.start()
+        elif self.companion is not None:
+            self.companion.stop()
+            self.companion = None
         self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
 
     def node(self, name: str) -> EdgeHost:
