@@ -87,6 +87,10 @@ class Config:
     pool_ca_file: str = ""  # the cluster CA peers are verified against; "" = client_ca_file, else the kubeconfig's
     pool_tokens: str = "vouched"  # off | vouched | on: requests with their own bearer token (see pool/route.py)
     pool_namespace: str = "edgeproxy"  # where the pools' Leases live
+    # The identity of the pool's own API requests (the Lease, the leader's views): "" = the upstream kubeconfig's (the
+    # node's). A real cluster needs one: NodeRestriction refuses nodes any Lease outside kube-node-lease, and the
+    # system:node role cannot list EndpointSlices (deploy/pool/rbac.yaml makes the ServiceAccount edgeproxy-pool).
+    pool_kubeconfig: str = ""
     pool_lease_duration: int = 15  # seconds; a dead leader is replaced within about this
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
@@ -182,8 +186,11 @@ _HELP = {
     "pool-tokens": "off, vouched or on: whether requests with their own bearer token (kube-proxy's, CoreDNS's) are "
                    "answered from the pool: vouched (default) only once the API server answered that identity the "
                    "same query",
-    "pool-namespace": "namespace of the pools' Leases (default edgeproxy; nodes need get/create/update on leases "
-                      "there)",
+    "pool-namespace": "namespace of the pools' Leases (default edgeproxy)",
+    "pool-kubeconfig": "kubeconfig of the identity the pool's own requests use (the election's Lease, the leader's "
+                       "upstream lists and watches): the ServiceAccount edgeproxy-pool of deploy/pool/rbac.yaml; "
+                       "default the upstream kubeconfig's node identity, which a cluster with NodeRestriction refuses "
+                       "the Lease",
     "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
                            "about this (default 15)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",

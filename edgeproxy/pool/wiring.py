@@ -1,6 +1,8 @@
 """Wiring of pool sharing for `edgeproxy serve` (--pool on): views, peer listener, router, elector.
 
-`build(config, up, local)` makes the parts (before the proxy, which takes the router); `start(...)` binds the peer
+`build(config, up, local)` makes the parts (before the proxy, which takes the router); the Lease and the leader's views
+use --pool-kubeconfig's identity when given (a real cluster's NodeRestriction refuses nodes the Lease, and nodes may
+not list EndpointSlices), else the node's `up`; `start(...)` binds the peer
 listener on --pool-listen (TLS: --pool-cert-file, peers verified against the cluster CA), learns the pool's name
 (--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
 pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
@@ -36,7 +38,8 @@ NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is no
 @dataclasses.dataclass(slots=True)
 class Pool:
     config: config_mod.Config
-    up: upstream.Upstream
+    up: upstream.Upstream  # the node's own (its identity: the Node's pool label, the client certificate for peers)
+    api: upstream.Upstream  # the pool's requests (Lease, views): --pool-kubeconfig's identity, else `up`
     node: str
     views: view.Views
     router: route.Router
@@ -59,7 +62,7 @@ class Pool:
         views it kept (a leader restarted offline: its followers still find its last view); else 503, go upstream."""
         if self.router.role.role is election.Role.LEADER:
             reply = await self.views.reply(info, fallback_ok=request.headers.get(peers.FALLBACK_OK_HEADER) == "true")
-        elif not self.up.online:
+        elif not self.api.online:
             reply = await self.views.reply(info, cached_only=True)
         else:
             reply = view.fallback_reply("this node does not lead its pool")
@@ -85,7 +88,18 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
         raise config_mod.ConfigError("--pool on needs this node's name (--node-name, or a kubeconfig client "
                                      "certificate of system:node:NAME)")
     st, w = getattr(local, "store", None), getattr(local, "writer", None)
-    views = view.Views(up, store=st, writer=w)
+    api = up
+    if config.pool_kubeconfig:
+        try:
+            creds = upstream.load_kubeconfig(config.pool_kubeconfig, "", config.servers)
+        except (OSError, upstream.KubeconfigError) as e:
+            raise config_mod.ConfigError(f"--pool-kubeconfig {config.pool_kubeconfig}: {e}") from e
+        api = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
+                                offline_after=config.offline_after, online_after=config.online_after,
+                                connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout,
+                                http2=config.upstream_http2, ping_idle=config.upstream_ping_idle,
+                                ping_timeout=config.upstream_ping_timeout)
+    views = view.Views(api, store=st, writer=w)
     shared = policy.Policy(settings["resources"])  # type: ignore[arg-type]
     ca = config.pool_ca_file or config.client_ca_file
     cache: dict[str, Any] = {}
@@ -102,10 +116,10 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
 
     router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
                           header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
-    pool = Pool(config, up, node, views, router, peers.PeerListener(shared))
+    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared))
     pool.listener.lead(pool.answer)
     router.on_role = pool._role
-    up.on_change(pool._upstream_changed)
+    api.on_change(pool._upstream_changed)
     return pool
 
 
@@ -122,6 +136,8 @@ def _server_context(config: config_mod.Config, up: upstream.Upstream) -> ssl.SSL
 async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
     """Bind the peer listener and start the election (once the pool's name is known)."""
     config = pool.config
+    if pool.api is not pool.up:
+        await pool.api.start()
     host, port = config_mod.split_address(config.pool_listen)
     runner = web.AppRunner(pool.listener.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -142,7 +158,7 @@ async def _elect(pool: Pool, address: str) -> None:
     d = config.pool_lease_duration
     cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
                           duration=d, renew_deadline=d * 2 / 3, retry=max(0.2, d / 7.5))
-    pool.elector = elector.Elector(pool.up, cfg, on_change=pool.router.elected)
+    pool.elector = elector.Elector(pool.api, cfg, on_change=pool.router.elected)
     log.info("pool %s: %s takes part in the election (Lease %s/%s)", name, pool.node, cfg.namespace, cfg.lease_name)
     await pool.elector.run()
 
@@ -194,3 +210,5 @@ async def stop(pool: Pool) -> None:
             await pool._stopping
     await pool.views.close()
     pool.router.close()
+    if pool.api is not pool.up:
+        await pool.api.close()

@@ -39,7 +39,8 @@ class CountingApi(sim_api.Api):
 @pytest.fixture
 async def sim(tmp_path):
     s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0, tokens={
-        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",))})
+        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",)),
+        "pool-token": ("system:serviceaccount:edgeproxy:edgeproxy-pool", ("system:serviceaccounts",))})
     s.api = CountingApi(s)
     async with s:
         s.seed(services=20, endpointslices=20)
@@ -222,6 +223,30 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         # at the API server: the new leader's one LIST per query, and nothing from the followers' clients
         after = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices")) - upstream_lists
         assert after <= 2, sim.api.lists
+
+
+async def test_the_pools_own_requests_go_with_the_pool_identity(sim, tmp_path):
+    """--pool-kubeconfig: the Lease and the leader's upstream list+watch as the ServiceAccount edgeproxy-pool (a real
+    cluster refuses nodes both); the node's own clients still go as the node."""
+    b = Branch(sim, tmp_path, n=2)
+    kc = tmp_path / "pool.kubeconfig"
+    kc.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                  f"clusters: [{{name: s, cluster: {{server: \"{sim.url}\", "
+                  f"certificate-authority: \"{sim.pki.ca_cert}\"}}}}]\n"
+                  "users: [{name: u, user: {token: pool-token}}]\n"
+                  "contexts: [{name: c, context: {cluster: s, user: u}}]\n")
+    for node in b.nodes:
+        node.settings["pool_kubeconfig"] = str(kc)
+    try:
+        await b.start()
+        await until(lambda: sorted(n.role for n in b.nodes) == ["follower", "leader"])
+        follower = next(n for n in b.nodes if n.role == "follower")
+        with reflectors([follower.url], [SVC]) as (r,):
+            await until(lambda: r.synced.is_set() and upstream_watches(sim, "services") == 1)
+            (w,) = [w for w in sim.api.watches if w.res.name == "services"]
+            assert w.request.headers.get("Authorization") == "Bearer pool-token"
+    finally:
+        await b.stop()
 
 
 async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):
