@@ -27,12 +27,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from edgeproxy import config as config_mod
-from edgeproxy import tasks, upstream
+from edgeproxy import metrics, tasks, upstream
 from edgeproxy.guard import trust
 from edgeproxy.pool import election, elector, peers, policy, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
+MOVE_EVERY = 30.0  # seconds between looks for client watches on the API server that the pool could take
+MOVE_AGE = 60.0  # only watches open this long are moved (a client's watch is then past its first bookmarks)
 
 
 @dataclasses.dataclass(slots=True)
@@ -48,6 +50,9 @@ class Pool:
     name: str = ""
     elector: elector.Elector | None = None
     task: asyncio.Task[None] | None = None
+    mover: asyncio.Task[None] | None = None
+    move_every: float = MOVE_EVERY
+    move_age: float = MOVE_AGE
     _stopping: asyncio.Task[None] | None = None
 
     def state(self) -> dict[str, Any]:
@@ -133,8 +138,9 @@ def _server_context(config: config_mod.Config, up: upstream.Upstream) -> ssl.SSL
     return peers.server_context(str(settings["cert"]), str(settings["key"]), ca or None, cadata)
 
 
-async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
-    """Bind the peer listener and start the election (once the pool's name is known)."""
+async def start(pool: Pool, runners: list[web.BaseRunner], proxy: Any = None) -> None:
+    """Bind the peer listener and start the election (once the pool's name is known); with the `proxy`, move its
+    clients' watches to the pool once it can take them."""
     config = pool.config
     if pool.api is not pool.up:
         await pool.api.start()
@@ -148,7 +154,27 @@ async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     pool.url = f"https://{address}"
     pool.task = tasks.spawn(_elect(pool, address), name="pool-elector")
+    if proxy is not None:
+        pool.mover = tasks.spawn(_move(pool, proxy), name="pool-watch-mover")
     log.info("pool peer listener on %s", pool.url)
+
+
+async def _move(pool: Pool, proxy: Any) -> None:
+    """Client watches that went to the API server while no leader was known (before the first election, after a
+    failover) stay there until they end, 5 to 10 minutes for client-go: end those the pool can take now, so each
+    re-watches from its last resourceVersion through the pool (the API server's versions: no relist)."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        await asyncio.sleep(min(pool.move_every, 1.0))
+        if loop.time() - last < pool.move_every:
+            continue
+        last = loop.time()
+        if pool.router.usable:
+            moved = proxy.move_watches(pool.move_age, pool.router.takes)
+            if moved:
+                metrics.POOL_WATCHES_MOVED.inc(moved)
+                log.info("pool %s: %d client watch(es) moved from the API server to the pool", pool.name, moved)
 
 
 async def _elect(pool: Pool, address: str) -> None:
@@ -201,6 +227,8 @@ async def _pool_label(pool: Pool) -> str:
 
 
 async def stop(pool: Pool) -> None:
+    if pool.mover is not None:
+        pool.mover.cancel()
     if pool.task is not None:
         pool.task.cancel()  # the elector releases the Lease when it leads
         with contextlib.suppress(asyncio.CancelledError, Exception):
