@@ -255,9 +255,9 @@ class _Stream(AbstractStreamWriter):
 class Connection(asyncio.Protocol):
     """One HTTP/2 client connection on a TLS listener (see the module docstring)."""
 
-    __slots__ = ("_counted", "_handler", "_limits", "_listener", "_loop", "_max_body", "_paused_waiters",
-                 "_server", "_streams", "_timer", "_waiting", "paused", "peername", "session", "sockname",
-                 "sslcontext", "transport")
+    __slots__ = ("_counted", "_flushing", "_handler", "_limits", "_listener", "_loop", "_max_body", "_open_streams",
+                 "_paused_waiters", "_server", "_streams", "_timer", "_waiting", "paused", "peername", "session",
+                 "sockname", "sslcontext", "transport")
 
     _task_handler = None  # what web.Server.connection_lost asks of its connections
 
@@ -279,6 +279,8 @@ class Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}  # streams whose handler runs
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self._flushing = False  # a write of the session's output is scheduled
+        self._open_streams = metrics.CLIENT_H2_STREAMS.labels(listener)  # looked up once, not per stream
 
     # ---- the connection ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -319,8 +321,8 @@ class Connection(asyncio.Protocol):
             metrics.CLIENT_H2_CONNECTIONS.labels(self._listener).dec()
         self._server.connection_lost(self, exc)  # type: ignore[arg-type]
         for stream in list(self._streams.values()):
-            if stream.body is not None:
-                stream.body.feed_eof()
+            if stream.body is not None:  # a body cut short must not read as whole
+                stream.body.set_exception(ConnectionResetError("the HTTP/2 connection was lost"))
             if stream.task is not None:
                 stream.task.cancel()
         self._wake_all()
@@ -346,9 +348,23 @@ class Connection(asyncio.Protocol):
             await fut
 
     def flush(self) -> None:
+        """Write what the session has to send, at the end of this turn of the event loop: every frame the streams
+        produced meanwhile goes out in one TLS write (a TLS record and a syscall each cost more than the framing)."""
+        if not self._flushing and self.transport is not None:
+            self._flushing = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flushing = False
         data = self.session.output()
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def _close(self) -> None:
+        """Write what is pending (a GOAWAY), then close."""
+        self._write_out()
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -357,9 +373,7 @@ class Connection(asyncio.Protocol):
             metrics.CLIENT_H2_EVENTS.labels(self._listener, e.kind).inc()
             warn.client_error(f"h2-{e.kind}", "%s from %s: connection closed (GOAWAY code %s)", e, self._peer(),
                               e.code)
-            self.flush()
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
             return
         for ev in events:
             kind = type(ev)
@@ -375,14 +389,18 @@ class Connection(asyncio.Protocol):
             else:  # Reset: the client went away from that request
                 metrics.CLIENT_H2_EVENTS.labels(self._listener, "client_reset").inc()
                 stream = self._streams.get(ev.stream_id)
-                if stream is not None and stream.task is not None:
-                    stream.task.cancel()
+                if stream is not None:
+                    if stream.body is not None:
+                        stream.body.set_exception(ConnectionResetError("the client reset the HTTP/2 stream"))
+                    if stream.task is not None:
+                        stream.task.cancel()
         if self.session.window_opened:
             self.session.window_opened = False
             self._wake_all()
-        self.flush()
         if (self.session.goaway_received or self.session.closing) and not self._streams and self.transport:
-            self.transport.close()
+            self._close()
+        else:
+            self.flush()
 
     def _peer(self) -> str:
         peer = self.peername
@@ -428,9 +446,7 @@ class Connection(asyncio.Protocol):
 
     def _goaway_and_close(self) -> None:
         self.session.goaway()
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
     # ---- streams ----
     def _request(self, req: serversession.Request) -> None:
@@ -463,7 +479,7 @@ class Connection(asyncio.Protocol):
             self._answer(sid, 400, "BadRequest", f"the request path cannot be read: {e}")
             return
         self._streams[sid] = stream
-        metrics.CLIENT_H2_STREAMS.labels(self._listener).inc()
+        self._open_streams.inc()
         stream.task = tasks.spawn(self._serve(stream, message), name=f"h2-stream-{sid}")
 
     def _answer(self, stream_id: int, status: int, reason: str, message: str) -> None:
@@ -506,16 +522,17 @@ class Connection(asyncio.Protocol):
     def _finished(self, stream: _Stream) -> None:
         sid = stream.id
         if self._streams.pop(sid, None) is not None:
-            metrics.CLIENT_H2_STREAMS.labels(self._listener).dec()
+            self._open_streams.dec()
         if sid in self.session.open:  # the answer did not end: the client must not take it as whole
             self.session.reset(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         self._waiting.pop(sid, None)
+        if not self._streams and self.transport is not None and (self.session.closing or
+                                                                 self.session.goaway_received):
+            self._close()
+            return
         self.flush()
         if not self._streams and self.transport is not None:
-            if self.session.closing or self.session.goaway_received:
-                self.transport.close()
-            else:
-                self._arm(self._limits.idle_timeout, self._idle_expired)
+            self._arm(self._limits.idle_timeout, self._idle_expired)
 
     def reset(self, stream: _Stream, code: int) -> None:
         self.session.reset(stream.id, code)
@@ -528,9 +545,10 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """No new streams (GOAWAY); the connection closes when its streams have ended."""
         self.session.goaway()
-        self.flush()
-        if not self._streams and self.transport is not None:
-            self.transport.close()
+        if not self._streams:
+            self._close()
+        else:
+            self.flush()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Give the streams in flight `timeout` seconds, then cancel them and close."""
@@ -541,9 +559,7 @@ class Connection(asyncio.Protocol):
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        if self.transport is not None:
-            self.flush()
-            self.transport.close()
+        self._close()
 
 
 def _message(head: serversession.Head, fields: list[tuple[str, str]]) -> RawRequestMessage:

@@ -24,7 +24,6 @@ handler per `Request`. Nothing here knows about sockets, TLS, asyncio or aiohttp
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import h2.config
 import h2.connection
@@ -33,6 +32,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack.hpack
+import hpack.table
 import hyperframe.frame
 
 from edgeproxy.guard import limits
@@ -171,6 +171,62 @@ def response_headers(status: int, headers: list[tuple[str, str]]) -> list[tuple[
     return out
 
 
+def _integer(n: int, bits: int, flags: int) -> bytes:
+    """An HPACK integer with a `bits`-bit prefix (RFC 7541 §5.1)."""
+    limit = (1 << bits) - 1
+    if n < limit:
+        return bytes((flags | n,))
+    out = bytearray((flags | limit,))
+    n -= limit
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_STATIC_NAMES: dict[bytes, int] = {}
+for _i, (_name, _) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
+    _STATIC_NAMES.setdefault(_name, _i)
+_MEMO: dict[tuple[bytes, bytes], bytes] = {}
+_MEMO_MAX = 4096
+
+
+class StaticEncoder:
+    """HPACK (RFC 7541) for response heads without a dynamic table: every field a literal without indexing (§6.2.2),
+    its name from the static table when there. The first block begins with a dynamic table size update to 0 (§6.3),
+    so the client's decoder keeps no state of ours and an encoded field is the same bytes on every connection: they
+    are memoized (content-type, cache-control, audit ids, a Date a second). hpack's own encoder searched and grew the
+    dynamic table in pure Python for every field, a third of a small response's CPU; loopback does not need the
+    bytes it saves. h2 sets `header_table_size` when the client changes its table size; nothing here uses one."""
+
+    __slots__ = ("_started", "header_table_size")
+
+    def __init__(self) -> None:
+        self._started = False
+        self.header_table_size = 4096
+
+    def encode(self, headers: object, huffman: bool = True) -> bytes:
+        parts = [] if self._started else [b"\x20"]
+        self._started = True
+        memo = _MEMO
+        for name, value in headers:  # type: ignore[attr-defined]
+            key = (name, value)
+            field = memo.get(key)
+            if field is None:
+                index = _STATIC_NAMES.get(name)
+                if index is not None:
+                    field = _integer(index, 4, 0x00) + _integer(len(value), 7, 0x00) + value
+                else:
+                    field = b"\x00" + _integer(len(name), 7, 0x00) + name + _integer(len(value), 7, 0x00) + value
+                if len(value) <= 256:
+                    if len(memo) >= _MEMO_MAX:
+                        memo.clear()
+                    memo[key] = field
+            parts.append(field)
+        return b"".join(parts)
+
+
 class _Connection(h2.connection.H2Connection):
     def _receive_frame(self, frame):  # type: ignore[no-untyped-def]
         # h2's own, less its `logger.trace("Received frame: %s", repr(frame))`: the repr is built even for a logger
@@ -207,9 +263,7 @@ class ServerSession:
             validate_inbound_headers=True, normalize_inbound_headers=True,
             validate_outbound_headers=False, normalize_outbound_headers=False)
         self._conn = _Connection(config=config)
-        encoder = self._conn.encoder
-        # Huffman-coding response headers in pure Python costs more than the bytes it saves on loopback.
-        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
+        self._conn.encoder = StaticEncoder()  # type: ignore[assignment]
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,

@@ -29,7 +29,7 @@ from multidict import CIMultiDict
 from edgeproxy import config as config_mod
 from edgeproxy import metrics, tasks, upstream
 from edgeproxy.guard import trust
-from edgeproxy.pool import election, elector, peers, policy, route, view
+from edgeproxy.pool import election, elector, follower, peers, policy, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
@@ -184,9 +184,17 @@ async def _elect(pool: Pool, address: str) -> None:
     d = config.pool_lease_duration
     cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
                           duration=d, renew_deadline=d * 2 / 3, retry=max(0.2, d / 7.5))
-    pool.elector = elector.Elector(pool.api, cfg, on_change=pool.router.elected)
-    log.info("pool %s: %s takes part in the election (Lease %s/%s)", name, pool.node, cfg.namespace, cfg.lease_name)
+    pool.elector = _elector(pool, cfg)
+    log.info("pool %s: %s takes part in the election (Lease %s/%s, %s)", name, pool.node, cfg.namespace,
+             cfg.lease_name, config.pool_election)
     await pool.elector.run()
+
+
+def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
+    """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
+    if pool.config.pool_election == "lease":  # as --pool-kubeconfig's identity: NodeRestriction refuses nodes
+        return elector.Elector(pool.api, cfg, on_change=pool.router.elected)
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)  # patches its own Node: as the node
 
 
 async def _pool_label(pool: Pool) -> str:

@@ -35,14 +35,16 @@ NS = "/api/v1/namespaces/edge"
 
 
 @contextlib.asynccontextmanager
-async def proxy(tmp: Path, sim: Simulator, **overrides: object) -> AsyncIterator[server.Service]:
+async def proxy(tmp: Path, sim: Simulator, bounds: limits.Limits | None = None,
+                **overrides: object) -> AsyncIterator[server.Service]:
     kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="node")
     settings: dict[str, object] = dict(listen="127.0.0.1:0", ops_listen="", tls_listen="127.0.0.1:0",
                                        client_ca_file=str(sim.pki.ca_cert), cache_dir=str(tmp / "cache"),
                                        probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
                                        shutdown_timeout=2.0, listen_http2=True)
     settings.update(overrides)
-    async with server.running(config.Config(kubeconfig=str(kubeconfig), **settings)) as svc:  # type: ignore[arg-type]
+    async with server.running(config.Config(kubeconfig=str(kubeconfig), **settings),  # type: ignore[arg-type]
+                              limits=bounds) as svc:
         yield svc
 
 
@@ -280,6 +282,31 @@ async def test_shutdown_sends_goaway_and_lets_a_request_finish(tmp_path):
             await client.until(lambda: client.closed, what="the connection closed")
             assert client.goaway is not None and client.goaway[0] == 0
             assert watch.ended and watch.reset is None
+        finally:
+            await client.close()
+
+
+async def test_connection_bound_head_deadline_and_idle_timeout(tmp_path):
+    bounds = limits.Limits(max_connections=1, head_timeout=2.0, idle_timeout=0.5)
+    async with Simulator(pki_dir=tmp_path / "pki") as sim, proxy(tmp_path, sim, bounds) as svc:
+        first = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+        second = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+        try:
+            # the listener's connection bound, shared with HTTP/1.1: the second connection is refused by GOAWAY
+            await second.until(lambda: second.closed, what="the second connection closed")
+            assert second.goaway is not None and second.goaway[0] == 7  # REFUSED_STREAM: nothing was processed
+            # no request head within the deadline: GOAWAY and closed
+            await first.until(lambda: first.closed, what="the head deadline")
+            assert first.goaway is not None and first.goaway[0] == 0
+        finally:
+            await first.close()
+            await second.close()
+        # a connection idle (no stream) for the idle timeout after its requests: GOAWAY and closed
+        client = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+        try:
+            assert (await client.response(client.request("GET", NS + "/services"))).status == 200
+            await client.until(lambda: client.closed, what="the idle timeout")
+            assert client.goaway is not None and client.goaway[0] == 0
         finally:
             await client.close()
 

@@ -187,3 +187,18 @@ def test_garbage_is_a_protocol_error():
     with pytest.raises(ss.ConnectionFailed) as failed:
         p.server.receive(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x", 0.0)  # DATA on stream 0
     assert failed.value.kind == "protocol_error" and failed.value.code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+def test_static_encoder_blocks_decode_as_sent():
+    import hpack
+
+    decoder = hpack.Decoder()
+    encoder = ss.StaticEncoder()
+    blocks = [
+        [(b":status", b"200"), (b"content-type", b"application/json"), (b"x-long", b"v" * 300),
+         (b"audit-id", b"0123"), (b"x-" + b"n" * 200, b"")],
+        [(b":status", b"404"), (b"content-type", b"application/json"), (b"date", b"Fri, 04 Dec 2026 20:00:00 GMT")],
+    ]
+    for block in blocks:
+        assert decoder.decode(encoder.encode(block), raw=True) == block
+    assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: the decoder holds no state of ours

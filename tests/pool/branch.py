@@ -90,7 +90,7 @@ class Branch:
                         "pool_name": POOL, "pool_listen": f"{ip}:{free_port(ip)}",
                         "pool_cert_file": str(d / "serving.crt"),
                         "pool_key_file": str(d / "serving.key"), "pool_ca_file": str(pki.ca_cert),
-                        "pool_lease_duration": 3}
+                        "pool_lease_duration": 3, "pool_election": "lease"}
             self.nodes.append(Node(name, ip, d, kc, settings))
 
     async def start(self, *, pool: bool = True) -> None:
