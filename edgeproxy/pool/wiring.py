@@ -33,8 +33,9 @@ from edgeproxy.pool import election, elector, follower, peers, policy, route, vi
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
-MOVE_EVERY = 30.0  # seconds between looks for client watches on the API server that the pool could take
-MOVE_AGE = 60.0  # only watches open this long are moved (a client's watch is then past its first bookmarks)
+MOVE_EVERY = 15.0  # seconds between looks for client watches on the API server that the pool could take
+MOVE_AGE = 10.0  # only watches open this long are moved (never a "very short watch", which client-go relists after);
+# one the leader cannot take yet (the client's version older than its view) goes back upstream and is tried again
 
 
 @dataclasses.dataclass(slots=True)
