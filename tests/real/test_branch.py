@@ -16,8 +16,8 @@ cut off from the WAN.
 With sharing on, the pool's leader is named by `edgeproxy companion` (its pool controller writes the pool Lease;
 NodeRestriction refuses nodes every Lease but their own), deploy/pool/rbac.yaml and deploy/companion/companion.yaml
 applied as shipped; only the hosts (kubelets renewing their node Leases) may lead. After the election every node's
-clients are restarted once, so their watches are opened through edgeproxy as it now is: watches that clients opened
-while their node was still a candidate stay on the API server until client-go ends them (5-10 minutes).
+clients are restarted once, so their watches are opened through edgeproxy as it now is (left to edgeproxy to move
+them to the pool, the simulated node's reflector stopped getting EndpointSlice events: 22:00 on the session clock).
 """
 
 from __future__ import annotations
