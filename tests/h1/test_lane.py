@@ -29,7 +29,7 @@ async def proxy(tmp: Path, *, cache: bool = False, lim: limits.Limits | None = N
         kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="node")
         cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
                             cache_dir=str(tmp / "cache"), probe_interval=30, plain_as_node=True, cache=cache,
-                            upstream_header_timeout=header_timeout)
+                            upstream_header_timeout=header_timeout, health_report_interval=0)
         async with server.running(cfg, limits=lim) as svc:
             yield sim, svc
 
