@@ -12,6 +12,10 @@ process, relaying each h2 stream to the simulator):
 The front is an extra hop on the h2 path only (Python h2 + an aiohttp client in the simulator's process): latency,
 req/s and LIST times of "edgeproxy h2" include it, so they overstate what edgeproxy's HTTP/2 costs; the proxy's own
 CPU per request does not. Upstream connections are counted from /proc while 16 clients send small GETs.
+
+Downstream (the proxy's HTTPS listener, clients with the node's certificate, upstream HTTP/1.1 to the simulator):
+16 HTTP/1.1 keep-alive connections (benchmarks/loadgen.py) against 16 streams on one HTTP/2 connection
+(benchmarks/h2load.py): the proxy's CPU per small GET, req/s, and watch events/s.
 """
 
 from __future__ import annotations
@@ -84,7 +88,68 @@ def run(opts: harness.Options) -> list[dict[str, object]]:
             ports = {"edgeproxy h1": int(sim_url.rsplit(":", 1)[1]), "edgeproxy h2": int(h2_url.rsplit(":", 1)[1]),
                      "nginx": int(sim_url.rsplit(":", 1)[1])}
             rows += _measure(opts, pods, sim_url, proxies, pki, ports)
+        rows += _downstream(opts, work, sim_url, pki_dir, pods)
     rows += asyncio.run(_black_hole(work))
+    return rows
+
+
+def h2load(url: str, **kw: object) -> dict[str, object]:
+    """benchmarks/h2load.py in its own process (every request a stream on one connection), as harness.loadgen runs
+    benchmarks/loadgen.py."""
+    import json
+    import subprocess
+
+    argv = [sys.executable, "-m", "benchmarks.h2load", url]
+    for name, value in kw.items():
+        if name == "headers":
+            for h in value:  # type: ignore[attr-defined]
+                argv += ["--header", h]
+        elif value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=harness.ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"h2load failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def _downstream(opts: harness.Options, work: Path, sim_url: str, pki_dir: Path, pods: int) -> list[dict[str, object]]:
+    """Clients to edgeproxy's HTTPS listener with the node's certificate, HTTP/1.1 (16 keep-alive connections) against
+    HTTP/2 (16 streams on one connection), same upstream (HTTP/1.1 to the simulator): the proxy's CPU per small GET
+    and watch events/s. h2load is pure Python and may limit the h2 req/s; the CPU per request is the proxy's own."""
+    pki = passthrough.Pki.at(pki_dir)
+    tls_port = harness.free_port()
+    extra = ["--upstream-http2", "off", "--tls-listen", f"127.0.0.1:{tls_port}", "--tls-cert-file",
+             str(pki_dir / "server.crt"), "--tls-key-file", str(pki_dir / "server.key"), "--client-ca-file",
+             str(pki.ca_cert), "--node-name", "edge-1"]
+    url = f"https://127.0.0.1:{tls_port}"
+    tls = {"cert": str(pki_dir / "node.crt"), "key": str(pki_dir / "node.key"), "ca": str(pki.ca_cert)}
+    small = "/api/v1/namespaces/default/services/kubernetes"
+    gens = {"HTTPS HTTP/1.1 (16 connections)": harness.loadgen, "HTTPS h2 (16 streams, 1 connection)": h2load}
+    rows: list[dict[str, object]] = []
+    rounds = 2 if opts.quick else 5
+    with edgeproxy(work, sim_url, pki, "edgeproxy-downstream", *extra) as (_, pid):
+        for gen in gens.values():
+            gen(url + small, requests=200, concurrency=4, headers=[passthrough.JSON], **tls)
+        cpu: dict[str, list[float]] = {name: [] for name in gens}
+        rates: dict[str, list[float]] = {name: [] for name in gens}
+        for _ in range(rounds):
+            for name, gen in gens.items():
+                before = harness.cpu_seconds(pid)
+                res = gen(url + small, concurrency=16, duration=opts.duration, headers=[passthrough.JSON], **tls)
+                if res["requests"]:
+                    cpu[name].append((harness.cpu_seconds(pid) - before) / float(res["requests"]) * 1e6)
+                rates[name].append(float(res["req_per_s"]))
+        for name in gens:
+            rows.append(harness.row(SCENARIO, "downstream small GET proxy CPU", round(statistics.median(cpu[name]), 1),
+                                    "us/request", variant=name, note=f"median of {rounds}; upstream HTTP/1.1"))
+            rows.append(harness.row(SCENARIO, "downstream small GET throughput", statistics.median(rates[name]),
+                                    "req/s", variant=name, note="h2: the Python load generator may be the limit"))
+        watch_path = ("/api/v1/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+                      "&allowWatchBookmarks=true&timeoutSeconds=60")
+        for name, gen in gens.items():
+            res = gen(url + watch_path, watch_events=pods, headers=[passthrough.PROTOBUF], **tls)
+            rows.append(harness.row(SCENARIO, "downstream watch events/s (protobuf)", res["events_per_s"],
+                                    "events/s", variant=name, note=res.get("error") or f"{res['events']} events"))
     return rows
 
 

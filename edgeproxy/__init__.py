@@ -21,14 +21,19 @@ The data path reads down the tree; imports go downward only:
       └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)
-    h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool)
+    h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool);
+            serversession (pure HTTP/2 server state) and server (its shell: h2 by ALPN on the HTTPS listeners, each
+            stream a request for proxy, built by server)
     h1/     lane: the HTTP/1.1 listener's plain GETs answered by proxy.Proxy.lane past aiohttp's per-request objects
             (server builds the proxy listeners with lane.LaneServer, a guard.limits.GuardedServer)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous
-            nodes) and, run by server, its edge side (reporter: the cache's health on the Node)
+            nodes; pools (pure) + poolctl: the leader of each branch's pool named on its Lease) and, run by server,
+            its edge side (reporter: the cache's health on the Node)
     pool/   pool sharing between the nodes of a branch (issue 16): election (pure: a Lease per pool, client-go
-            leaderelection semantics), elector (its asyncio shell over upstream), policy (pure: which requests a
-            follower may take from the leader), peers (the leader's listener: node certificates only), view (the
+            leaderelection semantics), elector (its asyncio shell over upstream; --pool-election lease), follow
+            (pure) + follower (--pool-election companion, the default: read the Lease the companion writes),
+            policy (pure: which requests a follower may take from the leader), peers (the leader's listener: node
+            certificates only), view (the
             leader's served view: one upstream list+watch per query, memory + LMDB) over state (pure: objects, ring),
             route (a node's shareable requests: own views, the leader over TLS, or upstream; failover), wiring
             (server's `--pool on`); proxy reaches it through its `pool` seam

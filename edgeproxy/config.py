@@ -60,6 +60,9 @@ class Config:
     tls_pki_dir: str = ""  # "" = <cache_dir>/pki
     tls_sans: str = "127.0.0.1,::1,localhost"  # names of that own certificate, comma-separated
     client_ca_file: str = ""  # verify presented client certificates against it (the cluster CA)
+    # HTTP/2 on the HTTPS listeners (ALPN h2 offered, then http/1.1): client-go multiplexes its watches on one
+    # connection; off: HTTP/1.1 only, one connection per watch (the plain listener is always HTTP/1.1).
+    listen_http2: bool = True
     # Who may act as the node (guard/trust.py): a client certificate of system:node:<node_name> on the HTTPS
     # listener; on the plain listener only with plain_as_node (anyone who can connect to it is then the node).
     node_name: str = ""  # "" = from the upstream client certificate (CN system:node:<name>)
@@ -85,6 +88,8 @@ class Config:
     pool_tokens: str = "vouched"  # off | vouched | on: requests with their own bearer token (see pool/route.py)
     pool_namespace: str = "edgeproxy"  # where the pools' Leases live
     pool_lease_duration: int = 15  # seconds; a dead leader is replaced within about this
+    pool_election: str = "companion"  # companion: the companion names the leader, nodes read the Lease; lease: nodes
+    # write it (needs an admission without NodeRestriction)
     cert_reload_interval: float = 10.0  # seconds between checks of the upstream credential files
     cert_warn_days: float = 30.0  # log a warning this many days before a certificate expires
     # Seconds between re-reports of the cache's health on the Node (edgeproxy.io/cache-health, read by the
@@ -141,6 +146,9 @@ _HELP = {
     "tls-key-file": "its key",
     "tls-pki-dir": "where the proxy keeps its own CA and serving certificate (default CACHE_DIR/pki)",
     "tls-sans": "names (IPs, DNS) of that own serving certificate, comma-separated (default 127.0.0.1,::1,localhost)",
+    "listen-http2": "on or off: offer HTTP/2 (ALPN h2) on the HTTPS listeners, so client-go multiplexes every "
+                    "request and watch of a client on one connection; HTTP/1.1 stays for other clients and for "
+                    "exec/attach/port-forward (default on); the plain listener is always HTTP/1.1",
     "client-ca-file": "CA to verify client certificates against on the HTTPS listener (the cluster CA)",
     "node-name": "this node's name (default: from the upstream kubeconfig's client certificate, "
                  "CN system:node:NAME); a client certificate of system:node:NAME acts as the node on the HTTPS "
@@ -180,6 +188,10 @@ _HELP = {
                       "there)",
     "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
                            "about this (default 15)",
+    "pool-election": "companion or lease: who elects the pool's leader. companion (default): `edgeproxy companion` "
+                     "names it on the pool's Lease and nodes only read it (nodes need get on leases in "
+                     "--pool-namespace; deploy/pool/rbac.yaml); lease: the nodes write the Lease themselves, which "
+                     "the NodeRestriction admission plugin refuses in a standard cluster",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
     "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "
@@ -263,6 +275,8 @@ def pool_settings(config: Config) -> dict[str, object]:
                           "the cluster CA for the --pool-listen IP, which the other nodes verify")
     if config.pool_tokens not in ("off", "vouched", "on"):
         raise ConfigError(f"--pool-tokens {config.pool_tokens!r}: off, vouched or on")
+    if config.pool_election not in ("companion", "lease"):
+        raise ConfigError(f"--pool-election {config.pool_election!r}: companion or lease")
     if config.pool_lease_duration < 3:
         raise ConfigError(f"--pool-lease-duration {config.pool_lease_duration}: at least 3 seconds")
     return {"listen": (host, port), "resources": resources, "cert": cert, "key": key}

@@ -408,6 +408,40 @@ def check_proxy(base: str | None, report: Report, timeout: float) -> None:
                    "fix the cause above, then systemctl restart edgeproxy")
 
 
+def check_pool(cfg: config_mod.Config, base: str | None, report: Report, timeout: float) -> None:
+    """--pool on: the settings, the peer listener's certificate, and this node's role as the running proxy says."""
+    if not cfg.pool:
+        return
+    try:
+        settings = config_mod.pool_settings(cfg)
+    except config_mod.ConfigError as e:
+        report.add("fail", "pool", str(e), "see the README's \"Branch sharing\"")
+        return
+    check_certificate(report, "pool serving", str(settings["cert"]))
+    if base is None:
+        return
+    try:
+        status, body = fetch(base, "/debug/state", timeout)
+        pool = json.loads(body).get("pool") if status == 200 else None
+    except (OSError, ValueError):
+        return  # check_proxy said why
+    if not pool:
+        report.add("warn", "pool", "--pool on, but the running proxy does not share", "systemctl restart edgeproxy")
+        return
+    name = pool.get("pool") or "(its name is not known yet)"
+    if pool.get("role") == "leader":
+        views = pool.get("views") or []
+        report.add("ok", "pool", f"pool {name}: this node leads; followers now: "
+                   f"{', '.join(pool.get('followers') or []) or 'none'}; {len(views)} view(s)")
+    elif pool.get("role") == "follower":
+        report.add("ok", "pool", f"pool {name}: follows {pool.get('leader')} at {pool.get('leader_address')}")
+    else:
+        lease = f"edgeproxy-pool-{pool.get('pool')}" if pool.get("pool") else "(no pool name: set --pool-name)"
+        report.add("warn", "pool", f"pool {name}: no leader known: every request goes to the API server",
+                   f"kubectl -n {cfg.pool_namespace} get lease {lease} -o yaml; nodes need the Role in "
+                   "deploy/pool/rbac.yaml")
+
+
 def find_store(cache_dir: str) -> Path | None:
     """The cache directory that holds the LMDB environment: cache_dir itself or one level below."""
     root = Path(cache_dir)
@@ -525,6 +559,7 @@ def run_check(args: argparse.Namespace) -> Report:
         check_certificates(creds, cfg, report)
         check_upstream(creds, report, args.timeout)
     check_proxy(ops_base(cfg, args.ops_url), report, args.timeout)
+    check_pool(cfg, ops_base(cfg, args.ops_url), report, args.timeout)
     if not args.skip_cache:
         check_cache(cfg, report)
     return report

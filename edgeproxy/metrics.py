@@ -45,6 +45,21 @@ CLIENT_LIMITS = prom.Counter(
     "(over the per-listener bound), head_timeout, body_timeout, head_too_large, malformed.", ["bound"],
     registry=REGISTRY,
 )
+CLIENT_H2_CONNECTIONS = prom.Gauge(
+    "edgeproxy_client_h2_connections", "Client connections speaking HTTP/2 (ALPN h2) open now, by TLS listener "
+    "(https, in-cluster); the rest of edgeproxy_client_connections{listener=\"https\"} speak HTTP/1.1.",
+    ["listener"], registry=REGISTRY,
+)
+CLIENT_H2_STREAMS = prom.Gauge(
+    "edgeproxy_client_h2_streams", "HTTP/2 streams (requests and watches) being answered now on the client "
+    "connections, by TLS listener.", ["listener"], registry=REGISTRY,
+)
+CLIENT_H2_EVENTS = prom.Counter(
+    "edgeproxy_client_h2_events", "HTTP/2 client connection events by TLS listener: client_reset (RST_STREAM from "
+    "the client), refused (REFUSED_STREAM: over the stream bound), protocol_error and calm (GOAWAY: a broken frame; "
+    "a bound such as the header list size), rapid_reset (GOAWAY ENHANCE_YOUR_CALM: too many resets).",
+    ["listener", "event"], registry=REGISTRY,
+)
 OPEN_TUNNELS = prom.Gauge(
     "edgeproxy_open_tunnels", "Upgraded connections (exec, attach, port-forward) open now.", registry=REGISTRY,
 )

@@ -152,6 +152,8 @@ class Pool(Protocol):
 
     def shares(self, info: kube_request.RequestInfo | None, headers: Any) -> bool: ...
 
+    def answered(self, info: kube_request.RequestInfo, status: int) -> None: ...
+
     async def send(self, info: kube_request.RequestInfo, method: str, path: str, headers: CIMultiDict[str], *,
                    online: bool) -> Any | None: ...
 
@@ -521,6 +523,8 @@ class Proxy:
         if self.identities is not None and info is not None and info.client.identity and not pooled:
             # The API server's verdict on the caller's token (2xx: accepted) decides whose views this answer fills.
             info = self.identities.answered(info, request.headers, up.status)
+        if self.pool is not None and info is not None and not pooled:
+            self.pool.answered(info, up.status)  # a token the API server answered for a query may use the pool
         sink = self._begin_sink(info, up, request.raw_path)
         gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
         ok = False

@@ -52,6 +52,7 @@ from edgeproxy.filters import stage as filters_stage
 from edgeproxy.guard import labels, trust
 from edgeproxy.guard import limits as guard_limits
 from edgeproxy.h1 import lane
+from edgeproxy.h2 import server as h2server
 from edgeproxy.kube import request as kube_request
 
 log = logging.getLogger(__name__)
@@ -340,12 +341,12 @@ def _health_reporter(config: config_mod.Config, up: upstream.Upstream, local: pr
 
 
 async def start_listener(runners: list[web.BaseRunner], runner: web.BaseRunner, host: str, port: int, *,
-                         ssl_context: ssl.SSLContext | None = None) -> str:
-    """Set up `runner`, listen on host:port (port 0: any free one), append it to `runners`; return its base URL."""
+                         ssl_context: ssl.SSLContext | None = None, http2: str = "") -> str:
+    """Set up `runner`, listen on host:port (port 0: any free one), append it to `runners`; return its base URL.
+    `http2`: with ssl_context, offer h2 by ALPN (h2/server.py), the listener's name in metrics ("" = HTTP/1.1)."""
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
+    await _site(runner, host, port, ssl_context, http2).start()
     sock_host, sock_port = runner.addresses[-1][:2]
     scheme = "https" if ssl_context is not None else "http"
     return f"{scheme}://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
@@ -382,6 +383,15 @@ def _status_line(service: Service) -> str:
 
 
 # ---- the HTTPS listener and credential reload (issue 7; the pieces live in tls.py) ----
+
+
+def _site(runner: web.BaseRunner, host: str, port: int, ctx: ssl.SSLContext | None, http2: str) -> web.TCPSite:
+    """A TCP site; with TLS and `http2` (the listener's name), one offering h2 by ALPN before HTTP/1.1."""
+    if ctx is not None and http2:
+        h2server.offer(ctx)
+        return h2server.Site(runner, host, port, ssl_context=ctx, listener=http2, backlog=1024, reuse_address=True,
+                             max_body=proxy.MAX_BUFFERED_BODY)
+    return web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
 
 
 def _log_trust(node_trust: trust.NodeTrust, service: Service) -> None:
@@ -440,8 +450,7 @@ async def _start_tls(runner: web.BaseRunner, config: config_mod.Config
     ctx = tls.server_context(cert, key, client_ca)
     metrics.CERT_EXPIRY.labels(cert).set(tls.load_certificate(cert).not_valid_after_utc.timestamp())
     host, port = config_mod.split_address(config.tls_listen)
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ctx)
-    await site.start()
+    await _site(runner, host, port, ctx, "https" if config.listen_http2 else "").start()
     sock_host, sock_port = runner.addresses[-1][:2]
     url = f"https://{'[' + sock_host + ']' if ':' in sock_host else sock_host}:{sock_port}"
     interval = config.cert_reload_interval if config.cert_reload_interval > 0 else 10.0
@@ -463,7 +472,7 @@ async def _start_in_cluster(runners: list[web.BaseRunner], handler: proxy.Proxy,
     ctx = tls.server_context(*config_mod.in_cluster_cert(config), None)
     host, port = config_mod.split_address(config.in_cluster_address)
     url = await start_listener(runners, web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout), host,
-                               port, ssl_context=ctx)
+                               port, ssl_context=ctx, http2="in-cluster" if config.listen_http2 else "")
     log.info("in-cluster listener on %s: kube-proxy's default/kubernetes endpoints point here", url)
     return url
 

@@ -1,7 +1,8 @@
 """`edgeproxy companion`: the cloud-side autonomy companion (deploy/companion.yaml runs it as a Deployment).
 
 Every replica watches the nodes and serves the webhook; the replica holding the Lease also runs the controller
-that patches bound pods. Neighbours: nodes, webhook, certs, elector, controller.
+that patches bound pods and the pool controller (poolctl: the leader of each branch's pool sharing, on a Lease per
+pool; --pools off leaves it out). Neighbours: nodes, webhook, certs, elector, controller, poolctl.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from edgeproxy import config as config_mod
 from edgeproxy import tasks, upstream
-from edgeproxy.companion import certs, controller, elector, errors, kubeapi, nodes, webhook
+from edgeproxy.companion import certs, controller, elector, errors, kubeapi, nodes, poolctl, webhook
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--report-max-age", type=float, default=900.0,
       help="seconds a Ready node's cache-health report stays valid (edgeproxy re-reports every 300 s)")
     a("--resync", type=float, default=30.0, help="seconds between full passes over all nodes")
+    a("--pools", default="on", choices=("on", "off"),
+      help="elect the pool leader of each branch for edgeproxy's pool sharing (serve --pool on): a Lease per pool")
+    a("--pool-label", default="topology.kubernetes.io/zone", help="the node label naming a node's pool (branch)")
+    a("--pool-namespace", default="edgeproxy", help="namespace of the pools' Leases (edgeproxy's --pool-namespace)")
+    a("--pool-lease-duration", type=int, default=15,
+      help="seconds a pool Lease lasts without renewal (renewed every third of it)")
+    a("--pool-node-grace", type=float, default=0.0,
+      help="seconds a node's Lease in kube-node-lease may go unrenewed before the node may no longer lead its pool "
+           "(0: that Lease's own duration, 40 s for a default kubelet)")
 
 
 def _namespace(args: argparse.Namespace) -> str:
@@ -65,6 +75,26 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     namespace = _namespace(args)
     view = nodes.NodeView(kube, max_age=args.report_max_age)
     ctrl = controller.Controller(kube, view, resync=args.resync)
+    pool_ctrl = None
+    if args.pools == "on":
+        pool_ctrl = poolctl.PoolController(kube, namespace=args.pool_namespace, label=args.pool_label,
+                                           duration=args.pool_lease_duration, grace=args.pool_node_grace)
+
+    async def lead() -> None:
+        """What the replica holding the Lease runs: the pod controller and the pool controller."""
+        if pool_ctrl is None:
+            await ctrl.run()
+            return
+        both = [tasks.spawn(ctrl.run(), name="companion-controller"), tasks.spawn(pool_ctrl.run(), name="pools")]
+        try:
+            await asyncio.gather(*both)
+        finally:
+            for t in both:
+                t.cancel()
+            for t in both:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
     running = [tasks.spawn(view.informer.run(), name="companion-nodes")]
     runner: web.AppRunner | None = None
     tmp = tempfile.TemporaryDirectory(prefix="edgeproxy-companion-")
@@ -92,9 +122,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
             el = elector.Elector(kube, namespace, args.lease_name, identity, duration=args.lease_duration,
                                  renew_deadline=args.renew_deadline, retry=args.retry_period)
-            running.append(tasks.spawn(el.run(ctrl.run), name="companion-elector"))
+            running.append(tasks.spawn(el.run(lead), name="companion-elector"))
         else:
-            running.append(tasks.spawn(ctrl.run(), name="companion-controller"))
+            running.append(tasks.spawn(lead(), name="companion-controller"))
         await stop.wait()
     finally:
         for t in reversed(running):

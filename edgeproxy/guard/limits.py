@@ -210,8 +210,10 @@ async def read_body(request: web.BaseRequest, timeout: float = BODY_TIMEOUT) -> 
     except TimeoutError:
         metrics.CLIENT_LIMITS.labels("body_timeout").inc()
         raise BodyError(408, f"the request body did not arrive within {timeout:g} s") from None
-    except web.HTTPRequestEntityTooLarge as e:
-        raise BodyError(413, f"the request body is larger than {e.max_size} bytes, the most edgeproxy reads "
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp refuses a body of client_max_size bytes or more (its exception does not keep the bound)
+        most = getattr(request, "_client_max_size", 0) - 1
+        raise BodyError(413, f"the request body is larger than {most} bytes, the most edgeproxy reads "
                              "whole") from None
 
 

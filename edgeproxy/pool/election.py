@@ -16,6 +16,8 @@ full duration before it takes over a dead leader's Lease.
 
 A leader leads while its last successful write is younger than `renew_deadline` (< duration, as client-go requires):
 it stops serving peers before any other node can take the Lease over, and at once when it reads another holder.
+Unlike client-go, an API server that cannot be reached at all (no answer, as opposed to an HTTP error) freezes what
+each node saw (`unreachable`): nobody cut off can write the Lease, so a branch offline keeps its leader.
 A follower learns the leader's peer address from the annotation `edgeproxy.io/pool-leader-address` ("host:port")
 and forgets it when the Lease expires.
 Neighbours: elector (the asyncio shell that sends what `plan()` decides), errors.
@@ -202,6 +204,19 @@ class Election:
             self._last_renew = None  # lost the race: someone else holds it now
         # FAILED, or a conflicting renewal: keep leading until renew_deadline passes without a successful write
         # (client-go: a renewal that fails is retried until RenewDeadline)
+
+    def unreachable(self, mono: float) -> None:
+        """The API server could not be reached at all this round (not an HTTP error: no answer). Nobody whose link
+        is down can write the Lease, so what this node saw holds while it lasts: a leader keeps leading, a follower
+        keeps its leader, and the branch cut off from the WAN keeps its leader over the LAN. When the link returns,
+        the Lease read decides: a node that finds another holder steps down at once. (A partition that leaves other
+        nodes able to write lets them elect another leader after the lease duration; they follow it, and this node
+        learns of it when its own link returns.)"""
+        self._pending = None
+        if self._last_renew is not None and self.leading(mono):
+            self._last_renew = mono
+        if self._lease is not None and holder(self._lease) != self.config.identity:
+            self._observed_at = mono  # the leader's lease does not age while nobody can renew it
 
     def released_body(self) -> dict[str, Any] | None:
         """The Lease to write when this node stops leading (client-go ReleaseOnCancel: no holder, duration 1 s so

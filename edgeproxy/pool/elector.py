@@ -1,8 +1,9 @@
 """Pool leader election, the I/O: each `retry` seconds read the pool's Lease, send what election.plan() decides.
 
 Requests go through the node's own upstream.Upstream (its API servers, failover, node identity, HTTP/2), JSON in and
-out. 404 on read → create; 409 on a write → a lost race (Outcome.CONFLICT); any other failure, or the API server
-unreachable → Outcome.FAILED (a leader keeps leading until its renew deadline passes). `on_change(view)` is called
+out. 404 on read → create; 409 on a write → a lost race (Outcome.CONFLICT); an HTTP failure → Outcome.FAILED (a
+leader keeps leading until its renew deadline passes); no answer at all (unreachable, timed out, broken) →
+election.unreachable: what this node saw holds, so a branch offline keeps its leader. `on_change(view)` is called
 whenever the role, holder or leader address changes; on stop a leader releases the Lease so a peer takes over at its
 next round. Neighbours: election (every decision), upstream.
 """
@@ -27,7 +28,7 @@ _TIMEOUT = 5.0
 
 
 class Elector:
-    __slots__ = ("_stopping", "_up", "election", "on_change", "view")
+    __slots__ = ("_stopping", "_up", "election", "on_change", "unreachable_rounds", "view")
 
     def __init__(self, up: upstream.Upstream, config: election.Config,
                  on_change: Callable[[election.View], None] | None = None) -> None:
@@ -36,6 +37,7 @@ class Elector:
         self.on_change = on_change
         self.view = election.View(election.Role.CANDIDATE)
         self._stopping = False
+        self.unreachable_rounds = 0  # rounds the API server did not answer at all (election.unreachable)
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
         headers = CIMultiDict({"Accept": "application/json", "User-Agent": "edgeproxy-pool"})
@@ -83,11 +85,16 @@ class Elector:
                     self.election.outcome(election.Outcome.CONFLICT, None, time.monotonic())
                 else:
                     self.election.outcome(election.Outcome.OK, written, time.monotonic())
-        except (errors.LeaseError, TimeoutError) as e:
-            self.election.outcome(election.Outcome.FAILED, None, time.monotonic())
+        except errors.LeaseError as e:
+            if e.status == 0:  # no answer at all: the link (or the API server) is gone; what we saw holds
+                self.election.unreachable(time.monotonic())
+                self.unreachable_rounds += 1
+            else:
+                self.election.outcome(election.Outcome.FAILED, None, time.monotonic())
             log.info("pool %s: lease round failed: %s", cfg.pool, e)
-        except Exception as e:  # a connection broken mid-body (httpclient, h2 errors): a failed round
-            self.election.outcome(election.Outcome.FAILED, None, time.monotonic())
+        except Exception as e:  # a timeout, a connection broken mid-body (httpclient, h2 errors): no answer either
+            self.election.unreachable(time.monotonic())
+            self.unreachable_rounds += 1
             log.info("pool %s: lease round failed: %s: %s", cfg.pool, type(e).__name__, e)
         self._publish(self.election.view(time.monotonic()))
         return self.view

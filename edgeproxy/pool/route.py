@@ -14,10 +14,11 @@ itself), or None. A follower's request to the leader:
   every few seconds) is ended as broken: the client re-watches from its last resourceVersion, which is the API
   server's own, so the API server takes it on without a relist.
 Requests with their own bearer token (kube-proxy's and CoreDNS's ServiceAccount tokens) are shared per `tokens`:
-"off" never; "on" always; "vouched" (the default) only when that identity's own cache partition already holds a
-view of the same query that the API server answered (it authorized that identity for it once): so nobody gets
-more through the pool than the API server gave them. Neighbours: policy (what is shared), view (the leader's
-answers), election (who leads), httpclient (the connection to the leader), metrics.
+"off" never; "on" always; "vouched" (the default) only once the API server answered that identity the same query
+(a 2xx this process saw, reported by the proxy through `answered`, or a view in that identity's cache partition,
+which only the API server's answers fill): so nobody gets more through the pool than the API server gave them.
+Neighbours: policy (what is shared), view (the leader's answers), election (who leads), httpclient (the connection
+to the leader), metrics.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, metrics, tasks
 from edgeproxy.kube import errors as kube_errors
-from edgeproxy.pool import election, policy, view
+from edgeproxy.pool import election, policy, state, view
 
 log = logging.getLogger(__name__)
 
 TOKEN_MODES = ("off", "vouched", "on")
 RETRY_AFTER = 10.0  # seconds a leader that failed is not asked again (unless the election names one again)
-HEADER_TIMEOUT = 3.0  # seconds for the leader's response head
+HEADER_TIMEOUT = 4.0  # seconds for the leader's response head (it waits up to view.WAIT for its view itself)
 FALLBACK_OK_HEADER = "X-Edgeproxy-Pool-Fallback-Ok"
 
 
@@ -109,7 +110,7 @@ class LeaderResponse:
 class Router:
     """The pool seam of the proxy. `elected(view)` is the elector's on_change."""
 
-    __slots__ = ("_bad_until", "_client", "_ssl", "header_timeout", "on_role", "policy", "retry_after", "role",
+    __slots__ = ("_bad_until", "_client", "_seen", "_ssl", "header_timeout", "on_role", "policy", "retry_after", "role",
                  "silence", "ssl_factory", "store", "tokens", "views")
 
     def __init__(self, pool_policy: policy.Policy, *, tokens: str = "vouched", views: view.Views | None = None,
@@ -132,6 +133,7 @@ class Router:
         self._client = httpclient.Pool(connect_timeout=connect_timeout)
         self._ssl: ssl.SSLContext | None = None
         self._bad_until = 0.0
+        self._seen: set[tuple[str, ...]] = set()  # (client partition, query) the API server answered 2xx
         _set_role(self.role.role)
 
     def elected(self, v: election.View) -> None:
@@ -154,18 +156,36 @@ class Router:
         self._client.close()
 
     def shares(self, info: Any, headers: Any) -> bool:
-        """Whether this request may be answered from the pool (policy, and the token rule)."""
+        """Whether the pool may answer this kind of request (policy.py, and --pool-tokens not off for a request
+        with its own token). The proxy asks this before its fast lane and before its offline answers."""
         if info is None or not info.is_resource:
             return False
         impersonating = any(k.lower().startswith("impersonate-") for k in headers)
-        if not self.policy.decide(info, impersonating=impersonating).shared:
+        return self.policy.decide(info, impersonating=impersonating).shared
+
+    def takes(self, info: Any, headers: Any) -> bool:
+        """shares(), and for a request with its own token under "vouched", the API server answered that identity
+        the same query before (this process saw it answer 2xx, or the identity's cache partition holds the view)."""
+        if not self.shares(info, headers):
             return False
         if info.client.identity and self.tokens == "vouched":
             return self._vouched(info)
         return True
 
+    def answered(self, info: Any, status: int) -> None:
+        """The proxy's report of an upstream answer to a request this node's client sent: a 2xx to a list or watch
+        of a shared query vouches for that identity and query (the API server authorized it)."""
+        if 200 <= status < 300 and info.client.identity and self.tokens == "vouched" and info.verb in (
+                "list", "watch"):
+            key = _vouch_key(info)
+            if key is not None:
+                if len(self._seen) >= 4096:
+                    self._seen.clear()  # only a shortcut: the cache partition still vouches
+                self._seen.add(key)
+
     def _vouched(self, info: Any) -> bool:
-        """That identity's partition holds a complete view of this query, filled from the API server."""
+        if _vouch_key(info) in self._seen:
+            return True
         if self.store is None:
             return False
         from edgeproxy import views as views_mod
@@ -182,7 +202,9 @@ class Router:
     async def send(self, info: Any, method: str, path: str, headers: CIMultiDict[str], *,
                    online: bool) -> Any | None:
         """The pool's answer to a request this node's client sent, or None (the API server, or the cache)."""
-        if not self.shares(info, headers):
+        if not self.takes(info, headers):
+            if self.shares(info, headers):
+                metrics.POOL_REQUESTS.labels("upstream").inc()
             return None
         role = self.role
         if role.role is election.Role.LEADER and self.views is not None:
@@ -250,6 +272,14 @@ async def _drain(resp: httpclient.Response) -> None:
         resp.release()
     except Exception:
         resp.close()
+
+
+def _vouch_key(info: Any) -> tuple[str, ...] | None:
+    try:
+        q = state.Query.of(info, "")
+    except kube_errors.KubeError:
+        return None
+    return (info.client.key, q.group, q.version, q.resource, q.namespace, q.label_selector, q.field_selector)
 
 
 def _set_role(role: election.Role) -> None:

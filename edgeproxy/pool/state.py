@@ -27,7 +27,7 @@ LIST_BLUEPRINT = "kubernetes.io/initial-events-list-blueprint"
 JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
 RING_EVENTS = 4096  # events kept for watches resuming from an older resourceVersion
-RING_BYTES = 32 << 20  # and at most this many bytes of them
+RING_BYTES = 16 << 20  # and at most this many bytes of them (per view: an edge host's memory is small)
 
 
 def rv_number(rv: str | None) -> int:

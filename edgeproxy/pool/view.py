@@ -53,7 +53,8 @@ FALLBACK_HEADER = "X-Edgeproxy-Pool-Fallback"
 SOURCE_HEADER = "X-Edgeproxy-Source"
 BOOKMARK_INTERVAL = 5.0  # seconds between bookmarks on a follower's watch that asked for them
 IDLE = 300.0  # seconds a view nobody asked for is kept watching
-WAIT = 5.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion
+WAIT = 2.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion (less than a
+# follower's header deadline, route.HEADER_TIMEOUT: a leader waiting is not a leader failing)
 DEFAULT_WATCH_TIMEOUT = 1800
 MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
 _RX = metrics.UPSTREAM_BYTES.labels(direction="received")  # the views' upstream traffic is WAN traffic too
@@ -239,6 +240,7 @@ class PoolView:
                 self.st.synced = False
             raise upstream.Unavailable(f"WATCH answered {resp.status}: {body[:200]!r}")
         self._response = resp
+        started, frames_seen = time.monotonic(), 0
         splitter = kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf" else kube_watch.JsonSplitter()
         key = cache_key(self.query)
         ok = False
@@ -247,6 +249,7 @@ class PoolView:
                 _RX.inc(len(chunk))
                 persist: list[tuple[str, store_.Item | None, str]] = []
                 for frame in splitter.feed(chunk):
+                    frames_seen += 1
                     parsed = state.parse_frame(self.query, frame)
                     if parsed.type == "ERROR":
                         code = int((parsed.status or {}).get("code") or 0)
@@ -271,7 +274,8 @@ class PoolView:
                 resp.release()
             else:
                 resp.close()
-        return True
+        # a watch ended at once with nothing in it (as client-go's "very short watch"): back off, do not spin
+        return frames_seen > 0 or time.monotonic() - started >= 1.0
 
     # ---- the followers' side ----
 
@@ -392,12 +396,17 @@ class Views:
         for v in list(self.views.values()):
             v.upstream_changed(online)
 
-    def view(self, query: state.Query) -> PoolView:
+    def view(self, query: state.Query, *, cached_only: bool = False) -> PoolView | None:
+        """The view of `query`, started if need be (from the cache's copy when there is one); with `cached_only`,
+        None rather than a view that the cache holds no copy of."""
         v = self.views.get(query)
         if v is None:
-            v = self.views[query] = PoolView(query, self.up, writer=self.writer,
-                                             bookmark_interval=self.bookmark_interval, ring_events=self.ring_events)
+            v = PoolView(query, self.up, writer=self.writer, bookmark_interval=self.bookmark_interval,
+                         ring_events=self.ring_events)
             v.load(self.store)
+            if cached_only and not v.st.synced:
+                return None
+            self.views[query] = v
             log.info("pool view %s: started for a follower", query.describe())
         v.start()
         v.last_used = time.monotonic()
@@ -433,8 +442,9 @@ class Views:
                  "ring": len(v.st.ring), "followers": v.watchers, "upstream_lists": v.lists,
                  "upstream_watches": v.watches} for q, v in self.views.items()]
 
-    async def reply(self, info: Any, *, fallback_ok: bool = False) -> Reply:
-        """The answer to a shared read (policy already said yes)."""
+    async def reply(self, info: Any, *, fallback_ok: bool = False, cached_only: bool = False) -> Reply:
+        """The answer to a shared read (policy already said yes). `cached_only`: only from a view this node has,
+        in memory or in its cache (a node that led, asked while the API server is unreachable)."""
         enc = _encoding(info)
         if enc is None:
             return fallback_reply("only plain objects in JSON or protobuf are served from the pool view")
@@ -446,7 +456,9 @@ class Views:
             query = state.Query.of(info, enc)
         except kube_errors.KubeError as e:
             return status_reply(kube_status.from_error(e))
-        v = self.view(query)
+        v = self.view(query, cached_only=cached_only)
+        if v is None:
+            return fallback_reply("this node does not lead its pool, and holds no copy of this view")
         if not await v.synced(self.wait):
             return fallback_reply("the view is not synced yet")
         rv = info.resource_version or ""

@@ -5,7 +5,10 @@ listener on --pool-listen (TLS: --pool-cert-file, peers verified against the clu
 (--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
 pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
 clients are answered from them; when it stops leading, its views stop (their followers' watches end and go
-elsewhere). Neighbours: server (calls build/start/stop), wiring's parts in this package, upstream, config.
+elsewhere). While its API server is unreachable, a node answers peers from the views it holds in memory or in its
+cache even if it does not know itself leader (restarted offline, it cannot renew its Lease: its followers, who
+cannot read the Lease either, still ask it).
+Neighbours: server (calls build/start/stop), the parts in this package, upstream, config.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from multidict import CIMultiDict
 from edgeproxy import config as config_mod
 from edgeproxy import tasks, upstream
 from edgeproxy.guard import trust
-from edgeproxy.pool import election, elector, peers, policy, route, view
+from edgeproxy.pool import election, elector, follower, peers, policy, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
@@ -51,13 +54,28 @@ class Pool:
                 "leader_address": f"{v.leader_address[0]}:{v.leader_address[1]}" if v.leader_address else None,
                 "followers": self.listener.followers, "views": self.views.state()}
 
-    def _role(self, v: election.View) -> None:
-        if v.role is election.Role.LEADER:
-            self.listener.lead(peers.views_answer(self.views))
+    async def answer(self, info: Any, request: web.Request) -> web.StreamResponse:
+        """The peer listener's answers: the views while this node leads; while its API server is unreachable, the
+        views it kept (a leader restarted offline: its followers still find its last view); else 503, go upstream."""
+        if self.router.role.role is election.Role.LEADER:
+            reply = await self.views.reply(info, fallback_ok=request.headers.get(peers.FALLBACK_OK_HEADER) == "true")
+        elif not self.up.online:
+            reply = await self.views.reply(info, cached_only=True)
         else:
-            self.listener.lead(None)
-            if self.views.views:  # stop the upstream watches: the new leader keeps them now
-                self._stopping = tasks.spawn(self.views.close(), name="pool-views-stop")
+            reply = view.fallback_reply("this node does not lead its pool")
+        return await peers.send(reply, request)
+
+    def _role(self, v: election.View) -> None:
+        if v.role is not election.Role.LEADER:
+            self._stop_views()
+
+    def _upstream_changed(self, online: bool) -> None:
+        if online and self.router.role.role is not election.Role.LEADER:
+            self._stop_views()  # views served while offline: the leader keeps them now
+
+    def _stop_views(self) -> None:
+        if self.views.views:  # stop the upstream watches: the leader keeps them
+            self._stopping = tasks.spawn(self.views.close(), name="pool-views-stop")
 
 
 def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
@@ -85,7 +103,9 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
     router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
                           header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
     pool = Pool(config, up, node, views, router, peers.PeerListener(shared))
+    pool.listener.lead(pool.answer)
     router.on_role = pool._role
+    up.on_change(pool._upstream_changed)
     return pool
 
 
@@ -122,9 +142,17 @@ async def _elect(pool: Pool, address: str) -> None:
     d = config.pool_lease_duration
     cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
                           duration=d, renew_deadline=d * 2 / 3, retry=max(0.2, d / 7.5))
-    pool.elector = elector.Elector(pool.up, cfg, on_change=pool.router.elected)
-    log.info("pool %s: %s takes part in the election (Lease %s/%s)", name, pool.node, cfg.namespace, cfg.lease_name)
+    pool.elector = _elector(pool, cfg)
+    log.info("pool %s: %s takes part in the election (Lease %s/%s, %s)", name, pool.node, cfg.namespace,
+             cfg.lease_name, config.pool_election)
     await pool.elector.run()
+
+
+def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
+    """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
+    if pool.config.pool_election == "lease":
+        return elector.Elector(pool.up, cfg, on_change=pool.router.elected)
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)
 
 
 async def _pool_label(pool: Pool) -> str:

@@ -52,6 +52,7 @@ class Node:
     service: server.Service | None = None
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
+    stack: contextlib.AsyncExitStack | None = None
 
     @property
     def role(self) -> str:
@@ -82,25 +83,34 @@ class Branch:
                 f"users: [{{name: u, user: {{client-certificate: \"{d / 'node.crt'}\", "
                 f"client-key: \"{d / 'node.key'}\"}}}}]\n"
                 "contexts: [{name: c, context: {cluster: s, user: u}}]\n")
-            settings = {"listen": f"127.0.0.1:{free_port('127.0.0.1')}", "ops_listen": "",
+            settings = {"listen": f"127.0.0.1:{free_port('127.0.0.1')}", "ops_listen": "127.0.0.1:0",
                         "cache_dir": str(d / "cache"), "plain_as_node": True, "node_name": name,
                         "probe_interval": 0.3, "probe_timeout": 1.0, "offline_after": 2, "online_after": 1,
                         "connect_timeout": 1.0, "shutdown_timeout": 0.5, "cache_map_size": 64 << 20,
-                        "pool_name": POOL, "pool_listen": f"{ip}:0", "pool_cert_file": str(d / "serving.crt"),
+                        "pool_name": POOL, "pool_listen": f"{ip}:{free_port(ip)}",
+                        "pool_cert_file": str(d / "serving.crt"),
                         "pool_key_file": str(d / "serving.key"), "pool_ca_file": str(pki.ca_cert),
-                        "pool_lease_duration": 3}
+                        "pool_lease_duration": 3, "pool_election": "lease"}
             self.nodes.append(Node(name, ip, d, kc, settings))
-        self._stack = contextlib.AsyncExitStack()
 
     async def start(self, *, pool: bool = True) -> None:
         for node in self.nodes:
-            cfg = config.Config(kubeconfig=str(node.kubeconfig), pool=pool, **node.settings)
-            node.service = await self._stack.enter_async_context(server.running(cfg))
-            node.url = node.service.url
+            await self.start_node(node, pool=pool)
+
+    async def start_node(self, node: Node, *, pool: bool = True) -> None:
+        cfg = config.Config(kubeconfig=str(node.kubeconfig), pool=pool, **node.settings)
+        node.stack = contextlib.AsyncExitStack()
+        node.service = await node.stack.enter_async_context(server.running(cfg))
+        node.url = node.service.url
+
+    async def stop_node(self, node: Node) -> None:
+        if node.stack is not None:
+            stack, node.stack = node.stack, None
+            await stack.aclose()
 
     async def stop(self) -> None:
-        await self._stack.aclose()
         for node in self.nodes:
+            await self.stop_node(node)
             self.kill(node)
 
     def leader(self) -> Node | None:
@@ -112,8 +122,6 @@ class Branch:
 
     def spawn(self, node: Node) -> None:
         s = dict(node.settings)
-        s["pool_listen"] = f"{node.ip}:{node.settings.setdefault('_peer_port', free_port(node.ip))}"
-        s.pop("_peer_port", None)
         s["ops_listen"] = node.settings.setdefault("_ops", f"127.0.0.1:{free_port('127.0.0.1')}")
         s.pop("_ops", None)
         args = [sys.executable, "-m", "edgeproxy", "--log-level", "info", "serve", "--kubeconfig",

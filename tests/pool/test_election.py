@@ -242,3 +242,29 @@ def test_an_empty_identity_or_bad_own_address_is_refused():
 def test_a_namespace_that_is_no_namespace_name_is_refused(namespace):
     with pytest.raises(errors.ConfigError, match="namespace"):
         cfg(namespace=namespace)
+
+
+def test_an_unreachable_api_server_keeps_the_leader_leading_and_its_followers_following():
+    leader = election.Election(cfg(renew_deadline=10.0))
+    a = leader.plan(lease("edge-1"), T0, WALL)
+    leader.outcome(Outcome.OK, written(a.body, "101"), T0)
+    follower = election.Election(cfg("edge-2", "10.0.0.2:10268"))
+    follower.plan(written(a.body, "101"), T0, WALL)
+    for t in range(2, 60, 2):  # the WAN down for a minute: nobody can write (or read) the Lease
+        leader.unreachable(T0 + t)
+        follower.unreachable(T0 + t)
+    assert leader.view(T0 + 59).role is Role.LEADER
+    assert follower.view(T0 + 59) == election.View(Role.FOLLOWER, "edge-1", ("10.0.0.1", 10268))
+    # back: the Lease read decides; another node took it meanwhile (its link was up): step down at once
+    assert leader.plan(lease("edge-3", rv="200", address="10.0.0.3:10268"), T0 + 61, WALL).step is Step.WAIT
+    assert leader.view(T0 + 61).role is Role.FOLLOWER
+
+
+def test_an_unreachable_api_server_revives_no_leadership_already_lost():
+    e = election.Election(cfg(renew_deadline=10.0))
+    a = e.plan(lease("edge-1"), T0, WALL)
+    e.outcome(Outcome.OK, written(a.body, "101"), T0)
+    e.plan(written(a.body, "101"), T0 + 5, WALL)
+    e.outcome(Outcome.FAILED, None, T0 + 5)  # the API server answered, refusing (403, 500...)
+    e.unreachable(T0 + 11)  # past the renew deadline: it had stopped leading
+    assert e.view(T0 + 11).role is Role.CANDIDATE

@@ -6,12 +6,14 @@ the leader over the LAN."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
 
-from edgeproxy import metrics
+from edgeproxy import debug, metrics
 from edgeproxy import sim as sim_pkg
+from edgeproxy.sim import api as sim_api
 from tests.e2e.reflector import Reflector
 from tests.pool.branch import Branch, until
 
@@ -20,9 +22,26 @@ SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
 KP = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
 
 
+class CountingApi(sim_api.Api):
+    """The simulator's API, counting the LISTs it answers per resource (a relist storm would show here)."""
+
+    def __init__(self, sim):
+        super().__init__(sim)
+        self.lists = {}
+
+    async def _route(self, request, encoding, pretty):
+        if request.method == "GET" and request.query.get("watch") not in ("true", "1"):
+            resource = request.path.rstrip("/").rsplit("/", 1)[-1]
+            self.lists[resource] = self.lists.get(resource, 0) + 1
+        return await super()._route(request, encoding, pretty)
+
+
 @pytest.fixture
 async def sim(tmp_path):
-    async with sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0) as s:
+    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0, tokens={
+        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",))})
+    s.api = CountingApi(s)
+    async with s:
         s.seed(services=20, endpointslices=20)
         yield s
 
@@ -90,6 +109,13 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
         state = leader.service.pool.state()
         assert state["role"] == "leader" and len(state["views"]) == 2
         assert sorted(state["followers"]) == sorted(n.name for n in branch.nodes if n is not leader)
+        report = debug.Report()
+        await asyncio.to_thread(debug.check_pool, leader.service.config, leader.service.ops_url, report, 5)
+        follower = next(n for n in branch.nodes if n is not leader)
+        await asyncio.to_thread(debug.check_pool, follower.service.config, follower.service.ops_url, report, 5)
+        lines = [f.message for f in report.findings if f.area == "pool"]
+        assert lines[0].startswith("pool branch-1: this node leads; followers now: ")
+        assert lines[1] == f"pool branch-1: follows {leader.name} at {leader.settings['pool_listen']}"
         text = metrics.render().decode()
         for name in ("edgeproxy_pool_role", "edgeproxy_pool_leader_changes_total", "edgeproxy_pool_upstream_watches",
                      "edgeproxy_pool_upstream_requests_total", "edgeproxy_pool_follower_watches",
@@ -98,23 +124,67 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
             assert name in text, name
 
 
+async def test_kube_proxys_own_token_is_shared_once_the_api_server_answered_it(sim, branch):
+    await branch.start()
+    await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
+        "follower", "follower", "leader"])
+    lists = sim.api.lists.get("services", 0)
+    rs = [Reflector(n.url, SVC, label_selector=KP, user_agent="kube-proxy/v1.37.2 (linux/amd64) kubernetes/0")
+          for n in branch.nodes]
+    for r in rs:
+        r.api.set_default_header("Authorization", "Bearer kube-proxy-token")
+        r.start()
+    try:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        # each node's first LIST for that identity went to the API server (it authorized it); then one watch serves
+        # all three: the leader's
+        assert sim.api.lists.get("services", 0) - lists <= 3 + 1
+        await until(lambda: upstream_watches(sim, "services") == 1)
+        sim.create("services", svc("seen-by-kube-proxy"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs))
+    finally:
+        for r in rs:
+            r.stop()
+
+
 async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, branch):
     await branch.start()
     await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
         "follower", "follower", "leader"])
+    leader = branch.leader()
+    follower = next(n for n in branch.nodes if n.role == "follower")
     with reflectors([n.url for n in branch.nodes], [SVC]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        want = expected(sim, "services")
         await sim.down()
         await until(lambda: not any(n.service.upstream.online for n in branch.nodes))
-        follower = next(n for n in branch.nodes if n.role == "follower")
+        # longer than the lease lasts: nobody can renew it, and nobody takes it; the branch keeps its leader
+        rounds = {n.name: n.service.pool.elector.unreachable_rounds for n in branch.nodes}
+        await until(lambda: all(n.service.pool.elector.unreachable_rounds >= rounds[n.name] + 10
+                                for n in branch.nodes), timeout=30)
+        assert sorted(n.role for n in branch.nodes) == ["follower", "follower", "leader"] and leader.role == "leader"
         via_leader = metrics.POOL_REQUESTS.labels("leader")._value.get()
         # a client the follower's own cache has never answered (its own partition is empty) still gets the view
         with reflectors([follower.url], [SVC], user_agent="newcomer/1.0") as (late,):
             await until(lambda: late.synced.is_set())
-            assert late.snapshot() == expected(sim, "services")
-            assert late.list_errors == []
+            assert late.snapshot() == want and late.list_errors == []
         assert metrics.POOL_REQUESTS.labels("leader")._value.get() > via_leader
+        # the leader restarted while the WAN is still down: its followers still get its last view, from its LMDB
+        follower.service.pool.router.retry_after = 0.2  # it will see the leader gone while it restarts
+        await branch.stop_node(leader)
+        await branch.start_node(leader)
+        await until(lambda: not leader.service.upstream.online)
+        with reflectors([follower.url], [SVC], user_agent="second-newcomer/1.0") as (late,):
+            await until(lambda: late.synced.is_set())
+            assert late.snapshot() == want
+        # the WAN back: a leader again, and every client converges on the API server's state
         await sim.up()
+        await until(lambda: branch.leader() is not None and any(n.role == "leader" for n in branch.nodes))
+        sim.create("services", svc("back"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs), timeout=30)
+        assert all(410 not in r.watch_errors for r in rs)
 
 
 @pytest.mark.timeout(120)
@@ -136,6 +206,7 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         await until(lambda: all(r.snapshot() == expected(sim, "services" if r.path == SVC else "endpointslices")
                                 for r in rs))
         lists = {id(r): len(r.lists) for r in rs}
+        upstream_lists = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices"))
         branch.kill(leader)
         for i in range(3):  # changes while the followers' clients move off the dead leader
             sim.create("services", svc(f"after-kill-{i}"), "edge")
@@ -148,6 +219,9 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         assert all(not r.watch_errors and not r.list_errors for r in rs)  # no 410, no error of any kind
         relists = sum(len(r.lists) - lists[id(r)] for r in rs)
         assert relists == 0, [r.history for r in rs]
+        # at the API server: the new leader's one LIST per query, and nothing from the followers' clients
+        after = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices")) - upstream_lists
+        assert after <= 2, sim.api.lists
 
 
 async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):

@@ -56,6 +56,9 @@ ZONE = "topology.kubernetes.io/zone"
 HOST_COMPONENTS = ("edgeproxy", "kubelet", "kube-proxy")
 SIM_COMPONENTS = ("edgeproxy",)
 HERE = Path(__file__).parent
+POOL_PORT = 10270  # each node's peer listener, on its LAN address
+POOL_NAMESPACE = "edgeproxy"  # where the pools' Leases live (edgeproxy's default)
+POOL_RBAC = HERE.parents[1] / "deploy" / "pool" / "rbac.yaml"
 
 Flags = Callable[[str, str], Sequence[str]]  # (node, its LAN address) -> edgeproxy flags
 
@@ -201,6 +204,51 @@ class SimNode:
         return bool(self.view().get("synced"))
 
 
+def apply_manifest(cluster: Cluster, path: Path) -> None:
+    """Create every object of a YAML manifest as admin (those that exist are left as they are)."""
+    import yaml
+    from kubernetes import utils
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc:
+            continue
+        try:
+            utils.create_from_dict(cluster.api, doc)
+        except utils.FailToCreateError as e:
+            if any(getattr(x, "status", None) != 409 for x in e.api_exceptions):
+                raise
+
+
+def grant_pool(cluster: Cluster) -> None:
+    """What the README tells an operator to apply once per cluster for pool sharing: deploy/pool/rbac.yaml, as
+    shipped."""
+    apply_manifest(cluster, POOL_RBAC)
+
+
+def pool_flags(cluster: Cluster, *extra: str) -> Flags:
+    """edgeproxy flags for sharing on: --pool on, the peer listener on the node's LAN address with a serving
+    certificate the cluster CA signed for it (followers verify it), and `extra` flags."""
+    assert cluster.pki is not None
+    pki = cluster.pki
+
+    def flags(node: str, ip: str) -> tuple[str, ...]:
+        cert, key = pki.serving(f"pool-{node}", node, [ip])
+        return ("--pool", "on", "--pool-listen", f"{ip}:{POOL_PORT}", "--pool-cert-file", str(cert),
+                "--pool-key-file", str(key), *extra)
+
+    return flags
+
+
+def lease_holder(cluster: Cluster, pool: str, namespace: str = POOL_NAMESPACE) -> str:
+    """The node holding the pool's Lease ("" when there is none, or it was released)."""
+    try:
+        doc = json.loads(cluster.get_raw(
+            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/edgeproxy-pool-{pool}"))
+    except RealError:
+        return ""
+    return str((doc.get("spec") or {}).get("holderIdentity") or "")
+
+
 class Branch:
     def __init__(self, cluster: Cluster, workdir: Path, name: str = "branch-a", *, hosts: int = 3, sims: int = 0,
                  watchlist: bool | None = None, proxy_flags: Flags | None = None,
@@ -295,6 +343,19 @@ class Branch:
             h.proxy_flags = tuple(self.proxy_flags(h.node, h.netns.edge_ip))
             h.start_component("edgeproxy")
 
+    def sharing(self, on: bool, *extra: str) -> None:
+        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off."""
+        if on:
+            grant_pool(self.cluster)
+        self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
+
+    def node(self, name: str) -> EdgeHost:
+        return next(h for h in self.nodes if h.node == name)
+
+    def leader(self) -> str:
+        """The node holding the branch's pool Lease ("" when none)."""
+        return lease_holder(self.cluster, self.name)
+
     # ---- what the nodes see
 
     def views(self) -> dict[str, dict[str, dict[str, str]]]:
@@ -345,3 +406,31 @@ def api_view(cluster: Cluster) -> dict[str, dict[str, str]]:
             out[res].update({f"{ns}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in doc["items"]})
     return out
 
+
+
+PEER_GET = """
+import json, ssl, sys, http.client
+host, port, ca, cert, key, path = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False  # the leader's certificate names its IP; verified against the cluster CA all the same
+if cert:
+    ctx.load_cert_chain(cert, key)
+try:
+    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    c.request("GET", path, headers={"Accept": "application/json", "User-Agent": "peer-probe"})
+    r = c.getresponse()
+    print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
+except (ssl.SSLError, ConnectionError, OSError) as e:
+    print(json.dumps({"status": 0, "body": "", "error": repr(e)}))
+"""
+
+
+def peer_get(h: EdgeHost, address: tuple[str, int], path: str, cert: Path | None = None,
+             key: Path | None = None, ca: Path | None = None) -> dict[str, Any]:
+    """GET `path` from a peer listener at `address`, from node `h`'s namespace, with a client certificate (or none):
+    {"status": HTTP status or 0 when TLS or the connection failed, "body": text, "error": why}."""
+    r = h.netns.run(sys.executable, "-c", PEER_GET, address[0], str(address[1]), str(ca or h.cluster.ca_file),
+                    str(cert or ""), str(key or ""), path)
+    if r.returncode != 0:
+        raise RealError(f"peer GET {path}: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout)

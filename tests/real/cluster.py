@@ -72,6 +72,10 @@ class Pki:
         tls.issue(self.ca, cn, orgs, sans or (), client=client).write(cert, key)
         return cert, key
 
+    def serving(self, file: str, cn: str, sans: list[str]) -> tuple[Path, Path]:
+        """A serving certificate for `sans` (names or IPs) signed by the cluster CA: (cert file, key file)."""
+        return self._issue(file, cn, sans=sans)
+
     def client(self, file: str, cn: str, orgs: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """A client certificate (CN = user, O = groups) signed by the cluster CA: (cert file, key file)."""
         return self._issue(file, cn, orgs, client=True)

@@ -291,6 +291,17 @@ class EdgeHost:
         headers = self._ops("/readyz")[1]
         return headers.get("X-Edgeproxy-Online", "").lower() in ("true", "1", "yes")
 
+    def local_connections(self, port: int = TLS_PORT) -> dict[str, int]:
+        """Established TCP connections to edgeproxy's 127.0.0.1:`port` in the namespace, per client component
+        (`ss -tnp`: the process holding each client end, matched to this host's components by PID)."""
+        out = self.netns.run("ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{port}").stdout
+        names = {p.pid: name for name, p in self.procs.items()}
+        counts: dict[str, int] = {}
+        for pid in re.findall(r"pid=(\d+)", out):
+            name = names.get(int(pid), "other")
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def served(self, component: str, resource: str | None = None) -> int:
         """How many list/watch requests of `component` (User-Agent component: kubelet, kube-proxy, coredns) on
         `resource` this edgeproxy process answered with 200, from upstream or its cache (/debug/components)."""

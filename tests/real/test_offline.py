@@ -90,6 +90,15 @@ def test_one_wan_connection_per_identity(site: Site) -> None:
     assert e.wan.stats()["connections_open"] <= 3, e.wan.stats()
 
 
+def test_one_local_connection_per_component(site: Site) -> None:
+    """HTTP/2 on edgeproxy's HTTPS listener: kubelet, kube-proxy and CoreDNS (client-go, which negotiates h2 by ALPN)
+    each multiplex every request and watch on one local TCP connection (over HTTP/1.1: one per watch)."""
+    e = site.edge
+    got = e.local_connections()
+    assert {k: got.get(k, 0) for k in ("kubelet", "kube-proxy", "coredns")} == {
+        "kubelet": 1, "kube-proxy": 1, "coredns": 1}, got
+
+
 def test_wan_cut(site: Site) -> None:
     e = site.edge
     assert e.wan is not None
