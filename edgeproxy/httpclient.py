@@ -89,12 +89,13 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_body", "_body_bytes", "_chunk_left", "_closed_exc", "_done", "_head", "_head_waiter", "_is_head",
-        "_keep_alive", "_length_left", "_mode", "_paused", "_pool", "_raw_head", "_reader_waiter", "_received",
+        "_keep_alive", "_length_left", "_loop", "_mode", "_paused", "_pool", "_raw_head", "_reader_waiter", "_received",
         "_state", "head_deadline", "idle_since", "key", "transport",
     )
 
     def __init__(self, pool: Pool, key: tuple[object, ...]) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()  # (get_running_loop() asks the kernel for the pid each time)
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
@@ -197,7 +198,7 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         self._state = "head"
-        self._head_waiter = asyncio.get_running_loop().create_future()
+        self._head_waiter = self._loop.create_future()
         self._is_head = method == "HEAD"
         self.transport.write(head + body if body else head)
         status, reason, headers = await self._head_waiter
@@ -208,7 +209,7 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         self._state = "head"
-        self._head_waiter = asyncio.get_running_loop().create_future()
+        self._head_waiter = self._loop.create_future()
         self._is_head = method == "HEAD"
         self.transport.write(head)
         async for chunk in chunks:
@@ -364,7 +365,7 @@ class _Conn(asyncio.Protocol):
                 raise self._closed_exc or Broken("connection failed")
             if self._state == "closed":
                 raise Broken("response closed")
-            self._reader_waiter = asyncio.get_running_loop().create_future()
+            self._reader_waiter = self._loop.create_future()
             try:
                 await self._reader_waiter
             finally:
