@@ -150,6 +150,14 @@ class Router:
     def close(self) -> None:
         self._client.close()
 
+    @property
+    def usable(self) -> bool:
+        """Whether shared requests go to the pool now: this node leads, or it follows a leader not failed lately."""
+        if self.role.role is election.Role.LEADER:
+            return self.views is not None
+        return (self.role.role is election.Role.FOLLOWER and self.role.leader_address is not None
+                and self.ssl_factory is not None and time.monotonic() >= self._bad_until)
+
     def reset_tls(self) -> None:
         """New credentials (a rotated client certificate): new connections to the leader present them."""
         self._ssl = None
