@@ -184,8 +184,8 @@ _HELP = {
     "pool-tokens": "off, vouched or on: whether requests with their own bearer token (kube-proxy's, CoreDNS's) are "
                    "answered from the pool: vouched (default) only once the API server answered that identity the "
                    "same query",
-    "pool-namespace": "namespace of the pools' Leases (default edgeproxy; nodes need get/create/update on leases "
-                      "there)",
+    "pool-namespace": "namespace of the pools' Leases (default edgeproxy; nodes need get on leases there, and "
+                      "create/update with --pool-election lease)",
     "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
                            "about this (default 15)",
     "pool-election": "companion or lease: who elects the pool's leader. companion (default): `edgeproxy companion` "

@@ -520,6 +520,11 @@ class Proxy:
             self.pool.answered(info, up.status)  # a token the API server answered for a query may use the pool
         sink = self._begin_sink(info, up, request.raw_path)
         gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
+        # a shared watch open upstream is moved to the pool's leader once one is named (pool/moves.py): it goes to
+        # the client in whole events, so ending it leaves the client at an event boundary
+        moving = None
+        if watching and not pooled and self.pool is not None:
+            moving = self.pool.track(info, request.headers, up)
         ok = False
         try:
             await resp.prepare(request)
@@ -529,15 +534,18 @@ class Proxy:
                 if not pooled:
                     self._watches.add(up)
             try:
-                while chunk := await up.read():
+                read = up.read if moving is None else moving.read
+                while chunk := await read():
                     if rx is not None:
                         rx.inc(len(chunk))
+                    if moving is not None and not (chunk := moving.feed(chunk)):
+                        continue
                     if transform is not None and not (chunk := transform.feed(chunk)):
                         continue
                     if sink is not None:
                         sink.feed(chunk)
                     await resp.write(chunk)
-                ok = True
+                ok = moving is None or not moving.ended  # a moved watch's upstream body is unfinished: closed
             except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
                 return resp
             except httpclient.Broken as e:
@@ -560,6 +568,8 @@ class Proxy:
             if gauge is not None:
                 gauge.dec()
                 self._watches.discard(up)
+            if moving is not None:
+                self.pool.moves.untrack(moving)
             if transform is not None:
                 transform.close()
             self._end_upstream(up, ok, sink, request.raw_path)

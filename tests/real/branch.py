@@ -47,6 +47,7 @@ from urllib.parse import urlencode
 
 from .cluster import Cluster
 from .edge import LOCK, TLS_PORT, EdgeHost
+from .poolcompanion import PoolCompanion
 from .procs import Proc, RealError, wait_for
 from .reflector import QUERIES
 from .wan import Wan
@@ -264,6 +265,7 @@ class Branch:
         self.wan: Wan | None = None
         self.hosts: list[EdgeHost] = []
         self.sims: list[SimNode] = []
+        self.companion: PoolCompanion | None = None
 
     def __enter__(self) -> Branch:
         try:
@@ -320,6 +322,9 @@ class Branch:
                 raise
 
     def stop(self) -> None:
+        if self.companion is not None:
+            self.companion.stop()
+            self.companion = None
         for sim in self.sims:
             sim.stop_reflector()
         for h in self.nodes:
@@ -344,9 +349,15 @@ class Branch:
             h.start_component("edgeproxy")
 
     def sharing(self, on: bool, *extra: str) -> None:
-        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off."""
+        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off. On, the companion that elects
+        the pools' leaders runs too (tests/real/poolcompanion.py; a --pool-lease-duration among `extra` is its
+        pool Leases' duration)."""
         if on:
             grant_pool(self.cluster)
+            if self.companion is None:
+                flags = list(extra[extra.index("--pool-lease-duration"):][:2]) if "--pool-lease-duration" in extra \
+                    else []
+                self.companion = PoolCompanion(self.cluster, self.dir / "companion", *flags).start()
         self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
 
     def node(self, name: str) -> EdgeHost:
