@@ -1,5 +1,6 @@
-"""The companion-elected pool (--pool-election companion), the I/O: announce this node's peer address on its own
-Node, then each `retry` seconds read the pool's Lease and publish the role follow.Following reads from it.
+"""The companion-elected pool (--pool-election companion), the I/O: announce this node's peer address on its own Node,
+then every third of the Lease's duration (at least `retry` seconds) read the pool's Lease and publish the role
+follow.Following reads from it.
 
 The announcement is the Node annotation edgeproxy.io/pool-peer ("host:port", a JSON merge patch of the node's own
 Node, which NodeRestriction allows), sent as the node through its upstream and retried each round until accepted;
@@ -85,6 +86,15 @@ class Follower(elector.Elector):
             log.info("pool %s: reading the lease failed: %s: %s", cfg.pool, type(e).__name__, e)
         self._publish(self.following.view(time.monotonic()))
         return self.view
+
+    async def run(self) -> None:
+        """Rounds until cancelled, every third of the Lease's duration; then the peer address is withdrawn."""
+        try:
+            while True:
+                await self.round()
+                await asyncio.sleep(self.following.period(self.election.config.retry))  # the polling period
+        finally:
+            await self.release()
 
     async def release(self) -> None:
         self._publish(election.View(election.Role.CANDIDATE))

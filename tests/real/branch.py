@@ -350,14 +350,12 @@ class Branch:
 
     def sharing(self, on: bool, *extra: str) -> None:
         """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off. On, the companion that elects
-        the pools' leaders runs too (tests/real/poolcompanion.py; a --pool-lease-duration among `extra` is its
-        pool Leases' duration)."""
+        the pools' leaders runs too (tests/real/poolcompanion.py, its pool Leases of 15 s: renewed every 5 s, and
+        read by the nodes as often)."""
         if on:
             grant_pool(self.cluster)
             if self.companion is None:
-                flags = list(extra[extra.index("--pool-lease-duration"):][:2]) if "--pool-lease-duration" in extra \
-                    else []
-                self.companion = PoolCompanion(self.cluster, self.dir / "companion", *flags).start()
+                self.companion = PoolCompanion(self.cluster, self.dir / "companion").start()
         self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
 
     def node(self, name: str) -> EdgeHost:
