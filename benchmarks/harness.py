@@ -262,13 +262,16 @@ def simulator(work: Path, *, pods: int = 0, nodes: int = 0, services: int = 0,
 
 
 @contextlib.contextmanager
-def simulator_h2(work: Path, *, pods: int = 0, max_streams: int = 100) -> Iterator[tuple[str, str, Path]]:
+def simulator_h2(work: Path, *, pods: int = 0, max_streams: int = 100, http1: bool = False
+                 ) -> Iterator[tuple[str, str, Path]]:
     """The simulator with its HTTP/2 face (edgeproxy.sim.h2front) in one child process: (https URL of the simulator,
-    https URL of the h2-only front, PKI directory). The front presents the admin certificate to the simulator."""
+    https URL of the front, PKI directory). The front presents the admin certificate to the simulator; it speaks h2
+    only, or with `http1` also relays HTTP/1.1 (ALPN http/1.1 or none) through the same hop."""
     port, h2_port = free_port(), free_port()
     pki = work / "pki"
     argv = [sys.executable, "-m", "benchmarks.harness", "sim", "--port", str(port), "--pki", str(pki),
-            "--pods", str(pods), "--h2-port", str(h2_port), "--h2-max-streams", str(max_streams)]
+            "--pods", str(pods), "--h2-port", str(h2_port), "--h2-max-streams", str(max_streams),
+            *(["--h2-http1"] if http1 else [])]
     with process(argv, port=h2_port, log=work / "sim.log"):
         yield f"https://127.0.0.1:{port}", f"https://127.0.0.1:{h2_port}", pki
 
@@ -279,6 +282,7 @@ def _sim_main(argv: list[str]) -> int:
     p.add_argument("--pki", required=True)
     p.add_argument("--h2-port", type=int, default=0, help="also serve HTTP/2 here (sim.h2front); 0: no")
     p.add_argument("--h2-max-streams", type=int, default=100)
+    p.add_argument("--h2-http1", action="store_true", help="the h2 front also relays HTTP/1.1")
     for name in ("pods", "nodes", "services", "endpointslices"):
         p.add_argument(f"--{name}", type=int, default=0)
     args = p.parse_args(argv)
@@ -297,7 +301,7 @@ def _sim_main(argv: list[str]) -> int:
             if args.h2_port:
                 from edgeproxy.sim.h2front import H2Front
 
-                front = H2Front(sim, port=args.h2_port, max_streams=args.h2_max_streams)
+                front = H2Front(sim, port=args.h2_port, max_streams=args.h2_max_streams, http1=args.h2_http1)
                 await front.start()
             await stop.wait()
 

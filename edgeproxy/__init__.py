@@ -38,7 +38,7 @@ The data path reads down the tree; imports go downward only:
             route (a node's shareable requests: own views, the leader over TLS, or upstream; failover), wiring
             (server's `--pool on`); proxy reaches it through its `pool` seam
     sim/    a Kubernetes API simulator for the demo, the tests and the benchmarks (recorded/: its recorded cluster;
-            h2front: its HTTP/2 face)
+            h2front: its HTTP/2 face, also relaying HTTP/1.1 for the benchmarks)
 
 `cache/` (the LMDB store) and `cni_plugin/` (the IPAM snapshot plugin) are sibling top-level packages:
 `cache` knows nothing of HTTP, `cni_plugin` uses the standard library only.

@@ -118,6 +118,7 @@ class Connection(asyncio.Protocol):
         self._ping_ids = itertools.count(1)
         self._streams_gauge = metrics.UPSTREAM_STREAMS.labels(server=label)
         self.settings: asyncio.Future[None] = loop.create_future()  # the server's first SETTINGS came
+        self._flush_due = False  # a write of the session's output is scheduled for the end of this loop turn
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,7 +138,7 @@ class Connection(asyncio.Protocol):
         try:
             changes = self.session.receive(data)
         except h2session.SessionError as e:
-            self.flush()
+            self._write()  # the GOAWAY, before the connection goes
             metrics.UPSTREAM_H2_EVENTS.labels(server=self.label, event="protocol_error").inc()
             self.fail(Broken(str(e)))
             return
@@ -165,6 +166,14 @@ class Connection(asyncio.Protocol):
         return self.failed is None and not self.draining and self.transport is not None and self.session.can_open()
 
     def flush(self) -> None:
+        """Write the session's output once this loop turn is over: the frames queued meanwhile (the HEADERS of the
+        requests that started together, window updates, acknowledgements) go out in one TLS record and one send."""
+        if not self._flush_due and self.session.has_output():
+            self._flush_due = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._flush_due = False
         out = self.session.output()
         if out and self.transport is not None:
             self.transport.write(out)
@@ -186,7 +195,7 @@ class Connection(asyncio.Protocol):
         """GOAWAY and close (the streams still open fail)."""
         if self.transport is not None:
             self.session.close()
-            self.flush()
+            self._write()
             self.transport.close()
         self.fail(Broken("connection closed"))
 
@@ -350,6 +359,7 @@ class Pool:
         self._h1_only: dict[tuple[str, int], float] = {}  # (host, port) -> monotonic time to ask for h2 again
         self._ticker: asyncio.Task[None] | None = None
         self._wake_ticker: asyncio.Event | None = None
+        self._fine = False  # the ticker looks every 0.1 s (a request waits on a head deadline)
 
     def speaks_h2(self, host: str, port: int) -> bool:
         """False while the server is remembered as choosing HTTP/1.1."""
@@ -458,8 +468,10 @@ class Pool:
             metrics.UPSTREAM_CONNECTIONS.labels(server=conn.label, protocol="h2").dec()
 
     def watch_deadlines(self) -> None:
-        """A request with a head deadline started: the ticker looks at it within SWEEP seconds."""
-        if self._wake_ticker is not None:
+        """A request with a head deadline started: the ticker looks every 0.1 s from now on (woken only if it was
+        sleeping longer: not once per request)."""
+        if not self._fine and self._wake_ticker is not None:
+            self._fine = True
             self._wake_ticker.set()
 
     def connections(self) -> list[Connection]:
@@ -484,7 +496,7 @@ class Pool:
         self._wake_ticker = asyncio.Event()
         try:
             while self._all:
-                fine = any(c.deadlines for c in self._all)
+                self._fine = fine = any(c.deadlines for c in self._all)
                 period = 0.1 if fine else max(0.05, min(1.0, (self.read_idle or 4.0) / 4, self.ping_timeout / 4))
                 self._wake_ticker.clear()
                 with contextlib.suppress(TimeoutError):
@@ -494,6 +506,7 @@ class Pool:
         finally:
             self._ticker = None
             self._wake_ticker = None
+            self._fine = False
 
     def check(self, now: float) -> None:
         for conn in list(self._all):

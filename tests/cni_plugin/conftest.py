@@ -45,8 +45,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not (REAL_CNI / "host-local
 
 def _links() -> list[str]:
     out = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True, timeout=30).stdout
-    # eprh*: the real cluster tier's veths (tests/real, which removes its own), made meanwhile by any test session
-    return sorted(line.strip() for line in out.splitlines() if line.strip() and not line.startswith("eprh"))
+    # eprh*, epbu*: the real tier's veths (tests/real: edge hosts and branch LANs, each removed by its own test),
+    # made meanwhile by any test session
+    return sorted(line.strip() for line in out.splitlines() if line.strip() and not line.startswith(("eprh", "epbu")))
 
 
 def _netns() -> list[str]:

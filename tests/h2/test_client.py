@@ -168,6 +168,24 @@ async def test_http2_off_forces_http1(sim, front, tmp_path):
         await up.close()
 
 
+async def test_a_front_that_also_speaks_http1_serves_both_paths_alike(sim, tmp_path):
+    """The benchmarks' shared hop (H2Front(http1=True)): HTTP/1.1 when h2 is off, h2 otherwise, the same answer."""
+    front = H2Front(sim, user="admin", http1=True)
+    await front.start()
+    h1 = await make_upstream(sim, front, tmp_path, http2=False)
+    h2 = await make_upstream(sim, front, tmp_path)
+    try:
+        status1, headers1, body1 = await get(h1, "/api/v1/namespaces/default")
+        status2, headers2, body2 = await get(h2, "/api/v1/namespaces/default")
+        assert status1 == status2 == 200 and body1 == body2 and json.loads(body1)["metadata"]["name"] == "default"
+        assert headers1["Content-Type"] == headers2["Content-Type"] == "application/json"
+        assert h1.state()["servers"][0]["connections"] == [] and len(h2.state()["servers"][0]["connections"]) == 1
+    finally:
+        await h1.close()
+        await h2.close()
+        await front.stop()
+
+
 async def test_client_going_away_resets_only_its_stream(sim, front, up):
     w1 = await watch(up, wpath(sim))
     w2 = await watch(up, wpath(sim))

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgeproxy import config, metrics, server, upstream
+from edgeproxy import config, metrics, server, tls, upstream
 from edgeproxy.guard import limits
 from edgeproxy.h2 import serversession
 from edgeproxy.sim.simulator import Simulator
@@ -183,6 +183,21 @@ async def test_bounds_give_clear_errors(tmp_path, edge):
         await client.close()
 
 
+async def test_expect_100_continue_is_answered_before_the_body(tmp_path, edge):
+    sim, svc = edge
+    client = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
+    try:
+        body = json.dumps(service("posted")).encode()
+        post = client.request("POST", NS + "/services", [("content-type", "application/json"),
+                                                         ("expect", "100-continue")], end=False)
+        await client.until(lambda: post.informational == [100], what="100 Continue")
+        client.send_body(post, body, end=True)
+        assert (await client.response(post)).status == 201, bytes(post.body)
+        assert json.loads(bytes(post.body))["metadata"]["name"] == "posted"
+    finally:
+        await client.close()
+
+
 async def test_broken_frames_get_goaway_protocol_error_others_go_on(tmp_path, edge):
     sim, svc = edge
     other = await RawH2.connect(svc.tls_url, node_ctx(tmp_path, sim))
@@ -309,6 +324,20 @@ async def test_connection_bound_head_deadline_and_idle_timeout(tmp_path):
             assert client.goaway is not None and client.goaway[0] == 0
         finally:
             await client.close()
+
+
+async def test_the_in_cluster_listener_speaks_h2_tokens_only(tmp_path):
+    cert, key, ca = tls.own_serving_cert(tmp_path / "pki-serving", ["kubernetes.default.svc", "127.0.0.1"])
+    token = {"pod-token": ("system:serviceaccount:edge:app", ("system:serviceaccounts",))}
+    async with Simulator(pki_dir=tmp_path / "pki", tokens=token) as sim, proxy(
+            tmp_path, sim, in_cluster_address="127.0.0.1:0", tls_cert_file=str(cert), tls_key_file=str(key),
+            node_name="edge-1", health_report_interval=0) as svc:
+        url = svc.in_cluster_url + "/api/v1/namespaces/edge/services"
+        args = ["--cacert", str(ca), "--http2"]
+        assert (await curl(tmp_path, sim, url, *args, cert=False))[:2] == ("2", 401)  # no token: refused here
+        assert (await curl(tmp_path, sim, url, *args, "-H", "Authorization: Bearer pod-token", cert=False))[:2] == (
+            "2", 200)
+        await until(lambda: sample("edgeproxy_client_h2_connections", listener="in-cluster") == 0)  # curl's gone
 
 
 async def test_listen_http2_off_is_http1_only(tmp_path):

@@ -202,3 +202,11 @@ def test_static_encoder_blocks_decode_as_sent():
     for block in blocks:
         assert decoder.decode(encoder.encode(block), raw=True) == block
     assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: the decoder holds no state of ours
+
+
+def test_a_header_list_over_the_advertised_size_ends_the_connection():
+    p = Pair(max_header_list=4096)
+    p.request([*GET, (b"x-big", b"a" * 8000)])
+    with pytest.raises(ss.ConnectionFailed) as failed:
+        p.pump()
+    assert failed.value.kind == "calm" and failed.value.code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM

@@ -6,7 +6,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeproxy.h2 import session
 
@@ -124,3 +127,67 @@ def test_status_of():
     assert session.status_of([(b":status", b"404"), (b"a", b"b")]) == 404
     with pytest.raises(session.SessionError):
         session.status_of([(b"a", b"b")])
+
+
+def test_request_headers_arrive_exactly_and_repeated_fields_cost_one_byte():
+    """Header blocks as the server decodes them, over many requests: paths that change every time, a new header value
+    half-way, a token bigger than the whole table, the server shrinking the table; and once warm, a request repeating
+    the identity's fields (a 1 KB token among them) costs little more than its path."""
+    client = session.Session()
+    server = Server(client)
+    token = b"Bearer " + b"t" * 1000
+    sent = []
+    sizes = []
+    for i in range(70):
+        headers = [*REQUEST[:3], (b":path", f"/api/v1/namespaces/ns-{i}/pods?limit={i}".encode()),
+                   (b"accept", b"application/json"), (b"user-agent", b"kubelet/v1.37.2" if i < 50 else b"kubectl"),
+                   (b"authorization", token if i != 52 else b"Bearer " + b"x" * 5000)]
+        if i % 7 == 0:
+            headers.append((b"content-length", str(i * 1000).encode()))
+        if i == 55:
+            server.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 1200})
+            server.pump()
+        stream = client.open(headers, end_stream=True)
+        out = client.output()
+        sizes.append(len(out))
+        server.pump(out)
+        client.forget(stream)
+        sent.append(headers)
+    got = [e.headers for e in server.events if isinstance(e, h2.events.RequestReceived)]
+    assert got == sent
+    # warm, with the same identity: the 1 KB token is not sent again (a HEADERS frame is 9 bytes + the block)
+    assert max(sizes[2:50]) < 9 + 60 + 10
+
+
+_NAMES = st.sampled_from([b":status", b"content-type", b"date", b"audit-id", b"content-length", b"x-kubernetes-pf"])
+_FIELDS = st.lists(st.tuples(_NAMES | st.binary(min_size=1, max_size=20), st.binary(max_size=300), st.booleans()),
+                   max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_FIELDS, st.booleans(), st.sampled_from([None, 0, 256, 4096])), max_size=12))
+def test_response_header_blocks_decode_as_hpack_decodes_them(blocks):
+    """The session's decoder against hpack's own, block after block on one table: literals indexed, not indexed and
+    never indexed, Huffman or not, the table resized, fields larger than the table."""
+    encoder, reference, ours = hpack.Encoder(), hpack.Decoder(), session._Decoder(hpack.Decoder())
+    for fields, huffman, table_size in blocks:
+        if table_size is not None:
+            encoder.header_table_size = table_size
+        block = encoder.encode(fields, huffman=huffman)
+        assert ours(block, raw=True) == [tuple(h) for h in reference.decode(block, raw=True)]
+        assert ours._table.dynamic_entries == reference.header_table.dynamic_entries
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_garbage_header_blocks_fail_as_hpack_fails_on_them(data):
+    """Bytes from a broken server: the same fields or an error h2 turns into a protocol error (never another one)."""
+    try:
+        expected = [tuple(h) for h in hpack.Decoder().decode(data, raw=True)]
+    except (hpack.HPACKError, IndexError, TypeError):
+        expected = None
+    try:
+        got = session._Decoder(hpack.Decoder())(data, raw=True)
+    except (hpack.HPACKError, IndexError, TypeError):
+        got = None
+    assert got == expected

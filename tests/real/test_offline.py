@@ -126,6 +126,7 @@ def test_wan_back_without_relists(site: Site) -> None:
     e, c = site.edge, site.cluster
     assert e.wan is not None
     before = c.request_counts()
+    handshakes = e.wan.stats()["connections_total"]
     e.wan.restore()
     wait_for(e.proxy_online, 30, "edgeproxy online after the WAN is back")
     # a pod created now reaches the kubelet over its resumed watch, runs, and its status reaches the API server
@@ -137,3 +138,8 @@ def test_wan_back_without_relists(site: Site) -> None:
     lists = {**count_diff(after, before, "LIST"), **count_diff(after, before, "WATCHLIST")}
     relists = {k: n for k, n in lists.items() if k[1] in WATCHED}
     assert relists == {}, f"LISTs (and watch-lists) that reached the API server after the WAN came back: {lists}"
+    # Every client re-watched through the WAN (the offline watches ended when edgeproxy came back online): one TCP and
+    # TLS handshake per upstream identity (the node's certificate, kube-proxy's token, CoreDNS's token), not one per
+    # watch (HTTP/1.1: 26, 38 with watch-list clients).
+    wait_for(lambda: e.wan.stats()["connections_open"] == 3, 30, "kubelet, kube-proxy and CoreDNS connected upstream")
+    assert e.wan.stats()["connections_total"] - handshakes == 3, e.wan.stats()
