@@ -14,7 +14,7 @@ up (deploy/pool/rbac.yaml and the companion's ServiceAccount and RBAC applied as
 the cloud, tests/real/poolcompanion.py): peers that are not nodes of the cluster at the peer listener; the rollout;
 the leader killed mid-rollout; the branch cut off from the WAN.
 
-What the real cluster required (issue 16; the three were xfail until 21:xx on the session clock):
+What the real cluster required (issue 16; the steps were xfail until 21:41 on the session clock):
 1. kube-apiserver's NodeRestriction admission refuses a node any Lease outside kube-node-lease, so the companion names
    each pool's leader on the pool's Lease (companion/pools.py: a node whose edgeproxy announced its peer address on its
    Node and whose kubelet's node Lease is fresh, sticky) and the nodes only read it (--pool-election companion);
