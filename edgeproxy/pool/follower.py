@@ -1,6 +1,6 @@
 """The companion-elected pool (--pool-election companion), the I/O: announce this node's peer address on its own Node,
-then every third of the Lease's duration (at least `retry` seconds) read the pool's Lease and publish the role
-follow.Following reads from it.
+then every third of the Lease's duration (every `retry` seconds while no usable leader is known) read the pool's Lease
+and publish the role follow.Following reads from it.
 
 The announcement is the Node annotation edgeproxy.io/pool-peer ("host:port", a JSON merge patch of the node's own
 Node, which NodeRestriction allows), sent as the node through its upstream and retried each round until accepted;
@@ -30,13 +30,17 @@ _TIMEOUT = 5.0
 
 
 class Follower(elector.Elector):
-    __slots__ = ("announced", "following")
+    __slots__ = ("announced", "following", "hurry")
 
     def __init__(self, up: upstream.Upstream, config: election.Config,
-                 on_change: Callable[[election.View], None] | None = None) -> None:
+                 on_change: Callable[[election.View], None] | None = None,
+                 hurry: Callable[[], bool] | None = None) -> None:
         super().__init__(up, config, on_change)
         self.following = follow.Following(config.identity)
         self.announced = False
+        # True while this node has no usable leader (none named, or the one named fails): the Lease is then read
+        # every `retry` seconds, to learn the companion's next choice at once
+        self.hurry = hurry or (lambda: False)
 
     async def _annotate(self, value: str | None) -> int:
         """Merge-patch this node's peer annotation (None removes it); the HTTP status."""
@@ -92,7 +96,8 @@ class Follower(elector.Elector):
         try:
             while True:
                 await self.round()
-                await asyncio.sleep(self.following.period(self.election.config.retry))  # the polling period
+                retry = self.election.config.retry
+                await asyncio.sleep(retry if self.hurry() else self.following.period(retry))  # the polling period
         finally:
             await self.release()
 

@@ -152,7 +152,8 @@ def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
     """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
     if pool.config.pool_election == "lease":
         return elector.Elector(pool.up, cfg, on_change=pool.router.elected)
-    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected,
+                             hurry=lambda: not pool.router.leader_usable())
 
 
 async def _pool_label(pool: Pool) -> str:

@@ -29,6 +29,7 @@ the kubelet's last renewal through the killed edgeproxy.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,8 +80,12 @@ class Site:
         return self.leader
 
     def need_leader(self) -> str:
+        """The leader, once every node whose edgeproxy runs knows it (a node reads the pool Lease every few seconds;
+        at once while its leader fails)."""
         leader = self.share() and self.branch.leader()
         assert leader, "no node holds the branch's pool Lease"
+        wait_for(lambda: all(pool_leader(h) in (leader, None) for h in self.branch.nodes), 30,
+                 f"every node following {leader}")
         return leader
 
     def branch_watches(self) -> dict[str, int]:
@@ -137,6 +142,18 @@ class Site:
         """A node that is not the leader (the simulated one when it can be: its reflector can be restarted)."""
         leader = self.branch.leader()
         return next(h for h in [*(s.host for s in self.branch.sims), *self.branch.hosts] if h.node != leader)
+
+
+def pool_leader(h: EdgeHost) -> str | None:
+    """The leader node `h`'s edgeproxy follows (or its own name when it leads; "" when it knows none), from its
+    /debug/state; None when its edgeproxy does not answer (stopped)."""
+    try:
+        status, _, body = h._ops("/debug/state")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    return str((json.loads(body).get("pool") or {}).get("leader") or "")
 
 
 def pool_requests(b: Branch) -> dict[str, dict[str, float]]:
