@@ -22,6 +22,11 @@ own, today; on: `--pool on`, a leader per branch elected on a Lease serving the 
    API server's view;
 3. sharing on only: the leader's edgeproxy killed (SIGKILL) mid-rollout: the time until another node holds the pool's
    Lease, until every remaining node has the API server's view, and the LISTs meanwhile.
+With sharing on, once a leader is elected every node's clients are restarted (kubelets, kube-proxies, reflectors), so
+their watches are opened through edgeproxy as it now is: the steady state a branch reaches by itself as client-go
+ends every watch within 5-10 minutes. EDGEPROXY_BRANCH_WHATIF=1 runs the same against a cluster that is NOT set up as
+a real one (no NodeRestriction admission; the group system:nodes may list EndpointSlices), the two things that keep
+--pool on from working in a real cluster today; its rows are the scenario "branch-whatif".
 Reports figures; asserts nothing.
 """
 
@@ -40,6 +45,23 @@ from typing import Any
 from benchmarks import harness
 
 SCENARIO = "branch"
+# EDGEPROXY_BRANCH_WHATIF=1: NOT a real cluster's set-up — kube-apiserver without NodeRestriction and the group
+# system:nodes allowed to list and watch EndpointSlices, the two things that keep --pool on from working in a real
+# cluster today (see the README); rows go to the scenario "branch-whatif".
+WHATIF = os.environ.get("EDGEPROXY_BRANCH_WHATIF") == "1"
+if WHATIF:
+    SCENARIO = "branch-whatif"
+WHATIF_RBAC = [
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+     "metadata": {"name": "whatif-nodes-read-endpointslices"},
+     "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                "verbs": ["get", "list", "watch"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "whatif-nodes-read-endpointslices"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "whatif-nodes-read-endpointslices"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]},
+]
 POOL = ("services", "endpointslices")
 IDLE_SECONDS = 10.0
 ROOT = harness.ROOT
@@ -98,7 +120,7 @@ class Bench:
         """After the edgeproxies restarted: every reflector synced with the API server's view, and (sharing on) a
         leader holding the Lease."""
         def ready() -> bool:
-            return self.reflectors_converged() and (not on or bool(self.b.leader()))
+            return self.reflectors_converged() and (not on or self.b.settled())
         return wait(ready, timeout)
 
     # ---- 1: the rollout
@@ -240,7 +262,11 @@ def branch_site(work: Path, bin_dir: Path, quick: bool) -> Iterator[Bench]:
 
     hosts, sims = (2, 2) if quick else (5, 10)
     services, pods = (3, 4) if quick else (5, 10)
-    with Cluster(work / "cluster", bin_dir) as c:
+    with Cluster(work / "cluster", bin_dir, node_restriction=not WHATIF) as c:
+        if WHATIF:
+            from kubernetes import utils
+            for doc in WHATIF_RBAC:
+                utils.create_from_dict(c.api, doc)
         c.start_controller_manager("--controllers=endpointslice,serviceaccount")
         with EdgeHost(c, work / "dc", "bench-dc", components=("edgeproxy", "kubelet")) as dc:
             before = c.open_watches()
@@ -260,11 +286,16 @@ def run(opts: harness.Options) -> list[dict[str, object]]:
                          note=f"{len(bench.b.hosts)} hollow (kubelet + kube-proxy), {len(bench.b.sims)} simulated "
                               "(reflector clients)"))
         for on in (False, True):
-            variant = "edgeproxy, sharing on" if on else "edgeproxy, sharing off"
+            variant = ("edgeproxy, sharing on" + (" (what-if)" if WHATIF else "")) if on else "edgeproxy, sharing off"
             try:
                 if on:
                     bench.b.sharing(True)
                 took = bench.settle(on)
+                if on and bench.b.leader():
+                    # steady state: the clients' watches opened through edgeproxy as it now is (a branch gets there
+                    # by itself as client-go ends each watch within 5-10 minutes; restarting them gets there now)
+                    bench.b.restart_clients()
+                    took = bench.settle(on)
                 if took is None:
                     rows.append(_row("settle", None, "", variant=variant,
                                      note="not settled within 90 s" + (f": no leader ({bench.election_problem()})"

@@ -87,6 +87,10 @@ class Config:
     pool_ca_file: str = ""  # the cluster CA peers are verified against; "" = client_ca_file, else the kubeconfig's
     pool_tokens: str = "vouched"  # off | vouched | on: requests with their own bearer token (see pool/route.py)
     pool_namespace: str = "edgeproxy"  # where the pools' Leases live
+    # The identity of the pool's own API requests (with --pool-election lease, the Lease; the leader's views): "" =
+    # the upstream kubeconfig's (the node's). NodeRestriction refuses nodes any Lease outside kube-node-lease, so
+    # --pool-election lease needs one (deploy/pool/lease-election.yaml makes the ServiceAccount edgeproxy-pool).
+    pool_kubeconfig: str = ""
     pool_lease_duration: int = 15  # seconds; a dead leader is replaced within about this
     pool_election: str = "companion"  # companion: the companion names the leader, nodes read the Lease; lease: nodes
     # write it (needs an admission without NodeRestriction)
@@ -184,14 +188,18 @@ _HELP = {
     "pool-tokens": "off, vouched or on: whether requests with their own bearer token (kube-proxy's, CoreDNS's) are "
                    "answered from the pool: vouched (default) only once the API server answered that identity the "
                    "same query",
-    "pool-namespace": "namespace of the pools' Leases (default edgeproxy; nodes need get on leases there, and "
-                      "create/update with --pool-election lease)",
+    "pool-namespace": "namespace of the pools' Leases (default edgeproxy)",
+    "pool-kubeconfig": "kubeconfig of the identity the pool's own requests use (with --pool-election lease the "
+                       "Lease, and the leader's upstream lists and watches): the ServiceAccount edgeproxy-pool of "
+                       "deploy/pool/lease-election.yaml; default the upstream kubeconfig's node identity, which a "
+                       "cluster with NodeRestriction refuses the Lease",
     "pool-lease-duration": "seconds a pool leader's Lease lasts without renewal: a dead leader is replaced within "
                            "about this (default 15)",
     "pool-election": "companion or lease: who elects the pool's leader. companion (default): `edgeproxy companion` "
                      "names it on the pool's Lease and nodes only read it (nodes need get on leases in "
                      "--pool-namespace; deploy/pool/rbac.yaml); lease: the nodes write the Lease themselves, which "
-                     "the NodeRestriction admission plugin refuses in a standard cluster",
+                     "the NodeRestriction admission plugin refuses a node's identity in a standard cluster: give "
+                     "them --pool-kubeconfig (deploy/pool/lease-election.yaml)",
     "cert-reload-interval": "seconds between checks of the upstream certificate files for rotation (default 10)",
     "cert-warn-days": "warn in the log this many days before a certificate expires (default 30)",
     "health-report-interval": "seconds between re-reports of the cache's health in the Node annotation "

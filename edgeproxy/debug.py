@@ -438,8 +438,8 @@ def check_pool(cfg: config_mod.Config, base: str | None, report: Report, timeout
     else:
         lease = f"edgeproxy-pool-{pool.get('pool')}" if pool.get("pool") else "(no pool name: set --pool-name)"
         report.add("warn", "pool", f"pool {name}: no leader known: every request goes to the API server",
-                   f"kubectl -n {cfg.pool_namespace} get lease {lease} -o yaml; nodes need the Role in "
-                   "deploy/pool/rbac.yaml")
+                   f"kubectl -n {cfg.pool_namespace} get lease {lease} -o yaml; the pool's requests need the "
+                   "ServiceAccount of deploy/pool/rbac.yaml (--pool-kubeconfig)")
 
 
 def find_store(cache_dir: str) -> Path | None:

@@ -118,6 +118,11 @@ POOL_FAILOVERS = prom.Counter(
     "cache) instead, by why: connect (refused, unreachable, TLS), head_timeout, broken, silent (a watch with no "
     "bookmark in time).", ["reason"], registry=REGISTRY,
 )
+POOL_WATCHES_MOVED = prom.Counter(
+    "edgeproxy_pool_watches_moved", "Client watches a node ended on the API server because its pool could serve "
+    "them (opened before a leader was known, or while it could not answer): each re-watches through the pool.",
+    registry=REGISTRY,
+)
 POOL_UPSTREAM_WATCHES = prom.Gauge(
     "edgeproxy_pool_upstream_watches", "Pool views the leader keeps now: one upstream list+watch each.",
     registry=REGISTRY,

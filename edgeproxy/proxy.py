@@ -234,9 +234,8 @@ class _Buffered(_Relayed):
 class Proxy:
     """The catch-all handler. One per process; `handle` is the aiohttp handler."""
 
-    __slots__ = ("_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities", "lane_served", "local",
-                 "pool",
-                 "recorder", "trust", "upstream")
+    __slots__ = ("_movable", "_rx", "_tx", "_watches", "body_timeout", "classify", "filters", "identities",
+                 "lane_served", "local", "pool", "recorder", "trust", "upstream")
 
     def __init__(self, up: upstream.Upstream, *, recorder: Recorder | None = None, local: Local | None = None,
                  aliases: Mapping[str, str] | None = None, identities: Identities | None = None,
@@ -256,8 +255,24 @@ class Proxy:
         self._rx = metrics.UPSTREAM_BYTES.labels(direction="received")
         self._tx = metrics.UPSTREAM_BYTES.labels(direction="sent")
         self._watches: set[httpclient.Response] = set()
+        # upstream watches the pool could serve: (since, info, headers), for move_watches
+        self._movable: dict[Any, tuple[float, kube_request.RequestInfo, Any]] = {}
         self.lane_served = 0  # requests that took the lane (edgeproxy.h1.lane)
         up.on_change(self._state_changed)
+
+    def move_watches(self, min_age: float, wanted: Any) -> int:
+        """End the upstream watches the pool could serve now (`wanted(info, headers)`), open at least `min_age`
+        seconds: each client re-watches from its last resourceVersion, and that watch goes to the pool. Pool sharing
+        calls it once a leader is there, for the watches opened before. Old watches only: client-go relists after a
+        watch that ends within a second with no event."""
+        now = time.monotonic()
+        moved = 0
+        for up, (since, info, headers) in list(self._movable.items()):
+            if now - since >= min_age and wanted(info, headers):
+                self._movable.pop(up, None)
+                up.close()
+                moved += 1
+        return moved
 
     def _state_changed(self, online: bool) -> None:
         """Going offline ends the watches still open upstream: over a dead or hung link they would sit silent until
@@ -520,11 +535,6 @@ class Proxy:
             self.pool.answered(info, up.status)  # a token the API server answered for a query may use the pool
         sink = self._begin_sink(info, up, request.raw_path)
         gauge = metrics.OPEN_WATCHES.labels(labels.component(info.client.component), "upstream") if watching else None
-        # a shared watch open upstream is moved to the pool's leader once one is named (pool/moves.py): it goes to
-        # the client in whole events, so ending it leaves the client at an event boundary
-        moving = None
-        if watching and not pooled and self.pool is not None:
-            moving = self.pool.track(info, request.headers, up)
         ok = False
         try:
             await resp.prepare(request)
@@ -533,19 +543,18 @@ class Proxy:
                 gauge.inc()
                 if not pooled:
                     self._watches.add(up)
+                    if self.pool is not None and self.pool.shares(info, request.headers):
+                        self._movable[up] = (time.monotonic(), info, request.headers)
             try:
-                read = up.read if moving is None else moving.read
-                while chunk := await read():
+                while chunk := await up.read():
                     if rx is not None:
                         rx.inc(len(chunk))
-                    if moving is not None and not (chunk := moving.feed(chunk)):
-                        continue
                     if transform is not None and not (chunk := transform.feed(chunk)):
                         continue
                     if sink is not None:
                         sink.feed(chunk)
                     await resp.write(chunk)
-                ok = moving is None or not moving.ended  # a moved watch's upstream body is unfinished: closed
+                ok = True
             except ConnectionResetError:  # the client went away mid-body (aiohttp's ClientConnectionResetError)
                 return resp
             except httpclient.Broken as e:
@@ -568,8 +577,7 @@ class Proxy:
             if gauge is not None:
                 gauge.dec()
                 self._watches.discard(up)
-            if moving is not None:
-                self.pool.moves.untrack(moving)
+                self._movable.pop(up, None)
             if transform is not None:
                 transform.close()
             self._end_upstream(up, ok, sink, request.raw_path)

@@ -271,7 +271,7 @@ async def running(config: config_mod.Config, *, recorder: proxy.Recorder | None 
         service = Service(config=config, upstream=up, proxy=handler, url=url, ops_url=None, started_at=time.time(),
                           cache_off=off[0] if off else None, pool=pool)
         if pool is not None:
-            await pool_wiring.start(pool, runners)
+            await pool_wiring.start(pool, runners, handler)
         if config.ops_host_port is not None:
             ops_host, ops_port = config.ops_host_port
             ops = web.AppRunner(ops_app(service), access_log=None, shutdown_timeout=1.0)

@@ -54,15 +54,6 @@ class Following:
             duration = 0.0
         return mono - self._observed_at >= max(duration, 0.0)
 
-    def period(self, minimum: float) -> float:
-        """Seconds until the next read: a third of the Lease's duration (the companion renews it that often), at
-        least `minimum`. Each read crosses the WAN; the Lease only expires after a whole duration unchanged."""
-        try:
-            duration = float(((self._lease or {}).get("spec") or {}).get("leaseDurationSeconds") or 0)
-        except (TypeError, ValueError):
-            duration = 0.0
-        return max(minimum, duration / 3)
-
     def view(self, mono: float) -> election.View:
         lease = self._lease
         who = election.holder(lease)

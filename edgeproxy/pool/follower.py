@@ -1,6 +1,5 @@
-"""The companion-elected pool (--pool-election companion), the I/O: announce this node's peer address on its own Node,
-then every third of the Lease's duration (every `retry` seconds while no usable leader is known) read the pool's Lease
-and publish the role follow.Following reads from it.
+"""The companion-elected pool (--pool-election companion), the I/O: announce this node's peer address on its own
+Node, then each `retry` seconds read the pool's Lease and publish the role follow.Following reads from it.
 
 The announcement is the Node annotation edgeproxy.io/pool-peer ("host:port", a JSON merge patch of the node's own
 Node, which NodeRestriction allows), sent as the node through its upstream and retried each round until accepted;
@@ -30,17 +29,13 @@ _TIMEOUT = 5.0
 
 
 class Follower(elector.Elector):
-    __slots__ = ("announced", "following", "hurry")
+    __slots__ = ("announced", "following")
 
     def __init__(self, up: upstream.Upstream, config: election.Config,
-                 on_change: Callable[[election.View], None] | None = None,
-                 hurry: Callable[[], bool] | None = None) -> None:
+                 on_change: Callable[[election.View], None] | None = None) -> None:
         super().__init__(up, config, on_change)
         self.following = follow.Following(config.identity)
         self.announced = False
-        # True while this node has no usable leader (none named, or the one named fails): the Lease is then read
-        # every `retry` seconds, to learn the companion's next choice at once
-        self.hurry = hurry or (lambda: False)
 
     async def _annotate(self, value: str | None) -> int:
         """Merge-patch this node's peer annotation (None removes it); the HTTP status."""
@@ -90,16 +85,6 @@ class Follower(elector.Elector):
             log.info("pool %s: reading the lease failed: %s: %s", cfg.pool, type(e).__name__, e)
         self._publish(self.following.view(time.monotonic()))
         return self.view
-
-    async def run(self) -> None:
-        """Rounds until cancelled, every third of the Lease's duration; then the peer address is withdrawn."""
-        try:
-            while True:
-                await self.round()
-                retry = self.election.config.retry
-                await asyncio.sleep(retry if self.hurry() else self.following.period(retry))  # the polling period
-        finally:
-            await self.release()
 
     async def release(self) -> None:
         self._publish(election.View(election.Role.CANDIDATE))

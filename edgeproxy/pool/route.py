@@ -34,7 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import httpclient, metrics, tasks
 from edgeproxy.kube import errors as kube_errors
-from edgeproxy.pool import election, moves, policy, state, view
+from edgeproxy.pool import election, policy, state, view
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ class LeaderResponse:
 class Router:
     """The pool seam of the proxy. `elected(view)` is the elector's on_change."""
 
-    __slots__ = ("_bad_until", "_client", "_seen", "_ssl", "header_timeout", "moves", "on_role", "policy",
-                 "retry_after", "role", "silence", "ssl_factory", "store", "tokens", "views")
+    __slots__ = ("_bad_until", "_client", "_seen", "_ssl", "header_timeout", "on_role", "policy", "retry_after", "role",
+                 "silence", "ssl_factory", "store", "tokens", "views")
 
     def __init__(self, pool_policy: policy.Policy, *, tokens: str = "vouched", views: view.Views | None = None,
                  ssl_factory: Callable[[], ssl.SSLContext] | None = None, store: Any = None,
@@ -134,7 +134,6 @@ class Router:
         self._ssl: ssl.SSLContext | None = None
         self._bad_until = 0.0
         self._seen: set[tuple[str, ...]] = set()  # (client partition, query) the API server answered 2xx
-        self.moves = moves.Moves(self.leader_usable)  # shared watches open upstream, moved once a leader is named
         _set_role(self.role.role)
 
     def elected(self, v: election.View) -> None:
@@ -147,27 +146,17 @@ class Router:
         _set_role(v.role)
         if self.on_role is not None:
             self.on_role(v)
-        self.moves.elected(old, v)
 
     def close(self) -> None:
         self._client.close()
-        self.moves.close()
 
-    def leader_usable(self) -> bool:
-        """This node leads, or follows a leader it may ask now (not one that just failed)."""
+    @property
+    def usable(self) -> bool:
+        """Whether shared requests go to the pool now: this node leads, or it follows a leader not failed lately."""
         if self.role.role is election.Role.LEADER:
             return self.views is not None
         return (self.role.role is election.Role.FOLLOWER and self.role.leader_address is not None
-                and time.monotonic() >= self._bad_until)
-
-    def track(self, info: Any, headers: Any, up: Any) -> moves.Tracked | None:
-        """An upstream watch the proxy relays: one of a shared query is tracked (pool/moves.py), to be ended at an
-        event boundary when a leader is named, so its client re-watches through the pool; None otherwise."""
-        if not self.shares(info, headers):
-            return None
-        key = (info.api_group, info.resource, info.namespace, info.label_selector, info.field_selector,
-               info.client.identity or "", info.client.component)
-        return self.moves.track(up, up.headers.get("Content-Type", ""), key)
+                and self.ssl_factory is not None and time.monotonic() >= self._bad_until)
 
     def reset_tls(self) -> None:
         """New credentials (a rotated client certificate): new connections to the leader present them."""

@@ -12,6 +12,10 @@ semantics from memory, persisted to the leader's LMDB cache. The I/O shell aroun
   server's watch cache answers resourceVersion=0 the same way, whole); a `continue` token is never issued, so one
   asked for is the API server's: fallback. resourceVersion newer than the view: waited for up to `wait`, then 504
   "Too large resource version" as the API server says; resourceVersionMatch=Exact on another version: 410 Expired.
+- WATCH from a resourceVersion newer than the view: waited for up to `wait` (an event in flight arrives), then
+  served from the view's own version: a client moved from the API server holds the cluster's newest version from
+  its bookmarks, while the view's moves only with its own query's events and bookmarks. An event of the query in
+  between that had not arrived by then would be sent again (a client may see an event twice, never miss one).
 - WATCH from resourceVersion N: the ring's events after N; N older than the ring → ERROR 410 "too old resource
   version" (client-go relists), as the API server's watch cache answers; "" or "0": ADDED for every object first;
   sendInitialEvents=true: ADDED for each, then the BOOKMARK with k8s.io/initial-events-end; allowWatchBookmarks:
@@ -465,9 +469,12 @@ class Views:
         if rv not in ("", "0") and not info.send_initial_events:
             if not rv.isdigit():
                 return status_reply(kube_status.bad_request(f"invalid resource version {rv!r}"))
-            if not await v.reached(rv, self.wait):
+            if not await v.reached(rv, self.wait) and info.verb == "list":
                 st = kube_status.too_large_rv(rv, v.st.rv)
                 return status_reply(st, "too large resource version" if fallback_ok else "")
+            # a watch from a version the view has not reached (a client moved from the API server, whose bookmarks
+            # carry the cluster's newest version): no event of the view's query came since its own version, or it
+            # would have arrived within the wait; it is served from the view's version, every later event sent
         if info.verb == "list":
             if info.resource_version_match == "Exact" and rv not in ("", "0") and rv != v.st.rv:
                 # the view holds its own version only: an older one exactly is history it does not keep

@@ -1,6 +1,8 @@
 """Wiring of pool sharing for `edgeproxy serve` (--pool on): views, peer listener, router, elector.
 
-`build(config, up, local)` makes the parts (before the proxy, which takes the router); `start(...)` binds the peer
+`build(config, up, local)` makes the parts (before the proxy, which takes the router); the Lease and the leader's views
+use --pool-kubeconfig's identity when given (a real cluster's NodeRestriction refuses nodes the Lease, and nodes may
+not list EndpointSlices), else the node's `up`; `start(...)` binds the peer
 listener on --pool-listen (TLS: --pool-cert-file, peers verified against the cluster CA), learns the pool's name
 (--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
 pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
@@ -25,18 +27,22 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from edgeproxy import config as config_mod
-from edgeproxy import tasks, upstream
+from edgeproxy import metrics, tasks, upstream
 from edgeproxy.guard import trust
 from edgeproxy.pool import election, elector, follower, peers, policy, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
+MOVE_EVERY = 15.0  # seconds between looks for client watches on the API server that the pool could take
+MOVE_AGE = 10.0  # only watches open this long are moved (never a "very short watch", which client-go relists after);
+# one the leader cannot take yet (the client's version older than its view) goes back upstream and is tried again
 
 
 @dataclasses.dataclass(slots=True)
 class Pool:
     config: config_mod.Config
-    up: upstream.Upstream
+    up: upstream.Upstream  # the node's own (its identity: the Node's pool label, the client certificate for peers)
+    api: upstream.Upstream  # the pool's requests (Lease, views): --pool-kubeconfig's identity, else `up`
     node: str
     views: view.Views
     router: route.Router
@@ -45,6 +51,9 @@ class Pool:
     name: str = ""
     elector: elector.Elector | None = None
     task: asyncio.Task[None] | None = None
+    mover: asyncio.Task[None] | None = None
+    move_every: float = MOVE_EVERY
+    move_age: float = MOVE_AGE
     _stopping: asyncio.Task[None] | None = None
 
     def state(self) -> dict[str, Any]:
@@ -59,7 +68,7 @@ class Pool:
         views it kept (a leader restarted offline: its followers still find its last view); else 503, go upstream."""
         if self.router.role.role is election.Role.LEADER:
             reply = await self.views.reply(info, fallback_ok=request.headers.get(peers.FALLBACK_OK_HEADER) == "true")
-        elif not self.up.online:
+        elif not self.api.online:
             reply = await self.views.reply(info, cached_only=True)
         else:
             reply = view.fallback_reply("this node does not lead its pool")
@@ -85,7 +94,18 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
         raise config_mod.ConfigError("--pool on needs this node's name (--node-name, or a kubeconfig client "
                                      "certificate of system:node:NAME)")
     st, w = getattr(local, "store", None), getattr(local, "writer", None)
-    views = view.Views(up, store=st, writer=w)
+    api = up
+    if config.pool_kubeconfig:
+        try:
+            creds = upstream.load_kubeconfig(config.pool_kubeconfig, "", config.servers)
+        except (OSError, upstream.KubeconfigError) as e:
+            raise config_mod.ConfigError(f"--pool-kubeconfig {config.pool_kubeconfig}: {e}") from e
+        api = upstream.Upstream(creds, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout,
+                                offline_after=config.offline_after, online_after=config.online_after,
+                                connect_timeout=config.connect_timeout, header_timeout=config.upstream_header_timeout,
+                                http2=config.upstream_http2, ping_idle=config.upstream_ping_idle,
+                                ping_timeout=config.upstream_ping_timeout)
+    views = view.Views(api, store=st, writer=w)
     shared = policy.Policy(settings["resources"])  # type: ignore[arg-type]
     ca = config.pool_ca_file or config.client_ca_file
     cache: dict[str, Any] = {}
@@ -102,10 +122,10 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
 
     router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
                           header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
-    pool = Pool(config, up, node, views, router, peers.PeerListener(shared))
+    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared))
     pool.listener.lead(pool.answer)
     router.on_role = pool._role
-    up.on_change(pool._upstream_changed)
+    api.on_change(pool._upstream_changed)
     return pool
 
 
@@ -119,9 +139,12 @@ def _server_context(config: config_mod.Config, up: upstream.Upstream) -> ssl.SSL
     return peers.server_context(str(settings["cert"]), str(settings["key"]), ca or None, cadata)
 
 
-async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
-    """Bind the peer listener and start the election (once the pool's name is known)."""
+async def start(pool: Pool, runners: list[web.BaseRunner], proxy: Any = None) -> None:
+    """Bind the peer listener and start the election (once the pool's name is known); with the `proxy`, move its
+    clients' watches to the pool once it can take them."""
     config = pool.config
+    if pool.api is not pool.up:
+        await pool.api.start()
     host, port = config_mod.split_address(config.pool_listen)
     runner = web.AppRunner(pool.listener.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -132,7 +155,27 @@ async def start(pool: Pool, runners: list[web.BaseRunner]) -> None:
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     pool.url = f"https://{address}"
     pool.task = tasks.spawn(_elect(pool, address), name="pool-elector")
+    if proxy is not None:
+        pool.mover = tasks.spawn(_move(pool, proxy), name="pool-watch-mover")
     log.info("pool peer listener on %s", pool.url)
+
+
+async def _move(pool: Pool, proxy: Any) -> None:
+    """Client watches that went to the API server while no leader was known (before the first election, after a
+    failover) stay there until they end, 5 to 10 minutes for client-go: end those the pool can take now, so each
+    re-watches from its last resourceVersion through the pool (the API server's versions: no relist)."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        await asyncio.sleep(min(pool.move_every, 1.0))
+        if loop.time() - last < pool.move_every:
+            continue
+        last = loop.time()
+        if pool.router.usable:
+            moved = proxy.move_watches(pool.move_age, pool.router.takes)
+            if moved:
+                metrics.POOL_WATCHES_MOVED.inc(moved)
+                log.info("pool %s: %d client watch(es) moved from the API server to the pool", pool.name, moved)
 
 
 async def _elect(pool: Pool, address: str) -> None:
@@ -150,10 +193,9 @@ async def _elect(pool: Pool, address: str) -> None:
 
 def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
     """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
-    if pool.config.pool_election == "lease":
-        return elector.Elector(pool.up, cfg, on_change=pool.router.elected)
-    return follower.Follower(pool.up, cfg, on_change=pool.router.elected,
-                             hurry=lambda: not pool.router.leader_usable())
+    if pool.config.pool_election == "lease":  # as --pool-kubeconfig's identity: NodeRestriction refuses nodes
+        return elector.Elector(pool.api, cfg, on_change=pool.router.elected)
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)  # patches its own Node: as the node
 
 
 async def _pool_label(pool: Pool) -> str:
@@ -194,6 +236,8 @@ async def _pool_label(pool: Pool) -> str:
 
 
 async def stop(pool: Pool) -> None:
+    if pool.mover is not None:
+        pool.mover.cancel()
     if pool.task is not None:
         pool.task.cancel()  # the elector releases the Lease when it leads
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -203,3 +247,5 @@ async def stop(pool: Pool) -> None:
             await pool._stopping
     await pool.views.close()
     pool.router.close()
+    if pool.api is not pool.up:
+        await pool.api.close()

@@ -40,7 +40,7 @@ async def proxy(tmp: Path, sim: Simulator, bounds: limits.Limits | None = None,
     kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="node")
     settings: dict[str, object] = dict(listen="127.0.0.1:0", ops_listen="", tls_listen="127.0.0.1:0",
                                        client_ca_file=str(sim.pki.ca_cert), cache_dir=str(tmp / "cache"),
-                                       probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
+                                       probe_interval=0.2, offline_after=3, online_after=1, connect_timeout=1.0,
                                        shutdown_timeout=2.0, listen_http2=True)
     settings.update(overrides)
     async with server.running(config.Config(kubeconfig=str(kubeconfig), **settings),  # type: ignore[arg-type]

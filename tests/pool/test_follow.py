@@ -40,10 +40,3 @@ def test_a_leader_with_an_unusable_address_is_not_followed():
     f.see(lease("n2", address="nowhere"), 0.0)
     v = f.view(0.0)
     assert v.role is election.Role.CANDIDATE and v.holder == "n2" and "no usable address" in v.problem
-
-
-def test_the_lease_is_read_every_third_of_its_duration():
-    f = follow.Following("n1")
-    assert f.period(0.8) == 0.8  # nothing read yet
-    f.see(lease("n2", duration=15), 0.0)
-    assert f.period(0.8) == 5.0 and f.period(6.0) == 6.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 
 import pytest
 
@@ -39,7 +40,8 @@ class CountingApi(sim_api.Api):
 @pytest.fixture
 async def sim(tmp_path):
     s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=1.0, tokens={
-        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",))})
+        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",)),
+        "pool-token": ("system:serviceaccount:edgeproxy:edgeproxy-pool", ("system:serviceaccounts",))})
     s.api = CountingApi(s)
     async with s:
         s.seed(services=20, endpointslices=20)
@@ -222,6 +224,60 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
         # at the API server: the new leader's one LIST per query, and nothing from the followers' clients
         after = sum(sim.api.lists.get(r, 0) for r in ("services", "endpointslices")) - upstream_lists
         assert after <= 2, sim.api.lists
+
+
+async def test_watches_opened_before_a_leader_was_known_move_to_the_pool(sim, branch):
+    """Clients that started while nobody could serve the pool (here: a Lease held by a node that is gone) watch the
+    API server; once a leader is elected, their watches move to it: no relist, nothing missed."""
+    from tests.pool.branch import LEASE
+
+    sim.create("leases", {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
+        "name": LEASE[1], "namespace": LEASE[0], "annotations": {
+            "edgeproxy.io/pool-leader-address": "127.0.0.9:1"}},
+        "spec": {"holderIdentity": "edge-9", "leaseDurationSeconds": 3600}}, LEASE[0])
+    await branch.start()
+    await until(lambda: all(n.role == "follower" for n in branch.nodes))
+    for node in branch.nodes:
+        node.service.pool.move_every, node.service.pool.move_age = 0.2, 1.0
+    with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
+        await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
+        await until(lambda: upstream_watches(sim, "services") == 3 and upstream_watches(sim, "endpointslices") == 3)
+        lease = copy.deepcopy(sim.get("leases", LEASE[1], LEASE[0]))
+        lease["spec"]["holderIdentity"] = ""  # edge-9's Lease freed: the branch elects one of its own
+        sim.update("leases", lease)
+        await until(lambda: sorted(n.role for n in branch.nodes) == ["follower", "follower", "leader"])
+        await until(lambda: upstream_watches(sim, "services") == 1 and upstream_watches(sim, "endpointslices") == 1,
+                    timeout=30)
+        sim.create("services", svc("after-the-move"), "edge")
+        want = expected(sim, "services")
+        await until(lambda: all(r.snapshot() == want for r in rs if r.path == SVC))
+        assert all(len(r.lists) == 1 and not r.watch_errors and not r.list_errors for r in rs), [
+            (r.lists, r.history) for r in rs]
+        assert metrics.POOL_WATCHES_MOVED._value.get() >= 4
+
+
+async def test_the_pools_own_requests_go_with_the_pool_identity(sim, tmp_path):
+    """--pool-kubeconfig: the Lease and the leader's upstream list+watch as the ServiceAccount edgeproxy-pool (a real
+    cluster refuses nodes both); the node's own clients still go as the node."""
+    b = Branch(sim, tmp_path, n=2)
+    kc = tmp_path / "pool.kubeconfig"
+    kc.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                  f"clusters: [{{name: s, cluster: {{server: \"{sim.url}\", "
+                  f"certificate-authority: \"{sim.pki.ca_cert}\"}}}}]\n"
+                  "users: [{name: u, user: {token: pool-token}}]\n"
+                  "contexts: [{name: c, context: {cluster: s, user: u}}]\n")
+    for node in b.nodes:
+        node.settings["pool_kubeconfig"] = str(kc)
+    try:
+        await b.start()
+        await until(lambda: sorted(n.role for n in b.nodes) == ["follower", "leader"])
+        follower = next(n for n in b.nodes if n.role == "follower")
+        with reflectors([follower.url], [SVC]) as (r,):
+            await until(lambda: r.synced.is_set() and upstream_watches(sim, "services") == 1)
+            (w,) = [w for w in sim.api.watches if w.res.name == "services"]
+            assert w.request.headers.get("Authorization") == "Bearer pool-token"
+    finally:
+        await b.stop()
 
 
 async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):

@@ -347,3 +347,16 @@ async def test_an_exact_list_at_a_version_the_view_does_not_hold_is_expired(sim,
     # NotOlderThan (the default) an older version: the view's newer state, as the API server answers
     older = await views.reply(info(f"{SVC}?resourceVersion={rv}", JSON))
     assert older.status == 200 and json.loads(older.body)["metadata"]["resourceVersion"] == v.st.rv
+
+
+async def test_a_watch_from_a_version_the_view_has_not_reached_is_served_from_the_views_own(sim, views):
+    """A client moved from the API server holds the cluster's newest version (its bookmarks): its watch is taken on,
+    and no later event is missed."""
+    await views.reply(info(SLICES, JSON))
+    sim.create("services", svc("elsewhere"), "edge")  # the cluster's version moves, no event for the slices' view
+    newer = str(sim.store.rv)
+    frames = Frames(await views.reply(info(f"{SLICES}?watch=true&resourceVersion={newer}", JSON)), "json")
+    sim.patch("endpointslices", "load-00002-x1", {"metadata": {"labels": {"moved": "yes"}}}, namespace="edge")
+    typ, meta = frames.decode(await frames.next())
+    assert (typ, meta.name) == ("MODIFIED", "load-00002-x1")
+    await frames.close()

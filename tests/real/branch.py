@@ -47,7 +47,6 @@ from urllib.parse import urlencode
 
 from .cluster import Cluster
 from .edge import LOCK, TLS_PORT, EdgeHost
-from .poolcompanion import PoolCompanion
 from .procs import Proc, RealError, wait_for
 from .reflector import QUERIES
 from .wan import Wan
@@ -60,6 +59,8 @@ HERE = Path(__file__).parent
 POOL_PORT = 10270  # each node's peer listener, on its LAN address
 POOL_NAMESPACE = "edgeproxy"  # where the pools' Leases live (edgeproxy's default)
 POOL_RBAC = HERE.parents[1] / "deploy" / "pool" / "rbac.yaml"
+COMPANION_MANIFEST = HERE.parents[1] / "deploy" / "companion" / "companion.yaml"
+COMPANION_NS = "edgeproxy-system"
 
 Flags = Callable[[str, str], Sequence[str]]  # (node, its LAN address) -> edgeproxy flags
 
@@ -205,13 +206,14 @@ class SimNode:
         return bool(self.view().get("synced"))
 
 
-def apply_manifest(cluster: Cluster, path: Path) -> None:
-    """Create every object of a YAML manifest as admin (those that exist are left as they are)."""
+def apply_manifest(cluster: Cluster, path: Path, kinds: tuple[str, ...] = ()) -> None:
+    """Create every object of a YAML manifest (of `kinds`, when given) as admin; those that exist are left as they
+    are."""
     import yaml
     from kubernetes import utils
 
     for doc in yaml.safe_load_all(path.read_text()):
-        if not doc:
+        if not doc or (kinds and doc.get("kind") not in kinds):
             continue
         try:
             utils.create_from_dict(cluster.api, doc)
@@ -224,6 +226,36 @@ def grant_pool(cluster: Cluster) -> None:
     """What the README tells an operator to apply once per cluster for pool sharing: deploy/pool/rbac.yaml, as
     shipped."""
     apply_manifest(cluster, POOL_RBAC)
+
+
+class Companion:
+    """`edgeproxy companion` as its own process with deploy/companion/companion.yaml's ServiceAccount and RBAC (no
+    webhook: --listen ''): here for its pool controller, which names each pool's leader on the pool's Lease (nodes
+    cannot write it: NodeRestriction). A node may lead while its kubelet renews its Lease in kube-node-lease within
+    `node_grace` seconds (through its edgeproxy: a dead edgeproxy stops the renewals) and its edgeproxy announced its
+    peer address on its Node; simulated nodes have no kubelet, so they only follow."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, *, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+        self.cluster, self.dir = cluster, workdir
+        self.pool_lease, self.node_grace = pool_lease, node_grace
+        self.proc: Proc | None = None
+
+    def start(self) -> Proc:
+        apply_manifest(self.cluster, COMPANION_MANIFEST,
+                       ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"))
+        kubeconfig = self.cluster.kubeconfig(self.dir / "companion.kubeconfig",
+                                             token=self.cluster.sa_token(COMPANION_NS, "edgeproxy-companion"))
+        argv = [sys.executable, "-m", "edgeproxy", "companion", "--kubeconfig", kubeconfig, "--namespace",
+                COMPANION_NS, "--listen", "", "--retry-period", "1", "--lease-duration", "5", "--renew-deadline", "4",
+                "--pool-lease-duration", str(self.pool_lease), "--pool-node-grace", str(self.node_grace)]
+        self.proc = Proc("companion", argv, self.dir / "logs" / "companion.log",
+                         env={"PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), *sys.path])})
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
 
 
 def pool_flags(cluster: Cluster, *extra: str) -> Flags:
@@ -265,7 +297,7 @@ class Branch:
         self.wan: Wan | None = None
         self.hosts: list[EdgeHost] = []
         self.sims: list[SimNode] = []
-        self.companion: PoolCompanion | None = None
+        self.companion: Companion | None = None
 
     def __enter__(self) -> Branch:
         try:
@@ -348,14 +380,18 @@ class Branch:
             h.proxy_flags = tuple(self.proxy_flags(h.node, h.netns.edge_ip))
             h.start_component("edgeproxy")
 
-    def sharing(self, on: bool, *extra: str) -> None:
-        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off. On, the companion that elects
-        the pools' leaders runs too (tests/real/poolcompanion.py, its pool Leases of 15 s: renewed every 5 s, and
-        read by the nodes as often)."""
+    def sharing(self, on: bool, *extra: str, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+        """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off; on: deploy/pool/rbac.yaml
+        applied and the companion started (its pool controller elects: `pool_lease` seconds a pool Lease lasts,
+        `node_grace` seconds a leader's node Lease may go unrenewed)."""
         if on:
             grant_pool(self.cluster)
             if self.companion is None:
-                self.companion = PoolCompanion(self.cluster, self.dir / "companion").start()
+                self.companion = Companion(self.cluster, self.dir, pool_lease=pool_lease, node_grace=node_grace)
+                self.companion.start()
+        elif self.companion is not None:
+            self.companion.stop()
+            self.companion = None
         self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
 
     def node(self, name: str) -> EdgeHost:
@@ -364,6 +400,33 @@ class Branch:
     def leader(self) -> str:
         """The node holding the branch's pool Lease ("" when none)."""
         return lease_holder(self.cluster, self.name)
+
+    def roles(self) -> dict[str, str]:
+        """Each node's role in the pool as its edgeproxy says (edgeproxy_pool_role: leader, follower, candidate; ""
+        when it does not say)."""
+        out = {}
+        for h in self.nodes:
+            try:
+                m = re.search(r'^edgeproxy_pool_role\{role="(\w+)"\} 1(?:\.0)?$', h.proxy_metrics(), re.M)
+            except OSError:
+                m = None
+            out[h.node] = m.group(1) if m else ""
+        return out
+
+    def settled(self) -> bool:
+        """A leader holds the Lease and every node knows its place (leader or follower)."""
+        return bool(self.leader()) and all(r in ("leader", "follower") for r in self.roles().values())
+
+    def restart_clients(self) -> None:
+        """Every node's clients restarted (hosts: kubelet and kube-proxy; simulated nodes: the reflector), so their
+        watches are opened anew through edgeproxy as it is now (what a branch in steady state has: client-go ends
+        every watch within 5-10 minutes and opens the next one)."""
+        for h in self.hosts:
+            for name in ("kubelet", "kube-proxy"):
+                if name in h.components:
+                    h.restart(name)
+        for sim in self.sims:
+            sim.start_reflector()
 
     # ---- what the nodes see
 
@@ -386,16 +449,20 @@ def _query(resource: str) -> str:
 
 
 def served_list(h: EdgeHost, resource: str) -> dict[str, str]:
-    """{ns/name: resourceVersion} of a LIST through the node's edgeproxy as kube-proxy (its token, its selectors)."""
+    """{ns/name: resourceVersion} of a LIST through the node's edgeproxy as kube-proxy: its token, its selectors, and
+    protobuf as it asks (so a pool leader answers it from kube-proxy's own view instead of starting another)."""
     code = ("import json, ssl, sys, urllib.request\n"
+            "sys.path[:0] = json.loads(sys.argv[4])\n"
+            "from tests.real.reflector import ACCEPT, UA, _key, _list\n"
             "ctx = ssl.create_default_context(cafile=sys.argv[3])\n"
             "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2],"
-            " 'User-Agent': 'kube-proxy/v1.37.2 (linux/amd64) kubernetes/test', 'Accept': 'application/json'})\n"
-            "doc = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))\n"
-            "print(json.dumps({i['metadata'].get('namespace', '') + '/' + i['metadata']['name']:"
-            " i['metadata']['resourceVersion'] for i in doc['items']}))\n")
+            " 'User-Agent': UA, 'Accept': ACCEPT})\n"
+            "r = urllib.request.urlopen(req, context=ctx, timeout=10)\n"
+            "rv, cont, metas = _list(r.headers.get('Content-Type', ''), r.read())\n"
+            "print(json.dumps({_key(m): m.resource_version for m in metas}))\n")
     r = h.netns.run(sys.executable, "-c", code, f"https://127.0.0.1:{TLS_PORT}{_query(resource)}",
-                    h.tokens["kube-proxy"], str(h.cache_dir / "pki" / "ca.crt"))
+                    h.tokens["kube-proxy"], str(h.cache_dir / "pki" / "ca.crt"),
+                    json.dumps([str(HERE.parents[1]), *sys.path]))
     if r.returncode != 0:
         raise RealError(f"LIST {resource} through {h.node}'s edgeproxy: {r.stderr.strip()[-500:]}")
     return json.loads(r.stdout)
@@ -426,7 +493,7 @@ if cert:
     ctx.load_cert_chain(cert, key)
 try:
     c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
-    c.request("GET", path, headers={"Accept": "application/json", "User-Agent": "peer-probe"})
+    c.request("GET", path, headers={"Accept": "application/vnd.kubernetes.protobuf", "User-Agent": "peer-probe"})
     r = c.getresponse()
     print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
 except (ssl.SSLError, ConnectionError, OSError) as e:
@@ -436,8 +503,9 @@ except (ssl.SSLError, ConnectionError, OSError) as e:
 
 def peer_get(h: EdgeHost, address: tuple[str, int], path: str, cert: Path | None = None,
              key: Path | None = None, ca: Path | None = None) -> dict[str, Any]:
-    """GET `path` from a peer listener at `address`, from node `h`'s namespace, with a client certificate (or none):
-    {"status": HTTP status or 0 when TLS or the connection failed, "body": text, "error": why}."""
+    """GET `path` from a peer listener at `address`, from node `h`'s namespace, with a client certificate (or none),
+    in protobuf as the nodes' clients ask (so a leader answers from the view they use): {"status": HTTP status or 0
+    when TLS or the connection failed, "body": the body as text (protobuf: names and kinds readable), "error": why}."""
     r = h.netns.run(sys.executable, "-c", PEER_GET, address[0], str(address[1]), str(ca or h.cluster.ca_file),
                     str(cert or ""), str(key or ""), path)
     if r.returncode != 0:

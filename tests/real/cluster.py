@@ -113,8 +113,10 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 class Cluster:
     def __init__(self, workdir: Path, bin_dir: Path, *, controller_manager: bool = False,
-                 controller_manager_flags: tuple[str, ...] = (), apiserver_flags: tuple[str, ...] = ()) -> None:
+                 controller_manager_flags: tuple[str, ...] = (), apiserver_flags: tuple[str, ...] = (),
+                 node_restriction: bool = True) -> None:
         self.dir = workdir
+        self.node_restriction = node_restriction  # False: an API server without NodeRestriction (what-if runs only)
         self.bin = bin_dir
         self.want_cm = controller_manager
         self.cm_flags = tuple(controller_manager_flags)
@@ -196,7 +198,7 @@ class Cluster:
                 "--service-account-signing-key-file", pki.sa_key,
                 "--service-account-issuer", ISSUER,
                 "--authorization-mode", "Node,RBAC",
-                "--enable-admission-plugins", "NodeRestriction",
+                "--enable-admission-plugins", "NodeRestriction" if self.node_restriction else "NamespaceLifecycle",
                 "--service-cluster-ip-range", SERVICE_CIDR,
                 "--endpoint-reconciler-type", "none",  # 127.0.0.1 may not be the kubernetes Service's endpoint
                 "--allow-privileged=true", "--profiling=false",
