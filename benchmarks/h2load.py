@@ -12,11 +12,8 @@ may itself limit req/s; the proxy's CPU per request (measured from the outside) 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import ssl
-import struct
 import sys
 import time
 import urllib.parse
@@ -25,6 +22,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+
+from benchmarks import loadgen
 
 USER_AGENT = "kubectl/v1.37.2 (linux/amd64) kubernetes/bench"
 WINDOW = 16 << 20
@@ -39,7 +38,7 @@ class _Client:
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW})
         self.conn.increment_flow_control_window(WINDOW)
         self.head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", url.netloc.encode()),
-                     (b":path", ((url.path or "/") + (f"?{url.query}" if url.query else "")).encode()),
+                     (b":path", loadgen.request_target(url).encode()),
                      (b"user-agent", USER_AGENT.encode())]
         for h in headers:
             name, _, value = h.partition(":")
@@ -129,15 +128,7 @@ async def load(url_s: str, concurrency: int, duration: float | None, requests: i
     elapsed = time.perf_counter() - start
     client.writer.close()
     pump.cancel()
-    latencies.sort()
-
-    def pct(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 4) if latencies else None
-
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 4),
-            "req_per_s": round(len(latencies) / elapsed, 1), "bytes": total,
-            "mb_per_s": round(total / elapsed / 1e6, 2), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
-            "p99_ms": pct(0.99), "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    return loadgen.load_result(latencies, errors, total, statuses, elapsed)
 
 
 async def watch(url_s: str, events: int, ctx: ssl.SSLContext, headers: list[str]) -> dict[str, object]:
@@ -153,16 +144,7 @@ async def watch(url_s: str, events: int, ctx: ssl.SSLContext, headers: list[str]
             started.append(time.perf_counter())
         buf.extend(data)
         got[1] += len(data)
-        if protobuf:
-            while len(buf) >= 4:
-                (n,) = struct.unpack_from(">I", buf)
-                if len(buf) < 4 + n:
-                    break
-                del buf[:4 + n]
-                got[0] += 1
-        else:
-            got[0] += buf.count(b"\n")
-            del buf[:buf.rfind(b"\n") + 1]
+        got[0] += loadgen.take_events(buf, protobuf)
         if got[0] >= events and not done.done():
             done.set_result(None)
 
@@ -173,44 +155,14 @@ async def watch(url_s: str, events: int, ctx: ssl.SSLContext, headers: list[str]
     elapsed = time.perf_counter() - started[0] if started else 0.0
     client.writer.close()
     pump.cancel()
-    return {"events": got[0], "seconds": round(elapsed, 4),
-            "events_per_s": round(got[0] / elapsed, 1) if elapsed else None, "bytes": got[1],
-            "mb_per_s": round(got[1] / elapsed / 1e6, 2) if elapsed else None}
+    return loadgen.watch_result(got[0], got[1], elapsed)
 
 
 def main(argv: list[str] | None = None) -> int:
     global USER_AGENT
-    p = argparse.ArgumentParser(prog="python -m benchmarks.h2load", description=__doc__.splitlines()[0])
-    p.add_argument("url")
-    p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None)
-    p.add_argument("--requests", type=int, default=None)
-    p.add_argument("--watch-events", type=int, default=None)
-    p.add_argument("--header", action="append", default=[])
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--ca")
-    p.add_argument("--user-agent", default=USER_AGENT)
-    args = p.parse_args(argv)
+    args = loadgen.cli(argv, "python -m benchmarks.h2load", __doc__, USER_AGENT, tls_always=True)
     USER_AGENT = args.user_agent
-    ctx = ssl.create_default_context(cafile=args.ca)
-    if args.cert:
-        ctx.load_cert_chain(args.cert, args.key)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    if args.watch_events:
-        result = runner(watch(args.url, args.watch_events, ctx, args.header))
-    else:
-        if args.duration is None and args.requests is None:
-            args.duration = 5.0
-        result = runner(load(args.url, args.concurrency, args.duration, args.requests, ctx, args.header))
-    json.dump(result, sys.stdout)
-    print()
-    return 0
+    return loadgen.run(args, load, watch)
 
 
 if __name__ == "__main__":

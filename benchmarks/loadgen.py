@@ -20,6 +20,7 @@ import struct
 import sys
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 
 class _Conn:
@@ -62,11 +63,51 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, int]:
 USER_AGENT = "edgeproxy-loadgen"
 
 
+def request_target(url: urllib.parse.SplitResult) -> str:
+    """The path and query a request for `url` names."""
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def load_result(latencies: list[float], errors: int, total: int, statuses: dict[int, int],
+                elapsed: float) -> dict[str, object]:
+    """The JSON object a load run prints (latencies in seconds, any order; percentiles in ms)."""
+    latencies.sort()
+
+    def pct(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 4) if latencies else None
+
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 4),
+            "req_per_s": round(len(latencies) / elapsed, 1), "bytes": total,
+            "mb_per_s": round(total / elapsed / 1e6, 2), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
+            "p99_ms": pct(0.99), "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def take_events(buf: bytearray, protobuf: bool) -> int:
+    """Remove the complete events at the head of `buf` (4-byte length-framed protobuf, else newline-ended JSON) and
+    return how many there were."""
+    if not protobuf:
+        n = buf.count(b"\n")
+        del buf[:buf.rfind(b"\n") + 1]
+        return n
+    got = 0
+    while len(buf) >= 4:
+        (n,) = struct.unpack_from(">I", buf)
+        if len(buf) < 4 + n:
+            break
+        del buf[:4 + n]
+        got += 1
+    return got
+
+
+def watch_result(events: int, total: int, elapsed: float) -> dict[str, object]:
+    """The JSON object a watch run prints."""
+    return {"events": events, "seconds": round(elapsed, 4),
+            "events_per_s": round(events / elapsed, 1) if elapsed else None, "bytes": total,
+            "mb_per_s": round(total / elapsed / 1e6, 2) if elapsed else None}
+
+
 def _request_bytes(url: urllib.parse.SplitResult, headers: list[str]) -> bytes:
-    path = url.path or "/"
-    if url.query:
-        path += "?" + url.query
-    lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", f"User-Agent: {USER_AGENT}", *headers]
+    lines = [f"GET {request_target(url)} HTTP/1.1", f"Host: {url.netloc}", f"User-Agent: {USER_AGENT}", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -107,15 +148,7 @@ async def load(url_s: str, concurrency: int, duration: float | None, requests: i
     elapsed = time.perf_counter() - start
     for c in conns:
         c.writer.close()
-    latencies.sort()
-
-    def pct(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 4) if latencies else None
-
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 4),
-            "req_per_s": round(len(latencies) / elapsed, 1), "bytes": total_bytes,
-            "mb_per_s": round(total_bytes / elapsed / 1e6, 2), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
-            "p99_ms": pct(0.99), "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    return load_result(latencies, errors, total_bytes, statuses, elapsed)
 
 
 async def watch(url_s: str, events: int, ctx: ssl.SSLContext | None, headers: list[str]) -> dict[str, object]:
@@ -140,27 +173,18 @@ async def watch(url_s: str, events: int, ctx: ssl.SSLContext | None, headers: li
             buf += await conn.reader.readexactly(size)
             await conn.reader.readexactly(2)
             total += size
-            if protobuf:
-                while len(buf) >= 4:
-                    (n,) = struct.unpack_from(">I", buf)
-                    if len(buf) < 4 + n:
-                        break
-                    del buf[:4 + n]
-                    got += 1
-            else:
-                got += buf.count(b"\n")
-                buf = buf[buf.rfind(b"\n") + 1:]
+            got += take_events(buf, protobuf)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
     elapsed = time.perf_counter() - start
     conn.writer.close()
-    return {"events": got, "seconds": round(elapsed, 4), "events_per_s": round(got / elapsed, 1) if elapsed else None,
-            "bytes": total, "mb_per_s": round(total / elapsed / 1e6, 2) if elapsed else None}
+    return watch_result(got, total, elapsed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    global USER_AGENT
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.splitlines()[0])
+def cli(argv: list[str] | None, prog: str, doc: str, user_agent: str, tls_always: bool) -> argparse.Namespace:
+    """The command line both load generators take (loadgen.py, h2load.py); `args.ctx` is the TLS context (None for
+    http:// unless `tls_always`)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("url")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--duration", type=float, default=None)
@@ -170,14 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--ca")
-    p.add_argument("--user-agent", default=USER_AGENT, help="e.g. kubelet's, for proxies that cache by component")
+    p.add_argument("--user-agent", default=user_agent, help="e.g. kubelet's, for proxies that cache by component")
     args = p.parse_args(argv)
-    USER_AGENT = args.user_agent
-    ctx = None
-    if args.url.startswith("https"):
-        ctx = ssl.create_default_context(cafile=args.ca)
+    args.ctx = None
+    if tls_always or args.url.startswith("https"):
+        args.ctx = ssl.create_default_context(cafile=args.ca)
         if args.cert:
-            ctx.load_cert_chain(args.cert, args.key)
+            args.ctx.load_cert_chain(args.cert, args.key)
+    if args.duration is None and args.requests is None:
+        args.duration = 5.0
+    return args
+
+
+def run(args: argparse.Namespace, load: Callable[..., Awaitable[dict[str, object]]],
+        watch: Callable[..., Awaitable[dict[str, object]]]) -> int:
+    """Run `watch` or `load` as the parsed command line asks (on uvloop where installed); print the JSON result."""
     try:
         import uvloop
 
@@ -185,14 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     if args.watch_events:
-        result = runner(watch(args.url, args.watch_events, ctx, args.header))
+        result = runner(watch(args.url, args.watch_events, args.ctx, args.header))
     else:
-        if args.duration is None and args.requests is None:
-            args.duration = 5.0
-        result = runner(load(args.url, args.concurrency, args.duration, args.requests, ctx, args.header))
+        result = runner(load(args.url, args.concurrency, args.duration, args.requests, args.ctx, args.header))
     json.dump(result, sys.stdout)
     print()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    global USER_AGENT
+    args = cli(argv, "python -m benchmarks.loadgen", __doc__, USER_AGENT, tls_always=False)
+    USER_AGENT = args.user_agent
+    return run(args, load, watch)
 
 
 if __name__ == "__main__":

@@ -208,13 +208,17 @@ COUNTERS = (
 )
 
 
+HELD_MAX = 16 << 10  # holds_object remembers a verified body up to this size ...
+HELD_ENTRIES = 256  # ... for this many objects (at most 4 MiB)
+
+
 class Store:
     """Reads (any thread) over one LMDB environment, and the transaction-level writes the writer thread runs."""
 
     __slots__ = (
         "path", "env", "sealer", "sealed_resources", "max_bytes", "low_water", "protected", "_views", "_items",
         "_objects", "_blobs", "_staging", "_access", "_meta", "_psize", "_reads", "_stale", "_unpersisted", "_lock",
-        "_gen", *COUNTERS,
+        "_gen", "_held", *COUNTERS,
     )
 
     def __init__(self, path: str, env: lmdb.Environment, sealer: seal.Sealer | None,
@@ -238,6 +242,7 @@ class Store:
         self._stale: set[bytes] = set()  # views a failed write left behind: reported incomplete whatever the db says
         self._unpersisted: set[bytes] = set()  # stale views whose incomplete flag is not on disk yet
         self._lock = threading.Lock()
+        self._held: dict[bytes, tuple[int, bytes]] = {}  # holds_object's verdicts: key -> (LMDB txn id, body)
         with env.begin() as txn:
             cur = txn.cursor(db=self._items)
             last = _U64.unpack(cur.key()[:8])[0] if cur.last() and len(cur.key()) >= 8 else 0
@@ -487,11 +492,16 @@ class Store:
             return None
         return body if fields == okey.fields() else None
 
-    def holds_object(self, okey: ObjectKey, body: bytes) -> bool:
+    def holds_object(self, okey: ObjectKey, body: bytes, k: bytes | None = None) -> bool:
         """Whether the stored GET answer for okey is exactly `body` (a record that does not read back is not; it is
-        not counted as corrupt here: the caller is about to overwrite it)."""
-        k = okey.key()
+        not counted as corrupt here: the caller is about to overwrite it). `k`: okey.key(), when known."""
+        if k is None:
+            k = okey.key()
         with self.env.begin() as txn:
+            txn_id = txn.id()  # the last transaction committed (by any process): while it stands, nothing changed
+            held = self._held.get(k)
+            if held is not None and held[0] == txn_id:
+                return held[1] == body  # a client polling an object: no read, no unsealing, no decoding
             value = txn.get(k, db=self._objects)
         if value is None:
             return False
@@ -499,7 +509,12 @@ class Store:
             fields, stored = self._decode_body(k, b"o", value)
         except (errors.CorruptRecord, errors.SealError):
             return False
-        return stored == body and fields == okey.fields()
+        same = stored == body and fields == okey.fields()
+        if same and len(body) <= HELD_MAX:
+            if len(self._held) >= HELD_ENTRIES:
+                self._held.clear()
+            self._held[k] = (txn_id, body)
+        return same
 
     def objects(self, client: str | None = None) -> list[tuple[ObjectKey, int]]:
         """(ObjectKey, body size) of the cached GETs; sealed ones without the key are left out."""

@@ -196,7 +196,7 @@ class Writer:
         queued, there is nothing to write: a client polling an object that does not change costs a read, not a
         transaction (the store's bytes are compared, not a remembered digest: another process may purge them)."""
         k = okey.key()
-        if k not in self._object_ops and self.store.holds_object(okey, body):
+        if k not in self._object_ops and self.store.holds_object(okey, body, k):
             self.objects_unchanged += 1
             return
         if not self._put_data(None, ("object", okey, body), len(body) + _ITEM_OVERHEAD, k):

@@ -22,8 +22,8 @@ The data path reads down the tree; imports go downward only:
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)
     h2/     session (pure HTTP/2 client state over python-hyper h2) and client (its asyncio shell and pool);
-            serversession (pure HTTP/2 server state) and server (its shell: h2 by ALPN on the HTTPS listeners, each
-            stream a request for proxy, built by server)
+            h2conn (h2's connection as both sessions use it); serversession (pure HTTP/2 server state) and server
+            (its shell: h2 by ALPN on the HTTPS listeners, each stream a request for proxy, built by server)
     h1/     lane: the HTTP/1.1 listener's plain GETs answered by proxy.Proxy.lane past aiohttp's per-request objects
             (server builds the proxy listeners with lane.LaneServer, a guard.limits.GuardedServer)
     companion/  the cloud-side autonomy companion (`edgeproxy companion`: tolerations for pods on autonomous

@@ -208,19 +208,16 @@ def _safe_extra(fields: dict[str, Any]) -> dict[str, Any]:
 class Sampler:
     """Lets one call in `every` through (every <= 1: all of them); thread-safe, deterministic (a counter)."""
 
-    __slots__ = ("_counter", "_lock", "every")
+    __slots__ = ("_counter", "every")
 
     def __init__(self, every: int) -> None:
         self.every = every
         self._counter = itertools.count()
-        self._lock = threading.Lock()
 
     def take(self) -> bool:
         if self.every <= 1:
             return True
-        with self._lock:
-            n = next(self._counter)
-        return n % self.every == 0
+        return next(self._counter) % self.every == 0  # itertools.count's next() is atomic: no lock needed
 
 
 def _sample_rate() -> int:
@@ -234,26 +231,29 @@ _sampler = Sampler(_sample_rate())
 
 
 class Activity:
-    """What one component asked and got: the last requests, the last errors, counts. Bounded in every dimension."""
+    """What one component asked and got: the last requests, the last errors, counts. Bounded in every dimension.
+    Entries are kept as tuples (ts, verb, path, code, source, duration, note) and shaped only when read."""
 
     __slots__ = ("counts", "errors", "first_seen", "last", "total")
     MAX_COUNT_KEYS = 500
 
     def __init__(self) -> None:
-        self.last: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
-        self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.last: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=50)
+        self.errors: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=20)
         self.counts: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
         self.total = 0
         self.first_seen = time.time()
 
-    def add(self, entry: dict[str, Any], resource: str) -> None:
+    def add(self, entry: tuple[Any, ...], resource: str) -> None:
         self.total += 1
         self.last.append(entry)
-        if entry["code"] >= 400:
+        _, verb, _, code, source, _, _ = entry
+        if code >= 400:
             self.errors.append(entry)
-        key = (entry["verb"], resource, entry["code"], entry["source"])
-        if key in self.counts or len(self.counts) < self.MAX_COUNT_KEYS:
-            self.counts[key] += 1
+        key = (verb, resource, code, source)
+        counts = self.counts
+        if key in counts or len(counts) < self.MAX_COUNT_KEYS:
+            counts[key] += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -261,9 +261,18 @@ class Activity:
             "first_seen": self.first_seen,
             "counts": [{"verb": v, "resource": r, "code": c, "source": s, "n": n}
                        for (v, r, c, s), n in self.counts.most_common()],
-            "last": list(self.last),
-            "errors": list(self.errors),
+            "last": [_entry(e) for e in self.last],
+            "errors": [_entry(e) for e in self.errors],
         }
+
+
+def _entry(e: tuple[Any, ...]) -> dict[str, Any]:
+    ts, verb, path, code, source, duration, note = e
+    out = {"ts": round(ts, 3), "verb": verb, "path": path, "code": code, "source": source,
+           "duration_ms": round(duration * 1000, 3)}
+    if note:
+        out["note"] = note
+    return out
 
 
 MAX_COMPONENTS = 64
@@ -284,7 +293,7 @@ def reset_activity() -> None:
         _activity.clear()
 
 
-def _record(component: str, resource: str, entry: dict[str, Any]) -> None:
+def _record(component: str, resource: str, entry: tuple[Any, ...]) -> None:
     with _activity_lock:
         act = _activity.get(component)
         if act is None:
@@ -312,11 +321,7 @@ def request(
     `source` is who answered: "upstream" or "cache" (or "proxy" for the proxy's own refusals); `note` why it was not
     upstream, if it was not (offline, the connect error, a bad request); every call is also kept for `debug diagnose`.
     """
-    entry: dict[str, Any] = {"ts": round(time.time(), 3), "verb": verb,
-                             "path": path, "code": code, "source": source, "duration_ms": round(duration * 1000, 3)}
-    if note:
-        entry["note"] = note
-    _record(component, resource, entry)
+    _record(component, resource, (time.time(), verb, path, code, source, duration, note))
     if request_log.isEnabledFor(logging.DEBUG):
         level = logging.DEBUG
     elif code >= 500 or _sampler.take():

@@ -28,6 +28,7 @@ tokens, kube.* (parsing).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import re
@@ -62,8 +63,8 @@ NAP = 0.00005
 class Recorder:
     """The recorder seam of edgeproxy.proxy. One per process."""
 
-    __slots__ = ("_chunks", "_handed", "_lock", "_objects_queued", "_owns_writer", "_pending", "_pool", "dropped",
-                 "errors", "max_pending_bytes", "tokens", "unchanged", "writer")
+    __slots__ = ("_chunks", "_gets", "_handed", "_lock", "_objects_queued", "_owns_writer", "_pending", "_pool",
+                 "dropped", "errors", "max_pending_bytes", "tokens", "unchanged", "writer")
 
     def __init__(self, writer: cache_writer.Writer, *, tokens: tokens_.TokenBook | None = None,
                  max_pending_bytes: int = MAX_PENDING_BYTES, owns_writer: bool = False) -> None:
@@ -82,14 +83,24 @@ class Recorder:
         self.dropped = 0  # responses dropped because parsing fell behind
         self.errors = 0  # responses or events that did not parse
         self.unchanged = 0  # lists skipped: their complete view already held that resourceVersion
+        # (id(info), Content-Type) -> (info, the handler storing its 200 answer, or None): clients repeat their GETs and
+        # the classifier hands back the same info for the same request, so an object's key is worked out once
+        self._gets: dict[tuple[int, str], tuple[Any, Any]] = {}
 
     # ---------------------------------------------------------------- the seam
 
     def begin(self, info: Any, status: int, headers: Any) -> _Sink | None:
         """A sink for a response worth caching, or None. Called before the first body byte."""
         content_type = headers.get("Content-Type", "")
-        gzip = headers.get("Content-Encoding", "").lower() == "gzip"
         verb = info.verb
+        if verb == "get" and status == 200:
+            hit = self._gets.get((id(info), content_type))
+            if hit is not None and hit[0] is info:  # (an entry holds its info: its id is not reused meanwhile)
+                if hit[1] is None:
+                    return None
+                gzip = "Content-Encoding" in headers and headers["Content-Encoding"].lower() == "gzip"
+                return _Sink(self, gzip, hit[1], object_=True)
+        gzip = headers.get("Content-Encoding", "").lower() == "gzip"
         if not info.is_resource:
             if verb == "get" and status == 200 and views.is_discovery(info.path):
                 name = views.blob_name(info.path, content_type)
@@ -101,18 +112,23 @@ class Recorder:
                 return _Sink(self, gzip, lambda body: self._token(info, body, content_type))
             return None
         if encoding is None:
+            self._remember_get(info, status, content_type, None)
             return None
         produced = _produced(info)
         if produced == "Table" or (produced and produced != views.POM):
+            self._remember_get(info, status, content_type, None)
             return None  # a Table (whose Content-Type is plain application/json) is not cached: served plain offline
         shape = views.shape_of(content_type) or produced
         if verb == "get" and not info.subresource:
             okey = views.object_key(info, shape=shape, encoding=encoding)
             if status == 200:
-                return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
+                handle = functools.partial(self.writer.put_object, okey)
+                self._remember_get(info, status, content_type, handle)
+                return _Sink(self, gzip, handle, object_=True)
             if status == 404:
                 self.writer.delete_object(okey)
             return None
+        self._remember_get(info, status, content_type, None)
         if status != 200:
             return None
         if verb == "list":
@@ -133,6 +149,12 @@ class Recorder:
             okey = views.object_key(info, shape="", encoding=encoding)
             return _Sink(self, gzip, lambda body: self.writer.put_object(okey, body), object_=True)
         return None
+
+    def _remember_get(self, info: Any, status: int, content_type: str, handle: Any) -> None:
+        if info.verb == "get" and status == 200:
+            if len(self._gets) >= GETS_REMEMBERED:
+                self._gets.clear()
+            self._gets[(id(info), content_type)] = (info, handle)
 
     # ---------------------------------------------------------------- the parsing thread
 
@@ -365,6 +387,7 @@ class _Pacer:
 
 
 HEAD = 4096  # bytes of a list body that hold its metadata, for `unchanged`
+GETS_REMEMBERED = 4096  # Recorder.begin's decisions on GETs kept (an entry: a RequestInfo and an ObjectKey)
 DIRECT_MAX = 256 << 10  # an object answer up to this size goes to the writer from the caller's thread
 
 

@@ -201,3 +201,15 @@ async def test_no_head_by_the_deadline_drops_the_connection():
         assert data == BODY and server.connections == 2
         while pool._sweeper is not None:  # the sweeper ends once no request waits with a deadline
             await asyncio.sleep(0.01)
+
+
+async def test_a_lone_lf_in_a_response_head_is_broken_and_raw_head_is_kept():
+    """A header holding a bare LF would split in two for the client downstream: the head is refused. A good head is
+    kept as received, for the lane to relay byte for byte."""
+    good = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Odd:  spaced \r\nContent-Length: 2"
+    server = Server([good + b"\r\n\r\n{}", b"HTTP/1.1 200 OK\r\nX-A: 1\nInjected: yes\r\nContent-Length: 0\r\n\r\n"])
+    async with serving(server) as (pool, port):
+        status, data, resp = await fetch(pool, port)
+        assert (status, data, resp.raw_head, resp.headers["X-Odd"]) == (200, b"{}", good, "spaced")
+        with pytest.raises(httpclient.Broken, match="lone LF"):
+            await fetch(pool, port)

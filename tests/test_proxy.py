@@ -540,3 +540,25 @@ async def test_header_deadline_disabled_waits_for_the_prober(recorded_upstream):
             assert r.status == 503
     # answered when the prober turned the proxy offline, not at a deadline
     assert len(local.calls) == 1 and "went offline" in local.calls[0][1]
+
+
+def test_the_lane_relays_the_api_servers_head_as_received_unless_it_must_change():
+    from edgeproxy import httpclient
+
+    raw = b"HTTP/1.1 200 OK\r\nAudit-Id: a\r\nContent-Type: application/json\r\nDate: d\r\nContent-Length: 2"
+    assert proxy.response_head(200, "OK", httpclient._parse_head(raw)[2], raw) == (raw + b"\r\n\r\n", False)
+    # every hop-by-hop header is dropped, whatever its case: the head is built again without it
+    for name in proxy.HOP_BY_HOP:
+        with_hop = raw + f"\r\n{name.upper()}: x".encode()
+        head, chunked = proxy.response_head(200, "OK", httpclient._parse_head(with_hop)[2], with_hop)
+        assert (head, chunked) == (raw + b"\r\n\r\n", False), name
+    # no Content-Length: chunked framing; no Content-Type or Date: added as aiohttp would
+    bare = b"HTTP/1.1 200 OK\r\nAudit-Id: a"
+    head, chunked = proxy.response_head(200, "OK", httpclient._parse_head(bare)[2], bare)
+    assert chunked
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nAudit-Id: a\r\nTransfer-Encoding: chunked\r\n"
+                           b"Content-Type: application/octet-stream\r\nDate: ")
+    # an HTTP/1.0 status line is rewritten; a 304 keeps no Content-Length (aiohttp's rule)
+    old = b"HTTP/1.0 304 Not Modified\r\nDate: d\r\nContent-Length: 5"
+    assert proxy.response_head(304, "Not Modified", httpclient._parse_head(old)[2], old) == (
+        b"HTTP/1.1 304 Not Modified\r\nDate: d\r\n\r\n", False)

@@ -165,6 +165,19 @@ def test_a_get_goes_to_the_writer_without_the_parsing_thread_and_a_repeat_is_not
     assert c.writer.objects_unchanged == 1
 
 
+def test_a_repeated_get_is_recorded_whatever_it_answers(c):
+    """Recorder.begin works out a GET's object key once per request info; the answers are still each recorded."""
+    req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
+    okey = views.object_key(req, shape="", encoding="json")
+    first = body("configmap-web-config.get.json")
+    for answer in (first, first + b" ", first):
+        c.feed(req, "configmap-web-config.get.json", data=answer)
+        assert c.store.get_object(okey) == answer
+    c.feed(req, "configmap-web-config.get.json")
+    assert c.writer.objects_unchanged == 1
+    assert c.recorder.begin(req, 200, {"Content-Type": "application/json;as=Table;v=v1;g=meta.k8s.io"}) is None
+
+
 def test_a_gzip_get_is_not_overtaken_by_a_later_plain_one(c):
     req = info("/api/v1/namespaces/edge/configmaps/web-config", KUBECTL_JSON)
     okey = views.object_key(req, shape="", encoding="json")

@@ -41,7 +41,7 @@ MAX_BACKLOG = 1 << 20  # bytes a client may send ahead while a lane request is i
 class LaneHandler(limits.GuardedHandler):
     """GuardedHandler whose plain GETs may take the lane; implements edgeproxy.proxy.Conn for them."""
 
-    __slots__ = ("_answered", "_backlog", "_backlog_paused", "_lane_task", "_lane_wrote")
+    __slots__ = ("_answered", "_backlog", "_backlog_paused", "_head_bytes", "_lane_task", "_lane_wrote")
 
     def __init__(self, manager: LaneServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -50,6 +50,7 @@ class LaneHandler(limits.GuardedHandler):
         self._backlog = b""
         self._backlog_paused = False
         self._answered = 0  # requests answered, by either path: the connection is idle when all parsed ones are
+        self._head_bytes = 0  # bytes received since the last complete head: a bound on the size of the next
 
     # ---- reading ----
     def data_received(self, data: bytes) -> None:
@@ -63,17 +64,26 @@ class LaneHandler(limits.GuardedHandler):
 
     def _heads_received(self, data: bytes) -> None:
         lane = self._guard.lane  # type: ignore[attr-defined]
+        head_bytes = self._head_bytes = self._head_bytes + len(data)
         if (lane is None or self._force_close or self._close or self._parser is None
                 or self._answered != self._request_count):  # aiohttp's path has requests of this connection
+            before = self._request_count
             super()._heads_received(data)
+            if self._request_count != before:
+                self._head_bytes = len(data)  # at most this much of the next head came with it
             return
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
             messages, upgraded, tail = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)], False, b""
+        if messages:
+            self._head_bytes = len(data)
         if len(messages) == 1 and not upgraded:
             message, payload = messages[0]
-            if payload is EMPTY_PAYLOAD and not isinstance(message, _ErrInfo):
+            max_head = self._guard.limits.max_head
+            if (payload is EMPTY_PAYLOAD and not isinstance(message, _ErrInfo)
+                    and (head_bytes <= max_head or limits.head_size_of(message.path, message.raw_headers) <= max_head)):
+                # (a head over the bound is answered 431 by the ordinary path)
                 coro = lane(message, self)
                 if coro is not None:
                     self._request_count += 1

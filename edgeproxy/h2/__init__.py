@@ -6,6 +6,9 @@
               (server, identity), opens a second only when the server's SETTINGS_MAX_CONCURRENT_STREAMS is reached,
               drains connections on GOAWAY or a credential change, and PINGs idle connections for liveness
 
+    h2conn    python-hyper h2's connection as both sessions use it (pure): hpack's DEBUG logging off, no per-frame
+              repr, and on the client side the streams the server took kept past a GOAWAY
+
     serversession  the pure server side of a client's connection: request heads and bodies in, responses out, the
               listener's bounds as HTTP/2 settings and checks, rapid-reset accounting
     server    its asyncio shell: the HTTPS listeners' TCP site, which hands a connection whose ALPN chose h2 to a

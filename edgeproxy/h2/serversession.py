@@ -33,9 +33,9 @@ import h2.exceptions
 import h2.settings
 import hpack.hpack
 import hpack.table
-import hyperframe.frame
 
 from edgeproxy.guard import limits
+from edgeproxy.h2 import h2conn
 
 MAX_STREAMS = 250  # concurrent streams a client may open (Go's http2.Server default)
 MAX_HEADER_LIST = limits.MAX_HEAD + 32 * limits.MAX_HEADERS  # RFC 9113 §6.5.2: name + value + 32 per field
@@ -47,17 +47,6 @@ RESET_RATE = 50.0  # ... and per second after that, before GOAWAY ENHANCE_YOUR_C
 
 # RFC 9113 §8.2.2: connection-specific fields must not be sent over HTTP/2.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"})
-
-
-class _Quiet:
-    """hpack logs every integer and header it codes at DEBUG; edgeproxy never runs it at DEBUG (see session.py)."""
-
-    @staticmethod
-    def debug(*args: object, **kwargs: object) -> None:
-        return None
-
-
-hpack.hpack.log = _Quiet()  # type: ignore[assignment]
 
 
 class StreamClosed(Exception):
@@ -227,26 +216,6 @@ class StaticEncoder:
         return b"".join(parts)
 
 
-class _Connection(h2.connection.H2Connection):
-    def _receive_frame(self, frame):  # type: ignore[no-untyped-def]
-        # h2's own, less its `logger.trace("Received frame: %s", repr(frame))`: the repr is built even for a logger
-        # that drops it (a sixth of a request's CPU, session.py measured).
-        try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except h2.exceptions.StreamClosedError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                # frames for a stream we reset: answer RST_STREAM, as h2 does, and go on
-                f = hyperframe.frame.RstStreamFrame(e.stream_id)
-                f.error_code = e.error_code
-                self._prepare_for_sending([f])
-                events = e._events
-            else:
-                raise
-        else:
-            self._prepare_for_sending(frames)
-        return events
-
-
 class ServerSession:
     """One client connection. Feed `receive(data, now)`; write `output()`; answer each Request with `send_headers`,
     `send_data` (as far as `window()` allows) and `end`, or `reset`."""
@@ -262,7 +231,7 @@ class ServerSession:
             # lower-case and without connection-specific fields
             validate_inbound_headers=True, normalize_inbound_headers=True,
             validate_outbound_headers=False, normalize_outbound_headers=False)
-        self._conn = _Connection(config=config)
+        self._conn = h2conn.Connection(config=config)
         self._conn.encoder = StaticEncoder()  # type: ignore[assignment]
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
@@ -286,11 +255,7 @@ class ServerSession:
 
     def start(self) -> bytes:
         """Our SETTINGS (the server's preface), with the connection window opened to `conn_window`."""
-        self._conn.initiate_connection()
-        grow = self.conn_window - self._conn.inbound_flow_control_window
-        if grow > 0:
-            self._conn.increment_flow_control_window(grow)
-        return self._conn.data_to_send()
+        return self._conn.preface(self.conn_window)
 
     def output(self) -> bytes:
         return self._conn.data_to_send()

@@ -28,7 +28,8 @@ import h2.settings
 import hpack.exceptions
 import hpack.hpack
 import hpack.huffman_table
-import hyperframe.frame
+
+from edgeproxy.h2 import h2conn
 
 STREAM_WINDOW = 4 << 20  # bytes a stream may have unread here before its server must wait (Go's transport: 4 MiB)
 CONN_WINDOW = 16 << 20  # the connection's receive window; refilled as bytes arrive, never held by a slow reader
@@ -36,17 +37,6 @@ DEFAULT_MAX_STREAMS = 100  # streams assumed allowed until the server's SETTINGS
 MAX_STREAMS_CAP = 1000  # never more streams on one connection than this, whatever the server allows
 MAX_HEADER_LIST = 1 << 20  # a response head larger than this is refused
 
-
-class _Quiet:
-    """hpack logs every integer and header it codes at DEBUG (`log.debug(...)`, ~30 calls per request: a tenth of an
-    HTTP/2 request's CPU); edgeproxy never runs hpack at DEBUG, so its module logger is this no-op."""
-
-    @staticmethod
-    def debug(*args: object, **kwargs: object) -> None:
-        return None
-
-
-hpack.hpack.log = _Quiet()  # type: ignore[assignment]
 
 # Request fields that change with every request go out as literals "without indexing" naming their static-table entry
 # (RFC 7541 §6.2.2): inserted into the dynamic table they would evict the identity's constant fields (a 1 KB token)
@@ -190,46 +180,6 @@ class _Decoder:
         return headers
 
 
-class _H2Connection(h2.connection.H2Connection):
-    """h2's connection, except that a GOAWAY received does not end it. h2 moves the whole connection to CLOSED on
-    GOAWAY and then refuses every frame after it, but RFC 9113 §6.8 lets the streams up to the server's last stream id
-    run to completion (a watch may go on for minutes): only new streams are off, and Session.can_open sees to that."""
-
-    def _receive_frame(self, frame):  # type: ignore[no-untyped-def]
-        # h2's own, less its `logger.trace("Received frame: %s", repr(frame))`: the repr is built even for a logger
-        # that drops it, a sixth of an HTTP/2 request's CPU.
-        try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except h2.exceptions.StreamClosedError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = hyperframe.frame.RstStreamFrame(e.stream_id)
-                f.error_code = e.error_code
-                self._prepare_for_sending([f])
-                events = e._events
-            else:
-                raise
-        except h2.exceptions.StreamIDTooLowError as e:
-            if self._stream_is_closed_by_reset(e.stream_id):
-                f = hyperframe.frame.RstStreamFrame(e.stream_id)
-                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
-                self._prepare_for_sending([f])
-                events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
-                raise h2.exceptions.StreamClosedError(e.stream_id) from e
-            else:
-                raise
-        else:
-            self._prepare_for_sending(frames)
-        return events
-
-    def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
-        state = self.state_machine.state
-        result = super()._receive_goaway_frame(frame)
-        if state is h2.connection.ConnectionState.CLIENT_OPEN:
-            self.state_machine.state = state
-        return result
-
-
 class SessionError(Exception):
     """The server broke the HTTP/2 protocol (or the connection is closed): the connection cannot be used further."""
 
@@ -289,7 +239,7 @@ class Session:
             validate_outbound_headers=False, normalize_outbound_headers=False, normalize_inbound_headers=False,
             validate_inbound_headers=False,
         )
-        self._conn = _H2Connection(config=config)
+        self._conn = h2conn.ClientConnection(config=config)
         self._conn.encoder.encode = _Encoder(self._conn.encoder)  # type: ignore[method-assign]
         self._conn.decoder.decode = _Decoder(self._conn.decoder)  # type: ignore[method-assign]
         self._conn.local_settings = h2.settings.Settings(client=True, initial_values={
@@ -306,11 +256,7 @@ class Session:
 
     def start(self) -> bytes:
         """The connection preface and our SETTINGS, with the connection window opened to `conn_window`."""
-        self._conn.initiate_connection()
-        grow = self.conn_window - self._conn.inbound_flow_control_window
-        if grow > 0:
-            self._conn.increment_flow_control_window(grow)
-        return self._conn.data_to_send()
+        return self._conn.preface(self.conn_window)
 
     # ---- capacity ----
     @property

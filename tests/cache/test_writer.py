@@ -6,7 +6,10 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -384,6 +387,14 @@ def test_a_get_answer_already_stored_is_not_written_again(cache_dir):
     w.put_object(okey, b"two")
     assert w.flush_sync(10) and st.get_object(okey) == b"two"
     assert w.objects_unchanged == 2
+    w.put_object(okey, b"two")  # unchanged: the verdict is remembered until anything is committed
+    assert w.objects_unchanged == 3
+    subprocess.run([sys.executable, "-c", "import sys; from cache import store; "
+                    "store.Store.open(sys.argv[1], map_size=64 << 20).purge()", str(cache_dir)],
+                   check=True, cwd=Path(__file__).parents[2], timeout=60)  # a purge by another process
+    w.put_object(okey, b"two")
+    assert w.flush_sync(10) and st.get_object(okey) == b"two"
+    assert w.objects_unchanged == 3
     w.close()
     st.close()
 

@@ -14,20 +14,9 @@ import h2.events
 import h2.exceptions
 
 from edgeproxy import tasks
+from edgeproxy.h2 import h2conn
 
 CONN_WINDOW = 64 << 20
-
-
-class _Connection(h2.connection.H2Connection):
-    """h2's client connection, except that a GOAWAY received does not end it: the streams the server took run to
-    completion (RFC 9113 §6.8), as Go's and nghttp2's clients let them."""
-
-    def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
-        state = self.state_machine.state
-        result = super()._receive_goaway_frame(frame)
-        if state is h2.connection.ConnectionState.CLIENT_OPEN:
-            self.state_machine.state = state
-        return result
 
 
 class Stream:
@@ -54,7 +43,7 @@ class RawH2:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = h2conn.ClientConnection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.streams: dict[int, Stream] = {}
         self.goaway: tuple[int, int] | None = None  # (error code, last stream id) of the server's GOAWAY
         self.closed = False
