@@ -336,7 +336,13 @@ class Connection(asyncio.Protocol):
             if not stream.ended:
                 metrics.UPSTREAM_H2_EVENTS.labels(server=self.label, event="stream_cancelled").inc()
             self.flush()
-        self._waiters.pop(stream.id, None)
+        if not stream.ended and stream.error is None and stream.reset is None:
+            # a read still waiting on this stream (the proxy ending a watch it moves, or one left on a server gone
+            # offline) ends now: nothing more will come for it
+            stream.body.clear()
+            stream.buffered = 0
+            stream.error = Broken("the stream was closed by its reader")
+        self._wake(stream.id)
         if not self.session.streams:
             self.idle_since = self._loop.time()
             if self.draining and self.failed is None:

@@ -12,6 +12,7 @@ import pytest
 from multidict import CIMultiDict
 
 from edgeproxy import httpclient, metrics, upstream
+from edgeproxy.h2 import client as h2client
 from edgeproxy.sim import Simulator
 from edgeproxy.sim.h2front import H2Front
 
@@ -199,6 +200,19 @@ async def test_client_going_away_resets_only_its_stream(sim, front, up):
     assert (await get(up, "/api/v1/namespaces/default"))[0] == 200
     assert front.connections == 1
     w2.close()
+
+
+async def test_closing_a_watch_ends_a_read_waiting_on_it(sim, front, up):
+    # the proxy closes upstream watches it moves to the pool leader, or leaves on a server gone offline, while the
+    # client's relay is waiting in read(): that read must end, or the client's watch hangs open and silent
+    w = await watch(up, wpath(sim))
+    await until(lambda: len(sim.api.watches) == 1, what="the watch at the simulator")
+    reader = asyncio.ensure_future(w.read())
+    await until(lambda: w._stream.id in w._conn._waiters, what="the read to wait")
+    w.close()
+    with pytest.raises(h2client.Broken):
+        await asyncio.wait_for(reader, 10)
+    await until(lambda: not sim.api.watches, what="the simulator's watch to end")
 
 
 async def test_goaway_in_flight_finish_new_ones_on_a_new_connection(sim, front, up):
