@@ -47,7 +47,7 @@ from urllib.parse import urlencode
 
 from .cluster import Cluster
 from .edge import LOCK, TLS_PORT, EdgeHost
-from .procs import Proc, RealError, wait_for
+from .procs import Proc, RealError, Started, wait_for
 from .reflector import QUERIES
 from .wan import Wan
 
@@ -282,7 +282,7 @@ def lease_holder(cluster: Cluster, pool: str, namespace: str = POOL_NAMESPACE) -
     return str((doc.get("spec") or {}).get("holderIdentity") or "")
 
 
-class Branch:
+class Branch(Started):
     def __init__(self, cluster: Cluster, workdir: Path, name: str = "branch-a", *, hosts: int = 3, sims: int = 0,
                  watchlist: bool | None = None, proxy_flags: Flags | None = None,
                  host_components: tuple[str, ...] = HOST_COMPONENTS) -> None:
@@ -298,17 +298,6 @@ class Branch:
         self.hosts: list[EdgeHost] = []
         self.sims: list[SimNode] = []
         self.companion: Companion | None = None
-
-    def __enter__(self) -> Branch:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def nodes(self) -> list[EdgeHost]:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeproxy import tls
 
-from .procs import Proc, RealError, free_port, wait_for
+from .procs import Proc, RealError, Started, free_port, wait_for
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -111,7 +111,7 @@ _LONGRUNNING = re.compile(r'^apiserver_longrunning_requests\{([^}]*)\} ([0-9.e+]
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-class Cluster:
+class Cluster(Started):
     def __init__(self, workdir: Path, bin_dir: Path, *, controller_manager: bool = False,
                  controller_manager_flags: tuple[str, ...] = (), apiserver_flags: tuple[str, ...] = (),
                  node_restriction: bool = True) -> None:
@@ -127,17 +127,6 @@ class Cluster:
         self._api: Any = None
 
     # ---- life cycle
-
-    def __enter__(self) -> Cluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import SERVER_NAME, Cluster, write_kubeconfig
-from .procs import Proc, RealError, wait_for
+from .procs import Proc, RealError, Started, wait_for
 from .wan import Wan
 
 NET = ipaddress.ip_network("10.251.0.0/16")
@@ -116,7 +116,7 @@ class Netns:
                               timeout=timeout)
 
 
-class EdgeHost:
+class EdgeHost(Started):
     def __init__(self, cluster: Cluster, workdir: Path, node: str = "edge-1", *, watchlist: bool | None = None,
                  proxy: str | None = None, proxy_flags: tuple[str, ...] = (),
                  kubelet_flags: tuple[str, ...] = (), components: tuple[str, ...] = COMPONENTS,
@@ -139,17 +139,6 @@ class EdgeHost:
         self.procs: dict[str, Proc] = {}
 
     # ---- life cycle
-
-    def __enter__(self) -> EdgeHost:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

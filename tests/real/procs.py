@@ -17,10 +17,32 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 
 class RealError(RuntimeError):
     """A component of the real cluster tier did not start or did not reach the state asked for."""
+
+
+class Started:
+    """A context manager over `start()`/`stop()`: a start that fails half way stops what it had started."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class Proc:
