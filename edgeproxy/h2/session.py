@@ -113,6 +113,48 @@ class _Encoder:
         return b"".join(block)
 
 
+_NIBBLES = hpack.huffman_table.HUFFMAN_TABLE  # (state, nibble) -> (next state, flags, symbol), hpack's own
+_H_COMPLETE, _H_EMIT, _H_FAIL = (hpack.huffman_table.HUFFMAN_COMPLETE, hpack.huffman_table.HUFFMAN_EMIT_SYMBOL,
+                                 hpack.huffman_table.HUFFMAN_FAIL)
+_BYTE_ROWS: list[list[tuple[int, bytes, int]] | None] = [None] * 256  # a state's 256 byte steps, built when reached
+
+
+def _byte_row(state: int) -> list[tuple[int, bytes, int]]:
+    """hpack's Huffman state machine two nibbles at a time from `state`: per input byte, (next state, symbols
+    emitted, flags: _H_FAIL if either nibble fails, else the second nibble's _H_COMPLETE)."""
+    row = []
+    for byte in range(256):
+        s, out, flags = state, b"", 0
+        for nibble in (byte >> 4, byte & 0x0F):
+            s, flags, symbol = _NIBBLES[s * 16 + nibble]
+            if flags & _H_FAIL:
+                break
+            if flags & _H_EMIT:
+                out += bytes((symbol,))
+        row.append((s, out, _H_FAIL if flags & _H_FAIL else flags & _H_COMPLETE))
+    _BYTE_ROWS[state] = row
+    return row
+
+
+def decode_huffman(data: bytes) -> bytes:
+    """hpack's decode_huffman (the same bytes and errors; the tests compare them) a byte per step instead of a
+    nibble, through a table built from hpack's as its states are reached: a third of its CPU."""
+    if not data:
+        return b""
+    rows = _BYTE_ROWS
+    state, flags, out = 0, 0, []
+    for byte in data:
+        row = rows[state] or _byte_row(state)
+        state, symbols, flags = row[byte]
+        if flags & _H_FAIL:
+            raise hpack.exceptions.HPACKDecodingError("Invalid Huffman string")
+        if symbols:
+            out.append(symbols)
+    if not flags & _H_COMPLETE:
+        raise hpack.exceptions.HPACKDecodingError("Incomplete Huffman string")
+    return b"".join(out)
+
+
 class _Decoder:
     """HPACK decoding of response header blocks: the same table, results and errors as hpack's decoder (which the
     tests compare it with), a third of its CPU. hpack builds a HeaderTuple per field, slices a memoryview per field
@@ -143,7 +185,7 @@ class _Decoder:
         if first & 0x80:
             plain = self._huffman.get(text)
             if plain is None:
-                plain = hpack.huffman_table.decode_huffman(text)
+                plain = decode_huffman(text)
                 if len(self._huffman) >= _HUFFMAN_CACHE:
                     self._huffman.clear()
                 self._huffman[text] = plain
