@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from edgeproxy.pool import election, errors
 
@@ -47,12 +48,24 @@ class Following:
         if self._lease is not None:
             self._observed_at = mono
 
-    def _expired(self, mono: float) -> bool:
+    def _duration(self) -> float:
         try:
             duration = float(((self._lease or {}).get("spec") or {}).get("leaseDurationSeconds") or 0)
         except (TypeError, ValueError):
             duration = 0.0
-        return mono - self._observed_at >= max(duration, 0.0)
+        return max(duration, 0.0)
+
+    def _expired(self, mono: float) -> bool:
+        return mono - self._observed_at >= self._duration()
+
+    def quiet(self, mono: float, margin: float) -> bool:
+        """The Lease names a holder but its record has not changed for nearly its duration: from `margin` seconds
+        before it expires to `margin` after. A watch over a dead link sees no change either, so the shell reads the
+        Lease once in that window (no answer: `unreachable`, the leader stays); outside it, it reads nothing."""
+        if self._lease is None or not election.holder(self._lease):
+            return False
+        age, duration = mono - self._observed_at, self._duration()
+        return duration - margin <= age < duration + margin
 
     def view(self, mono: float) -> election.View:
         lease = self._lease
@@ -67,3 +80,14 @@ class Following:
         except errors.ConfigError as e:
             return election.View(election.Role.CANDIDATE, who, None, f"leader {who} advertises no usable address: {e}")
         return election.View(election.Role.FOLLOWER, who, address)
+
+
+def lease_params(lease_name: str, resource_version: str = "", *, watch: bool = False,
+                 timeout: int = 0) -> str:
+    """The query string of a LIST (no `resource_version`) or WATCH of exactly one Lease, by name."""
+    params = [("fieldSelector", f"metadata.name={lease_name}")]
+    if watch:
+        params += [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version)]
+        if timeout:
+            params.append(("timeoutSeconds", str(timeout)))
+    return urlencode(params)

@@ -40,3 +40,23 @@ def test_a_leader_with_an_unusable_address_is_not_followed():
     f.see(lease("n2", address="nowhere"), 0.0)
     v = f.view(0.0)
     assert v.role is election.Role.CANDIDATE and v.holder == "n2" and "no usable address" in v.problem
+
+
+def test_a_lease_quiet_for_nearly_its_duration_is_worth_one_read_and_then_no_more():
+    f = follow.Following("n1")
+    assert not f.quiet(0.0, 1.0)  # nothing seen: nothing to confirm (the watch lists it)
+    f.see(lease("n2"), 0.0)
+    assert not f.quiet(4.9, 1.0)  # renewed recently enough (every duration/3 by the companion)
+    assert f.quiet(5.0, 1.0) and f.quiet(6.9, 1.0)  # nearly expired, or just: the watch may be over a dead link
+    assert not f.quiet(7.0, 1.0)  # expired and confirmed: a Lease nobody renews costs no more reads
+    f.see(lease("n2", renew="r2"), 7.5)
+    assert not f.quiet(8.0, 1.0)
+    f.see(lease(""), 9.0)
+    assert not f.quiet(20.0, 1.0)  # nobody holds it: nothing to confirm
+
+
+def test_the_lease_is_listed_and_watched_by_its_name():
+    assert follow.lease_params("edgeproxy-pool-b") == "fieldSelector=metadata.name%3Dedgeproxy-pool-b"
+    assert follow.lease_params("edgeproxy-pool-b", "42", watch=True, timeout=300) == (
+        "fieldSelector=metadata.name%3Dedgeproxy-pool-b&watch=true&allowWatchBookmarks=true&resourceVersion=42"
+        "&timeoutSeconds=300")
