@@ -4,7 +4,8 @@
 use --pool-kubeconfig's identity when given (a real cluster's NodeRestriction refuses nodes the Lease, and nodes may
 not list EndpointSlices), else the node's `up`; `start(...)` binds the peer
 listener on --pool-listen (TLS: --pool-cert-file, peers verified against the cluster CA), learns the pool's name
-(--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
+(--pool-name, else the name remembered from before a restart (remember: <cache dir>/pool.json) until the Node
+answers, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
 pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
 clients are answered from them; when it stops leading, its views stop (their followers' watches end and go
 elsewhere). While its API server is unreachable, a node answers peers from the views it holds in memory or in its
@@ -29,7 +30,7 @@ from multidict import CIMultiDict
 from edgeproxy import config as config_mod
 from edgeproxy import metrics, tasks, upstream
 from edgeproxy.guard import trust
-from edgeproxy.pool import election, elector, follower, peers, policy, route, view
+from edgeproxy.pool import election, elector, follower, peers, policy, remember, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
@@ -52,6 +53,8 @@ class Pool:
     elector: elector.Elector | None = None
     task: asyncio.Task[None] | None = None
     mover: asyncio.Task[None] | None = None
+    memory: remember.Memory | None = None  # the pool's name and leader from before a restart (<cache dir>/pool.json)
+    recheck: asyncio.Task[None] | None = None
     move_every: float = MOVE_EVERY
     move_age: float = MOVE_AGE
     _stopping: asyncio.Task[None] | None = None
@@ -122,7 +125,8 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
 
     router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
                           header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
-    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared))
+    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared),
+                memory=remember.Memory(config.cache_dir))
     pool.listener.lead(pool.answer)
     router.on_role = pool._role
     api.on_change(pool._upstream_changed)
@@ -180,7 +184,12 @@ async def _move(pool: Pool, proxy: Any) -> None:
 
 async def _elect(pool: Pool, address: str) -> None:
     config = pool.config
-    name = config.pool_name or await _pool_label(pool)
+    remembered = pool.memory.pool if pool.memory is not None and not config.pool_name else ""
+    name = config.pool_name or remembered or await _pool_label(pool)
+    if remembered:  # used at once; the Node's label, once it answers, decides
+        pool.recheck = tasks.spawn(_recheck(pool, address, remembered), name="pool-name-recheck")
+    elif pool.memory is not None and not config.pool_name:
+        pool.memory.remember_pool(name)
     pool.name = name
     d = config.pool_lease_duration
     cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
@@ -195,13 +204,28 @@ def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
     """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
     if pool.config.pool_election == "lease":  # as --pool-kubeconfig's identity: NodeRestriction refuses nodes
         return elector.Elector(pool.api, cfg, on_change=pool.router.elected)
-    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)  # patches its own Node: as the node
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected,  # patches its own Node: as the node
+                             memory=pool.memory)
 
 
-async def _pool_label(pool: Pool) -> str:
-    """The value of this node's --pool-label label, read from its Node (retried until it is there)."""
+async def _recheck(pool: Pool, address: str, remembered: str) -> None:
+    """The remembered pool name against the Node's label once the Node answers; another name restarts the election."""
+    name = await _pool_label(pool, remembered)
+    if name == remembered or pool.memory is None:
+        return
+    log.warning("pool: the Node's label now names the pool %s (%s before the restart): joining it", name, remembered)
+    pool.memory.remember_pool(name)
+    if pool.task is not None:  # the old elector releases what it held before the new one speaks
+        pool.task.cancel()
+        await asyncio.wait([pool.task])
+    pool.task = tasks.spawn(_elect(pool, address), name="pool-elector")
+
+
+async def _pool_label(pool: Pool, remembered: str = "") -> str:
+    """The value of this node's --pool-label label, read from its Node (retried until it is there); with a
+    `remembered` name, that name when the Node answers without a usable label."""
     label = pool.config.pool_label
-    warned = False
+    warned = bool(remembered)
     while True:
         why = ""
         try:
@@ -225,6 +249,9 @@ async def _pool_label(pool: Pool) -> str:
                         why = str(e)
                 else:
                     why = f"the Node has no label {label}"
+                if remembered:  # the Node answered: the remembered name stays (with the reason why)
+                    log.warning("pool %s (remembered from before the restart) kept: %s", remembered, why)
+                    return remembered
             else:
                 why = f"GET of the Node answered {resp.status}"
         except Exception as e:  # unreachable: try again
@@ -236,8 +263,9 @@ async def _pool_label(pool: Pool) -> str:
 
 
 async def stop(pool: Pool) -> None:
-    if pool.mover is not None:
-        pool.mover.cancel()
+    for t in (pool.mover, pool.recheck):
+        if t is not None:
+            t.cancel()
     if pool.task is not None:
         pool.task.cancel()  # the elector releases the Lease when it leads
         with contextlib.suppress(asyncio.CancelledError, Exception):
