@@ -55,6 +55,7 @@ class Pool:
     mover: asyncio.Task[None] | None = None
     memory: remember.Memory | None = None  # the pool's name and leader from before a restart (<cache dir>/pool.json)
     recheck: asyncio.Task[None] | None = None
+    cert_reload: asyncio.Task[None] | None = None  # the peer listener's serving certificate, reloaded on rotation
     move_every: float = MOVE_EVERY
     move_age: float = MOVE_AGE
     _stopping: asyncio.Task[None] | None = None
@@ -153,8 +154,15 @@ async def start(pool: Pool, runners: list[web.BaseRunner], proxy: Any = None) ->
     runner = web.AppRunner(pool.listener.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=_server_context(config, pool.up))
+    ctx = _server_context(config, pool.up)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ctx)
     await site.start()
+    if config.cert_reload_interval > 0:
+        settings = config_mod.pool_settings(config)
+        pool.cert_reload = tasks.spawn(peers.reloader(
+            ctx, str(settings["cert"]), str(settings["key"]), config.pool_ca_file or config.client_ca_file or
+            pool.up.credentials.ca_file or None, interval=config.cert_reload_interval,
+            warn_days=config.cert_warn_days).run(), name="pool-cert-reloader")
     bound = runner.addresses[-1][1]
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     pool.url = f"https://{address}"
@@ -263,7 +271,7 @@ async def _pool_label(pool: Pool, remembered: str = "") -> str:
 
 
 async def stop(pool: Pool) -> None:
-    for t in (pool.mover, pool.recheck):
+    for t in (pool.mover, pool.recheck, pool.cert_reload):
         if t is not None:
             t.cancel()
     if pool.task is not None:
