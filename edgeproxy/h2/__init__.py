@@ -1,7 +1,8 @@
 """HTTP/2 to the API servers: one multiplexed connection per upstream identity; and from local clients (issue 13).
 
     session   the pure connection/stream layer over python-hyper's sans-I/O `h2`: stream state, bounded per-stream
-              buffering and flow-control window accounting, GOAWAY and PING bookkeeping; bytes in, bytes out, no I/O
+              buffering and flow-control window accounting, GOAWAY and PING bookkeeping, its own framing of the hot
+              frames (request HEADERS out, DATA and response HEADERS in) beside h2's; bytes in, bytes out, no I/O
     client    the asyncio shell: a TLS connection speaking `session`, and the pool that keeps one connection per
               (server, identity), opens a second only when the server's SETTINGS_MAX_CONCURRENT_STREAMS is reached,
               drains connections on GOAWAY or a credential change, and PINGs idle connections for liveness

@@ -8,8 +8,10 @@ itself), or None. A follower's request to the leader:
 - goes over TLS with the node's client certificate (the kubeconfig's), the leader verified against the cluster CA
   and its address (from the Lease), without the client's own Authorization (the leader answers every node alike);
 - falls back (None) at once when the leader cannot be reached (refused, TLS failure), sends no response head within
-  `header_timeout`, or answers X-Edgeproxy-Pool-Fallback (what its view cannot answer); the leader is then not
-  asked again for `retry_after` seconds or until the election names a leader again;
+  `header_timeout` (plus view.REACH_BACK_WAIT for a watch from a resourceVersion: the leader may first reach back to
+  it), or answers X-Edgeproxy-Pool-Fallback (what its view cannot answer); the leader is then not asked again for
+  `retry_after` seconds or until the election names a leader again; unless the head was only slow (a busy leader),
+  the other requests open to it end too; a watch sent back this way keeps its query off `movable` for MOVE_HOLD;
 - a watch that asked for bookmarks and hears nothing from the leader for `silence` seconds (the leader sends one
   every few seconds) is ended as broken: the client re-watches from its last resourceVersion, which is the API
   server's own, so the API server takes it on without a relist.
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_MODES = ("off", "vouched", "on")
 RETRY_AFTER = 10.0  # seconds a leader that failed is not asked again (unless the election names one again)
+MOVE_HOLD = 30.0  # seconds a query whose watch the pool could not take is not moved again
 HEADER_TIMEOUT = 4.0  # seconds for the leader's response head (it waits up to view.WAIT for its view itself)
 FALLBACK_OK_HEADER = "X-Edgeproxy-Pool-Fallback-Ok"
 
@@ -110,8 +113,8 @@ class LeaderResponse:
 class Router:
     """The pool seam of the proxy. `elected(view)` is the elector's on_change."""
 
-    __slots__ = ("_bad_until", "_client", "_seen", "_ssl", "header_timeout", "on_role", "policy", "retry_after", "role",
-                 "silence", "ssl_factory", "store", "tokens", "views")
+    __slots__ = ("_bad_until", "_client", "_held", "_seen", "_ssl", "header_timeout", "on_role", "policy",
+                 "retry_after", "role", "silence", "ssl_factory", "store", "tokens", "views")
 
     def __init__(self, pool_policy: policy.Policy, *, tokens: str = "vouched", views: view.Views | None = None,
                  ssl_factory: Callable[[], ssl.SSLContext] | None = None, store: Any = None,
@@ -134,6 +137,7 @@ class Router:
         self._ssl: ssl.SSLContext | None = None
         self._bad_until = 0.0
         self._seen: set[tuple[str, ...]] = set()  # (client partition, query) the API server answered 2xx
+        self._held: dict[tuple[str, ...], float] = {}  # query -> until when its watches are not moved (a fallback)
         _set_role(self.role.role)
 
     def elected(self, v: election.View) -> None:
@@ -180,6 +184,22 @@ class Router:
             return self._vouched(info)
         return True
 
+    def movable(self, info: Any, headers: Any) -> bool:
+        """takes(), and the pool did not send a watch of that query back to the API server lately: what the proxy's
+        move_watches asks before it ends a client's upstream watch (so a watch the pool cannot take yet is not ended
+        again and again)."""
+        if not self.usable or not self.takes(info, headers):
+            return False
+        key = _vouch_key(info)
+        return key is None or self._held.get(key[1:], 0.0) <= time.monotonic()
+
+    def _hold(self, info: Any) -> None:
+        key = _vouch_key(info)
+        if key is not None and info.watch:
+            if len(self._held) >= 1024:
+                self._held.clear()
+            self._held[key[1:]] = time.monotonic() + MOVE_HOLD
+
     def answered(self, info: Any, status: int) -> None:
         """The proxy's report of an upstream answer to a request this node's client sent: a 2xx to a list or watch
         of a shared query vouches for that identity and query (the API server authorized it)."""
@@ -218,6 +238,7 @@ class Router:
         if role.role is election.Role.LEADER and self.views is not None:
             reply = await self.views.reply(info, fallback_ok=online)
             if reply.fallback:
+                self._hold(info)
                 metrics.POOL_REQUESTS.labels("upstream").inc()
                 return None
             metrics.POOL_REQUESTS.labels("view").inc()
@@ -244,11 +265,16 @@ class Router:
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         head = httpclient.request_head(method, path, netloc, items, None)
         loop = asyncio.get_running_loop()
+        wait = self.header_timeout
+        if info.watch and (info.resource_version or "0") != "0" and not info.send_initial_events:
+            wait += view.REACH_BACK_WAIT  # a version older than the leader's view: it asks the API server first
         try:
             resp = await self._client.request(host, port, self._ssl, host, method, head, None, retry_stale=True,
-                                              deadline=loop.time() + self.header_timeout)
+                                              deadline=loop.time() + wait)
         except httpclient.HeadTimeout as e:
-            self._failed("head_timeout", e)
+            # slow on this request (a busy leader): new requests go upstream a while; the streams it does serve
+            # (watches answering their bookmarks) are left alone
+            self._failed("head_timeout", e, close=False)
             return None
         except httpclient.ConnectFailed as e:
             self._failed("connect", e)
@@ -259,15 +285,17 @@ class Router:
         if view.FALLBACK_HEADER in resp.headers or resp.status in (403, 503):
             # the leader cannot answer this one (not synced, not its to serve, a too-old watch): the API server
             log.debug("pool leader %s:%d: %s", host, port, resp.headers.get(view.FALLBACK_HEADER, resp.status))
+            self._hold(info)
             await _drain(resp)
             return None
         silence = self.silence if info.watch and info.allow_watch_bookmarks and resp.status == 200 else None
         return LeaderResponse(resp, silence, lambda: self._failed("silent", None))
 
-    def _failed(self, reason: str, error: Exception | None) -> None:
+    def _failed(self, reason: str, error: Exception | None, *, close: bool = True) -> None:
         metrics.POOL_FAILOVERS.labels(reason).inc()
         self._bad_until = time.monotonic() + self.retry_after
-        self._client.close()
+        if close:
+            self._client.close()
         log.warning("pool leader %s unusable (%s%s): to the API server for %.0fs", self.role.holder or "?", reason,
                     f": {error}" if error else "", self.retry_after, extra={"event": "pool_failover"})
 

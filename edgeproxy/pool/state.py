@@ -270,6 +270,23 @@ class ViewState:
             self.floor = old.rv
         return event
 
+    def extend_back(self, rv: str, events: Iterable[Parsed]) -> bool:
+        """The query's events between `rv` and the ring's floor, as an upstream watch from `rv` delivered them up to
+        a frame at or past the floor (so nothing else happened in between): the ring reaches back to `rv` now. False
+        (nothing changed) when `rv` is not older than the floor or the ring would outgrow its bounds."""
+        n = rv_number(rv)
+        if not rv.isdigit() or n >= self.floor or not self.synced:
+            return False
+        older = [Event(p.type, rv_number(p.resource_version), self.event_frame(p.type, p.obj.raw))
+                 for p in events if p.obj is not None and n < rv_number(p.resource_version) <= self.floor]
+        size = sum(len(e.frame) for e in older)
+        if len(self.ring) + len(older) > self.max_events or self.ring_bytes + size > self.max_bytes:
+            return False
+        self.ring.extendleft(reversed(older))
+        self.ring_bytes += size
+        self.floor = n
+        return True
+
     # ---- serving ----
 
     @property

@@ -23,12 +23,14 @@ semantics from memory, persisted to the leader's LMDB cache. The I/O shell aroun
   not started for a GET: a one-off GET does not cost a LIST and a watch); present → the object as the API server
   answers it; absent from a view without selectors → 404 NotFound; else (only views with selectors, whose absence
   says nothing, or none) fallback. resourceVersion newer than the view: waited for, then fallback.
-- WATCH from a resourceVersion newer than the view: waited for up to `wait` (an event in flight arrives), then
-  served from the view's own version: a client moved from the API server holds the cluster's newest version from
-  its bookmarks, while the view's moves only with its own query's events and bookmarks. An event of the query in
-  between that had not arrived by then would be sent again (a client may see an event twice, never miss one).
-- WATCH from resourceVersion N: the ring's events after N; N older than the ring → ERROR 410 "too old resource
-  version" (client-go relists), as the API server's watch cache answers; "" or "0": ADDED for every object first;
+- WATCH from a resourceVersion N newer than the view: served at once from the view's own version, the events up to
+  N skipped and no bookmark below N (a client moved from the API server holds a newer version from its bookmarks,
+  while the view's moves only with its own query's events and bookmarks; the client has every event up to N).
+- WATCH from resourceVersion N: the ring's events after N; N older than the ring: the view reaches back
+  (`reach_back`: one short upstream watch from N, whose events up to a frame at or past the ring's floor extend the
+  ring back to N, the frame proving nothing else happened in between); if it cannot (the API server no longer holds
+  N either, the ring's bounds) → ERROR 410 "too old resource version" (client-go relists), as the API server's watch
+  cache answers; "" or "0": ADDED for every object first;
   sendInitialEvents=true: ADDED for each, then the BOOKMARK with k8s.io/initial-events-end; allowWatchBookmarks:
   a BOOKMARK every `bookmark_interval` (followers take a silent watch for a dead leader). A relist of the view ends
   its open watches (they re-watch, and get 410 if the ring does not reach back).
@@ -71,6 +73,8 @@ IDLE = 300.0  # seconds a view nobody asked for is kept watching
 WAIT = 2.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion (less than a
 # follower's header deadline, route.HEADER_TIMEOUT: a leader waiting is not a leader failing)
 DEFAULT_WATCH_TIMEOUT = 1800
+REACH_BACK_TIMEOUT = 3  # timeoutSeconds of a reach-back watch: the API server bookmarks it before it ends
+REACH_BACK_WAIT = 5.0  # seconds a watch from a version older than the view waits for the reach-back
 MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
 SNAPSHOT_TTL = 75.0  # seconds a paged list's snapshot is kept for its next pages (the cacher's event TTL)
 SNAPSHOTS = 8  # at most this many per view
@@ -125,8 +129,8 @@ def cache_key(q: state.Query) -> store_.ViewKey:
 class PoolView:
     """One query: its upstream list+watch loop, its state, and the followers' watches waiting on it."""
 
-    __slots__ = ("_changed", "_response", "_synced", "_task", "bookmark_interval", "last_used", "lists", "query",
-                 "snapshots", "st", "up", "watchers", "watches", "writer")
+    __slots__ = ("_changed", "_reaching", "_response", "_synced", "_task", "bookmark_interval", "last_used", "lists",
+                 "query", "reach_backs", "snapshots", "st", "up", "watchers", "watches", "writer")
 
     def __init__(self, query: state.Query, up: upstream.Upstream, *, writer: writer_.Writer | None = None,
                  bookmark_interval: float = BOOKMARK_INTERVAL, ring_events: int = state.RING_EVENTS) -> None:
@@ -144,6 +148,8 @@ class PoolView:
         self.lists = 0  # upstream LISTs made (a relist storm would show here)
         self.watches = 0  # upstream WATCHes opened
         self.snapshots: dict[str, tuple[float, list[state.Obj]]] = {}  # rv -> (taken at, objects): paged lists
+        self.reach_backs = 0  # short upstream WATCHes that made the ring reach back to an older client's version
+        self._reaching = asyncio.Lock()
 
     # ---- life ----
 
@@ -320,6 +326,49 @@ class PoolView:
                     await changed.wait()
         return True
 
+    async def reach_back(self, rv: str, wait: float) -> bool:
+        """Make the ring reach back to `rv` (a client moved from the API server, or from another leader, whose
+        version is older than this view's list): one short upstream watch from `rv` delivers the query's events since,
+        and a frame at or past the ring's floor (an event, or the bookmark the API server sends before the watch's
+        timeout) proves nothing else happened in between. False when it could not within `wait` (the version is
+        too old for the API server too: 410; unreachable; no proof in time): the client is answered as before."""
+        async with self._reaching:
+            st = self.st
+            if state.rv_number(rv) >= st.floor:
+                return True  # another request reached back meanwhile
+            floor, generation = st.floor, st.generation
+            self.reach_backs += 1
+            metrics.POOL_UPSTREAM_REQUESTS.labels("reach_back").inc()
+            params = [*self.query.params(), ("watch", "true"), ("allowWatchBookmarks", "true"),
+                      ("resourceVersion", rv), ("timeoutSeconds", str(REACH_BACK_TIMEOUT))]
+            got: list[state.Parsed] = []
+            try:
+                async with asyncio.timeout(wait):
+                    resp = await self._send(params)
+                    try:
+                        if resp.status != 200:
+                            return False
+                        splitter = (kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf"
+                                    else kube_watch.JsonSplitter())
+                        while chunk := await resp.read():
+                            _RX.inc(len(chunk))
+                            for frame in splitter.feed(chunk):
+                                parsed = state.parse_frame(self.query, frame)
+                                if parsed.type == "ERROR":
+                                    return False
+                                got.append(parsed)
+                                if state.rv_number(parsed.resource_version) >= floor:
+                                    if st.floor != floor or st.generation != generation:
+                                        return False  # relisted or the ring moved on meanwhile
+                                    return st.extend_back(rv, got)
+                        return False  # ended without reaching the floor
+                    finally:
+                        resp.close()
+            except (TimeoutError, upstream.Unavailable, httpclient.HttpClientError, kube_errors.KubeError,
+                    OSError) as e:
+                log.info("pool view %s: reaching back to %s: %s: %s", self.query.describe(), rv, type(e).__name__, e)
+                return False
+
     def objects_at(self, rv: str) -> list[state.Obj] | None:
         """The view's objects, sorted, at `rv`: its own version, or a snapshot kept for a paged list; else None."""
         now = time.monotonic()
@@ -360,6 +409,7 @@ class PoolView:
         rv = info.resource_version or ""
         first: list[bytes] = []
         replay = bool(info.send_initial_events) or rv in ("", "0")
+        seen = 0 if replay else state.rv_number(rv)  # the client has every event up to it
         if replay:
             first = st.initial_frames()
             if info.send_initial_events:
@@ -374,10 +424,14 @@ class PoolView:
                              stream=_once(st.error_frame(kube_status.too_old_rv(e.requested, e.oldest))))
         timeout = info.timeout_seconds or DEFAULT_WATCH_TIMEOUT
         return Reply(200, _headers(self.query.watch_content_type),
-                     stream=self._follow(first, st.rv, st.generation, bool(info.allow_watch_bookmarks), timeout))
+                     stream=self._follow(first, st.rv, st.generation, bool(info.allow_watch_bookmarks), timeout,
+                                         seen))
 
     async def _follow(self, first: list[bytes], pos: str, generation: int, bookmarks: bool,
-                      timeout: float) -> AsyncIterator[bytes]:
+                      timeout: float, seen: int = 0) -> AsyncIterator[bytes]:
+        """The watch stream from the view's version `pos`. `seen`: the version the client watched from; when it is
+        newer than `pos` (a client from the API server, whose bookmarks carry newer versions than this query's view
+        has reached) the events up to it are ones the client has (skipped) and no bookmark goes back before it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
@@ -393,7 +447,7 @@ class PoolView:
                     return  # relisted, or stopped: the follower re-watches
                 if state.rv_number(st.rv) > state.rv_number(pos):
                     try:
-                        frames = [e.frame for e in st.since(pos)]
+                        frames = [e.frame for e in st.since(pos) if e.rv > seen]
                     except state.TooOld:
                         return  # fell behind the ring: re-watching tells the client
                     pos = st.rv
@@ -403,10 +457,10 @@ class PoolView:
                 now = loop.time()
                 if now >= deadline:
                     if bookmarks:
-                        yield st.bookmark_frame(pos)
+                        yield st.bookmark_frame(_later(pos, seen))
                     return
                 if bookmarks and now >= next_bookmark:
-                    yield st.bookmark_frame(pos)
+                    yield st.bookmark_frame(_later(pos, seen))
                     next_bookmark = now + self.bookmark_interval
                     continue
                 changed = self._changed
@@ -419,6 +473,10 @@ class PoolView:
             self.last_used = time.monotonic()
 
 
+def _later(pos: str, seen: int) -> str:
+    return pos if state.rv_number(pos) >= seen else str(seen)
+
+
 async def _once(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
@@ -426,12 +484,15 @@ async def _once(chunk: bytes) -> AsyncIterator[bytes]:
 class Views:
     """The leader's views, by query. `reply(info)` answers one shared read."""
 
-    __slots__ = ("_janitor", "bookmark_interval", "idle", "ring_events", "store", "up", "views", "wait", "writer")
+    __slots__ = ("_janitor", "bookmark_interval", "idle", "reach_back_wait", "ring_events", "store", "up", "views",
+                 "wait", "writer")
 
     def __init__(self, up: upstream.Upstream, *, store: store_.Store | None = None,
                  writer: writer_.Writer | None = None, bookmark_interval: float = BOOKMARK_INTERVAL,
-                 idle: float = IDLE, wait: float = WAIT, ring_events: int = state.RING_EVENTS) -> None:
+                 idle: float = IDLE, wait: float = WAIT, ring_events: int = state.RING_EVENTS,
+                 reach_back_wait: float = REACH_BACK_WAIT) -> None:
         self.up = up
+        self.reach_back_wait = reach_back_wait
         self.store = store
         self.writer = writer
         self.bookmark_interval = bookmark_interval
@@ -490,7 +551,7 @@ class Views:
     def state(self) -> list[dict[str, Any]]:
         return [{"query": q.describe(), "resource_version": v.st.rv, "objects": len(v.st.objects),
                  "ring": len(v.st.ring), "followers": v.watchers, "upstream_lists": v.lists,
-                 "upstream_watches": v.watches} for q, v in self.views.items()]
+                 "upstream_watches": v.watches, "reach_backs": v.reach_backs} for q, v in self.views.items()]
 
     async def reply(self, info: Any, *, fallback_ok: bool = False, cached_only: bool = False) -> Reply:
         """The answer to a shared read (policy already said yes). `cached_only`: only from a view this node has,
@@ -526,12 +587,14 @@ class Views:
         if rv not in ("", "0") and not info.send_initial_events:
             if not rv.isdigit():
                 return status_reply(kube_status.bad_request(f"invalid resource version {rv!r}"))
-            if not await v.reached(rv, self.wait) and info.verb == "list":
-                st = kube_status.too_large_rv(rv, v.st.rv)
-                return status_reply(st, "too large resource version" if fallback_ok else "")
-            # a watch from a version the view has not reached (a client moved from the API server, whose bookmarks
-            # carry the cluster's newest version): no event of the view's query came since its own version, or it
-            # would have arrived within the wait; it is served from the view's version, every later event sent
+            if info.verb == "list":
+                if not await v.reached(rv, self.wait):
+                    st = kube_status.too_large_rv(rv, v.st.rv)
+                    return status_reply(st, "too large resource version" if fallback_ok else "")
+            elif state.rv_number(rv) < v.st.floor:
+                # older than the view's list (a client moved from the API server, whose query had no event since):
+                # the ring reaches back to it if the API server still can; if not, answered too old as before
+                await v.reach_back(rv, self.reach_back_wait)
         if info.verb == "list":
             limit = (info.limit or 0) if rv != "0" else 0  # the watch cache ignores limit for resourceVersion "0"
             rvm = info.resource_version_match

@@ -34,9 +34,9 @@ from edgeproxy.pool import election, elector, follower, peers, policy, remember,
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
-MOVE_EVERY = 15.0  # seconds between looks for client watches on the API server that the pool could take
+MOVE_EVERY = 5.0  # seconds between looks for client watches on the API server that the pool could take
 MOVE_AGE = 10.0  # only watches open this long are moved (never a "very short watch", which client-go relists after);
-# one the leader cannot take yet (the client's version older than its view) goes back upstream and is tried again
+# one the pool could not take (route.MOVE_HOLD) goes back upstream and is tried again later
 
 
 @dataclasses.dataclass(slots=True)
@@ -58,6 +58,7 @@ class Pool:
     cert_reload: asyncio.Task[None] | None = None  # the peer listener's serving certificate, reloaded on rotation
     move_every: float = MOVE_EVERY
     move_age: float = MOVE_AGE
+    move_rounds: int = 0  # looks the mover took while the pool was usable
     _stopping: asyncio.Task[None] | None = None
 
     def state(self) -> dict[str, Any]:
@@ -184,7 +185,8 @@ async def _move(pool: Pool, proxy: Any) -> None:
             continue
         last = loop.time()
         if pool.router.usable:
-            moved = proxy.move_watches(pool.move_age, pool.router.takes)
+            pool.move_rounds += 1
+            moved = proxy.move_watches(pool.move_age, pool.router.movable)
             if moved:
                 metrics.POOL_WATCHES_MOVED.inc(moved)
                 log.info("pool %s: %d client watch(es) moved from the API server to the pool", pool.name, moved)

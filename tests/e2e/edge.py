@@ -4,6 +4,9 @@ to restart the proxy on the same cache (a reboot) while the simulator is down.
 The proxy goes upstream with the admin certificate (so every test client's query is allowed); the node's name is
 given (edge-1), as `edgeproxy serve` takes it from the node's client certificate. Probing is fast (0.2 s, one
 failures → offline, one success → online) and offline bookmarks come every second, so the tests run in seconds.
+The cache-health report on the Node is off unless a test asks for it (`health_report_interval`): it is a write to the
+cluster at a time of its own (at start, then on every change), which moves every list's resourceVersion, so a test
+comparing a list through the proxy with the API server's, or resuming at a version, would race it.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ class Edge:
         self.local = local.Local(st, w, tokens=book, node=NODE, bookmark_interval=1.0)
         cfg = config.Config(kubeconfig=str(self.upstream_kubeconfig), listen=f"127.0.0.1:{port}", ops_listen="",
                             cache_dir=str(self.cache_dir), probe_interval=0.2, probe_timeout=2.0, offline_after=2,
-                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True)
+                            online_after=1, connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True,
+                            health_report_interval=0.0)
         cfg = dataclasses.replace(cfg, **self.settings)
         self._stack = contextlib.AsyncExitStack()
         self.service = await self._stack.enter_async_context(

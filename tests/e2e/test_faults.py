@@ -635,7 +635,7 @@ class Serve:
     def __init__(self, kubeconfig: Path, cache_dir: Path) -> None:
         self.args = ["serve", "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache_dir),
                      "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--probe-interval", "0.2",
-                     "--offline-after", "1", "--online-after", "1", "--connect-timeout", "1",
+                     "--offline-after", "3", "--online-after", "1", "--connect-timeout", "1",
                      "--plain-as-node", "on"]
         self.proc: asyncio.subprocess.Process | None = None
         self.url = self.ops_url = ""
@@ -669,6 +669,15 @@ class Serve:
                 if line.startswith(name + " "):
                     return float(line.split()[1])
         return 0.0
+
+    async def wait_online(self, http: aiohttp.ClientSession, timeout: float = 30) -> None:
+        """Until /readyz says the API server answered (online and no longer connecting)."""
+        async def online() -> bool:
+            async with asyncio.timeout(10), http.get(f"{self.ops_url}/readyz") as r:
+                return r.headers.get("X-Edgeproxy-Online") == "true"
+        async with asyncio.timeout(timeout):
+            while not await online():
+                await asyncio.sleep(0.05)
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -709,16 +718,20 @@ async def test_kill_9_while_recording_a_busy_watch_leaves_only_states_the_cluste
         for round_ in range(2):  # each round kills a proxy that took over the previous one's cache
             await sim.up()
             proxy = await Serve(kubeconfig, cache_dir).start()
-            watches = []
+            watches, opened = [], []
             try:
+                await proxy.wait_online(http)  # the lists below are the API server's, not a 503 of a proxy starting
                 for path_qs, accept in queries:  # an informer per query: list, then watch from the list's version
                     code, body = await get(http, proxy.url + path_qs, accept)
-                    assert code == 200
+                    assert code == 200, body[:300]
                     rv, _ = served_items(body, accept)
                     sep = "&" if "?" in path_qs else "?"
+                    opened.append(asyncio.get_running_loop().create_future())
                     watches.append(asyncio.ensure_future(drain_watch(
                         http, f"{proxy.url}{path_qs}{sep}watch=true&resourceVersion={rv}&allowWatchBookmarks=true",
-                        accept)))
+                        accept, opened[-1])))
+                async with asyncio.timeout(30):  # every watch answered before the kill: the kill cuts open streams
+                    await asyncio.gather(*opened)
                 churn = asyncio.ensure_future(busy(sim, round_))
                 applied = start = await proxy.metric(http, "edgeproxy_cache_events_applied_total")
                 async with asyncio.timeout(30):  # kill while events pour in and are being committed
@@ -758,19 +771,27 @@ async def get(http: aiohttp.ClientSession, url: str, accept: str) -> tuple[int, 
         return r.status, await r.read()
 
 
-async def drain_watch(http: aiohttp.ClientSession, url: str, accept: str) -> None:
-    """Read a watch until it ends, however it ends."""
+async def drain_watch(http: aiohttp.ClientSession, url: str, accept: str,
+                      opened: asyncio.Future[None] | None = None) -> None:
+    """Read a watch until it ends, however it ends once it was answered (`opened` is set then)."""
     try:
         async with http.get(yarl.URL(url, encoded=True), headers={"Accept": accept, "User-Agent": KUBELET}) as r:
             assert r.status == 200
+            if opened is not None:
+                opened.set_result(None)
             async for _ in r.content.iter_any():
                 pass
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError):
         pass
 
 
+BACKLOG = 200  # events the simulator may have queued for its slowest watch before the churn waits for it
+
+
 async def busy(sim: Simulator, salt: int = 0) -> None:
-    """Change pods as fast as the event loop allows: relabel them round robin, delete one now and then."""
+    """Change pods as fast as the watches take the events: relabel them round robin, delete one now and then.
+    Paced by the simulator's watch queues (the proxy's upstream watches): a producer that runs ahead of its consumer
+    without bound starves, on a loaded machine, the very proxy whose progress the test waits for."""
     names = sorted(sim.store.objects["pods"])
     i = salt
     while True:
@@ -782,6 +803,8 @@ async def busy(sim: Simulator, salt: int = 0) -> None:
         i += 1
         if i % 20 == 0:
             await asyncio.sleep(0)  # let the simulator write the events out
+            while any(w.queue.qsize() > BACKLOG for w in sim.api.watches):
+                await asyncio.sleep(0.01)  # polled: the watches' writers drain the queues meanwhile
 
 
 async def test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_relist_completes_it(tmp_path):

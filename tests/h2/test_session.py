@@ -7,6 +7,9 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
+import hpack.huffman
+import hpack.huffman_constants
+import hpack.huffman_table
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -189,5 +192,23 @@ def test_garbage_header_blocks_fail_as_hpack_fails_on_them(data):
     try:
         got = session._Decoder(hpack.Decoder())(data, raw=True)
     except (hpack.HPACKError, IndexError, TypeError):
+        got = None
+    assert got == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=40) | st.binary(max_size=60).map(
+    lambda b: hpack.huffman.HuffmanEncoder(hpack.huffman_constants.REQUEST_CODES,
+                                           hpack.huffman_constants.REQUEST_CODES_LENGTH).encode(b)))
+def test_huffman_strings_decode_as_hpack_decodes_them(data):
+    """The byte-at-a-time Huffman decoder against hpack's nibble one: Huffman-coded strings, and any bytes (invalid
+    codes, EOS, padding that is too long or not all ones fail alike)."""
+    try:
+        expected = hpack.huffman_table.decode_huffman(data)
+    except hpack.HPACKDecodingError:
+        expected = None
+    try:
+        got = session.decode_huffman(data)
+    except hpack.HPACKDecodingError:
         got = None
     assert got == expected

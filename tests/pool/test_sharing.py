@@ -291,3 +291,67 @@ async def test_the_pool_is_named_by_the_nodes_label_unless_given(sim, tmp_path):
         assert sim.store.get("leases", ("edgeproxy", "edgeproxy-pool-edge-site-a")) is not None
     finally:
         await b.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_quiet_watches_opened_before_the_election_move_to_the_pool_and_stay(tmp_path):
+    """kube-proxy on four nodes (its own token: each node's first answer comes from the API server) started while no
+    leader was known; the API server bookmarks once a minute, as a real one, and no EndpointSlice changes, so every
+    client's version stays older than the leader's lists. Once a leader is elected each watch moves to the pool (the
+    leader reaches back to the client's version with one short upstream watch) and stays there: one upstream watch
+    per query, no relist, no event missed."""
+    from tests.pool.branch import LEASE
+
+    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=60.0, tokens={
+        "kube-proxy-token": ("system:serviceaccount:kube-system:kube-proxy", ("system:serviceaccounts",))})
+    s.api = CountingApi(s)
+    async with s:
+        s.seed(services=20, endpointslices=20)
+        b = Branch(s, tmp_path, n=4)
+        s.create("leases", {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
+            "name": LEASE[1], "namespace": LEASE[0], "annotations": {
+                "edgeproxy.io/pool-leader-address": "127.0.0.9:1"}},
+            "spec": {"holderIdentity": "edge-9", "leaseDurationSeconds": 3600}}, LEASE[0])
+        rs = []
+        try:
+            await b.start()
+            await until(lambda: all(n.role == "follower" for n in b.nodes))
+            for node in b.nodes:
+                node.service.pool.move_every, node.service.pool.move_age = 0.5, 1.0
+            for node in b.nodes:
+                for path in (SVC, SLICES):
+                    r = Reflector(node.url, path, label_selector=KP if path == SVC else "",
+                                  user_agent="kube-proxy/v1.37.2 (linux/amd64) kubernetes/0")
+                    r.api.set_default_header("Authorization", "Bearer kube-proxy-token")
+                    rs.append(r.start())
+            await until(lambda: all(r.synced.is_set() and r.watches for r in rs), timeout=30)
+            await until(lambda: upstream_watches(s, "services") == 4 and upstream_watches(s, "endpointslices") == 4,
+                        timeout=30)
+            lists = {r: s.api.lists.get(r, 0) for r in ("services", "endpointslices")}
+            lease = copy.deepcopy(s.get("leases", LEASE[1], LEASE[0]))
+            lease["spec"]["holderIdentity"] = ""  # edge-9's Lease freed: the branch elects one of its own
+            s.update("leases", lease)
+            await until(lambda: sorted(n.role for n in b.nodes) == ["follower"] * 3 + ["leader"], timeout=30)
+            await until(lambda: upstream_watches(s, "services") == 1 and upstream_watches(s, "endpointslices") == 1,
+                        timeout=60)
+            # they stay: three more looks of every node's mover end nothing more
+            moved = metrics.POOL_WATCHES_MOVED._value.get()
+            rounds = {n.name: n.service.pool.move_rounds for n in b.nodes}
+            await until(lambda: all(n.service.pool.move_rounds >= rounds[n.name] + 3 for n in b.nodes), timeout=30)
+            assert metrics.POOL_WATCHES_MOVED._value.get() == moved
+            assert (upstream_watches(s, "services"), upstream_watches(s, "endpointslices")) == (1, 1)
+            s.create("services", svc("after-the-move"), "edge")
+            s.patch("endpointslices", "load-00003-x1", {"metadata": {"labels": {"x": "moved"}}}, namespace="edge")
+            await until(lambda: all(r.snapshot() == expected(s, "services" if r.path == SVC else "endpointslices")
+                                    for r in rs), timeout=30)
+            assert all(len(r.lists) == 1 and not r.watch_errors and not r.list_errors for r in rs), [
+                (r.lists, r.history) for r in rs]
+            # at the API server: the leader's one LIST per query, no client's
+            assert {r: s.api.lists.get(r, 0) - lists[r] for r in lists} == {"services": 1, "endpointslices": 1}
+            leader = b.leader()
+            assert leader is not None
+            assert all(v["upstream_lists"] == 1 for v in leader.service.pool.state()["views"])
+        finally:
+            for r in rs:
+                r.stop()
+            await b.stop()

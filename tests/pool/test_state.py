@@ -63,6 +63,28 @@ def test_the_ring_answers_from_its_floor_and_is_too_old_before_it():
     assert str(e.value) == "too old resource version: 11 (12)"
 
 
+def test_the_ring_reaches_back_to_an_older_version_with_the_events_since():
+    """A client whose version predates the view's list: the API server's events since it (up to a frame at or past
+    the floor) make the ring reach back; the events the list already reflects come first, then the ring's own."""
+    st = fresh(max_events=5)
+    st.apply(event("ADDED", "c", 11))
+    assert st.extend_back("7", [event("MODIFIED", "b", 9), event("ADDED", "c", 11)])
+    assert st.floor == 7
+    assert [(e.type, e.rv) for e in st.since("7")] == [("MODIFIED", 9), ("ADDED", 11)]
+    assert [e.rv for e in st.since("9")] == [11]
+    # nothing happened between 3 and 7 but what a frame past the floor proves: reaching back needs no event
+    assert st.extend_back("3", []) and st.floor == 3 and [e.rv for e in st.since("3")] == [9, 11]
+
+
+def test_the_ring_does_not_reach_back_past_its_bounds_or_forward():
+    st = fresh(max_events=2)
+    st.apply(event("ADDED", "c", 11))
+    assert not st.extend_back("7", [event("MODIFIED", "a", 8), event("MODIFIED", "b", 9)])
+    assert st.floor == 10 and [e.rv for e in st.since("10")] == [11]
+    assert not st.extend_back("10", []) and not st.extend_back("12", []) and not st.extend_back("x", [])
+    assert st.floor == 10
+
+
 def test_a_relist_starts_a_new_history():
     st = fresh()
     st.apply(event("ADDED", "c", 11))

@@ -440,3 +440,27 @@ async def test_a_continue_token_the_view_cannot_serve_is_expired_or_sent_to_the_
         path = bad if bad.startswith("/") else f"{SVC}?continue={bad}"
         reply = await views.reply(info(path, JSON))
         assert (reply.status, json.loads(reply.body)["reason"]) == (400, "BadRequest"), bad
+
+
+async def test_a_watch_from_before_the_views_list_gets_the_events_since_without_a_relist(sim, views):
+    """A client moved from the API server whose version predates the view's list (its query had nothing new to tell
+    it): the view asks the API server for the events since that version once, and the client gets exactly those, then
+    the view's own; a later client from in between is served from the ring at once."""
+    before = str(sim.store.rv)
+    sim.create("services", svc("made-before-the-list"), "edge")
+    between = str(sim.store.rv)
+    sim.create("services", svc("made-before-the-list-too"), "edge")
+    await views.reply(info(SVC, JSON))
+    v = next(iter(views.views.values()))
+    assert v.st.floor == int(sim.store.rv)
+    frames = Frames(await views.reply(info(f"{SVC}?watch=true&resourceVersion={before}", JSON)), "json")
+    got = [frames.decode(await frames.next()) for _ in range(2)]
+    assert [(t, m.name) for t, m in got] == [("ADDED", "made-before-the-list"), ("ADDED", "made-before-the-list-too")]
+    sim.create("services", svc("after"), "edge")
+    typ, meta = frames.decode(await frames.next())
+    assert (typ, meta.name) == ("ADDED", "after")
+    await frames.close()
+    frames = Frames(await views.reply(info(f"{SVC}?watch=true&resourceVersion={between}", JSON)), "json")
+    assert [frames.decode(await frames.next())[1].name for _ in range(2)] == ["made-before-the-list-too", "after"]
+    await frames.close()
+    assert (v.lists, v.reach_backs) == (1, 1)

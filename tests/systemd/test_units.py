@@ -163,7 +163,8 @@ def test_install_again_restarts_the_running_service_and_says_so(machine: Machine
 def test_stop_is_clean_and_uninstall_leaves_nothing_enabled(machine: Machine):
     machine.run("systemctl", "stop", "edgeproxy")
     s = machine.show("edgeproxy", "ActiveState", "Result")
-    assert s == {"ActiveState": "inactive", "Result": "success"}, s
+    assert s == {"ActiveState": "inactive", "Result": "success"}, (
+        s, machine.journal("-u", "edgeproxy", "-o", "short-monotonic", "-n", "60"))
     out = machine.run("/opt/edgeproxy/bin/edgeproxy", "uninstall-systemd").stdout
     assert "/var/lib/edgeproxy" in out and "userdel edgeproxy" in out, out
     files = machine.run("systemctl", "list-unit-files", "edgeproxy*", "--no-legend", check=False)
