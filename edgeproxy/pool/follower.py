@@ -90,8 +90,9 @@ class Follower(elector.Elector):
                                "User-Agent": "edgeproxy-pool"})
         _, resp = await self._up.send("PATCH", f"/api/v1/nodes/{node}", headers, body, header_timeout=_TIMEOUT)
         try:
-            while await asyncio.wait_for(resp.read(), _TIMEOUT):
-                pass
+            async with asyncio.timeout(_TIMEOUT):  # not wait_for: on 3.11 it can swallow a cancel (elector._call)
+                while await resp.read():
+                    pass
         finally:
             resp.close()
         return resp.status
@@ -243,8 +244,9 @@ class Follower(elector.Elector):
         if resp.status != 200:
             body = b""
             with contextlib.suppress(Exception):
-                while (chunk := await asyncio.wait_for(resp.read(), _TIMEOUT)) and len(body) < 4096:
-                    body += chunk
+                async with asyncio.timeout(_TIMEOUT):
+                    while (chunk := await resp.read()) and len(body) < 4096:
+                        body += chunk
             resp.close()
             if resp.status == 410:
                 self._rv = None
@@ -309,7 +311,8 @@ class Follower(elector.Elector):
             return
         self.announced = False
         with contextlib.suppress(Exception):  # best effort: unanswered, the node Lease goes stale instead
-            status = await asyncio.wait_for(self._annotate(None), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                status = await self._annotate(None)
             if status == 200:
                 log.info("pool %s: %s withdrew its peer address", self.election.config.pool,
                          self.election.config.identity)
