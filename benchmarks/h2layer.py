@@ -6,10 +6,12 @@
 The server side is python-hyper's h2, run once beforehand to record what it sends (a small GET's response HEADERS +
 DATA as an API server answers it; a watch's events, one 4 KB DATA frame each); the timed part is only the client
 session replaying that tape: a request opened and its HEADERS taken, the server's bytes received, the body read and
-handed back to the window, the stream forgotten. Process CPU time, best of 7 runs. With `--instructions` the same
-replays also run under valgrind's callgrind (if installed) and report instructions per operation (the difference of
-two run lengths, so set-up cost cancels): unlike time, that figure does not move with the machine's load. Beside it
-the HTTP/1.1 client's head building and parsing for the same request (httpclient.py), the figure to compare with.
+handed back to the window, the stream forgotten. Process CPU time, best of 7 runs; "(through h2)" is the same
+session with its fast paths off (every frame through python-hyper h2, as before they were written). With
+`--instructions` the same replays also run under valgrind's callgrind (if installed) and report instructions per
+operation (the difference of two run lengths, so set-up cost cancels): unlike time, that figure does not move with
+the machine's load. Beside it the HTTP/1.1 client's head building and parsing for the same request (httpclient.py),
+the figure to compare with.
 Reports figures, asserts nothing.
 """
 
@@ -93,9 +95,9 @@ def record_gets(n: int) -> tuple[list[bytes], list[bytes]]:
     return setup, tape
 
 
-def replay_gets(setup: list[bytes], tape: list[bytes]) -> float:
-    """Process seconds for the client side of the recorded GETs."""
-    client = session.Session()
+def replay_gets(setup: list[bytes], tape: list[bytes], fast: bool = True) -> float:
+    """Process seconds for the client side of the recorded GETs (fast=False: every frame through h2)."""
+    client = session.Session(fast=fast)
     client.start()
     for chunk in setup:
         client.receive(chunk)
@@ -138,8 +140,8 @@ def record_watch(n: int, per_read: int) -> tuple[list[bytes], list[bytes]]:
     return setup, tape
 
 
-def replay_watch(setup: list[bytes], tape: list[bytes]) -> float:
-    client = session.Session()
+def replay_watch(setup: list[bytes], tape: list[bytes], fast: bool = True) -> float:
+    client = session.Session(fast=fast)
     client.start()
     stream = client.open(REQUEST, end_stream=True)
     client.output()
@@ -169,13 +171,16 @@ def http1_head(n: int) -> float:
 
 
 def measure(requests: int, events: int, runs: int = 7) -> dict[str, float]:
-    """µs of process time per operation, best of `runs`."""
+    """µs of process time per operation, best of `runs`; "(through h2)": the session with its fast paths off."""
     out: dict[str, float] = {}
     setup, tape = record_gets(requests)
-    out["small GET"] = min(replay_gets(setup, tape) for _ in range(runs)) / requests * 1e6
+    for fast, suffix in ((True, ""), (False, " (through h2)")):
+        out[f"small GET{suffix}"] = min(replay_gets(setup, tape, fast) for _ in range(runs)) / requests * 1e6
     for per_read in (1, 14):
         setup, tape = record_watch(events, per_read)
-        out[f"watch event ({per_read} per read)"] = min(replay_watch(setup, tape) for _ in range(runs)) / events * 1e6
+        for fast, suffix in ((True, ""), (False, " (through h2)")):
+            out[f"watch event ({per_read} per read){suffix}"] = min(
+                replay_watch(setup, tape, fast) for _ in range(runs)) / events * 1e6
     return out
 
 

@@ -6,8 +6,8 @@ hundreds of events, and commits happen at most every `interval` seconds, which b
 `max_pending_bytes` of queued data, an operation is dropped instead of queued and its view is marked incomplete: a
 client's stream is never held back by the disk. A failed transaction (map full, a bad item) is retried one
 operation at a time; what still fails is counted and its view marked incomplete; nothing is raised to the caller.
-Does not parse the wire (edgeproxy.record does) and does not read. Neighbours: store (the transaction-level writes),
-edgeproxy.record (the caller).
+Does not parse the wire (edgeproxy.autonomy.record does) and does not read. Neighbours: store (the transaction-level
+writes), edgeproxy.autonomy.record (the caller).
 """
 
 from __future__ import annotations

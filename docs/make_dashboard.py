@@ -1,7 +1,7 @@
 """Write docs/grafana-dashboard.json: the edgeproxy Grafana dashboard, from the metric names in edgeproxy/metrics.py.
 
-Run `python docs/make_dashboard.py` after changing a panel; tests/test_debug.py checks the JSON is what this script
-writes and that every metric a panel queries is one edgeproxy exports. One dashboard serves one host or a fleet
+Run `python docs/make_dashboard.py` after changing a panel; tests/commands/test_debug.py checks the JSON is what this
+script writes and that every metric a panel queries is one edgeproxy exports. One dashboard serves one host or a fleet
 (federated Prometheus, as the edge field report runs it): the `instance` variable selects hosts, `All` aggregates.
 """
 

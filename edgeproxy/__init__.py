@@ -8,16 +8,16 @@ The data path reads down the tree; imports go downward only:
       │                      ├── filters/                 (response filters between upstream and client+recorder:
       │                      │  stage, chain, facts,      servicetopology, inclusterredirect; bytes via kube.rewrite)
       │                      │  incluster
-      │                      ├── record ── views ── cache (tee: list/get/watch answers → LMDB, never delays the client)
-      │                      └── local  ── views ── cache (offline answers: get, list, watch)
-      │                                 ├── writes        (offline write policy, a pure decision)
-      │                                 └── tokens        (TokenRequests offline: kept answers, then minted tokens)
-      ├── offline   wiring of record + local + tokens for server
+      │                      └── autonomy/  (offline: proxy's recorder and local seams, built for server by wiring)
+      │                          ├── record ── views ── cache  (tee: answers → LMDB, never delays the client)
+      │                          └── local  ── views ── cache  (offline answers: get, list, watch)
+      │                                     ├── writes         (offline write policy, a pure decision)
+      │                                     └── tokens         (TokenRequests offline: kept answers, then minted)
       ├── tls, metrics, logs, notify, tasks, memory       (the service's plumbing; memory: RSS by kind, malloc)
       ├── guard/    hostile local clients: trust (who may act as the node: kubelet's node certificate; plain
       │             HTTP only by opt-in), limits (head/body sizes and deadlines, connections per listener),
       │             labels (bounded metric label values), warn (one rate-limited line per kind of client error)
-      ├── demo, kubeconfig, install, debug                (the other subcommands)
+      ├── commands/ demo, kubeconfig, install, debug      (the other subcommands, one module each)
       └── host/ credentials, uninstall                   (copy-credentials run by a root unit; uninstall-systemd)
     kube/   the pure wire layer under all of them: bytes in, values out, no I/O (endpoints + rewrite: the filters'
             byte work; jsonscan: msgspec's fast JSON reading for the recorder, beside jsonwire, the stdlib reference)

@@ -15,12 +15,13 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edgeproxy.server", "run the caching proxy in front of the API server(s) of a kubeconfig"),
-    "demo": ("edgeproxy.demo", "simulator + proxy + a watching client, narrated; then the same offline"),
+    "demo": ("edgeproxy.commands.demo", "simulator + proxy + a watching client, narrated; then the same offline"),
     "sim": ("edgeproxy.sim.main", "run the Kubernetes API simulator (TLS, JSON and protobuf, fault switches)"),
-    "kubeconfig": ("edgeproxy.kubeconfig", "write a kubeconfig that points a component at the local proxy"),
+    "kubeconfig": ("edgeproxy.commands.kubeconfig", "write a kubeconfig that points a component at the local proxy"),
     "cache": ("cache.cli", "inspect the cache: ls, show, get, stats, verify, purge"),
-    "debug": ("edgeproxy.debug", "check, diagnose, collect: what an operator runs when something is off"),
-    "install-systemd": ("edgeproxy.install", "install the systemd units, environment file and kubelet drop-in"),
+    "debug": ("edgeproxy.commands.debug", "check, diagnose, collect: what an operator runs when something is off"),
+    "install-systemd": ("edgeproxy.commands.install",
+                        "install the systemd units, environment file and kubelet drop-in"),
     "uninstall-systemd": ("edgeproxy.host.uninstall", "stop, disable and remove what install-systemd put in place; "
                                                        "say what state remains"),
     "copy-credentials": ("edgeproxy.host.credentials", "copy kubelet's rotated client certificate and the cluster CA "

@@ -163,17 +163,17 @@ def ops_app(service: Service) -> web.Application:
 
 def cache_hooks(config: config_mod.Config, up: upstream.Upstream, off: list[str] | None = None
                 ) -> tuple[proxy.Recorder | None, proxy.Local | None]:
-    """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.offline wires them over
-    the cache in config.cache_dir. With `--cache off`, or a cache that cannot be opened (a full disk at start):
+    """The recorder (tee to the cache) and the local side (answers from it), as edgeproxy.autonomy.wiring wires them
+    over the cache in config.cache_dir. With `--cache off`, or a cache that cannot be opened (a full disk at start):
     (None, None), forward only and 503 while offline; `off` then receives why, for /readyz and the status line."""
     if not config.cache:
         if off is not None:
             off.append("disabled (--cache off)")
         return None, None
-    from edgeproxy import offline
+    from edgeproxy.autonomy import wiring as autonomy_wiring
 
     try:
-        return offline.hooks(config, up)
+        return autonomy_wiring.hooks(config, up)
     except Exception as e:  # a full disk, a read-only or broken cache directory: forwarding must go on without it
         reason = f"{config.cache_dir} cannot be opened: {type(e).__name__}: {e}"
         if isinstance(e, OSError) and e.errno == errno.EROFS and os.environ.get("INVOCATION_ID"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from multidict import CIMultiDict
 
 from cache import store, writer
-from edgeproxy import local, record
+from edgeproxy.autonomy import local, record
 from edgeproxy.kube import request
 
 FIXTURES = Path(__file__).parent / "fixtures"

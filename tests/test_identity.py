@@ -5,7 +5,8 @@ import dataclasses
 import json
 import os
 
-from edgeproxy import identity, tokens
+from edgeproxy import identity
+from edgeproxy.autonomy import tokens
 from edgeproxy.kube import jwt
 from edgeproxy.kube import request as kube_request
 

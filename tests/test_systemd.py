@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy import install
+from edgeproxy.commands import install
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 pytestmark = pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze missing "

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cache import store
-from edgeproxy import views
+from edgeproxy.autonomy import views
 from edgeproxy.filters import chain as chain_
 from edgeproxy.filters import facts as facts_
 from edgeproxy.kube import errors as kube_errors

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 H1_RECHECK = 300.0  # seconds a server whose ALPN chose HTTP/1.1 is not asked for h2 again
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _CANONICAL: dict[bytes, str] = {}  # b"content-type" -> "Content-Type", as Go's transport presents h2 headers
+# b"content-type" -> ("Content-Type", b"\r\nContent-Type: "): its name and header line start for head_fields
+_HEAD_NAMES: dict[bytes, tuple[str, bytes]] = {}
 
 
 class NotH2(HttpClientError):
@@ -65,18 +67,46 @@ def canonical(name: bytes) -> str:
     return text
 
 
-class Response:
-    """A response head and its streamed body; the same interface as httpclient.Response."""
+def head_fields(head: list[tuple[bytes, bytes]]) -> tuple[CIMultiDictProxy[str], bytes]:
+    """A response head's fields (pseudo-headers left out) as an HTTP/1.1 client presents them: canonical names, and
+    their header lines ("\r\nName: value" each) for Response.raw_head; b"" lines when a field holds a CR or LF."""
+    pairs: list[tuple[str, str]] = []
+    lines: list[bytes] = []
+    names = _HEAD_NAMES
+    for name, value in head:
+        entry = names.get(name)
+        if entry is None:
+            if name[:1] == b":":
+                continue
+            text = canonical(name)
+            entry = (text, b"\r\n" + text.encode("latin-1") + b": ")
+            if len(names) < 4096:
+                names[name] = entry
+        pairs.append((entry[0], value.decode("latin-1")))
+        lines.append(entry[1])
+        lines.append(value)
+    raw = b"".join(lines)
+    if raw.count(b"\n") != len(pairs) or raw.count(b"\r") != len(pairs):
+        raw = b""  # a CR or LF inside a field: no head to relay as it is
+    return CIMultiDictProxy(CIMultiDict(pairs)), raw
 
-    __slots__ = ("_conn", "_stream", "headers", "reason", "status")
+
+class Response:
+    """A response head and its streamed body; the same interface as httpclient.Response. `raw_head`: the head as
+    an HTTP/1.1 server would have sent it (status line and header lines with the names in canonical form, without
+    the blank line that ends them), for proxy.response_head to relay as it is; b"" when a name or value holds a CR
+    or LF (that head is then built, and refused, field by field)."""
+
+    __slots__ = ("_conn", "_stream", "headers", "raw_head", "reason", "status")
 
     def __init__(self, conn: Connection, stream: h2session.Stream, status: int,
-                 headers: CIMultiDictProxy[str]) -> None:
+                 headers: CIMultiDictProxy[str], raw_head: bytes = b"") -> None:
         self._conn = conn
         self._stream = stream
         self.status = status
-        self.reason = _REASONS.get(status, "")
+        self.reason = reason = _REASONS.get(status, "")
         self.headers = headers
+        self.raw_head = b"HTTP/1.1 %d %s%b" % (status, reason.encode("latin-1"), raw_head) if raw_head else b""
 
     async def read(self) -> bytes:
         """The next body bytes as they arrived; b"" once the body is complete. Raises Broken."""
@@ -274,11 +304,8 @@ class Connection(asyncio.Protocol):
             raise
         finally:
             self.deadlines.pop(stream, None)
-        headers_out: CIMultiDict[str] = CIMultiDict()
-        for name, value in stream.head:
-            if name[:1] != b":":
-                headers_out.add(canonical(name), value.decode("latin-1"))
-        return Response(self, stream, status, CIMultiDictProxy(headers_out))
+        headers_out, raw = head_fields(stream.head)
+        return Response(self, stream, status, headers_out, raw)
 
     async def _send_body(self, stream: h2session.Stream, body: bytes | AsyncIterator[bytes]) -> None:
         if isinstance(body, bytes | bytearray):
@@ -383,7 +410,11 @@ class Pool:
         """Send one request on the (host, port, ssl, identity) connection. Raises NotH2 (use HTTP/1.1),
         ConnectFailed, Stale, Broken, HeadTimeout as httpclient.Pool.request does."""
         key = (host, port, ssl, identity)
-        conn = await self._connection(key, host, port, ssl, server_hostname, label, deadline)
+        for conn in self._conns.get(key, ()):  # the usual case, without a coroutine for it
+            if conn.usable():
+                break
+        else:
+            conn = await self._connection(key, host, port, ssl, server_hostname, label, deadline)
         try:
             return await conn.request(headers, body, deadline)
         except Stale:

@@ -37,6 +37,7 @@ import h2.stream
 import hpack.exceptions
 import hpack.hpack
 import hpack.huffman_table
+import hpack.table
 
 from edgeproxy.h2 import h2conn
 
@@ -113,6 +114,8 @@ class _Encoder:
         return b"".join(block)
 
 
+_STATIC = hpack.table.HeaderTable.STATIC_TABLE
+_STATIC_LENGTH = len(_STATIC)
 _NIBBLES = hpack.huffman_table.HUFFMAN_TABLE  # (state, nibble) -> (next state, flags, symbol), hpack's own
 _H_COMPLETE, _H_EMIT, _H_FAIL = (hpack.huffman_table.HUFFMAN_COMPLETE, hpack.huffman_table.HUFFMAN_EMIT_SYMBOL,
                                  hpack.huffman_table.HUFFMAN_FAIL)
@@ -197,6 +200,7 @@ class _Decoder:
             return self._reference(data, raw)  # type: ignore[return-value]
         data = bytes(data)
         decoder, table = self._decoder, self._table
+        dynamic = table.dynamic_entries
         headers: list[tuple[bytes, bytes]] = []
         size, i, n, limit = 0, 0, len(data), decoder.max_header_list_size
         while i < n:
@@ -208,7 +212,13 @@ class _Decoder:
                     i += used
                 else:
                     i += 1
-                name, value = table.get_by_index(index)
+                # table.get_by_index, inline for the fields in the tables (it raises for the rest)
+                if 0 < index <= _STATIC_LENGTH:
+                    name, value = _STATIC[index - 1]
+                elif _STATIC_LENGTH < index <= _STATIC_LENGTH + len(dynamic):
+                    name, value = dynamic[index - _STATIC_LENGTH - 1]
+                else:
+                    name, value = table.get_by_index(index)
             elif b & 0x40 or not b & 0x20:  # a literal, added to the table (0x40) or not (0x00, 0x10 never)
                 insert = bool(b & 0x40)
                 mask = 0x3F if insert else 0x0F
@@ -288,8 +298,8 @@ class Changes:
 class Session:
     """The client end of one HTTP/2 connection."""
 
-    __slots__ = ("_closing", "_conn", "_fast", "_pending", "conn_window", "goaway", "settings_seen", "stream_window",
-                 "streams")
+    __slots__ = ("_closing", "_conn", "_fast", "_pending", "_server_max", "conn_window", "goaway", "settings_seen",
+                 "stream_window", "streams")
 
     def __init__(self, *, stream_window: int = STREAM_WINDOW, conn_window: int = CONN_WINDOW,
                  fast: bool = True) -> None:
@@ -321,6 +331,7 @@ class Session:
         self._fast = fast
         self._pending = b""  # the start of a frame not yet complete (fast paths only)
         self._closing: set[int] = set()  # streams that may have closed in h2 since the last request went out
+        self._server_max = self._conn.remote_settings.max_concurrent_streams  # as of the server's last SETTINGS
 
     def start(self) -> bytes:
         """The connection preface and our SETTINGS, with the connection window opened to `conn_window`."""
@@ -331,7 +342,7 @@ class Session:
     def max_streams(self) -> int:
         if not self.settings_seen:
             return DEFAULT_MAX_STREAMS
-        return max(0, min(self._conn.remote_settings.max_concurrent_streams, MAX_STREAMS_CAP))
+        return max(0, min(self._server_max, MAX_STREAMS_CAP))
 
     @property
     def open_streams(self) -> int:
@@ -348,7 +359,7 @@ class Session:
         try:
             stream_id = conn.get_next_available_stream_id()
             if (self._fast and conn.state_machine.state is _CLIENT_OPEN
-                    and len(self.streams) < conn.remote_settings.max_concurrent_streams):
+                    and len(self.streams) < self._server_max):
                 self._open_fast(stream_id, headers, end_stream)
             else:
                 conn.send_headers(stream_id, headers, end_stream=end_stream)
@@ -589,14 +600,34 @@ class Session:
         pair = self._open_for_frames(stream_id)
         if pair is None:
             return False
-        conn, h = self._conn, pair[1]
+        conn, (stream, h) = self._conn, pair
+        machine = h.state_machine
         try:
             headers = h2.connection._decode_headers(conn.decoder, buf[start:end])
-            _, events = h.receive_headers(headers, bool(flags & _END_STREAM), None)
+            length = _content_length(headers) if h.request_method != b"HEAD" else 0
+            if (machine.headers_received or not headers or headers[0][0] != b":status" or headers[0][1][:1] == b"1"
+                    or length == -1):
+                # trailers, an informational (1xx) head, pseudo-fields out of order, a bad Content-Length: h2's
+                _, events = h.receive_headers(headers, bool(flags & _END_STREAM), None)
+                self._events(events, changes)
+                return True
         except h2.exceptions.ProtocolError as e:
             conn._terminate_connection(e.error_code)
             raise SessionError(f"HTTP/2 protocol error from the server: {e!r}") from e
-        self._events(events, changes)
+        # A final response's head: what h2's stream does with it (receive_headers), less its event objects.
+        machine.headers_received = True
+        h._expected_content_length = length
+        stream.head = headers
+        stream.received = True
+        changes.streams.append(stream)
+        if flags & _END_STREAM:
+            self._closing.add(stream_id)
+            stream.ended = True
+            if machine.state is _S_HALF_CLOSED_LOCAL:
+                machine.state = _S_CLOSED
+                machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+            else:
+                machine.state = h2.stream.StreamState.HALF_CLOSED_REMOTE
         return True
 
     def _to_h2(self, data: bytes, changes: Changes) -> None:
@@ -644,6 +675,7 @@ class Session:
                 changes.window = True
             elif kind is h2.events.RemoteSettingsChanged:
                 self.settings_seen = True
+                self._server_max = self._conn.remote_settings.max_concurrent_streams
                 changes.window = True
             elif kind is h2.events.PingAckReceived:
                 changes.pings.append(ev.ping_data)
@@ -656,6 +688,20 @@ class Session:
                     changes.streams.append(stream)
             # InformationalResponseReceived (1xx), PingReceived (h2 answers it), SettingsAcknowledged and the rest
             # need nothing from us.
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length of a response head as h2 takes it (None: none; -1: not digits, or two that differ)."""
+    length = None
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return -1
+            n = int(value, 10)
+            if length is not None and n != length:
+                return -1
+            length = n
+    return length
 
 
 # events after which h2 may have closed the stream

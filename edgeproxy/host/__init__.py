@@ -1,3 +1,3 @@
 """What edgeproxy does to its host outside the proxy process: the credentials hand-over run by a root unit
-(credentials.py) and the undoing of `edgeproxy install-systemd` (uninstall.py). install.py, one level up, lays the
-units down."""
+(credentials.py) and the undoing of `edgeproxy install-systemd` (uninstall.py). commands/install.py lays the units
+down."""

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeproxy import install
+from edgeproxy.commands import install
 
 # Every unit name any version installed: these are stopped, disabled and unlinked from every *.wants/*.requires.
 UNITS = ("edgeproxy.service", "edgeproxy-credentials.path", "edgeproxy-credentials.timer",

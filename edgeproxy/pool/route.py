@@ -216,7 +216,7 @@ class Router:
             return True
         if self.store is None:
             return False
-        from edgeproxy import views as views_mod
+        from edgeproxy.autonomy import views as views_mod
 
         for enc in ("protobuf", "json"):
             try:

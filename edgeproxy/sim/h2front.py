@@ -121,6 +121,9 @@ class H2Front:
             conn.goaway()
 
 
+_WHOLE = 16384  # a body up to this long (by Content-Length) is read whole and sent with its head in one write
+
+
 class _Conn(asyncio.Protocol):
     def __init__(self, front: H2Front) -> None:
         self.front = front
@@ -234,6 +237,27 @@ class _Conn(asyncio.Protocol):
                 out = [(b":status", str(resp.status).encode())]
                 out += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.items()
                         if k.lower() not in _HOP]
+                length = resp.content_length
+                if length is not None and length <= _WHOLE:
+                    # A small answer goes out as Go's server sends it (the API server's): HEADERS and DATA with
+                    # END_STREAM in one write, not a write per frame and an empty DATA frame to end the stream.
+                    body = await resp.read()
+                    if not body:
+                        self.h2.send_headers(stream_id, out, end_stream=True)
+                        self.flush()
+                        return
+                    if len(body) <= min(self.h2.local_flow_control_window(stream_id),
+                                        self.h2.max_outbound_frame_size):
+                        self.h2.send_headers(stream_id, out)
+                        self.h2.send_data(stream_id, body, end_stream=True)
+                        self.flush()
+                        return
+                    self.h2.send_headers(stream_id, out)
+                    self.flush()
+                    await self._send(stream_id, body)
+                    self.h2.end_stream(stream_id)
+                    self.flush()
+                    return
                 self.h2.send_headers(stream_id, out)
                 self.flush()
                 async for chunk in resp.content.iter_any():

@@ -1,7 +1,7 @@
 """The recorded kube-apiserver fixtures as cache Items and watch events, read with the project's wire codec.
 
-This is what edgeproxy.record will hand the writer: each item's exact bytes plus the metadata and selector fields
-kube.protobuf / kube.jsonwire extract from them.
+This is what edgeproxy.autonomy.record will hand the writer: each item's exact bytes plus the metadata and selector
+fields kube.protobuf / kube.jsonwire extract from them.
 """
 
 from __future__ import annotations

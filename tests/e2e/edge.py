@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cache import store, writer
-from edgeproxy import config, local, record, server, tokens
+from edgeproxy import config, server
+from edgeproxy.autonomy import local, record, tokens
 from edgeproxy.sim import Simulator
 
 KUBECTL = Path(sys.executable).with_name("kubectl")

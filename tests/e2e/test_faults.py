@@ -9,8 +9,8 @@ of `edgeproxy serve` while it records busy watches; upstream garbage (a watch fr
 answered with a list). Upstream faults come from the simulator's switches or from `Mangler`, a tiny API server that
 replays what a real kube-apiserver sent (tests/fixtures) cut or with bytes flipped. Every test bounds its own time
 and polls conditions with a bound (edge.until), never sleeps to wait. The proxies here are wired as `edgeproxy serve`
-wires them (server.running → offline.hooks), with fast probing, so an upstream going down turns them offline within
-a second (three failed probes 0.2 s apart: one probe slowed by a loaded machine is no outage).
+wires them (server.running → autonomy.wiring.hooks), with fast probing, so an upstream going down turns them offline
+within a second (three failed probes 0.2 s apart: one probe slowed by a loaded machine is no outage).
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ import pytest
 from kubernetes import client as kclient
 from kubernetes.client.rest import ApiException
 
-from edgeproxy import config, server, tokens
+from edgeproxy import config, server
+from edgeproxy.autonomy import tokens
 from edgeproxy.sim import Simulator
 from tests.e2e.edge import until
 

@@ -9,6 +9,8 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from edgeproxy import httpclient, metrics, upstream
@@ -301,3 +303,33 @@ async def test_alpn_http1_connection_is_reused_for_http1(sim, tmp_path):
         assert (await get(up, "/api/v1/namespaces/default"))[0] == 200
     finally:
         await up.close()
+
+
+_FIELD_NAMES = st.sampled_from([b"content-type", b"content-length", b"date", b"audit-id", b"connection",
+                                b"transfer-encoding", b"x-kubernetes-pf-flowschema-uid", b"cache-control"])
+_FIELD_VALUES = st.sampled_from([b"application/json", b"12", b"0", b"x1", b"Fri, 04 Dec 2026 23:11:12 GMT", b"close",
+                                 b"a\r\nInjected: 1", b"b\nc", b"\xe9t\xe9", b""]) | st.binary(max_size=8)
+
+
+_USUAL = [(b"content-type", b"application/json"), (b"date", b"Fri, 04 Dec 2026 23:11:12 GMT"),
+          (b"content-length", b"2")]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([200, 201, 204, 299, 304, 404, 500]), st.booleans(),
+       st.lists(st.tuples(_FIELD_NAMES | st.from_regex(rb"\A[a-z][a-z0-9-]{0,12}\Z"), _FIELD_VALUES), max_size=6))
+def test_the_head_relayed_as_it_is_equals_the_head_built_field_by_field(status, usual, fields):
+    """An h2 response's raw_head is what proxy.response_head relays to an HTTP/1.1 client without building the head
+    again: the same bytes as built field by field (canonical names, hop-by-hop fields dropped, chunked framing added
+    where they apply), and a field holding a CR or LF is refused either way."""
+    from edgeproxy import proxy
+
+    headers, raw = h2client.head_fields([(b":status", str(status).encode()), *(_USUAL if usual else []), *fields])
+    resp = h2client.Response(None, None, status, headers, raw)  # type: ignore[arg-type]
+    results = []
+    for raw_head in (resp.raw_head, b""):
+        try:
+            results.append(proxy.response_head(resp.status, resp.reason, resp.headers, raw_head))
+        except ValueError:
+            results.append("refused")
+    assert results[0] == results[1]

@@ -209,7 +209,7 @@ def cache(tmp_path):
 
 
 async def test_a_token_is_shared_only_once_the_api_server_answered_it_the_same_query(pki, cache):
-    from edgeproxy import views
+    from edgeproxy.autonomy import views
 
     st, w = cache
     token = {"Accept": "application/json", "Authorization": "Bearer kube-proxy-token",

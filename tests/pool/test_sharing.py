@@ -12,8 +12,9 @@ import copy
 
 import pytest
 
-from edgeproxy import debug, metrics
+from edgeproxy import metrics
 from edgeproxy import sim as sim_pkg
+from edgeproxy.commands import debug
 from edgeproxy.sim import api as sim_api
 from tests.e2e.reflector import Reflector
 from tests.pool.branch import Branch, until

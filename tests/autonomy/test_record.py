@@ -6,7 +6,7 @@ import zlib
 import pytest
 from multidict import CIMultiDict
 
-from edgeproxy import record, tokens, views
+from edgeproxy.autonomy import record, tokens, views
 from edgeproxy.kube import jsonwire, protobuf, watch
 from tests import recording
 from tests.recording import KUBECTL_JSON, body, info

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cache import store, writer
-from edgeproxy import local, record, tokens
+from edgeproxy.autonomy import local, record, tokens
 from edgeproxy.guard import trust
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,9 @@ from aiohttp import web
 
 from cache import store as store_
 from cache import writer as writer_
-from edgeproxy import memory, views, writes
-from edgeproxy import tokens as tokens_
+from edgeproxy import memory
+from edgeproxy.autonomy import tokens as tokens_
+from edgeproxy.autonomy import views, writes
 from edgeproxy.guard import limits, warn
 from edgeproxy.kube import errors, jsonwire, protobuf, schema, selectors, status
 from edgeproxy.kube import request as kube_request

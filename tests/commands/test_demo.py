@@ -17,7 +17,7 @@ from edgeproxy import sim as sim_pkg
 
 pytest.importorskip("edgeproxy.server", reason="edgeproxy serve has not landed yet")
 
-ROOT = Path(__file__).absolute().parent.parent
+ROOT = Path(__file__).absolute().parents[2]
 ANSI = re.compile(r"\x1b\[")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeproxy import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_install_into_a_root(tmp_path, capsys):
@@ -98,7 +98,7 @@ def test_listener_pki_is_made_once_with_readable_ca_and_private_key(tmp_path):
     # the env file names these files, and the kubeconfig of in-cluster clients names the CA
     env = (tmp_path / "etc/default/edgeproxy").read_text()
     assert "EDGEPROXY_TLS_CERT_FILE=/etc/edgeproxy/pki/serving.crt" in env
-    from edgeproxy import kubeconfig
+    from edgeproxy.commands import kubeconfig
 
     assert kubeconfig.PROXY_CA == "/etc/edgeproxy/pki/ca.crt"
 

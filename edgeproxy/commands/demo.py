@@ -2,11 +2,11 @@
 
 Everything runs in this one process on one event loop: the Kubernetes API simulator (edgeproxy.sim, TLS with client
 certificates) stands in for a cluster's API server across a WAN; edgeproxy (server.running, with the recorder and the
-local side wired as edgeproxy.offline does) sits in front of it with its cache in a temporary directory; a client that
-behaves as kubelet does (list its node's pods, watch them from the list's resourceVersion, re-watch when a stream ends,
-relist on 410, renew its Lease) talks plain HTTP to edgeproxy. The demo changes things on the simulator, cuts the WAN
-(the simulator's `down` fault), and prints what each side sees, with timings. With `--kubeconfig` it runs edgeproxy in
-front of a real cluster instead and only lists and watches (read-only).
+local side wired as edgeproxy.autonomy.wiring does) sits in front of it with its cache in a temporary directory; a
+client that behaves as kubelet does (list its node's pods, watch them from the list's resourceVersion, re-watch when a
+stream ends, relist on 410, renew its Lease) talks plain HTTP to edgeproxy. The demo changes things on the simulator,
+cuts the WAN (the simulator's `down` fault), and prints what each side sees, with timings. With `--kubeconfig` it runs
+edgeproxy in front of a real cluster instead and only lists and watches (read-only).
 
 The boundary: a show, not a test harness; it decides nothing for the proxy and reads the cache only to describe it.
 Neighbours: sim (the API server), server (runs the proxy), record/local/cache (the offline side), kube.watch
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 NODE = "edge-1"  # the simulator's node whose client certificate edgeproxy presents (tls.Pki)
 NAMESPACE = "edge"  # the fixture cluster's application namespace
-SOURCE_HEADER = "X-Edgeproxy-Source"  # edgeproxy.local marks every answer it gives from the cache with it
+SOURCE_HEADER = "X-Edgeproxy-Source"  # edgeproxy.autonomy.local marks every answer it gives from the cache with it
 USER_AGENT = "kubelet/v1.32.0 (linux/amd64) kubernetes/edgeproxy-demo"
 READONLY_USER_AGENT = "edgeproxy-demo/0.1"
 FROM_API = "from the API server"
@@ -408,12 +408,12 @@ async def proxy_stack(kubeconfig: Path, cache_dir: Path, pace: Pace, node: str |
     `edgeproxy install-systemd` sets kubelet up; without, the plain listener acts as the node (--plain-as-node on),
     which the read-only demo against a real cluster uses on a throwaway loopback port.
 
-    The parts are wired as edgeproxy.offline.hooks wires them for `edgeproxy serve`, built here so the demo can give
-    its own intervals and read the store it narrates.
+    The parts are wired as edgeproxy.autonomy.wiring.hooks wires them for `edgeproxy serve`, built here so the demo
+    can give its own intervals and read the store it narrates.
     """
     from cache import store as cache_store
     from cache import writer as cache_writer
-    from edgeproxy import local, record, tokens
+    from edgeproxy.autonomy import local, record, tokens
 
     try:
         from edgeproxy import config, server

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy import writes
+from edgeproxy.autonomy import writes
 from edgeproxy.kube import protobuf, request
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 A = writes.Action
 
 

@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeproxy import kubeconfig, tls
+from edgeproxy import tls
+from edgeproxy.commands import kubeconfig
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ SERVING_DAYS = 3650  # a loopback listener's certificate from a per-host CA; its
 
 def source_dir() -> Path:
     """Where the unit sources are: the checkout's systemd/, or share/edgeproxy/systemd of an installed wheel."""
-    for candidate in (Path(__file__).resolve().parents[1] / "systemd", Path(sys.prefix) / "share/edgeproxy/systemd"):
+    for candidate in (Path(__file__).resolve().parents[2] / "systemd", Path(sys.prefix) / "share/edgeproxy/systemd"):
         if (candidate / "edgeproxy.service").is_file():
             return candidate
     raise FileNotFoundError("edgeproxy's systemd/ files are not installed next to the package")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from edgeproxy import tokens
+from edgeproxy.autonomy import tokens
 from edgeproxy.kube import protobuf
 
 

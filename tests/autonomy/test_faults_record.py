@@ -5,7 +5,7 @@ test_a_watch_answered_with_a_list_marks_the_view_incomplete_and_a_relist_complet
 import zlib
 
 from cache import store, writer
-from edgeproxy import record
+from edgeproxy.autonomy import record
 from edgeproxy.kube import protobuf
 from tests.recording import body
 

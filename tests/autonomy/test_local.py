@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgeproxy import tokens
+from edgeproxy.autonomy import tokens
 from edgeproxy.kube import jsonwire, protobuf, request, schema, watch
 from tests import recording
 from tests.recording import KUBECTL_JSON, KUBELET, body, info

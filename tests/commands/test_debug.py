@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 
 from cache import store
-from edgeproxy import cli, debug, tls
+from edgeproxy import cli, tls
+from edgeproxy.commands import debug
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-bearer-token-0123456789abcdef"
 
 
@@ -352,7 +353,8 @@ async def test_metrics_scraped_from_a_running_proxy_parse(tmp_path, running_prox
 
 
 def test_kubelet_wiring_is_checked(tmp_path):
-    from edgeproxy import config, install
+    from edgeproxy import config
+    from edgeproxy.commands import install
 
     install.install(tmp_path, "/bin/true", tls_sans=None)
     dropin = tmp_path / "etc/systemd/system/kubelet.service.d/20-edgeproxy.conf"

@@ -5,7 +5,8 @@ import base64
 import pytest
 from kubernetes import client, config
 
-from edgeproxy import cli, kubeconfig
+from edgeproxy import cli
+from edgeproxy.commands import kubeconfig
 
 
 def load(path):

@@ -39,8 +39,9 @@ from typing import Any
 
 from cache import store
 from cache import writer as cache_writer
-from edgeproxy import memory, views
-from edgeproxy import tokens as tokens_
+from edgeproxy import memory
+from edgeproxy.autonomy import tokens as tokens_
+from edgeproxy.autonomy import views
 from edgeproxy.kube import errors, jsonscan, jsonwire, protobuf, watch
 
 log = logging.getLogger(__name__)
