@@ -232,6 +232,9 @@ async def test_the_redirect_is_withheld_while_the_certificate_misses_the_cluster
         async with aiohttp.ClientSession() as s:
             _, body, _ = await _get(s, e.url + path)
         assert body == await _direct(e, path, "application/json")  # pods keep going straight to the API server
+        # why: known once the `kubernetes` Service was read (the first filtered request waits 3 s at most for that)
+        await until(lambda: "ClusterIP is not known" not in (e.service.state()["filters"]["redirect_withheld"] or ""),
+                    30)
         state = e.service.state()["filters"]
         assert state["redirect_applied"] is None
         assert "not valid for the kubernetes Service's ClusterIP 10.96.0.1" in state["redirect_withheld"]
