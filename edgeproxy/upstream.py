@@ -283,12 +283,7 @@ class Upstream:
         self._prober = tasks.spawn(self._probe_loop(), name="upstream-prober")
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            try:
-                await self._prober
-            except asyncio.CancelledError:
-                pass
+        await tasks.stop((self._prober,), what="upstream", timeout=10.0)
         if self._session is not None:
             await self._session.close()
         self._pool.close()

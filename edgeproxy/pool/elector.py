@@ -51,8 +51,11 @@ class Elector:
             raise errors.LeaseError(0, f"API server unreachable: {e}") from e
         chunks = []
         try:
-            while chunk := await asyncio.wait_for(resp.read(), _TIMEOUT):
-                chunks.append(chunk)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that meets the read's end, and a
+            # stop waiting for this task would wait for ever
+            async with asyncio.timeout(_TIMEOUT):
+                while chunk := await resp.read():
+                    chunks.append(chunk)
         except BaseException:
             resp.close()
             raise
@@ -129,6 +132,7 @@ class Elector:
         if body is None:
             return
         with contextlib.suppress(Exception):  # best effort: unanswered, the Lease simply expires
-            status, _ = await asyncio.wait_for(self._call("PUT", self.election.config.path, body), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                status, _ = await self._call("PUT", self.election.config.path, body)
             if status < 300:
                 log.info("pool %s: %s released the lease", self.election.config.pool, self.election.config.identity)

@@ -62,6 +62,7 @@ IDLE = 300.0  # seconds a view nobody asked for is kept watching
 WAIT = 2.0  # seconds a request waits for its view to sync, or to reach a newer resourceVersion (less than a
 # follower's header deadline, route.HEADER_TIMEOUT: a leader waiting is not a leader failing)
 DEFAULT_WATCH_TIMEOUT = 1800
+STOP_WAIT = 5.0  # seconds a stop waits for the view's upstream task to end after its cancel
 REACH_BACK_TIMEOUT = 3  # timeoutSeconds of a reach-back watch: the API server bookmarks it before it ends
 REACH_BACK_WAIT = 5.0  # seconds a watch from a version older than the view waits for the reach-back
 MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
@@ -166,9 +167,7 @@ class PoolView:
         task, self._task = self._task, None
         if task is not None:
             metrics.POOL_UPSTREAM_WATCHES.dec()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await tasks.stop((task,), what=f"pool view {self.query.describe()}", timeout=STOP_WAIT)
         self._wake()
 
     def upstream_changed(self, online: bool) -> None:

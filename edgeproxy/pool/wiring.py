@@ -16,7 +16,6 @@ Neighbours: server (calls build/start/stop), the parts in this package, upstream
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -34,6 +33,7 @@ from edgeproxy.pool import election, elector, follower, peers, policy, route, vi
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
 MOVE_EVERY = 5.0  # seconds between looks for client watches on the API server that the pool could take
+STOP_WAIT = 10.0  # seconds a stop waits for the election (its Lease release is bounded by 5 s) and the views
 MOVE_AGE = 10.0  # only watches open this long are moved (never a "very short watch", which client-go relists after);
 # one the pool could not take (route.MOVE_HOLD) goes back upstream and is tried again later
 
@@ -238,15 +238,10 @@ async def _pool_label(pool: Pool) -> str:
 
 
 async def stop(pool: Pool) -> None:
-    if pool.mover is not None:
-        pool.mover.cancel()
-    if pool.task is not None:
-        pool.task.cancel()  # the elector releases the Lease when it leads
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pool.task
-    if pool._stopping is not None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pool._stopping
+    """Stop the election (a leader releases its Lease: one PUT bounded by the elector's own timeout), the mover and the
+    views; each wait is bounded, so the service's shutdown goes on to commit its cache whatever hangs here."""
+    await tasks.stop((pool.mover, pool.task), what=f"pool {pool.name}", timeout=STOP_WAIT)
+    await tasks.stop((pool._stopping,), what=f"pool {pool.name}", timeout=STOP_WAIT, cancel=False)
     await pool.views.close()
     pool.router.close()
     if pool.api is not pool.up:
