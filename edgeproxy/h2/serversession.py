@@ -16,6 +16,9 @@ HTTPS listener needs and `h2` leaves to its user:
   at RESET_RATE a second); an empty bucket ends the connection with GOAWAY ENHANCE_YOUR_CALM.
 - No CONNECT: exec, attach and port-forward reach the API server as HTTP/1.1 upgrades (client-go negotiates
   HTTP/1.1 for them); `check_head` answers an h2 CONNECT 405 with a message saying so.
+- CPU: request heads are decoded by h2conn.Decoder, and a final response's HEADERS and DATA frames are written here
+  rather than by h2 (its frame objects were two thirds of a small response's sending), keeping h2's stream states
+  and send windows as h2 keeps them; `ServerSession(fast=False)` writes everything through h2 (the tests compare).
 
 The shell (server.py) feeds received bytes to `receive()` with the time, writes `output()` to the socket, and runs a
 handler per `Request`. Nothing here knows about sockets, TLS, asyncio or aiohttp.
@@ -24,6 +27,7 @@ handler per `Request`. Nothing here knows about sockets, TLS, asyncio or aiohttp
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import h2.config
 import h2.connection
@@ -31,6 +35,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hpack.hpack
 import hpack.table
 
@@ -44,6 +49,15 @@ CONN_WINDOW = 4 << 20  # the connection's receive window, handed back as bytes a
 MAX_FRAME = 64 << 10  # frames we accept; bounds h2's CONTINUATION backlog (64 frames) to 4 MiB of header block
 RESET_BURST = 200  # client RST_STREAMs taken at once ...
 RESET_RATE = 50.0  # ... and per second after that, before GOAWAY ENHANCE_YOUR_CALM
+
+# The frames the response fast path writes (RFC 9113 §6)
+_FRAME_HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+_SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
+_S_OPEN, _S_HALF_CLOSED_REMOTE = h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE
+_S_HALF_CLOSED_LOCAL, _S_CLOSED = h2.stream.StreamState.HALF_CLOSED_LOCAL, h2.stream.StreamState.CLOSED
+_SENT_END = h2.stream.StreamClosedBy.SEND_END_STREAM
 
 # RFC 9113 §8.2.2: connection-specific fields must not be sent over HTTP/2.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"})
@@ -220,11 +234,11 @@ class ServerSession:
     """One client connection. Feed `receive(data, now)`; write `output()`; answer each Request with `send_headers`,
     `send_data` (as far as `window()` allows) and `end`, or `reset`."""
 
-    __slots__ = ("_conn", "_reset_tokens", "_reset_when", "closing", "conn_window", "goaway_received",
+    __slots__ = ("_conn", "_fast", "_reset_tokens", "_reset_when", "closing", "conn_window", "goaway_received",
                  "max_streams", "open", "stream_window", "unacked", "window_opened")
 
     def __init__(self, *, max_streams: int = MAX_STREAMS, stream_window: int = STREAM_WINDOW,
-                 conn_window: int = CONN_WINDOW, max_header_list: int = MAX_HEADER_LIST) -> None:
+                 conn_window: int = CONN_WINDOW, max_header_list: int = MAX_HEADER_LIST, fast: bool = True) -> None:
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None,
             # inbound fields are checked (a hostile client); outbound ones come from response_headers(), already
@@ -233,6 +247,7 @@ class ServerSession:
             validate_outbound_headers=False, normalize_outbound_headers=False)
         self._conn = h2conn.Connection(config=config)
         self._conn.encoder = StaticEncoder()  # type: ignore[assignment]
+        self._conn.decoder.decode = h2conn.Decoder(self._conn.decoder)  # type: ignore[method-assign]
         self._conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
@@ -252,6 +267,10 @@ class ServerSession:
         self.goaway_received = False
         self._reset_tokens = float(RESET_BURST)
         self._reset_when: float | None = None
+        # Responses written here (on): a final response's HEADERS and its DATA frames on an open stream go out
+        # without h2's frame objects, with h2's stream states and windows kept as h2 keeps them; anything else (a
+        # 1xx head, a stream not open, the connection closing) is h2's. Off: all through h2 (the tests' reference).
+        self._fast = fast
 
     def start(self) -> bytes:
         """Our SETTINGS (the server's preface), with the connection window opened to `conn_window`."""
@@ -359,12 +378,61 @@ class ServerSession:
         if stream_id not in self.open:
             raise StreamClosed(stream_id)
         try:
-            self._conn.send_headers(stream_id, headers, end_stream=end)
+            if not (self._fast and self._head_fast(stream_id, headers, end)):
+                self._conn.send_headers(stream_id, headers, end_stream=end)
         except h2.exceptions.H2Error as e:
             self._forget(stream_id)
             raise StreamClosed(stream_id) from e
         if end:
             self._done(stream_id)
+
+    def _stream_for_sending(self, stream_id: int) -> h2.stream.H2Stream | None:
+        """h2's stream when the fast path may write on it: the connection open, the stream open on our side."""
+        conn = self._conn
+        h = conn.streams.get(stream_id)
+        if h is None or conn.state_machine.state is not _SERVER_OPEN:
+            return None
+        state = h.state_machine.state
+        return h if state is _S_HALF_CLOSED_REMOTE or state is _S_OPEN else None
+
+    @staticmethod
+    def _end_sent(h: h2.stream.H2Stream) -> None:
+        """h2's SEND_END_STREAM on an open or half-closed (remote) stream."""
+        machine = h.state_machine
+        if machine.state is _S_HALF_CLOSED_REMOTE:
+            machine.state = _S_CLOSED
+            machine.stream_closed_by = _SENT_END
+        else:
+            machine.state = _S_HALF_CLOSED_LOCAL
+
+    def _head_fast(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> bool:
+        """A final response head as h2's send_headers writes it (HEADERS, CONTINUATION past the client's frame
+        size), less its frame objects and header copies. False: h2 writes it."""
+        h = self._stream_for_sending(stream_id)
+        if (h is None or h.state_machine.headers_sent or h.state_machine.client is not False or not headers
+                or headers[0][0] != b":status" or headers[0][1][:1] == b"1"):
+            return False
+        conn = self._conn
+        block = conn.encoder.encode(headers)
+        h.state_machine.headers_sent = True
+        h.request_method = None  # h2 takes it from the block it sends (a response has no :method)
+        if end:
+            self._end_sent(h)
+        size, out = conn.max_outbound_frame_size, conn._data_to_send
+        flags = _END_STREAM if end else 0
+        if len(block) <= size:
+            n = len(block)
+            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id)
+            out += block
+            return True
+        for i in range(0, len(block), size):
+            part = block[i:i + size]
+            n = len(part)
+            last = _END_HEADERS if i + size >= len(block) else 0
+            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _CONTINUATION if i else _HEADERS,
+                                    (0 if i else flags) | last, stream_id)
+            out += part
+        return True
 
     def send_informational(self, stream_id: int, status: int) -> None:
         """A 1xx answer (100 Continue) before the response."""
@@ -385,18 +453,33 @@ class ServerSession:
         """Send as much of `data` as the windows allow, in frames the client accepts; returns the bytes taken.
         `end` ends the stream when all of `data` went. Raises StreamClosed."""
         window = self.window(stream_id)
-        frame = self._conn.max_outbound_frame_size
+        conn = self._conn
+        frame = conn.max_outbound_frame_size
         taken = 0
         total = len(data)
+        h = self._stream_for_sending(stream_id) if self._fast else None
         try:
             while taken < total and window > 0:
                 n = min(window, frame, total - taken)
                 last = end and taken + n == total
-                self._conn.send_data(stream_id, data[taken:taken + n], end_stream=last)
+                if h is not None:  # h2's send_data, less its frame objects: the same windows, state and bytes
+                    out = conn._data_to_send
+                    out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _DATA, _END_STREAM if last else 0, stream_id)
+                    out += data[taken:taken + n]
+                    h.outbound_flow_control_window -= n
+                    conn.outbound_flow_control_window -= n
+                    if last:
+                        self._end_sent(h)
+                else:
+                    conn.send_data(stream_id, data[taken:taken + n], end_stream=last)
                 taken += n
                 window -= n
             if end and total == 0:
-                self._conn.end_stream(stream_id)
+                if h is not None:
+                    conn._data_to_send += _FRAME_HEAD.pack(0, 0, _DATA, _END_STREAM, stream_id)
+                    self._end_sent(h)
+                else:
+                    conn.end_stream(stream_id)
         except h2.exceptions.H2Error as e:
             self._forget(stream_id)
             raise StreamClosed(stream_id) from e

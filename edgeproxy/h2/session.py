@@ -34,10 +34,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
-import hpack.exceptions
 import hpack.hpack
-import hpack.huffman_table
-import hpack.table
 
 from edgeproxy.h2 import h2conn
 
@@ -61,7 +58,6 @@ _S_OPEN, _S_HALF_CLOSED_LOCAL = h2.stream.StreamState.OPEN, h2.stream.StreamStat
 _S_CLOSED = h2.stream.StreamState.CLOSED
 _ODD = h2.connection.AllowedStreamIDs.ODD
 _ENCODED_CACHE = 256  # header fields remembered per connection (the dynamic table holds far fewer)
-_HUFFMAN_CACHE = 512  # Huffman-coded strings remembered per connection
 
 
 class _Encoder:
@@ -112,141 +108,6 @@ class _Encoder:
                     cache.clear()  # indices moved: what was remembered may point elsewhere now
             block.append(out)
         return b"".join(block)
-
-
-_STATIC = hpack.table.HeaderTable.STATIC_TABLE
-_STATIC_LENGTH = len(_STATIC)
-_NIBBLES = hpack.huffman_table.HUFFMAN_TABLE  # (state, nibble) -> (next state, flags, symbol), hpack's own
-_H_COMPLETE, _H_EMIT, _H_FAIL = (hpack.huffman_table.HUFFMAN_COMPLETE, hpack.huffman_table.HUFFMAN_EMIT_SYMBOL,
-                                 hpack.huffman_table.HUFFMAN_FAIL)
-_BYTE_ROWS: list[list[tuple[int, bytes, int]] | None] = [None] * 256  # a state's 256 byte steps, built when reached
-
-
-def _byte_row(state: int) -> list[tuple[int, bytes, int]]:
-    """hpack's Huffman state machine two nibbles at a time from `state`: per input byte, (next state, symbols
-    emitted, flags: _H_FAIL if either nibble fails, else the second nibble's _H_COMPLETE)."""
-    row = []
-    for byte in range(256):
-        s, out, flags = state, b"", 0
-        for nibble in (byte >> 4, byte & 0x0F):
-            s, flags, symbol = _NIBBLES[s * 16 + nibble]
-            if flags & _H_FAIL:
-                break
-            if flags & _H_EMIT:
-                out += bytes((symbol,))
-        row.append((s, out, _H_FAIL if flags & _H_FAIL else flags & _H_COMPLETE))
-    _BYTE_ROWS[state] = row
-    return row
-
-
-def decode_huffman(data: bytes) -> bytes:
-    """hpack's decode_huffman (the same bytes and errors; the tests compare them) a byte per step instead of a
-    nibble, through a table built from hpack's as its states are reached: a third of its CPU."""
-    if not data:
-        return b""
-    rows = _BYTE_ROWS
-    state, flags, out = 0, 0, []
-    for byte in data:
-        row = rows[state] or _byte_row(state)
-        state, symbols, flags = row[byte]
-        if flags & _H_FAIL:
-            raise hpack.exceptions.HPACKDecodingError("Invalid Huffman string")
-        if symbols:
-            out.append(symbols)
-    if not flags & _H_COMPLETE:
-        raise hpack.exceptions.HPACKDecodingError("Incomplete Huffman string")
-    return b"".join(out)
-
-
-class _Decoder:
-    """HPACK decoding of response header blocks: the same table, results and errors as hpack's decoder (which the
-    tests compare it with), a third of its CPU. hpack builds a HeaderTuple per field, slices a memoryview per field
-    and Huffman-decodes every literal anew; here a block is walked by index, and Huffman-coded strings seen before
-    (a Date within its second, a content type, a Content-Length) are remembered (bounded)."""
-
-    __slots__ = ("_decoder", "_huffman", "_reference", "_table")
-
-    def __init__(self, decoder: hpack.hpack.Decoder) -> None:
-        self._decoder = decoder
-        self._reference = decoder.decode  # for text results (never asked by h2 with header_encoding=None)
-        self._table = decoder.header_table
-        self._huffman: dict[bytes, bytes] = {}
-
-    def _string(self, data: bytes, i: int) -> tuple[bytes, int]:
-        """The string literal at data[i] (RFC 7541 §5.2) and the index after it."""
-        first = data[i]
-        n = first & 0x7F
-        if n == 0x7F:
-            n, used = hpack.hpack.decode_integer(memoryview(data)[i:], 7)
-        else:
-            used = 1
-        start = i + used
-        end = start + n
-        if end > len(data):
-            raise hpack.exceptions.HPACKDecodingError("Truncated header block")
-        text = data[start:end]
-        if first & 0x80:
-            plain = self._huffman.get(text)
-            if plain is None:
-                plain = decode_huffman(text)
-                if len(self._huffman) >= _HUFFMAN_CACHE:
-                    self._huffman.clear()
-                self._huffman[text] = plain
-            text = plain
-        return text, end
-
-    def __call__(self, data: bytes, raw: bool = False) -> list[tuple[bytes, bytes]]:
-        if not raw:
-            return self._reference(data, raw)  # type: ignore[return-value]
-        data = bytes(data)
-        decoder, table = self._decoder, self._table
-        dynamic = table.dynamic_entries
-        headers: list[tuple[bytes, bytes]] = []
-        size, i, n, limit = 0, 0, len(data), decoder.max_header_list_size
-        while i < n:
-            b = data[i]
-            if b & 0x80:  # indexed field
-                index = b & 0x7F
-                if index == 0x7F:
-                    index, used = hpack.hpack.decode_integer(memoryview(data)[i:], 7)
-                    i += used
-                else:
-                    i += 1
-                # table.get_by_index, inline for the fields in the tables (it raises for the rest)
-                if 0 < index <= _STATIC_LENGTH:
-                    name, value = _STATIC[index - 1]
-                elif _STATIC_LENGTH < index <= _STATIC_LENGTH + len(dynamic):
-                    name, value = dynamic[index - _STATIC_LENGTH - 1]
-                else:
-                    name, value = table.get_by_index(index)
-            elif b & 0x40 or not b & 0x20:  # a literal, added to the table (0x40) or not (0x00, 0x10 never)
-                insert = bool(b & 0x40)
-                mask = 0x3F if insert else 0x0F
-                index = b & mask
-                if index == mask:
-                    index, used = hpack.hpack.decode_integer(memoryview(data)[i:], 6 if insert else 4)
-                    i += used
-                else:
-                    i += 1
-                if index:
-                    name = table.get_by_index(index)[0]
-                else:
-                    name, i = self._string(data, i)
-                value, i = self._string(data, i)
-                if insert:
-                    table.add(name, value)
-            else:  # a dynamic table size update
-                if headers:
-                    raise hpack.exceptions.HPACKDecodingError("Table size update not at the start of the block")
-                i += decoder._update_encoding_context(memoryview(data)[i:])
-                continue
-            headers.append((name, value))
-            size += 32 + len(name) + len(value)
-            if size > limit:
-                raise hpack.exceptions.OversizedHeaderListError(
-                    f"A header list larger than {limit} has been received")
-        decoder._assert_valid_table_size()
-        return headers
 
 
 class SessionError(Exception):
@@ -312,7 +173,7 @@ class Session:
         )
         self._conn = h2conn.ClientConnection(config=config)
         self._conn.encoder.encode = _Encoder(self._conn.encoder)  # type: ignore[method-assign]
-        self._conn.decoder.decode = _Decoder(self._conn.decoder)  # type: ignore[method-assign]
+        self._conn.decoder.decode = h2conn.Decoder(self._conn.decoder)  # type: ignore[method-assign]
         self._conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
