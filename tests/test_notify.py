@@ -134,7 +134,7 @@ async def test_serve_sends_ready_then_watchdog_then_stopping(tmp_path):
     env.update(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
-        "--listen", f"127.0.0.1:{free_port()}", "--ops-listen", f"127.0.0.1:{free_port()}",
+        "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
         "--cache-dir", str(tmp_path / "cache"), env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     loop = asyncio.get_running_loop()

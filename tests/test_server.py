@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 
@@ -71,25 +72,30 @@ async def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
             "clusters": [{"name": "c", "cluster": {"server": url}}], "users": [{"name": "u", "user": {}}],
             "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         }))
-        port, ops_port = free_port(), free_port()
+        # ports 0: the listeners bind whatever is free and the log line says which (a port found free beforehand
+        # can be taken by another process before the proxy binds it)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgeproxy", "serve", "--kubeconfig", str(kubeconfig),
-            "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops_port}",
+            "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
             "--cache-dir", str(tmp_path / "cache"), "--plain-as-node", "on",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:
             async with asyncio.timeout(30), aiohttp.ClientSession() as s:
-                while True:  # bounded by the timeout: wait for the listener to come up
-                    try:
-                        async with s.get(f"http://127.0.0.1:{port}/version") as r:
-                            assert r.status == 200
-                            assert await r.read() == recorded.load("version.json").body
-                            break
-                    except aiohttp.ClientConnectorError:
-                        await asyncio.sleep(0.05)
+                assert proc.stdout is not None
+                url, out = None, b""
+                while url is None:  # bounded by the timeout: the listeners are bound once this line is logged
+                    line = await proc.stdout.readline()
+                    assert line, f"edgeproxy serve exited: {out.decode()}"
+                    out += line
+                    found = re.search(rb"serving on (http://\S+) ", line)
+                    url = found.group(1).decode() if found else None
+                async with s.get(f"{url}/version") as r:
+                    assert r.status == 200
+                    assert await r.read() == recorded.load("version.json").body
                 proc.send_signal(signal.SIGTERM)
-                assert await proc.wait() == 0
+                await proc.communicate()
+                assert proc.returncode == 0
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -10,7 +10,7 @@ answered with a list). Upstream faults come from the simulator's switches or fro
 replays what a real kube-apiserver sent (tests/fixtures) cut or with bytes flipped. Every test bounds its own time
 and polls conditions with a bound (edge.until), never sleeps to wait. The proxies here are wired as `edgeproxy serve`
 wires them (server.running → autonomy.wiring.hooks), with fast probing, so an upstream going down turns them offline
-within a few hundred milliseconds.
+within a second (three failed probes 0.2 s apart: one probe slowed by a loaded machine is no outage).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class Rig:
 async def serving(sim: Simulator, tmp: Path, **overrides: object) -> AsyncIterator[server.Service]:
     kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", "admin")
     settings: dict[str, object] = dict(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", cache_dir=str(tmp / "cache"),
-                                       probe_interval=0.2, probe_timeout=2.0, offline_after=1, online_after=1,
+                                       probe_interval=0.2, probe_timeout=2.0, offline_after=3, online_after=1,
                                        connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True)
     settings.update(overrides)
     cfg = config.Config(kubeconfig=str(kubeconfig), **settings)  # type: ignore[arg-type]
@@ -321,7 +321,7 @@ async def mangled(tmp: Path) -> AsyncIterator[tuple[Mangler, server.Service, aio
     await site.start()
     host, port = runner.addresses[0][:2]
     cfg = config.Config(listen="127.0.0.1:0", ops_listen="127.0.0.1:0", cache_dir=str(tmp / "cache"),
-                        probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
+                        probe_interval=0.2, offline_after=3, online_after=1, connect_timeout=1.0,
                         shutdown_timeout=0.5, plain_as_node=True)
     creds = upstream.Credentials(servers=(f"http://{host}:{port}",))
     try:

@@ -46,6 +46,12 @@ def _seed(e: Edge) -> None:
     e.sim.create("endpointslices", _slice("far-x1", "far", FAR_ONLY, True), "shop")
 
 
+async def _facts_read(e: Edge) -> None:
+    """Until the proxy has read what its filters depend on (its Node's pool, the `kubernetes` Service): a filtered
+    request waits 3 s at most for that read and is then served unfiltered, which a loaded machine can exceed."""
+    await until(lambda: (e.service.state()["filters"]["facts"] or {}).get("fetched_at") is not None, 30)
+
+
 async def _get(session: aiohttp.ClientSession, url: str, accept: str = "application/json",
                ua: str = KUBE_PROXY) -> tuple[int, bytes, dict[str, str]]:
     async with session.get(url, headers={"Accept": accept, "User-Agent": ua}) as r:
@@ -69,6 +75,7 @@ async def _direct(e: Edge, path: str, accept: str) -> bytes:
 async def branch(tmp_path: Path):
     async with edge(tmp_path, settings={"node_name": "edge-1"}) as e:
         _seed(e)
+        await _facts_read(e)
         yield e
 
 
@@ -154,6 +161,7 @@ async def test_in_cluster_redirect_points_kube_proxy_at_the_listener_and_wants_t
     async with edge(tmp_path, settings=settings,
                     tokens={"pod-token": ("system:serviceaccount:shop:app", ("system:serviceaccounts",))}) as e:
         e.sim.create("endpointslices", _kubernetes_slice(), "default")
+        await _facts_read(e)
         listener = e.service.in_cluster_url
         assert listener is not None
         port = int(listener.rsplit(":", 1)[1])
@@ -211,6 +219,7 @@ async def test_settings_changed_across_a_restart_never_serve_the_old_filtering_o
             await e.stop_proxy()
             e.settings["service_topology"] = True
             await e.start_proxy()
+            await _facts_read(e)
             # kube-proxy relists at the resourceVersion it has: the same list, filtered now, must be what is cached
             _, filtered, _ = await _get(s, e.url + SLICES)
             assert _addresses(filtered)["opted-x1"] == ["10.0.1.1", "10.0.1.2"]
@@ -232,6 +241,9 @@ async def test_the_redirect_is_withheld_while_the_certificate_misses_the_cluster
         async with aiohttp.ClientSession() as s:
             _, body, _ = await _get(s, e.url + path)
         assert body == await _direct(e, path, "application/json")  # pods keep going straight to the API server
+        # why: known once the `kubernetes` Service was read (the first filtered request waits 3 s at most for that)
+        await until(lambda: "ClusterIP is not known" not in (e.service.state()["filters"]["redirect_withheld"] or ""),
+                    30)
         state = e.service.state()["filters"]
         assert state["redirect_applied"] is None
         assert "not valid for the kubernetes Service's ClusterIP 10.96.0.1" in state["redirect_withheld"]
@@ -251,6 +263,7 @@ async def test_turning_the_redirect_on_makes_kube_proxy_relist_instead_of_resumi
             e.settings.update(in_cluster_address="127.0.0.1:0", in_cluster_cert_file=str(cert),
                               in_cluster_key_file=str(key))
             await e.start_proxy()
+            await _facts_read(e)
             # kube-proxy resumes its watch where it was: it is told to relist, and the list is redirected
             async with s.get(e.url + path + f"?watch=true&resourceVersion={rv}",
                              headers={"Accept": "application/json", "User-Agent": KUBE_PROXY}) as r:

@@ -33,7 +33,7 @@ async def online(tmp: Path) -> AsyncIterator[tuple[Simulator, server.Service, ai
     async with Simulator(pki_dir=tmp / "pki") as sim:
         kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="node")
         cfg = config.Config(kubeconfig=str(kubeconfig), listen="127.0.0.1:0", ops_listen="127.0.0.1:0",
-                            cache_dir=str(tmp / "cache"), probe_interval=0.2, offline_after=1, online_after=1,
+                            cache_dir=str(tmp / "cache"), probe_interval=0.2, offline_after=3, online_after=1,
                             connect_timeout=1.0, shutdown_timeout=0.5, plain_as_node=True)
         async with server.running(cfg) as svc, aiohttp.ClientSession() as http:
             yield sim, svc, http

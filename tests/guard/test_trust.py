@@ -36,7 +36,7 @@ async def proxy(tmp: Path, sim: Simulator, **overrides: object) -> AsyncIterator
     kubeconfig = sim.kubeconfig(tmp / "upstream.kubeconfig", user="node")
     settings: dict[str, object] = dict(listen="127.0.0.1:0", ops_listen="", tls_listen="127.0.0.1:0",
                                        client_ca_file=str(sim.pki.ca_cert), cache_dir=str(tmp / "cache"),
-                                       probe_interval=0.2, offline_after=1, online_after=1, connect_timeout=1.0,
+                                       probe_interval=0.2, offline_after=3, online_after=1, connect_timeout=1.0,
                                        shutdown_timeout=0.5)
     settings.update(overrides)
     async with server.running(config.Config(kubeconfig=str(kubeconfig), **settings)) as svc:  # type: ignore[arg-type]

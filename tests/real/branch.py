@@ -369,19 +369,25 @@ class Branch(Started):
             h.proxy_flags = tuple(self.proxy_flags(h.node, h.netns.edge_ip))
             h.start_component("edgeproxy")
 
-    def sharing(self, on: bool, *extra: str, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+    def sharing(self, on: bool, *extra: str, pool_lease: int = 6, node_grace: float = 12.0,
+                elect: bool = True) -> None:
         """Every edgeproxy restarted with pool sharing on (`extra` flags added) or off; on: deploy/pool/rbac.yaml
-        applied and the companion started (its pool controller elects: `pool_lease` seconds a pool Lease lasts,
-        `node_grace` seconds a leader's node Lease may go unrenewed)."""
+        applied and, with `elect`, the companion started (start_companion)."""
         if on:
             grant_pool(self.cluster)
-            if self.companion is None:
-                self.companion = Companion(self.cluster, self.dir, pool_lease=pool_lease, node_grace=node_grace)
-                self.companion.start()
+            if elect:
+                self.start_companion(pool_lease, node_grace)
         elif self.companion is not None:
             self.companion.stop()
             self.companion = None
         self.restart_proxies(pool_flags(self.cluster, *extra) if on else (lambda node, ip: ()))
+
+    def start_companion(self, pool_lease: int = 6, node_grace: float = 12.0) -> None:
+        """The companion (once): its pool controller elects the branch's leader, `pool_lease` seconds a pool Lease
+        lasts, `node_grace` seconds a leader's node Lease may go unrenewed."""
+        if self.companion is None:
+            self.companion = Companion(self.cluster, self.dir, pool_lease=pool_lease, node_grace=node_grace)
+            self.companion.start()
 
     def node(self, name: str) -> EdgeHost:
         return next(h for h in self.nodes if h.node == name)
@@ -405,17 +411,6 @@ class Branch(Started):
     def settled(self) -> bool:
         """A leader holds the Lease and every node knows its place (leader or follower)."""
         return bool(self.leader()) and all(r in ("leader", "follower") for r in self.roles().values())
-
-    def restart_clients(self) -> None:
-        """Every node's clients restarted (hosts: kubelet and kube-proxy; simulated nodes: the reflector), so their
-        watches are opened anew through edgeproxy as it is now (what a branch in steady state has: client-go ends
-        every watch within 5-10 minutes and opens the next one)."""
-        for h in self.hosts:
-            for name in ("kubelet", "kube-proxy"):
-                if name in h.components:
-                    h.restart(name)
-        for sim in self.sims:
-            sim.start_reflector()
 
     # ---- what the nodes see
 

@@ -7,7 +7,8 @@
         c.service_account("kube-system", "kube-proxy", cluster_role="system:node-proxier")
         c.sa_token("kube-system", "kube-proxy")       # TokenRequest, 1 h
         c.create_pods("edge-1", 20, namespace="default")
-        c.request_counts()                            # apiserver_request_total {(verb, resource): n}
+        c.request_counts()                            # {(verb, resource): n}: apiserver_request_total, LISTs
+                                                      # from the audit log (the control plane's own left out)
 
 Everything listens on 127.0.0.1 at free ports; the PKI (cluster CA, serving and client certificates, the
 service-account key pair) is written under `workdir/pki` with `cryptography` (edgeproxy.tls). kube-apiserver runs
@@ -109,6 +110,15 @@ _SAMPLE = re.compile(r'^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _WATCH_LIST = re.compile(r'^apiserver_watch_list_duration_seconds_count\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _LONGRUNNING = re.compile(r'^apiserver_longrunning_requests\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
+# The API server's audit log, LISTs only, and not the control plane's own: kube-apiserver's Services repair loops LIST
+# every Service every 3 minutes (pkg/registry/core/service/portallocator/controller/repair.go, repairLoopInterval in
+# pkg/controlplane/instance.go), and kube-controller-manager's informers list what their controllers need. Counted
+# from apiserver_request_total, those made "a Services LIST after reconnection" of whichever test window they fell in.
+CONTROL_PLANE = ("system:apiserver", "system:kube-controller-manager")
+AUDIT_POLICY = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",  # JSON is YAML
+                           "omitStages": ["RequestReceived", "ResponseStarted"],
+                           "rules": [{"level": "None", "users": list(CONTROL_PLANE)},
+                                     {"level": "Metadata", "verbs": ["list"]}, {"level": "None"}]})
 
 
 class Cluster(Started):
@@ -122,6 +132,7 @@ class Cluster(Started):
         self.cm_flags = tuple(controller_manager_flags)
         self.apiserver_flags = tuple(apiserver_flags)
         self.procs: dict[str, Proc] = {}
+        self.audit_log = workdir / "logs" / "audit.log"  # LISTs the clients sent (request_counts)
         self.port = 0
         self.pki: Pki | None = None
         self._api: Any = None
@@ -175,6 +186,10 @@ class Cluster(Started):
         pki = self.pki
         assert pki is not None
         self.port = free_port()
+        policy = self.dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        self.audit_log.unlink(missing_ok=True)
         argv = [self.bin / "kube-apiserver",
                 "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
                 "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -192,6 +207,7 @@ class Cluster(Started):
                 "--endpoint-reconciler-type", "none",  # 127.0.0.1 may not be the kubernetes Service's endpoint
                 "--allow-privileged=true", "--profiling=false",
                 "--cert-dir", self.dir / "apiserver-certs",
+                "--audit-policy-file", policy, "--audit-log-path", self.audit_log, "--audit-log-format", "json",
                 *self.apiserver_flags]
         p = Proc("kube-apiserver", argv, self.dir / "logs" / "kube-apiserver.log")
         self.procs["kube-apiserver"] = p
@@ -362,18 +378,40 @@ class Cluster(Started):
         """apiserver_request_total summed per (verb, resource): e.g. {("LIST", "pods"): 3, ("WATCH", "pods"): 2}.
         Verbs are the API server's (LIST, WATCH, GET, POST, PUT, PATCH, DELETE, APPLY, CONNECT), plus "WATCHLIST":
         the watch-lists (sendInitialEvents=true) that reached their initial-events-end, from
-        apiserver_watch_list_duration_seconds_count (a client with WatchListClient on lists that way). `scope`
-        ("cluster", "namespace", "resource") keeps that scope's requests only: kube-proxy lists Services and
-        EndpointSlices cluster-wide, a test polling one namespace's is not counted with it."""
+        apiserver_watch_list_duration_seconds_count (a client with WatchListClient on lists that way). LISTs are
+        counted from the audit log instead, without the control plane's own (CONTROL_PLANE): what the clients and the
+        tests sent. `scope` ("cluster", "namespace", "resource") keeps that scope's requests only: kube-proxy lists
+        Services and EndpointSlices cluster-wide, a test polling one namespace's is not counted with it."""
         text = self.get_raw("/metrics", timeout=30).decode()
         counts: dict[tuple[str, str], int] = {}
         for verb, pattern in ((None, _SAMPLE), ("WATCHLIST", _WATCH_LIST)):
             for labels, value in pattern.findall(text):
                 d = dict(_LABEL.findall(labels))
-                if scope is not None and d.get("scope") != scope:
+                if (scope is not None and d.get("scope") != scope) or (verb is None and d.get("verb") == "LIST"):
                     continue
                 key = (verb or d.get("verb", ""), d.get("resource", ""))
                 counts[key] = counts.get(key, 0) + int(float(value))
+        for key, n in self.audited_lists(scope).items():
+            counts[key] = counts.get(key, 0) + n
+        return counts
+
+    def audited_lists(self, scope: str | None = None) -> dict[tuple[str, str], int]:
+        """{("LIST", resource): n} of the LISTs in the audit log (completed or failed; the control plane's own are
+        not logged); `scope` as request_counts()."""
+        counts: dict[tuple[str, str], int] = {}
+        with contextlib.suppress(FileNotFoundError), open(self.audit_log, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line being written now: counted at the next call
+                ref = event.get("objectRef") or {}
+                if event.get("verb") != "list" or event.get("stage") not in ("ResponseComplete", "Panic"):
+                    continue
+                if scope is not None and ("namespace" if ref.get("namespace") else "cluster") != scope:
+                    continue
+                key = ("LIST", ref.get("resource", ""))
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def open_watches(self) -> dict[str, int]:

@@ -15,9 +15,9 @@ cut off from the WAN.
 
 With sharing on, the pool's leader is named by `edgeproxy companion` (its pool controller writes the pool Lease;
 NodeRestriction refuses nodes every Lease but their own), deploy/pool/rbac.yaml and deploy/companion/companion.yaml
-applied as shipped; only the hosts (kubelets renewing their node Leases) may lead. After the election every node's
-clients are restarted once, so their watches are opened through edgeproxy as it now is (left to edgeproxy to move
-them to the pool, the simulated node's reflector stopped getting EndpointSlice events: 22:00 on the session clock).
+applied as shipped; only the hosts (kubelets renewing their node Leases) may lead. The nodes' clients (kubelet,
+kube-proxy, the reflector) run on across the switch: their watches, opened on the API server while no leader was known,
+are moved to the pool by edgeproxy itself, with no relist.
 """
 
 from __future__ import annotations
@@ -56,12 +56,15 @@ class Site:
         self.leader = ""  # the first leader elected after sharing was switched on ("" when none was)
 
     def share(self) -> str:
-        """Sharing on (once): every edgeproxy restarted with --pool on; the leader elected within 3 lease durations,
-        or ""."""
+        """Sharing on (once): every edgeproxy restarted with --pool on while no leader can be elected yet, so every
+        client's watch is back on the API server (as in a branch whose clients ran before its first election); then
+        the companion started: the leader elected within 3 lease durations, or ""."""
         if not self.sharing:
             self.sharing = True
-            self.branch.sharing(True, "--pool-lease-duration", str(LEASE_SECONDS), pool_lease=LEASE_SECONDS,
-                                node_grace=NODE_GRACE)
+            b = self.branch
+            b.sharing(True, "--pool-lease-duration", str(LEASE_SECONDS), elect=False)
+            self.expect_watches(self.watches_alone(), 60)
+            b.start_companion(pool_lease=LEASE_SECONDS, node_grace=NODE_GRACE)
             # a leader, or a node told it may not write the Lease (no point waiting out the lease durations then)
             with contextlib.suppress(RealError):
                 wait_for(lambda: self.branch.leader() or self.lease_refused(), ELECTION_SECONDS,
@@ -72,6 +75,12 @@ class Site:
     def lease_refused(self) -> bool:
         return any("lease round failed: 403" in (h.procs["edgeproxy"].log() if "edgeproxy" in h.procs else "")
                    for h in self.branch.nodes)
+
+    def watches_alone(self) -> dict[str, int]:
+        """What the branch's clients hold open at the API server without a leader: every node's kube-proxy (or
+        reflector) one of each, every kubelet a Services watch of its own."""
+        nodes = len(self.branch.nodes)
+        return {"endpointslices": nodes, "services": nodes + len(self.branch.hosts)}
 
     def need_leader(self) -> str:
         leader = self.share() and self.branch.leader()
@@ -184,12 +193,12 @@ def site(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def test_without_sharing_every_node_watches_across_the_wan(site: Site) -> None:
     """Today's cost, the baseline: each node holds its own upstream watches of Services and EndpointSlices, so every
     EndpointSlice rewrite crosses the branch's WAN once per node; every node ends with the API server's view."""
-    b, nodes = site.branch, len(site.branch.nodes)
+    nodes = len(site.branch.nodes)
     off = site.off = site.measure_rollout()
     print(f"\nsharing off, {nodes} nodes: {off}")
     # kube-proxy (or the reflector standing in for it) on every node: one EndpointSlice watch each
     assert off["lists"] == {"services": 0, "endpointslices": 0}, off  # a rollout makes no client relist
-    site.expect_watches({"endpointslices": nodes, "services": nodes + len(b.hosts)})
+    site.expect_watches(site.watches_alone())
     site.views_equal_api()
 
 
@@ -228,10 +237,16 @@ def test_with_sharing_the_branch_holds_one_watch_per_query_and_the_wan_carries_e
     assert site.off, "the baseline (sharing off) ran first"
     site.need_leader()
     wait_for(b.settled, 60, "every node following the leader")
-    # steady state: the clients' watches opened through edgeproxy as it now is (client-go ends each watch within 5-10
-    # minutes and opens the next; restarting the clients gets there now)
-    b.restart_clients()
-    site.expect_watches(POOL_QUERIES, 60)
+    lists0 = site.pool_lists()
+    # the clients were not restarted: their watches, opened on the API server before a leader was known, move to the
+    # pool (each node ends those it could serve from the pool; the client re-watches from its last resourceVersion)
+    site.expect_watches(POOL_QUERIES, 90)
+    moved = {r: n - lists0[r] for r, n in site.pool_lists().items()}
+    # at most the leader's own LIST per query (a view started after the settle); a relist would be one per node
+    assert all(moved[r] <= POOL_QUERIES[r] for r in POOL_RESOURCES), moved
+    # every node had watches on the API server when the leader was elected: each moved some
+    assert all(metric(h, "edgeproxy_pool_watches_moved_total") > 0 for h in b.nodes), {
+        h.node: metric(h, "edgeproxy_pool_watches_moved_total") for h in b.nodes}
     on = site.measure_rollout()
     print(f"\nsharing on, leader {b.leader()}: {on}")
     assert on["lists"] == {"services": 0, "endpointslices": 0}, on

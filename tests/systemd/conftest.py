@@ -4,11 +4,13 @@ booted with `systemd-nspawn -b` on an overlay (the cached root is never changed)
 README says, and the Kubernetes API simulator (`edgeproxy sim` from that wheel) running in it as a transient unit.
 
 One boot per module (`machine`); the tests run in file order against it. The container is stopped by the PID of its
-systemd-nspawn (machinectl is not available: --register=no), then the overlay is unmounted.
+systemd-nspawn (machinectl is not available: --register=no), then the overlay is unmounted. Each container runs in a
+cgroup of its own (`_own_cgroups`), so test sessions side by side never share their units' cgroups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -149,10 +151,12 @@ def machine(tmp_path_factory) -> Iterator[Machine]:
         shutil.copy(whl, srv)
         # Watchdog and its abort timeout shortened for the test, in /run (an operator's drop-in place, not /etc).
         console = work / "console.log"
+        cgroups = _own_cgroups(f"edgeproxy-test-{os.getpid()}")
         with open(console, "wb") as out:
             nspawn = subprocess.Popen(["systemd-nspawn", "--quiet", "-D", str(fs), "-b", "--register=no",
                                        "--keep-unit", "--private-network", "--machine", "edgeproxy-test"],
-                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      preexec_fn=lambda: _join(cgroups))
         m = Machine(fs, nspawn, console)
         m.leader = until(lambda: nspawn.poll() is None and _leader(nspawn), "the container's systemd", 60)
         # "offline" until the container's systemd answers on its socket; then --wait waits for the boot's end.
@@ -179,8 +183,46 @@ def machine(tmp_path_factory) -> Iterator[Machine]:
     finally:
         if nspawn is not None:
             _stop(nspawn)
+            _remove(cgroups)
         subprocess.run(["umount", str(fs)], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _own_cgroups(name: str) -> list[Path]:
+    """A cgroup of its own for one container, under this process's, in each hierarchy systemd tracks units by (the
+    name=systemd one of cgroup v1, the unified one). With --keep-unit the container's units live under the cgroup
+    systemd-nspawn was started in: two containers started from one cgroup (test sessions side by side) shared
+    `system.slice/edgeproxy.service`, so one's systemd saw the other's processes in its stopped unit's cgroup and kept
+    the unit loaded ("not-found inactive dead" after uninstall-systemd)."""
+    mine = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+    roots = []
+    if Path("/sys/fs/cgroup/systemd/cgroup.procs").exists() and "name=systemd" in mine:
+        roots.append(Path("/sys/fs/cgroup/systemd") / mine["name=systemd"].lstrip("/"))
+    for unified in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if (unified / "cgroup.controllers").exists() and "" in mine:
+            roots.append(unified / mine[""].lstrip("/"))
+            break
+    made = []
+    for root in roots:
+        (root / name).mkdir(exist_ok=True)
+        made.append(root / name)
+    return made
+
+
+def _join(cgroups: list[Path]) -> None:
+    """In the child before exec: move this process (systemd-nspawn to be) into its own cgroups."""
+    for cg in cgroups:
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _remove(cgroups: list[Path]) -> None:
+    """The container's cgroups, deepest first, once its processes are gone (left alone if some are not)."""
+    for cg in cgroups:
+        for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            cg.rmdir()
 
 
 def _stop(nspawn: subprocess.Popen[bytes]) -> None:
