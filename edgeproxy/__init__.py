@@ -32,6 +32,7 @@ The data path reads down the tree; imports go downward only:
     pool/   pool sharing between the nodes of a branch (issue 16): election (pure: a Lease per pool, client-go
             leaderelection semantics), elector (its asyncio shell over upstream; --pool-election lease), follow
             (pure) + follower (--pool-election companion, the default: watch the Lease the companion writes),
+            remember (the pool's name and leader kept in the cache dir across a restart),
             policy (pure: which requests a follower may take from the leader), peers (the leader's listener: node
             certificates only), view (the
             leader's served view: one upstream list+watch per query, memory + LMDB) over state (pure: objects, ring),

@@ -164,6 +164,19 @@ def parse_level(level: str | int | None) -> int:
     return value
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is at each line (as logging's last resort does): one that swaps it for a while (a
+    test harness capturing output, then closing its file) does not leave the service logging to a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(level: str | int | None = None, fmt: str | None = None, stream: Any = None) -> None:
     """Configure the root logger once per process (calling again replaces what the last call installed).
 
@@ -174,8 +187,8 @@ def setup(level: str | int | None = None, fmt: str | None = None, stream: Any = 
     fmt = (fmt or os.environ.get(ENV_FORMAT) or "text").strip().lower()
     if fmt not in ("text", "json"):
         raise ValueError(f"unknown log format {fmt!r} (text, json)")
-    stream = stream if stream is not None else sys.stderr
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
+    stream = handler.stream
     # Under systemd ($JOURNAL_STREAM set) the journal timestamps each line; the text format leaves its own out.
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter("JOURNAL_STREAM" not in
                                                                                         os.environ)

@@ -15,9 +15,14 @@ def stream(monkeypatch):
     monkeypatch.delenv(logs.ENV_LEVEL, raising=False)
     monkeypatch.delenv(logs.ENV_FORMAT, raising=False)
     monkeypatch.delenv(logs.ENV_SAMPLE, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     out = io.StringIO()
     yield out
-    logs.setup(level="warning", fmt="text")  # leave the root logger quiet for the next test
+    # the root logger as it was: a handler left on this test's captured stderr would write to a closed file later
+    for h in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(h)
+    root.setLevel(level)
 
 
 def lines(out):
@@ -164,3 +169,11 @@ def test_no_priority_prefix_when_stderr_is_not_the_journal(stream, tmp_path, mon
     logs.setup(level="info", fmt="json", stream=stream)  # another stream than the one $JOURNAL_STREAM names
     logging.getLogger("edgeproxy.test").warning("w")
     assert json.loads(stream.getvalue())["level"] == "warning"
+
+
+def test_without_a_stream_lines_go_to_stderr_as_it_is_now(stream, monkeypatch):
+    logs.setup(level="info", fmt="text")
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)  # swapped after setup (as pytest does per test, then closes the file)
+    logging.getLogger("edgeproxy.test").warning("after the swap")
+    assert "after the swap" in later.getvalue()

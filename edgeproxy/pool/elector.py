@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 _TIMEOUT = 5.0
 
 
+def raise_if_cancelled() -> None:
+    """CancelledError if this task was asked to stop: Python 3.11's asyncio.wait_for returns the inner result when
+    it completes in the same turn as the cancellation (the cancel is lost, `cancelling()` stays raised), and a loop
+    that carried on would never end (a stop waiting for it forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Elector:
     __slots__ = ("_stopping", "_up", "election", "on_change", "unreachable_rounds", "view")
 
@@ -121,6 +130,7 @@ class Elector:
         try:
             while True:
                 await self.round()
+                raise_if_cancelled()
                 await asyncio.sleep(self.election.config.retry)  # the polling period, client-go's retryPeriod
         finally:
             await self.release()

@@ -43,6 +43,11 @@ class Following:
             self.transitions_seen += 1
         self._lease = lease
 
+    @property
+    def lease(self) -> Mapping[str, Any] | None:
+        """The Lease as last seen."""
+        return self._lease
+
     def unreachable(self, mono: float) -> None:
         """No answer at all this round: the Lease does not age while nobody can renew it."""
         if self._lease is not None:

@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 
 from edgeproxy import tasks, upstream
 from edgeproxy.kube import watch as kube_watch
-from edgeproxy.pool import election, elector, errors, follow
+from edgeproxy.pool import election, elector, errors, follow, remember
 
 log = logging.getLogger(__name__)
 PEER_ANNOTATION = "edgeproxy.io/pool-peer"  # read by the companion (companion/pools.py)
@@ -49,12 +49,19 @@ class _Refused(Exception):
 
 class Follower(elector.Elector):
     __slots__ = ("_kick", "_polled", "_response", "_rv", "announced", "following", "lease_lists", "lease_reads",
-                 "lease_watches", "poll_every", "refused")
+                 "lease_watches", "memory", "poll_every", "refused")
 
     def __init__(self, up: upstream.Upstream, config: election.Config,
-                 on_change: Callable[[election.View], None] | None = None) -> None:
+                 on_change: Callable[[election.View], None] | None = None,
+                 memory: remember.Memory | None = None) -> None:
         super().__init__(up, config, on_change)
         self.following = follow.Following(config.identity)
+        self.memory = memory  # the leader followed before a restart, followed again until the Lease is read
+        seen = memory.lease(config.pool) if memory is not None else None
+        if seen is not None and election.holder(seen) not in ("", config.identity):
+            self.following.see(seen, time.monotonic())
+            log.info("pool %s: following %s, remembered from before the restart, until the Lease is read",
+                     config.pool, election.holder(seen))
         self.announced = False
         self.poll_every = max(config.retry, config.duration / 3)  # only while the watch is refused
         self.refused = False  # the API server refuses this node a watch of the Lease: GETs every poll_every
@@ -83,8 +90,9 @@ class Follower(elector.Elector):
                                "User-Agent": "edgeproxy-pool"})
         _, resp = await self._up.send("PATCH", f"/api/v1/nodes/{node}", headers, body, header_timeout=_TIMEOUT)
         try:
-            while await asyncio.wait_for(resp.read(), _TIMEOUT):
-                pass
+            async with asyncio.timeout(_TIMEOUT):  # not wait_for: on 3.11 it can swallow a cancel (elector._call)
+                while await resp.read():
+                    pass
         finally:
             resp.close()
         return resp.status
@@ -153,11 +161,15 @@ class Follower(elector.Elector):
         try:
             while True:
                 await self.tick()
+                elector.raise_if_cancelled()
                 await asyncio.sleep(self.election.config.retry)  # the tick's period, client-go's retryPeriod
         finally:
+            self._stopping = True  # the watch ends even if its cancellation is lost (elector.raise_if_cancelled)
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
+            if self._response is not None:
+                self._response.close()
+            self.kick()
+            await asyncio.wait([watcher], timeout=_TIMEOUT)
             await self.release()
 
     # ---- the watch ----
@@ -165,10 +177,12 @@ class Follower(elector.Elector):
     async def _watch_loop(self) -> None:
         cfg = self.election.config
         backoff = cfg.retry
-        while True:
+        while not self._stopping:
+            elector.raise_if_cancelled()
             try:
                 if self._rv is None:
                     await self._list()
+                elector.raise_if_cancelled()
                 if await self._watch():
                     backoff = cfg.retry
                     continue
@@ -230,8 +244,9 @@ class Follower(elector.Elector):
         if resp.status != 200:
             body = b""
             with contextlib.suppress(Exception):
-                while (chunk := await asyncio.wait_for(resp.read(), _TIMEOUT)) and len(body) < 4096:
-                    body += chunk
+                async with asyncio.timeout(_TIMEOUT):
+                    while (chunk := await resp.read()) and len(body) < 4096:
+                        body += chunk
             resp.close()
             if resp.status == 410:
                 self._rv = None
@@ -284,13 +299,20 @@ class Follower(elector.Elector):
             self._see(None)
         return True
 
+    def _publish(self, view: election.View) -> None:
+        super()._publish(view)
+        if self.memory is not None:  # written only when the leader or its address changes
+            self.memory.remember_lease(self.election.config.pool,
+                                       self.following.lease if view.role is election.Role.FOLLOWER else None)
+
     async def release(self) -> None:
-        self._publish(election.View(election.Role.CANDIDATE))
+        super()._publish(election.View(election.Role.CANDIDATE))  # stopping: the leader stays remembered
         if not self.announced:
             return
         self.announced = False
         with contextlib.suppress(Exception):  # best effort: unanswered, the node Lease goes stale instead
-            status = await asyncio.wait_for(self._annotate(None), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                status = await self._annotate(None)
             if status == 200:
                 log.info("pool %s: %s withdrew its peer address", self.election.config.pool,
                          self.election.config.identity)

@@ -9,7 +9,9 @@ policy's reason (the follower then asks the API server itself). What is shared g
 then, and on a node that does not lead, 503 so a follower goes to the API server. A follower whose own API server is
 reachable says so (X-Edgeproxy-Pool-Fallback-Ok: true): what the view cannot answer then sends it there instead of
 an answer the API server might not give (a watch from before the leader's ring).
-Neighbours: policy (what is shared), view (the answers), kube.request and kube.status (the wire).
+The serving certificate is reloaded when its files change (`reloader`, as kubelet's serving certificate rotates):
+new handshakes present the new one, open connections keep theirs.
+Neighbours: policy (what is shared), view (the answers), kube.request and kube.status (the wire), tls (Reloader).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgeproxy import metrics
+from edgeproxy import metrics, tls
 from edgeproxy.kube import errors as kube_errors
 from edgeproxy.kube import request as kube_request
 from edgeproxy.kube import status as kube_status
@@ -77,6 +79,33 @@ def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLik
         ctx.load_verify_locations(cadata=(cluster_ca_data or b"").decode("ascii", "replace"))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def reloader(ctx: ssl.SSLContext, cert_file: str, key_file: str, cluster_ca_file: str | None = None, *,
+             interval: float = 10.0, warn_days: float = 30.0) -> tls.Reloader:
+    """A tls.Reloader putting the serving certificate (and the cluster CA file, whose new CAs are added) into the
+    live context `ctx` when the files change. The pair is loaded into a scratch context first: one that does not
+    load yet (half written, a key not matching its certificate yet) leaves the old one in use, and is tried again
+    at the next poll."""
+    paths = [p for p in (cert_file, key_file, cluster_ca_file) if p]
+
+    def reload() -> None:
+        try:
+            scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            scratch.load_cert_chain(cert_file, key_file)
+            if cluster_ca_file:
+                scratch.load_verify_locations(cafile=cluster_ca_file)
+            ctx.load_cert_chain(cert_file, key_file)
+            if cluster_ca_file:
+                ctx.load_verify_locations(cafile=cluster_ca_file)
+        except Exception:
+            metrics.CERT_RELOADS.labels("failed").inc()
+            raise
+        metrics.CERT_RELOADS.labels("ok").inc()
+        log.info("pool peer listener: serving certificate %s reloaded", cert_file)
+
+    return tls.Reloader(lambda: paths, reload, certs=lambda: [cert_file], interval=interval, warn_days=warn_days,
+                        on_expiry=lambda path, ts: metrics.CERT_EXPIRY.labels(path).set(ts))
 
 
 async def _not_yet(info: kube_request.RequestInfo, request: web.Request) -> web.StreamResponse:

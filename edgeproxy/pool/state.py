@@ -7,13 +7,18 @@ A `ViewState` holds, per object, the item bytes as the API server sent them (kub
 lists and events; nothing is re-encoded but the list and event envelopes, which are the API server's own layout)
 and a ring of the last events, each kept as the frame a follower is sent. A watch from resourceVersion N is
 answered from the ring when the ring reaches back to N (`floor` <= N), else it is too old (410 Expired, as the
-API server's watch cache answers, so client-go relists). Neighbours: view (the I/O shell that feeds and serves
-it), kube.protobuf, kube.jsonwire, kube.jsonscan, kube.selectors.
+API server's watch cache answers, so client-go relists). Lists come in the API server's order (by the key it
+continues from: "namespace/name" across namespaces, else the name) and `page()` cuts one page of them with the API
+server's own continue token (storage.EncodeContinue: {"v": "meta.k8s.io/v1", "rv", "start": "/<key>\\x00"}), so a
+token of the view is one the API server takes too; `object_body()` is one object as a GET answers it.
+Neighbours: view (the I/O shell that feeds and serves it), kube.protobuf, kube.jsonwire, kube.jsonscan,
+kube.selectors.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import dataclasses
 import json
@@ -28,6 +33,34 @@ JSON_CT = "application/json"
 PB_CT = "application/vnd.kubernetes.protobuf"
 RING_EVENTS = 4096  # events kept for watches resuming from an older resourceVersion
 RING_BYTES = 16 << 20  # and at most this many bytes of them (per view: an edge host's memory is small)
+CONTINUE_VERSION = "meta.k8s.io/v1"
+
+
+def encode_continue(rv: int, key: str) -> str:
+    """The API server's continue token for the page after the object with list key `key` (the cacher's form)."""
+    raw = json.dumps({"v": CONTINUE_VERSION, "rv": rv, "start": f"/{key}\x00"}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_continue(token: str) -> tuple[int, str]:
+    """(resourceVersion, the list key to continue after) of a continue token; ValueError when it is none (the API
+    server: 400 "continue key is not valid")."""
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error, RecursionError) as e:
+        raise ValueError(f"continue key is not valid: {type(e).__name__}") from None
+    if not isinstance(doc, dict) or doc.get("v") != CONTINUE_VERSION:
+        raise ValueError("continue key is not valid: server does not recognize this encoded version")
+    rv, start = doc.get("rv"), doc.get("start")
+    if not isinstance(rv, int) or isinstance(rv, bool) or rv == 0:
+        raise ValueError("continue key is not valid: incorrect encoded start resourceVersion (version "
+                         "meta.k8s.io/v1)")
+    if not isinstance(start, str) or not start:
+        raise ValueError("continue key is not valid: encoded start key empty (version meta.k8s.io/v1)")
+    key = start.lstrip("/").removesuffix("\x00")
+    if not key or ".." in key.split("/"):
+        raise ValueError(f"continue key is not valid: {start!r}")
+    return rv, key
 
 
 def rv_number(rv: str | None) -> int:
@@ -275,15 +308,40 @@ class ViewState:
         out.reverse()
         return out
 
+    def key(self, o: Obj) -> str:
+        """The object's list key: the API server orders lists by it and continues after it."""
+        return f"{o.namespace}/{o.name}" if o.namespace and not self.query.namespace else o.name
+
     def sorted_objects(self) -> list[Obj]:
-        return [self.objects[k] for k in sorted(self.objects)]
+        return sorted(self.objects.values(), key=self.key)
 
     def list_body(self) -> bytes:
-        """The LIST answer at the view's resourceVersion, items in the API server's order (namespace/name)."""
-        raws = [o.raw for o in self.sorted_objects()]
+        """The LIST answer at the view's resourceVersion, items in the API server's order."""
+        return self.page(self.sorted_objects(), self.rv)[0]
+
+    def page(self, objs: list[Obj], rv: str, after: str = "", limit: int = 0) -> tuple[bytes, bool]:
+        """The LIST answer of `objs` (sorted, the view at `rv`) from the one after list key `after`, at most `limit`
+        items (0: all), with a continue token when more remain (and, for a query without selectors, their count,
+        as the API server says); and whether more remain."""
+        if after:
+            objs = [o for o in objs if self.key(o) > after]
+        cont, remaining = "", None
+        more = bool(limit) and len(objs) > limit
+        if more:
+            cont = encode_continue(rv_number(rv), self.key(objs[limit - 1]))
+            if not self.query.label_selector and not self.query.field_selector:
+                remaining = len(objs) - limit
+            objs = objs[:limit]
+        raws = [o.raw for o in objs]
         if self.query.encoding == "protobuf":
-            return protobuf.build_list(self.api_version, self.kind, self.rv, raws)
-        return jsonwire.build_list(self.kind, self.api_version, self.rv, raws)
+            return protobuf.build_list(self.api_version, self.kind, rv, raws, cont, remaining), more
+        return jsonwire.build_list(self.kind, self.api_version, rv, raws, cont, remaining), more
+
+    def object_body(self, o: Obj) -> bytes:
+        """One object as the API server answers a GET of it."""
+        if self.query.encoding == "protobuf":
+            return protobuf.wrap(self.api_version, self.item_kind, o.raw)
+        return jsonwire.typed(o.raw, self.item_kind, self.api_version) + b"\n"
 
     def event_frame(self, typ: str, raw: bytes) -> bytes:
         kind = self.item_kind

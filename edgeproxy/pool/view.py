@@ -8,10 +8,21 @@ semantics from memory, persisted to the leader's LMDB cache. The I/O shell aroun
   or breaks is resumed from the view's resourceVersion, and only a 410 from the API server makes it relist. Every
   change goes to memory (the objects and a bounded ring of events) and to the cache (client partition `pool@leader`,
   which no local client reads), so a restarted leader, or the whole branch offline, still serves its last view.
-- LIST: the whole view at its resourceVersion, items in the API server's order. `limit` is not applied (the API
-  server's watch cache answers resourceVersion=0 the same way, whole); a `continue` token is never issued, so one
-  asked for is the API server's: fallback. resourceVersion newer than the view: waited for up to `wait`, then 504
-  "Too large resource version" as the API server says; resourceVersionMatch=Exact on another version: 410 Expired.
+- LIST: the view at its resourceVersion, items in the API server's order, paged as kube-apiserver v1.37's watch
+  cache pages (cacher computeListLimit, ListFromCacheSnapshot): `limit` is ignored for resourceVersion "0" (one whole
+  page) and applied otherwise, with the API server's own continue token (state.encode_continue). A page with more
+  to come keeps a snapshot of the view at its version (75 s, at most 8 per view, as the cacher keeps its B-tree
+  snapshots), so the next pages are consistent however the view moves meanwhile. A continue token at the view's
+  version or a kept snapshot's is served; at -1 (an inconsistent continue) from the view as it is; any other (too
+  old, or taken elsewhere) is 410 Expired with the token to carry on inconsistently, as the API server says, or,
+  when the follower's API server is reachable, fallback: the token is one the API server reads. resourceVersion
+  newer than the view: waited for up to `wait`, then 504 "Too large resource version" as the API server says;
+  resourceVersionMatch=Exact (or a legacy resourceVersion with a limit, which the API server takes as exact) on a
+  version neither the view nor a snapshot holds: 410 Expired.
+- GET of one object: from a synced view of that resource and encoding whose scope holds its namespace (views are
+  not started for a GET: a one-off GET does not cost a LIST and a watch); present → the object as the API server
+  answers it; absent from a view without selectors → 404 NotFound; else (only views with selectors, whose absence
+  says nothing, or none) fallback. resourceVersion newer than the view: waited for, then fallback.
 - WATCH from a resourceVersion N newer than the view: served at once from the view's own version, the events up to
   N skipped and no bookmark below N (a client moved from the API server holds a newer version from its bookmarks,
   while the view's moves only with its own query's events and bookmarks; the client has every event up to N).
@@ -23,9 +34,9 @@ semantics from memory, persisted to the leader's LMDB cache. The I/O shell aroun
   sendInitialEvents=true: ADDED for each, then the BOOKMARK with k8s.io/initial-events-end; allowWatchBookmarks:
   a BOOKMARK every `bookmark_interval` (followers take a silent watch for a dead leader). A relist of the view ends
   its open watches (they re-watch, and get 410 if the ring does not reach back).
-- What the view cannot answer (not synced within `wait`, a single GET, PartialObjectMetadata or Table, a continue
-  token, and, when the follower says its API server is reachable (`fallback_ok`), a too-old watch) gets 503 with
-  the header X-Edgeproxy-Pool-Fallback: the follower then asks the API server itself.
+- What the view cannot answer (not synced within `wait`, a GET no view holds, PartialObjectMetadata or Table, and,
+  when the follower says its API server is reachable (`fallback_ok`), a too-old watch or continue token) gets 503
+  with the header X-Edgeproxy-Pool-Fallback: the follower then asks the API server itself.
 Neighbours: state (the pure state), peers (serves `reply` to nodes), route (the leader's own clients), upstream,
 cache (persistence), metrics.
 """
@@ -66,6 +77,8 @@ STOP_WAIT = 5.0  # seconds a stop waits for the view's upstream task to end afte
 REACH_BACK_TIMEOUT = 3  # timeoutSeconds of a reach-back watch: the API server bookmarks it before it ends
 REACH_BACK_WAIT = 5.0  # seconds a watch from a version older than the view waits for the reach-back
 MIN_BACKOFF, MAX_BACKOFF = 0.5, 10.0
+SNAPSHOT_TTL = 75.0  # seconds a paged list's snapshot is kept for its next pages (the cacher's event TTL)
+SNAPSHOTS = 8  # at most this many per view
 _RX = metrics.UPSTREAM_BYTES.labels(direction="received")  # the views' upstream traffic is WAN traffic too
 
 
@@ -91,11 +104,12 @@ def _headers(content_type: str, **extra: str) -> CIMultiDict[str]:
     return h
 
 
-def status_reply(st: dict[str, Any], fallback: str = "") -> Reply:
-    h = _headers("application/json")
+def status_reply(st: dict[str, Any], fallback: str = "", encoding: str = "json") -> Reply:
+    content_type, body = kube_status.encode(st, encoding)
+    h = _headers(content_type)
     if fallback:
         h[FALLBACK_HEADER] = fallback
-    return Reply(int(st["code"]), h, kube_status.encode_json(st))
+    return Reply(int(st["code"]), h, body)
 
 
 def fallback_reply(why: str) -> Reply:
@@ -117,7 +131,7 @@ class PoolView:
     """One query: its upstream list+watch loop, its state, and the followers' watches waiting on it."""
 
     __slots__ = ("_changed", "_reaching", "_response", "_synced", "_task", "bookmark_interval", "last_used", "lists",
-                 "query", "reach_backs", "st", "up", "watchers", "watches", "writer")
+                 "query", "reach_backs", "snapshots", "st", "up", "watchers", "watches", "writer")
 
     def __init__(self, query: state.Query, up: upstream.Upstream, *, writer: writer_.Writer | None = None,
                  bookmark_interval: float = BOOKMARK_INTERVAL, ring_events: int = state.RING_EVENTS) -> None:
@@ -134,6 +148,7 @@ class PoolView:
         self.watchers = 0  # followers' watches open on it
         self.lists = 0  # upstream LISTs made (a relist storm would show here)
         self.watches = 0  # upstream WATCHes opened
+        self.snapshots: dict[str, tuple[float, list[state.Obj]]] = {}  # rv -> (taken at, objects): paged lists
         self.reach_backs = 0  # short upstream WATCHes that made the ring reach back to an older client's version
         self._reaching = asyncio.Lock()
 
@@ -353,8 +368,39 @@ class PoolView:
                 log.info("pool view %s: reaching back to %s: %s: %s", self.query.describe(), rv, type(e).__name__, e)
                 return False
 
-    def list_reply(self) -> Reply:
-        return Reply(200, _headers(self.query.content_type), self.st.list_body())
+    def objects_at(self, rv: str) -> list[state.Obj] | None:
+        """The view's objects, sorted, at `rv`: its own version, or a snapshot kept for a paged list; else None."""
+        now = time.monotonic()
+        for old in [k for k, (t, _) in self.snapshots.items() if now - t > SNAPSHOT_TTL]:
+            del self.snapshots[old]
+        if rv == self.st.rv:
+            return self.st.sorted_objects()
+        kept = self.snapshots.get(rv)
+        return kept[1] if kept is not None else None
+
+    def list_reply(self, rv: str = "", after: str = "", limit: int = 0) -> Reply:
+        """A page of the view at `rv` (its own version by default; the caller checked objects_at(rv)) after list key
+        `after`; a page with more to come keeps a snapshot for the next ones."""
+        rv = rv or self.st.rv
+        objs = self.objects_at(rv) or []
+        body, more = self.st.page(objs, rv, after, limit)
+        if more and rv not in self.snapshots:
+            self.snapshots[rv] = (time.monotonic(), objs)
+            while len(self.snapshots) > SNAPSHOTS:
+                del self.snapshots[next(iter(self.snapshots))]
+        return Reply(200, _headers(self.query.content_type), body)
+
+    def continue_reply(self, cont: tuple[int, str], limit: int, fallback_ok: bool) -> Reply:
+        """The next page of a paged list: at the token's version if the view or a snapshot holds it; -1 (carry on
+        inconsistently) from the view as it is; else 410 Expired with such a token, or fallback."""
+        rv, after = cont
+        if rv == -1:
+            return self.list_reply(after=after, limit=limit)
+        if self.objects_at(str(rv)) is None:
+            if fallback_ok:  # the token is the API server's form: it may still serve that version
+                return fallback_reply("a continue token of a version the view does not hold")
+            return status_reply(kube_status.expired_continue(state.encode_continue(-1, after)))
+        return self.list_reply(str(rv), after, limit)
 
     def watch_reply(self, info: Any, fallback_ok: bool) -> Reply:
         """The watch answer (the caller checked the view is synced and not behind the asked resourceVersion)."""
@@ -512,10 +558,19 @@ class Views:
         enc = _encoding(info)
         if enc is None:
             return fallback_reply("only plain objects in JSON or protobuf are served from the pool view")
+        if info.verb == "get":
+            return await self._get(info, enc)
         if info.verb not in ("list", "watch"):
             return fallback_reply(f"{info.verb} is not served from the pool view")
-        if info.continue_:
-            return fallback_reply("a continue token of the API server's")
+        cont: tuple[int, str] | None = None
+        if info.continue_ and info.verb == "list":
+            if info.resource_version:
+                return status_reply(kube_status.bad_request(
+                    "specifying resource version is not allowed when using continue"))
+            try:
+                cont = state.decode_continue(info.continue_)
+            except ValueError as e:
+                return status_reply(kube_status.bad_request(str(e)))
         try:
             query = state.Query.of(info, enc)
         except kube_errors.KubeError as e:
@@ -525,6 +580,8 @@ class Views:
             return fallback_reply("this node does not lead its pool, and holds no copy of this view")
         if not await v.synced(self.wait):
             return fallback_reply("the view is not synced yet")
+        if cont is not None:
+            return v.continue_reply(cont, info.limit or 0, fallback_ok)
         rv = info.resource_version or ""
         if rv not in ("", "0") and not info.send_initial_events:
             if not rv.isdigit():
@@ -538,11 +595,37 @@ class Views:
                 # the ring reaches back to it if the API server still can; if not, answered too old as before
                 await v.reach_back(rv, self.reach_back_wait)
         if info.verb == "list":
-            if info.resource_version_match == "Exact" and rv not in ("", "0") and rv != v.st.rv:
-                # the view holds its own version only: an older one exactly is history it does not keep
-                return status_reply(kube_status.expired_list_rv(), "exact resourceVersion" if fallback_ok else "")
-            return v.list_reply()
+            limit = (info.limit or 0) if rv != "0" else 0  # the watch cache ignores limit for resourceVersion "0"
+            rvm = info.resource_version_match
+            if rv not in ("", "0") and (rvm == "Exact" or (not rvm and limit)):  # a legacy rv with a limit: exact
+                if v.objects_at(rv) is None:
+                    # the view holds its own version and its paged lists' snapshots: older history it does not keep
+                    return status_reply(kube_status.expired_list_rv(), "exact resourceVersion" if fallback_ok else "")
+                return v.list_reply(rv, limit=limit)
+            return v.list_reply(limit=limit)
         return v.watch_reply(info, fallback_ok)
+
+    async def _get(self, info: Any, enc: str) -> Reply:
+        """One object from a view that holds its namespace (see the module's doc); views are not started for it."""
+        rv = info.resource_version or ""
+        if rv not in ("", "0") and not rv.isdigit():
+            return status_reply(kube_status.bad_request(f"invalid resource version {rv!r}"), encoding=enc)
+        ns, group = info.namespace or "", info.api_group or ""
+        candidates = sorted((v for q, v in self.views.items()
+                             if (q.group, q.version, q.resource, q.encoding) == (group, info.api_version or "",
+                                                                                  info.resource, enc)
+                             and q.namespace in ("", ns) and v.st.synced),
+                            key=lambda v: bool(v.query.label_selector or v.query.field_selector))
+        for v in candidates:  # those without selectors first: their "absent" is an answer
+            if rv not in ("", "0") and not await v.reached(rv, self.wait):
+                return fallback_reply("too large resource version")
+            v.last_used = time.monotonic()
+            o = v.st.objects.get((ns, info.name))
+            if o is not None:
+                return Reply(200, _headers(v.query.content_type), v.st.object_body(o))
+            if not v.query.label_selector and not v.query.field_selector:
+                return status_reply(kube_status.not_found(info.resource, info.name, group), encoding=enc)
+        return fallback_reply("no view of the leader holds this object")
 
 
 def _encoding(info: Any) -> str | None:

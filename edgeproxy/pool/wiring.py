@@ -4,7 +4,8 @@
 use --pool-kubeconfig's identity when given (a real cluster's NodeRestriction refuses nodes the Lease, and nodes may
 not list EndpointSlices), else the node's `up`; `start(...)` binds the peer
 listener on --pool-listen (TLS: --pool-cert-file, peers verified against the cluster CA), learns the pool's name
-(--pool-name, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
+(--pool-name, else the name remembered from before a restart (remember: <cache dir>/pool.json) until the Node
+answers, else this node's --pool-label label, read from its Node until it is there) and runs the elector on the
 pool's Lease, advertising the listener's address. When this node leads, the listener serves its views and its own
 clients are answered from them; when it stops leading, its views stop (their followers' watches end and go
 elsewhere). While its API server is unreachable, a node answers peers from the views it holds in memory or in its
@@ -28,7 +29,7 @@ from multidict import CIMultiDict
 from edgeproxy import config as config_mod
 from edgeproxy import metrics, tasks, upstream
 from edgeproxy.guard import trust
-from edgeproxy.pool import election, elector, follower, peers, policy, route, view
+from edgeproxy.pool import election, elector, follower, peers, policy, remember, route, view
 
 log = logging.getLogger(__name__)
 NAME_RETRY = 5.0  # seconds between reads of the Node while its pool label is not known
@@ -52,6 +53,9 @@ class Pool:
     elector: elector.Elector | None = None
     task: asyncio.Task[None] | None = None
     mover: asyncio.Task[None] | None = None
+    memory: remember.Memory | None = None  # the pool's name and leader from before a restart (<cache dir>/pool.json)
+    recheck: asyncio.Task[None] | None = None
+    cert_reload: asyncio.Task[None] | None = None  # the peer listener's serving certificate, reloaded on rotation
     move_every: float = MOVE_EVERY
     move_age: float = MOVE_AGE
     move_rounds: int = 0  # looks the mover took while the pool was usable
@@ -123,7 +127,8 @@ def build(config: config_mod.Config, up: upstream.Upstream, local: Any) -> Pool:
 
     router = route.Router(shared, tokens=config.pool_tokens, views=views, ssl_factory=client_ssl, store=st,
                           header_timeout=min(route.HEADER_TIMEOUT, config.upstream_header_timeout or 3.0))
-    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared))
+    pool = Pool(config, up, api, node, views, router, peers.PeerListener(shared),
+                memory=remember.Memory(config.cache_dir))
     pool.listener.lead(pool.answer)
     router.on_role = pool._role
     api.on_change(pool._upstream_changed)
@@ -150,8 +155,15 @@ async def start(pool: Pool, runners: list[web.BaseRunner], proxy: Any = None) ->
     runner = web.AppRunner(pool.listener.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     runners.append(runner)
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=_server_context(config, pool.up))
+    ctx = _server_context(config, pool.up)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ctx)
     await site.start()
+    if config.cert_reload_interval > 0:
+        settings = config_mod.pool_settings(config)
+        pool.cert_reload = tasks.spawn(peers.reloader(
+            ctx, str(settings["cert"]), str(settings["key"]), config.pool_ca_file or config.client_ca_file or
+            pool.up.credentials.ca_file or None, interval=config.cert_reload_interval,
+            warn_days=config.cert_warn_days).run(), name="pool-cert-reloader")
     bound = runner.addresses[-1][1]
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     pool.url = f"https://{address}"
@@ -182,7 +194,12 @@ async def _move(pool: Pool, proxy: Any) -> None:
 
 async def _elect(pool: Pool, address: str) -> None:
     config = pool.config
-    name = config.pool_name or await _pool_label(pool)
+    remembered = pool.memory.pool if pool.memory is not None and not config.pool_name else ""
+    name = config.pool_name or remembered or await _pool_label(pool)
+    if remembered:  # used at once; the Node's label, once it answers, decides
+        pool.recheck = tasks.spawn(_recheck(pool, address, remembered), name="pool-name-recheck")
+    elif pool.memory is not None and not config.pool_name:
+        pool.memory.remember_pool(name)
     pool.name = name
     d = config.pool_lease_duration
     cfg = election.Config(pool=name, identity=pool.node, address=address, namespace=config.pool_namespace,
@@ -197,13 +214,28 @@ def _elector(pool: Pool, cfg: election.Config) -> elector.Elector:
     """--pool-election companion (default): read the Lease the companion writes; lease: write it ourselves."""
     if pool.config.pool_election == "lease":  # as --pool-kubeconfig's identity: NodeRestriction refuses nodes
         return elector.Elector(pool.api, cfg, on_change=pool.router.elected)
-    return follower.Follower(pool.up, cfg, on_change=pool.router.elected)  # patches its own Node: as the node
+    return follower.Follower(pool.up, cfg, on_change=pool.router.elected,  # patches its own Node: as the node
+                             memory=pool.memory)
 
 
-async def _pool_label(pool: Pool) -> str:
-    """The value of this node's --pool-label label, read from its Node (retried until it is there)."""
+async def _recheck(pool: Pool, address: str, remembered: str) -> None:
+    """The remembered pool name against the Node's label once the Node answers; another name restarts the election."""
+    name = await _pool_label(pool, remembered)
+    if name == remembered or pool.memory is None:
+        return
+    log.warning("pool: the Node's label now names the pool %s (%s before the restart): joining it", name, remembered)
+    pool.memory.remember_pool(name)
+    if pool.task is not None:  # the old elector releases what it held before the new one speaks
+        pool.task.cancel()
+        await asyncio.wait([pool.task])
+    pool.task = tasks.spawn(_elect(pool, address), name="pool-elector")
+
+
+async def _pool_label(pool: Pool, remembered: str = "") -> str:
+    """The value of this node's --pool-label label, read from its Node (retried until it is there); with a
+    `remembered` name, that name when the Node answers without a usable label."""
     label = pool.config.pool_label
-    warned = False
+    warned = bool(remembered)
     while True:
         why = ""
         try:
@@ -227,6 +259,9 @@ async def _pool_label(pool: Pool) -> str:
                         why = str(e)
                 else:
                     why = f"the Node has no label {label}"
+                if remembered:  # the Node answered: the remembered name stays (with the reason why)
+                    log.warning("pool %s (remembered from before the restart) kept: %s", remembered, why)
+                    return remembered
             else:
                 why = f"GET of the Node answered {resp.status}"
         except Exception as e:  # unreachable: try again
@@ -238,9 +273,11 @@ async def _pool_label(pool: Pool) -> str:
 
 
 async def stop(pool: Pool) -> None:
-    """Stop the election (a leader releases its Lease: one PUT bounded by the elector's own timeout), the mover and the
-    views; each wait is bounded, so the service's shutdown goes on to commit its cache whatever hangs here."""
-    await tasks.stop((pool.mover, pool.task), what=f"pool {pool.name}", timeout=STOP_WAIT)
+    """Stop the election (a leader releases its Lease: one PUT bounded by the elector's own timeout), the mover, the
+    name's recheck, the certificate reloader and the views; each wait is bounded, so the service's shutdown goes on
+    to commit its cache whatever hangs here."""
+    await tasks.stop((pool.mover, pool.recheck, pool.cert_reload, pool.task), what=f"pool {pool.name}",
+                     timeout=STOP_WAIT)
     await tasks.stop((pool._stopping,), what=f"pool {pool.name}", timeout=STOP_WAIT, cancel=False)
     await pool.views.close()
     pool.router.close()

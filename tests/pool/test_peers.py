@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from edgeproxy import tls
+from edgeproxy import metrics, tasks, tls
 from edgeproxy.pool import peers
 
 
@@ -135,3 +138,47 @@ def test_admit_reads_only_a_verified_certificate():
     assert peers.admit({}).node == ""
     ok = {"subject": ((("organizationName", "system:nodes"),), (("commonName", "system:node:edge-9"),))}
     assert peers.admit(ok) == peers.Peer("edge-9")
+
+
+async def served_certificate(port, pki):
+    _, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl(pki, "node"))
+    try:
+        return w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        w.close()
+
+
+async def test_the_serving_certificate_is_reloaded_when_it_rotates(pki, tmp_path):
+    ca = tls.Issued(x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes()),
+                    serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None))
+    cert, key = tmp_path / "serving.crt", tmp_path / "serving.key"
+    cert.write_bytes((pki / "leader.crt").read_bytes())
+    key.write_bytes((pki / "leader.key").read_bytes())
+    ctx = peers.server_context(cert, key, pki / "ca.crt")
+    runner = web.AppRunner(peers.PeerListener().app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    reloading = tasks.spawn(peers.reloader(ctx, str(cert), str(key), str(pki / "ca.crt"), interval=0.05).run(),
+                            name="t-pool-cert-reloader")
+    failed = metrics.CERT_RELOADS.labels("failed")._value.get()
+    try:
+        first = await served_certificate(port, pki)
+        # a rotation caught half-written: the old certificate stays in use
+        cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB")
+        async with asyncio.timeout(10):
+            while metrics.CERT_RELOADS.labels("failed")._value.get() == failed:
+                await asyncio.sleep(0.02)
+        assert await served_certificate(port, pki) == first
+        # the rotation done: new handshakes get the new certificate, and nodes are served as before
+        tls.issue(ca, "edge-1", sans=("127.0.0.1",)).write(cert, key)
+        async with asyncio.timeout(10):
+            while await served_certificate(port, pki) == first:
+                await asyncio.sleep(0.02)
+        status, body = await get(pki, f"https://127.0.0.1:{port}", "node", "/api/v1/services")
+        assert status == 503 and body["reason"] == "ServiceUnavailable"  # no leader yet: go to the API server
+    finally:
+        reloading.cancel()
+        await asyncio.gather(reloading, return_exceptions=True)
+        await runner.cleanup()

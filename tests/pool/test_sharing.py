@@ -56,15 +56,20 @@ async def branch(sim, tmp_path):
     await b.stop()
 
 
-@contextlib.contextmanager
-def reflectors(urls, paths, **kw):
+@contextlib.asynccontextmanager
+async def reflectors(urls, paths, **kw):
     started = [Reflector(url, path, label_selector=KP if path == SVC else "", **kw).start()
                for url in urls for path in paths]
     try:
         yield started
     finally:
-        for r in started:
-            r.stop()
+        await stop(started)
+
+
+async def stop(rs):
+    """Stop client threads off the event loop: Reflector.stop joins its thread (up to 2 s each), and the branch's
+    edgeproxies and the simulator share this loop: blocked, the leader misses its Lease renewals."""
+    await asyncio.gather(*(asyncio.to_thread(r.stop) for r in rs))
 
 
 def upstream_watches(sim, resource):
@@ -95,7 +100,7 @@ async def test_the_branch_keeps_one_upstream_watch_per_query(sim, branch, pool):
         await until(lambda: branch.leader() is not None and sorted(n.role for n in branch.nodes) == [
             "follower", "follower", "leader"])
     before = received()
-    with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
+    async with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
         for i in range(5):
             sim.create("services", svc(f"late-{i}"), "edge")
@@ -147,8 +152,7 @@ async def test_kube_proxys_own_token_is_shared_once_the_api_server_answered_it(s
         want = expected(sim, "services")
         await until(lambda: all(r.snapshot() == want for r in rs))
     finally:
-        for r in rs:
-            r.stop()
+        await stop(rs)
 
 
 async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, branch):
@@ -157,7 +161,7 @@ async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, bran
         "follower", "follower", "leader"])
     leader = branch.leader()
     follower = next(n for n in branch.nodes if n.role == "follower")
-    with reflectors([n.url for n in branch.nodes], [SVC]) as rs:
+    async with reflectors([n.url for n in branch.nodes], [SVC]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
         want = expected(sim, "services")
         await sim.down()
@@ -169,7 +173,7 @@ async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, bran
         assert sorted(n.role for n in branch.nodes) == ["follower", "follower", "leader"] and leader.role == "leader"
         via_leader = metrics.POOL_REQUESTS.labels("leader")._value.get()
         # a client the follower's own cache has never answered (its own partition is empty) still gets the view
-        with reflectors([follower.url], [SVC], user_agent="newcomer/1.0") as (late,):
+        async with reflectors([follower.url], [SVC], user_agent="newcomer/1.0") as (late,):
             await until(lambda: late.synced.is_set())
             assert late.snapshot() == want and late.list_errors == []
         assert metrics.POOL_REQUESTS.labels("leader")._value.get() > via_leader
@@ -178,7 +182,7 @@ async def test_the_branch_offline_is_served_by_the_leader_over_the_lan(sim, bran
         await branch.stop_node(leader)
         await branch.start_node(leader)
         await until(lambda: not leader.service.upstream.online)
-        with reflectors([follower.url], [SVC], user_agent="second-newcomer/1.0") as (late,):
+        async with reflectors([follower.url], [SVC], user_agent="second-newcomer/1.0") as (late,):
             await until(lambda: late.synced.is_set())
             assert late.snapshot() == want
         # the WAN back: a leader again, and every client converges on the API server's state
@@ -200,7 +204,7 @@ async def test_a_killed_leader_is_replaced_and_the_followers_clients_keep_their_
     leader = branch.leader()
     followers = [n for n in branch.nodes if n is not leader]
     await branch.wait_roles(leader)
-    with reflectors([n.url for n in followers], [SVC, SLICES]) as rs:
+    async with reflectors([n.url for n in followers], [SVC, SLICES]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs), timeout=30)
         await until(lambda: upstream_watches(sim, "services") == 1, timeout=30)
         # every client's watch has had an event from the leader: killed mid-stream, not in its first second
@@ -240,7 +244,7 @@ async def test_watches_opened_before_a_leader_was_known_move_to_the_pool(sim, br
     await until(lambda: all(n.role == "follower" for n in branch.nodes))
     for node in branch.nodes:
         node.service.pool.move_every, node.service.pool.move_age = 0.2, 1.0
-    with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
+    async with reflectors([n.url for n in branch.nodes], [SVC, SLICES]) as rs:
         await until(lambda: all(r.synced.is_set() and r.watches for r in rs))
         await until(lambda: upstream_watches(sim, "services") == 3 and upstream_watches(sim, "endpointslices") == 3)
         lease = copy.deepcopy(sim.get("leases", LEASE[1], LEASE[0]))
@@ -273,7 +277,7 @@ async def test_the_pools_own_requests_go_with_the_pool_identity(sim, tmp_path):
         await b.start()
         await until(lambda: sorted(n.role for n in b.nodes) == ["follower", "leader"])
         follower = next(n for n in b.nodes if n.role == "follower")
-        with reflectors([follower.url], [SVC]) as (r,):
+        async with reflectors([follower.url], [SVC]) as (r,):
             await until(lambda: r.synced.is_set() and upstream_watches(sim, "services") == 1)
             (w,) = [w for w in sim.api.watches if w.res.name == "services"]
             assert w.request.headers.get("Authorization") == "Bearer pool-token"
@@ -353,6 +357,5 @@ async def test_quiet_watches_opened_before_the_election_move_to_the_pool_and_sta
             assert leader is not None
             assert all(v["upstream_lists"] == 1 for v in leader.service.pool.state()["views"])
         finally:
-            for r in rs:
-                r.stop()
+            await stop(rs)
             await b.stop()

@@ -112,3 +112,30 @@ def test_a_query_is_canonical_in_its_selectors():
     assert state.Query.of(a, "json") == state.Query.of(b, "json")
     assert state.Query.of(a, "json") != state.Query.of(a, "protobuf")
     assert state.Query.of(a, "json").path == "/api/v1/services"
+
+
+def in_ns(ns, name, rv=1):
+    raw = json.dumps({"metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv)}},
+                     separators=(",", ":")).encode()
+    return state.make_obj("services", "json", raw)
+
+
+def test_lists_come_in_the_api_servers_key_order_and_pages_continue_after_a_key():
+    st = state.ViewState(Q)
+    st.replace("ServiceList", "v1", "10", [in_ns("a", "x"), in_ns("a.b", "x"), in_ns("a-b", "y"), in_ns("b", "a")])
+    order = [st.key(o) for o in st.sorted_objects()]
+    assert order == ["a-b/y", "a.b/x", "a/x", "b/a"]  # the etcd key's order ("/" sorts after "-" and ".")
+    body, more = st.page(st.sorted_objects(), "10", limit=3)
+    doc = json.loads(body)
+    assert more and doc["metadata"]["remainingItemCount"] == 1 and len(doc["items"]) == 3
+    assert state.decode_continue(doc["metadata"]["continue"]) == (10, "a/x")
+    body, more = st.page(st.sorted_objects(), "10", after="a/x", limit=3)
+    assert not more and [i["metadata"]["name"] for i in json.loads(body)["items"]] == ["a"]
+
+
+@pytest.mark.parametrize("token", ["not base64 !", "bnVsbA", state.encode_continue(0, "a/x"),
+                                   "eyJ2IjoibWV0YS5rOHMuaW8vdjIiLCJydiI6MSwic3RhcnQiOiJ4In0",  # v2
+                                   state.encode_continue(5, "../../secrets/x")])
+def test_a_continue_token_that_is_none_is_refused(token):
+    with pytest.raises(ValueError, match="continue key is not valid"):
+        state.decode_continue(token)

@@ -14,6 +14,7 @@ from edgeproxy import sim as sim_pkg
 from edgeproxy import upstream
 from edgeproxy.kube import jsonwire, protobuf
 from edgeproxy.kube import request as kube_request
+from edgeproxy.kube import status as kube_status
 from edgeproxy.kube import watch as kube_watch
 from edgeproxy.pool import state, view
 
@@ -248,9 +249,8 @@ async def test_a_version_newer_than_the_view_waits_then_is_too_large(sim, views)
 
 
 async def test_what_the_view_does_not_keep_is_sent_back_to_the_api_server(views):
-    for path, accept in [(f"{SVC}/x", PB), (SVC, "application/json;as=Table;v=v1;g=meta.k8s.io"),
-                         (f"{SVC}?limit=5&continue=abc", JSON)]:
-        reply = await views.reply(info(path, accept))
+    for path, accept in [(f"{SVC}/x", PB), (SVC, "application/json;as=Table;v=v1;g=meta.k8s.io")]:
+        reply = await views.reply(info(path, accept))  # a GET no view holds (none started for it); a Table
         assert reply.status == 503 and reply.fallback, path
 
 
@@ -360,6 +360,86 @@ async def test_a_watch_from_a_version_the_view_has_not_reached_is_served_from_th
     typ, meta = frames.decode(await frames.next())
     assert (typ, meta.name) == ("MODIFIED", "load-00002-x1")
     await frames.close()
+
+
+@pytest.mark.parametrize("accept", [PB, JSON])
+async def test_a_get_is_answered_from_a_view_that_holds_its_namespace_byte_equal_to_the_api_server(sim, views,
+                                                                                                   accept):
+    await views.reply(info(SVC, accept))  # the cluster-wide view (no selectors) of Services in this encoding
+    name = sorted(k[1] for k in sim.store.snapshot("services") if k[0] == "edge")[0]
+    for path in (f"/api/v1/namespaces/edge/services/{name}", "/api/v1/namespaces/edge/services/nowhere"):
+        reply = await views.reply(info(path, accept))
+        assert not reply.fallback, path
+        assert (reply.status, reply.body) == await direct(sim, path, accept), path
+    # a version the view has not reached yet: waited for, then the API server
+    later = await views.reply(info(f"/api/v1/namespaces/edge/services/{name}?resourceVersion="
+                                   f"{int(sim.store.rv) + 100}", accept))
+    assert later.status == 503 and later.fallback == "too large resource version"
+    # the other encoding has no view: the API server (a GET starts none)
+    other = await views.reply(info(f"/api/v1/namespaces/edge/services/{name}", JSON if accept == PB else PB))
+    assert other.fallback and len(views.views) == 1
+
+
+async def test_a_get_from_a_view_with_selectors_only_answers_what_it_holds(sim, views):
+    sim.create("services", svc("kept", {"keep": "yes"}), "edge")
+    sim.create("services", svc("other"), "edge")
+    await views.reply(info(f"{SVC}?labelSelector=keep%3Dyes", JSON))
+    reply = await views.reply(info("/api/v1/namespaces/edge/services/kept", JSON))
+    assert (reply.status, reply.body) == await direct(sim, "/api/v1/namespaces/edge/services/kept", JSON)
+    assert (await views.reply(info("/api/v1/namespaces/edge/services/other", JSON))).fallback  # not in it: unknown
+
+
+def page_meta(body, enc):
+    if enc == "protobuf":
+        p = protobuf.parse_list(protobuf.unwrap(body).raw)
+        return p.resource_version, p.continue_, len(p.items)
+    doc = json.loads(body)
+    return doc["metadata"]["resourceVersion"], doc["metadata"].get("continue", ""), len(doc["items"])
+
+
+@pytest.mark.parametrize("accept", [PB, JSON])
+async def test_a_paged_list_is_the_api_servers_pages_and_stays_consistent_while_the_view_moves(sim, views, accept):
+    enc = "protobuf" if accept == PB else "json"
+    await views.reply(info(SVC, accept))
+    v = next(iter(views.views.values()))
+    first = await views.reply(info(f"{SVC}?limit=2", accept))
+    assert (200, first.body) == await direct(sim, f"{SVC}?limit=2", accept)  # the API server's own token
+    rv, token, n = page_meta(first.body, enc)
+    assert n == 2 and token and rv == v.st.rv
+    # the view moves on; the next page is still the list at the first page's version, as the API server's
+    sim.create("services", svc("a-late-one"), "edge")
+    await v.reached(str(sim.store.rv), 5)
+    second = await views.reply(info(f"{SVC}?limit=2&continue={token}", accept))
+    assert (200, second.body) == await direct(sim, f"{SVC}?limit=2&continue={token}", accept)
+    rest = await views.reply(info(f"{SVC}?continue={page_meta(second.body, enc)[1]}", accept))
+    assert page_meta(rest.body, enc)[1] == "" and page_meta(rest.body, enc)[0] == rv
+    # resourceVersion "0": the watch cache ignores limit, one whole page at the view's version
+    whole = await views.reply(info(f"{SVC}?limit=2&resourceVersion=0", accept))
+    assert page_meta(whole.body, enc) == (v.st.rv, "", len(v.st.objects))
+
+
+async def test_a_continue_token_the_view_cannot_serve_is_expired_or_sent_to_the_api_server(sim, views, monkeypatch):
+    await views.reply(info(SVC, JSON))
+    v = next(iter(views.views.values()))
+    token = json.loads((await views.reply(info(f"{SVC}?limit=2", JSON))).body)["metadata"]["continue"]
+    monkeypatch.setattr(view, "SNAPSHOT_TTL", 0.0)  # the snapshot is gone (75 s later)
+    sim.create("services", svc("moved-on"), "edge")
+    await v.reached(str(sim.store.rv), 5)
+    gone = await views.reply(info(f"{SVC}?limit=2&continue={token}", JSON))
+    doc = json.loads(gone.body)
+    assert (gone.status, doc["reason"], doc["message"]) == (410, "Expired", kube_status.CONTINUE_TOO_OLD)
+    assert not gone.fallback
+    # its token carries on inconsistently: the view as it is now, after the same key
+    rest = await views.reply(info(f"{SVC}?continue={doc['metadata']['continue']}", JSON))
+    after = state.decode_continue(token)[1]
+    names = [f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in json.loads(rest.body)["items"]]
+    assert rest.status == 200 and names and all(n > after for n in names) and "edge/moved-on" in names
+    # a follower whose API server is reachable asks it (the token is in its form)
+    assert (await views.reply(info(f"{SVC}?limit=2&continue={token}", JSON), fallback_ok=True)).fallback
+    for bad in ("abc", f"{SVC}?resourceVersion=5&continue={token}"):
+        path = bad if bad.startswith("/") else f"{SVC}?continue={bad}"
+        reply = await views.reply(info(path, JSON))
+        assert (reply.status, json.loads(reply.body)["reason"]) == (400, "BadRequest"), bad
 
 
 async def test_a_watch_from_before_the_views_list_gets_the_events_since_without_a_relist(sim, views):

@@ -1,6 +1,8 @@
 """--pool-election companion against the simulator with the companion's real pool controller: the nodes WATCH the pool
 Lease (one LIST and one WATCH each) instead of reading it every `retry` seconds; they follow a leader change as soon as
-the companion writes it, notice a Lease the companion stopped renewing, and poll only when the watch is refused."""
+the companion writes it, notice a Lease the companion stopped renewing, and poll only when the watch is refused. A
+restarted node remembers its pool's name and leader: it takes part at once while its Node cannot be read, and with the
+WAN down it keeps following the leader over the LAN."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import pytest
 from edgeproxy import sim as sim_pkg
 from edgeproxy import tasks, upstream
 from edgeproxy.companion import kubeapi, poolctl
+from edgeproxy.pool import remember
 from edgeproxy.sim import api as sim_api
 from edgeproxy.sim import errors as sim_errors
+from tests.e2e.reflector import Reflector
 from tests.pool.branch import POOL, Branch, until
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,9 +34,12 @@ class LeaseCountingApi(sim_api.Api):
         super().__init__(sim)
         self.lease = {"get": 0, "list": 0, "watch": 0}
         self.refuse = False
+        self.hidden = set()  # nodes whose GET answers 404 (a Node the API server cannot find for now)
 
     async def _route(self, request, encoding, pretty):
         path = request.path.rstrip("/")
+        if request.method == "GET" and path.startswith("/api/v1/nodes/") and path.rsplit("/", 1)[1] in self.hidden:
+            raise sim_errors.ApiError(404, "NotFound", f'nodes "{path.rsplit("/", 1)[1]}" not found')
         if request.method == "GET" and "/namespaces/edgeproxy/leases" in path:
             kind = ("watch" if request.query.get("watch") in ("true", "1") else "list") if path.endswith("/leases") \
                 else "get"
@@ -133,3 +140,47 @@ async def test_a_lease_nobody_renews_expires_and_a_refused_watch_falls_back_to_r
         # the companion stops (no node may lead any more): the Lease expires on every node's clock
         controller.cancel()
         await until(lambda: all(n.role == "candidate" for n in branch.nodes), timeout=30)
+
+
+async def test_a_restarted_node_remembers_its_pool_and_leader(sim, branch, tmp_path):
+    node = branch.nodes[2]
+    node.settings.pop("pool_name")  # edge-3 learns its pool from its Node's label (the companion's grouping too)
+    # it was in another pool before (relabelled while edgeproxy was down): it starts there, then the label decides
+    remember.Memory(node.settings["cache_dir"]).remember_pool("elsewhere")
+    async with companion(sim, tmp_path, duration=3):
+        await branch.start()
+        led_by_1 = {"edge-1": ("leader", "edge-1"), "edge-2": ("follower", "edge-1"), "edge-3": ("follower", "edge-1")}
+        await until(lambda: roles(branch) == led_by_1, timeout=30)
+        kept = remember.Memory(node.settings["cache_dir"])
+        assert kept.pool == POOL and kept.lease(POOL)["spec"]["holderIdentity"] == "edge-1"
+        # restarted while its Node cannot be read: the remembered name, at once (without it: "no pool name yet")
+        sim.api.hidden.add("edge-3")
+        await branch.stop_node(node)
+        await branch.start_node(node)
+        await until(lambda: roles(branch) == led_by_1, timeout=30)
+        assert node.service.pool.name == POOL
+        with contextlib.ExitStack() as stack:
+            svc = "/api/v1/services"
+            rs = [stack.enter_context(_reflector(n.url, svc)) for n in branch.nodes]
+            await until(lambda: all(r.synced.is_set() and r.watches for r in rs), timeout=30)
+            want = rs[0].snapshot()
+            # the WAN down, edge-3 restarted: it cannot read the Lease, and follows the leader it remembers
+            await sim.down()
+            await until(lambda: not any(n.service.upstream.online for n in branch.nodes), timeout=30)
+            await branch.stop_node(node)
+            await branch.start_node(node)
+            await until(lambda: roles(branch)["edge-3"] == ("follower", "edge-1"), timeout=30)
+            # a client its own cache never answered gets the leader's view over the LAN
+            late = stack.enter_context(_reflector(node.url, svc, user_agent="newcomer/1.0"))
+            await until(lambda: late.synced.is_set(), timeout=30)
+            assert late.snapshot() == want and late.list_errors == []
+            await sim.up()
+
+
+@contextlib.contextmanager
+def _reflector(url, path, **kw):
+    r = Reflector(url, path, **kw).start()
+    try:
+        yield r
+    finally:
+        r.stop()
