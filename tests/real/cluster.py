@@ -27,6 +27,7 @@ import shutil
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,8 @@ class Cluster(Started):
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pki = Pki(self.dir / "pki")
-        self._start_etcd()
-        self._start_apiserver()
+        _on_free_ports(self._start_etcd)
+        _on_free_ports(self._start_apiserver)
         if self.want_cm:
             self.start_controller_manager()
 
@@ -423,6 +424,18 @@ class Cluster(Started):
             if d.get("verb") == "WATCH" and not d.get("subresource"):
                 counts[d.get("resource", "")] = counts.get(d.get("resource", ""), 0) + int(float(value))
         return counts
+
+
+def _on_free_ports(start: Callable[[], None], attempts: int = 3) -> None:
+    """start() picks its ports with free_port() and then the process binds them: another process may take one in
+    between. A start that failed with "address already in use" is made again on other ports."""
+    for attempt in range(attempts):
+        try:
+            start()
+            return
+        except RealError as e:
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
 
 
 def count_diff(after: dict[tuple[str, str], int], before: dict[tuple[str, str], int],
