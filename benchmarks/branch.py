@@ -22,9 +22,11 @@ own, today; on: `--pool on`, a leader per branch elected on a Lease serving the 
    API server's view;
 3. sharing on only: the leader's edgeproxy killed (SIGKILL) mid-rollout: the time until another node holds the pool's
    Lease, until every remaining node has the API server's view, and the LISTs meanwhile.
-With sharing on, `edgeproxy companion` (deploy manifests as shipped, its defaults) names the leader; the run waits
-until every node follows it and the branch is down to one upstream watch per query (edgeproxy moves a client's watch
-from the API server to the pool after 10 s) before the rollout.
+With sharing on, every edgeproxy is restarted with `--pool on` while no leader can be elected yet, so every client's
+watch goes back to the API server (as in a branch whose clients ran before its first election; nobody restarts them);
+then `edgeproxy companion` (deploy manifests as shipped, its defaults) is started and names the leader, and the run
+waits until every node follows it and the branch is down to one upstream watch per query (each edgeproxy moves its
+clients' watches from the API server to the pool by itself) before the rollout: that time is reported too.
 Reports figures; asserts nothing.
 """
 
@@ -45,6 +47,8 @@ from benchmarks import harness
 SCENARIO = "branch"
 POOL = ("services", "endpointslices")
 IDLE_SECONDS = 10.0
+PR = "edgeproxy_pool_upstream_requests_total"  # the leader's views' LISTs, WATCHes and reach-backs, by verb
+REQ_LIST, REQ_REACH_BACK = 'verb="list"', 'verb="reach_back"'
 ROOT = harness.ROOT
 
 
@@ -97,6 +101,15 @@ class Bench:
         want = api_view(self.c)
         return all({r: s.view().get(r) for r in POOL} == want for s in self.b.sims if s.node != skip)
 
+    def pool_counter(self, name: str, labels: str = "") -> int:
+        """A counter of edgeproxy's /metrics summed over the branch's nodes."""
+        pat = re.compile(rf"^{re.escape(name)}(?:\{{{re.escape(labels)}\}})? ([0-9.e+]+)$", re.M)
+        total = 0.0
+        for h in self.b.nodes:
+            with contextlib.suppress(Exception):
+                total += sum(float(m.group(1)) for m in pat.finditer(h.proxy_metrics()))
+        return int(total)
+
     def settle(self, on: bool, timeout: float = 120) -> float | None:
         """After the edgeproxies restarted: every reflector synced with the API server's view, and (sharing on) a
         leader holding the Lease."""
@@ -148,10 +161,16 @@ class Bench:
             for m in re.finditer(r'^edgeproxy_pool_requests_total\{via="(\w+)"\} ([0-9.e+]+)$', h.proxy_metrics(),
                                  re.M):
                 via[m.group(1)] = via.get(m.group(1), 0.0) + float(m.group(2))
-        return [_row(f"shareable requests sent {where}", int(via.get(key, 0)), "requests", variant=variant,
-                     note="summed over the nodes, since sharing was switched on")
-                for key, where in (("leader", "to the leader"), ("view", "to the leader's own views"),
-                                   ("upstream", "to the API server"))]
+        return [*(_row(f"shareable requests sent {where}", int(via.get(key, 0)), "requests", variant=variant,
+                       note="summed over the nodes, since sharing was switched on")
+                  for key, where in (("leader", "to the leader"), ("view", "to the leader's own views"),
+                                     ("upstream", "to the API server"))),
+                _row("client watches moved from the API server to the pool",
+                     self.pool_counter("edgeproxy_pool_watches_moved_total"), "watches", variant=variant,
+                     note="summed over the nodes (edgeproxy_pool_watches_moved_total)"),
+                _row("leader's upstream LISTs", self.pool_counter(PR, REQ_LIST), "LISTs", variant=variant,
+                     note=f"and {self.pool_counter(PR, REQ_REACH_BACK)} short watches reaching back to a moved "
+                          "client's older version, summed over the nodes")]
 
     def election_problem(self) -> str:
         """Why no leader: the last 'lease round failed' line of any node's edgeproxy log."""
@@ -266,13 +285,24 @@ def run(opts: harness.Options) -> list[dict[str, object]]:
             variant = "edgeproxy, sharing on" if on else "edgeproxy, sharing off"
             try:
                 if on:
+                    # no leader yet: every client's watch back on the API server through its restarted edgeproxy
+                    alone = bench.watches()
+                    bench.b.sharing(True, elect=False)
+                    back = wait(lambda n=alone: bench.watches() >= n, 60)
+                    before = bench.watches()
                     # the companion's defaults: pool Lease 15 s, a leader replaced when its node Lease (40 s) lapses
-                    bench.b.sharing(True, pool_lease=15, node_grace=0)
+                    bench.b.start_companion(pool_lease=15, node_grace=0)
                 took = bench.settle(on)
                 if took is None:
                     rows.append(_row("settle", None, "", variant=variant,
                                      note="not settled within 120 s" + (f": no leader ({bench.election_problem()})"
                                                                        if on and not bench.b.leader() else "")))
+                elif on:
+                    rows.append(_row("from the election's start to one upstream watch per query", took, "s",
+                                     variant=variant,
+                                     note=f"{before} watches on the API server before (clients not restarted"
+                                          f"{'' if back is not None else f', {alone} before the restart'}), "
+                                          f"{bench.watches()} after"))
                 rows += bench.rollout(variant, generations)
                 if on:
                     rows += bench.routing(variant)

@@ -128,7 +128,9 @@ POOL_UPSTREAM_WATCHES = prom.Gauge(
     registry=REGISTRY,
 )
 POOL_UPSTREAM_REQUESTS = prom.Counter(
-    "edgeproxy_pool_upstream_requests", "LISTs and WATCHes the leader's pool views sent to the API server.", ["verb"],
+    "edgeproxy_pool_upstream_requests",
+    "LISTs, WATCHes and reach-backs (short watches from an older client's version) the leader's pool views sent to "
+    "the API server.", ["verb"],
     registry=REGISTRY,
 )
 POOL_FOLLOWER_WATCHES = prom.Gauge(

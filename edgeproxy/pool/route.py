@@ -10,8 +10,8 @@ itself), or None. A follower's request to the leader:
 - falls back (None) at once when the leader cannot be reached (refused, TLS failure), sends no response head within
   `header_timeout` (plus view.REACH_BACK_WAIT for a watch from a resourceVersion: the leader may first reach back to
   it), or answers X-Edgeproxy-Pool-Fallback (what its view cannot answer); the leader is then not asked again for
-  `retry_after` seconds or until the election names a leader again; unless the head was only slow (a busy leader),
-  the other requests open to it end too; a watch sent back this way keeps its query off `movable` for MOVE_HOLD;
+  `retry_after` seconds or until the election names a leader again (the watches it serves go on); a watch sent back
+  this way keeps its query off `movable` for MOVE_HOLD;
 - a watch that asked for bookmarks and hears nothing from the leader for `silence` seconds (the leader sends one
   every few seconds) is ended as broken: the client re-watches from its last resourceVersion, which is the API
   server's own, so the API server takes it on without a relist.
@@ -272,9 +272,7 @@ class Router:
             resp = await self._client.request(host, port, self._ssl, host, method, head, None, retry_stale=True,
                                               deadline=loop.time() + wait)
         except httpclient.HeadTimeout as e:
-            # slow on this request (a busy leader): new requests go upstream a while; the streams it does serve
-            # (watches answering their bookmarks) are left alone
-            self._failed("head_timeout", e, close=False)
+            self._failed("head_timeout", e)
             return None
         except httpclient.ConnectFailed as e:
             self._failed("connect", e)
@@ -291,11 +289,10 @@ class Router:
         silence = self.silence if info.watch and info.allow_watch_bookmarks and resp.status == 200 else None
         return LeaderResponse(resp, silence, lambda: self._failed("silent", None))
 
-    def _failed(self, reason: str, error: Exception | None, *, close: bool = True) -> None:
+    def _failed(self, reason: str, error: Exception | None) -> None:
         metrics.POOL_FAILOVERS.labels(reason).inc()
         self._bad_until = time.monotonic() + self.retry_after
-        if close:
-            self._client.close()
+        self._client.close()  # its idle connections; the watches it serves end on their own (silence)
         log.warning("pool leader %s unusable (%s%s): to the API server for %.0fs", self.role.holder or "?", reason,
                     f": {error}" if error else "", self.retry_after, extra={"event": "pool_failover"})
 

@@ -130,8 +130,8 @@ def cache_key(q: state.Query) -> store_.ViewKey:
 class PoolView:
     """One query: its upstream list+watch loop, its state, and the followers' watches waiting on it."""
 
-    __slots__ = ("_changed", "_reaching", "_response", "_synced", "_task", "bookmark_interval", "last_used", "lists",
-                 "query", "reach_backs", "snapshots", "st", "up", "watchers", "watches", "writer")
+    __slots__ = ("_changed", "_reaching", "_response", "_synced", "_task", "_too_old", "bookmark_interval", "last_used",
+                 "lists", "query", "reach_backs", "snapshots", "st", "up", "watchers", "watches", "writer")
 
     def __init__(self, query: state.Query, up: upstream.Upstream, *, writer: writer_.Writer | None = None,
                  bookmark_interval: float = BOOKMARK_INTERVAL, ring_events: int = state.RING_EVENTS) -> None:
@@ -151,6 +151,7 @@ class PoolView:
         self.snapshots: dict[str, tuple[float, list[state.Obj]]] = {}  # rv -> (taken at, objects): paged lists
         self.reach_backs = 0  # short upstream WATCHes that made the ring reach back to an older client's version
         self._reaching = asyncio.Lock()
+        self._too_old = (-1, 0)  # (generation, version): the API server said 410 reaching back to it
 
     # ---- life ----
 
@@ -329,44 +330,58 @@ class PoolView:
         """Make the ring reach back to `rv` (a client moved from the API server, or from another leader, whose
         version is older than this view's list): one short upstream watch from `rv` delivers the query's events since,
         and a frame at or past the ring's floor (an event, or the bookmark the API server sends before the watch's
-        timeout) proves nothing else happened in between. False when it could not within `wait` (the version is
-        too old for the API server too: 410; unreachable; no proof in time): the client is answered as before."""
-        async with self._reaching:
-            st = self.st
-            if state.rv_number(rv) >= st.floor:
-                return True  # another request reached back meanwhile
-            floor, generation = st.floor, st.generation
-            self.reach_backs += 1
-            metrics.POOL_UPSTREAM_REQUESTS.labels("reach_back").inc()
-            params = [*self.query.params(), ("watch", "true"), ("allowWatchBookmarks", "true"),
-                      ("resourceVersion", rv), ("timeoutSeconds", str(REACH_BACK_TIMEOUT))]
+        timeout) proves nothing else happened in between. False when it could not within `wait`, waiting for another
+        reach-back included (the version is too old for the API server too: 410, remembered until a relist;
+        unreachable; no proof in time): the client is answered as before."""
+        n = state.rv_number(rv)
+        try:
+            async with asyncio.timeout(wait), self._reaching:
+                st = self.st
+                if n >= st.floor:
+                    return True  # another request reached back meanwhile
+                if self._too_old[0] == st.generation and n <= self._too_old[1]:
+                    return False
+                floor, generation = st.floor, st.generation
+                self.reach_backs += 1
+                metrics.POOL_UPSTREAM_REQUESTS.labels("reach_back").inc()
+                got = await self._events_since(rv, floor)
+                if got is None:
+                    self._too_old = (generation, max(n, self._too_old[1] if self._too_old[0] == generation else 0))
+                    return False
+                if st.floor != floor or st.generation != generation:
+                    return False  # relisted, or the ring moved on meanwhile
+                return st.extend_back(rv, got)
+        except (TimeoutError, upstream.Unavailable, httpclient.HttpClientError, kube_errors.KubeError, OSError) as e:
+            log.info("pool view %s: reaching back to %s: %s: %s", self.query.describe(), rv, type(e).__name__, e)
+            return False
+
+    async def _events_since(self, rv: str, floor: int) -> list[state.Parsed] | None:
+        """The query's events from `rv` up to the first frame at or past `floor`, from a short upstream watch; None
+        when the API server answers that `rv` is too old; TimeoutError or upstream errors otherwise."""
+        params = [*self.query.params(), ("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", rv),
+                  ("timeoutSeconds", str(REACH_BACK_TIMEOUT))]
+        resp = await self._send(params)
+        try:
+            if resp.status == 410:
+                return None
+            if resp.status != 200:
+                raise upstream.Unavailable(f"WATCH answered {resp.status}")
+            splitter = kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf" else kube_watch.JsonSplitter()
             got: list[state.Parsed] = []
-            try:
-                async with asyncio.timeout(wait):
-                    resp = await self._send(params)
-                    try:
-                        if resp.status != 200:
-                            return False
-                        splitter = (kube_watch.ProtobufSplitter() if self.query.encoding == "protobuf"
-                                    else kube_watch.JsonSplitter())
-                        while chunk := await resp.read():
-                            _RX.inc(len(chunk))
-                            for frame in splitter.feed(chunk):
-                                parsed = state.parse_frame(self.query, frame)
-                                if parsed.type == "ERROR":
-                                    return False
-                                got.append(parsed)
-                                if state.rv_number(parsed.resource_version) >= floor:
-                                    if st.floor != floor or st.generation != generation:
-                                        return False  # relisted or the ring moved on meanwhile
-                                    return st.extend_back(rv, got)
-                        return False  # ended without reaching the floor
-                    finally:
-                        resp.close()
-            except (TimeoutError, upstream.Unavailable, httpclient.HttpClientError, kube_errors.KubeError,
-                    OSError) as e:
-                log.info("pool view %s: reaching back to %s: %s: %s", self.query.describe(), rv, type(e).__name__, e)
-                return False
+            while chunk := await resp.read():
+                _RX.inc(len(chunk))
+                for frame in splitter.feed(chunk):
+                    parsed = state.parse_frame(self.query, frame)
+                    if parsed.type == "ERROR":
+                        if int((parsed.status or {}).get("code") or 0) == 410:
+                            return None
+                        raise upstream.Unavailable(f"WATCH ended with {parsed.status}")
+                    got.append(parsed)
+                    if state.rv_number(parsed.resource_version) >= floor:
+                        return got
+            raise TimeoutError("the watch ended before a frame at the view's version")
+        finally:
+            resp.close()
 
     def objects_at(self, rv: str) -> list[state.Obj] | None:
         """The view's objects, sorted, at `rv`: its own version, or a snapshot kept for a paged list; else None."""

@@ -187,7 +187,50 @@ async def test_what_the_leaders_view_cannot_answer_goes_upstream(pki):
         assert await ask(router, "/api/v1/services?watch=true&resourceVersion=1") is None
         assert failovers("connect") == before  # not a failure of the leader: the next request asks it again
         assert await ask(router, "/api/v1/services?watch=true&resourceVersion=1") is None
+        # a client's watch of that query still on the API server is not moved to the pool again for a while; the
+        # watch of another query is
+        h = {"Accept": "application/json"}
+        assert not router.movable(info("/api/v1/services?watch=true&resourceVersion=1"), h)
+        assert router.movable(info("/apis/discovery.k8s.io/v1/endpointslices?watch=true&resourceVersion=1"), h)
     finally:
+        router.close()
+        await runner.cleanup()
+
+
+async def test_a_slow_head_sends_that_request_upstream_and_leaves_the_open_watches_alone(pki):
+    """A leader slow to answer one request is busy, not gone: that request goes to the API server (and the next ones
+    for a while), but the watches it already serves go on."""
+    more, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request):
+        if request.query.get("watch") != "true":
+            await release.wait()
+            return web.Response(text="{}")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for rv, wait in (("5", more), ("6", release)):
+            await resp.write(b'{"type":"BOOKMARK","object":{"kind":"Service","apiVersion":"v1","metadata":'
+                             b'{"resourceVersion":"%s"}}}\n' % rv.encode())
+            await wait.wait()
+        return resp
+
+    runner, port = await serve(pki, handler)
+    router = make_router(pki)
+    following(router, port)
+    try:
+        watch = await ask(router, "/api/v1/services?watch=true&allowWatchBookmarks=true&resourceVersion=5")
+        assert watch is not None and watch.status == 200
+        assert b'"5"' in await watch.read()
+        before = failovers("head_timeout")
+        async with asyncio.timeout(10):
+            assert await ask(router, "/api/v1/services") is None
+        assert failovers("head_timeout") == before + 1
+        more.set()
+        async with asyncio.timeout(10):
+            assert b'"6"' in await watch.read()
+        watch.close()
+    finally:
+        release.set()
         router.close()
         await runner.cleanup()
 

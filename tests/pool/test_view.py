@@ -464,3 +464,19 @@ async def test_a_watch_from_before_the_views_list_gets_the_events_since_without_
     assert [frames.decode(await frames.next())[1].name for _ in range(2)] == ["made-before-the-list-too", "after"]
     await frames.close()
     assert (v.lists, v.reach_backs) == (1, 1)
+
+
+async def test_a_watch_from_before_what_the_api_server_still_holds_is_too_old_once_asked(sim, views):
+    """The API server no longer holds the history since the client's version either: the client is told 410 (its
+    informer relists), or sent to its reachable API server, as before; the view asks the API server only once."""
+    before = str(sim.store.rv)
+    sim.create("services", svc("made-before-the-list"), "edge")
+    await views.reply(info(SVC, JSON))
+    sim.compact()
+    v = next(iter(views.views.values()))
+    frames = Frames(await views.reply(info(f"{SVC}?watch=true&resourceVersion={before}", JSON)), "json")
+    ev = jsonwire.decode_event(await frames.next())
+    assert ev.type == "ERROR" and ev.doc["code"] == 410
+    fb = await views.reply(info(f"{SVC}?watch=true&resourceVersion={before}", JSON), fallback_ok=True)
+    assert fb.status == 503 and fb.fallback.startswith("too old resource version")
+    assert (v.lists, v.reach_backs) == (1, 1)
