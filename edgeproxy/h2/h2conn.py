@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import h2.connection
 import h2.errors
 import h2.exceptions
@@ -18,6 +20,27 @@ import hpack.hpack
 import hpack.huffman_table
 import hpack.table
 import hyperframe.frame
+
+FRAME_HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, reserved bit + stream id
+_HEADERS, _CONTINUATION = 0x1, 0x9
+_END_HEADERS = 0x4
+
+
+def write_headers(out: bytearray, block: bytes, flags: int, stream_id: int, size: int) -> None:
+    """Append a header block as HEADERS (with `flags`, END_HEADERS when it fits) and CONTINUATION frames of at most
+    `size` bytes (RFC 9113 §6.10), as h2's send_headers frames it; both sessions' fast paths write through here."""
+    if len(block) <= size:
+        n = len(block)
+        out += FRAME_HEAD.pack(n >> 8, n & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id)
+        out += block
+        return
+    for i in range(0, len(block), size):
+        part = block[i:i + size]
+        n = len(part)
+        last = _END_HEADERS if i + size >= len(block) else 0
+        out += FRAME_HEAD.pack(n >> 8, n & 0xFF, _CONTINUATION if i else _HEADERS, (0 if i else flags) | last,
+                               stream_id)
+        out += part
 
 
 class _Quiet:

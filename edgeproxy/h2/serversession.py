@@ -27,7 +27,6 @@ handler per `Request`. Nothing here knows about sockets, TLS, asyncio or aiohttp
 from __future__ import annotations
 
 import dataclasses
-import struct
 
 import h2.config
 import h2.connection
@@ -51,8 +50,8 @@ RESET_BURST = 200  # client RST_STREAMs taken at once ...
 RESET_RATE = 50.0  # ... and per second after that, before GOAWAY ENHANCE_YOUR_CALM
 
 # The frames the response fast path writes (RFC 9113 §6)
-_FRAME_HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
-_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_FRAME_HEAD = h2conn.FRAME_HEAD
+_DATA, _HEADERS = 0x0, 0x1
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _S_OPEN, _S_HALF_CLOSED_REMOTE = h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE
@@ -418,20 +417,8 @@ class ServerSession:
         h.request_method = None  # h2 takes it from the block it sends (a response has no :method)
         if end:
             self._end_sent(h)
-        size, out = conn.max_outbound_frame_size, conn._data_to_send
-        flags = _END_STREAM if end else 0
-        if len(block) <= size:
-            n = len(block)
-            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id)
-            out += block
-            return True
-        for i in range(0, len(block), size):
-            part = block[i:i + size]
-            n = len(part)
-            last = _END_HEADERS if i + size >= len(block) else 0
-            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _CONTINUATION if i else _HEADERS,
-                                    (0 if i else flags) | last, stream_id)
-            out += part
+        h2conn.write_headers(conn._data_to_send, block, _END_STREAM if end else 0, stream_id,
+                             conn.max_outbound_frame_size)
         return True
 
     def send_informational(self, stream_id: int, status: int) -> None:

@@ -25,7 +25,6 @@ the streams `receive()` reports. Nothing here knows about sockets, TLS, asyncio 
 from __future__ import annotations
 
 import collections
-import struct
 
 import h2.config
 import h2.connection
@@ -50,7 +49,7 @@ MAX_HEADER_LIST = 1 << 20  # a response head larger than this is refused
 # and shift every index, so the constant fields could never be coded once and reused.
 _UNINDEXED = {b":path": b"\x04", b"content-length": b"\x0f\x0d"}  # static indices 4 and 28 (4-bit prefix)
 # Frame types and flags the fast paths below read and write (RFC 9113 §6).
-_FRAME_HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, reserved bit + stream id
+_FRAME_HEAD = h2conn.FRAME_HEAD
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
@@ -257,21 +256,8 @@ class Session:
                 h.request_method = value
                 break
         block = conn.encoder.encode(headers)
-        size = conn.max_outbound_frame_size
-        flags = _END_STREAM if end_stream else 0
-        out = conn._data_to_send
-        if len(block) <= size:
-            n = len(block)
-            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _HEADERS, flags | _END_HEADERS, stream_id)
-            out += block
-            return
-        for i in range(0, len(block), size):  # HEADERS, then CONTINUATION frames (RFC 9113 §6.10)
-            part = block[i:i + size]
-            n = len(part)
-            last = _END_HEADERS if i + size >= len(block) else 0
-            out += _FRAME_HEAD.pack(n >> 8, n & 0xFF, _CONTINUATION if i else _HEADERS,
-                                    (0 if i else flags) | last, stream_id)
-            out += part
+        h2conn.write_headers(conn._data_to_send, block, _END_STREAM if end_stream else 0, stream_id,
+                             conn.max_outbound_frame_size)
 
     def send_window(self, stream: Stream) -> int:
         """Body bytes the server accepts on `stream` now (0: wait for a window update)."""
