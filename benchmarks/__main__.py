@@ -18,7 +18,7 @@ from pathlib import Path
 import benchmarks
 from benchmarks import harness
 
-NOT_SCENARIOS = {"harness", "loadgen", "realpods", "yurthub", "__main__"}
+NOT_SCENARIOS = {"harness", "loadgen", "h2load", "realpods", "yurthub", "__main__"}  # helpers, not scenarios
 
 
 def scenarios() -> list[str]:
