@@ -11,6 +11,7 @@ from edgeproxy import tasks, upstream
 from edgeproxy.companion import kubeapi, poolctl, pools
 from edgeproxy.pool import election
 from tests.e2e.edge import until
+from tests.pool.branch import kubelets
 
 pytestmark = pytest.mark.timeout(60)
 ZONE = "topology.kubernetes.io/zone"
@@ -33,17 +34,6 @@ async def kube(sim, tmp_path):
 
 def pool_lease(sim, pool="branch-a"):
     return sim.get("leases", election.lease_name(pool), "edgeproxy")
-
-
-async def kubelets(sim, alive):
-    """The kubelets of the nodes in `alive`, renewing their node Leases every 0.2 s."""
-    n = 0
-    while True:
-        n += 1
-        for node in sorted(alive):
-            sim.patch("leases", node, {"spec": {"renewTime": f"2026-01-01T00:00:{n % 60:02d}.{n:06d}Z"}},
-                      namespace="kube-node-lease")
-        await asyncio.sleep(0.2)  # the kubelets' renewal period in this test, not synchronisation
 
 
 async def test_the_companion_names_a_live_sharing_node_keeps_it_and_moves_it_when_its_kubelet_stops(sim, kube):

@@ -36,6 +36,18 @@ async def until(cond: Callable[[], Any], timeout: float = 15.0, every: float = 0
             await asyncio.sleep(every)
 
 
+async def kubelets(sim: Any, alive: set[str] | list[str]) -> None:
+    """The kubelets of the nodes in `alive`, renewing their node Leases every 0.2 s (the companion's pool controller
+    names only nodes whose kubelet is alive)."""
+    n = 0
+    while True:
+        n += 1
+        for node in sorted(alive):
+            sim.patch("leases", node, {"spec": {"renewTime": f"2026-01-01T00:00:{n % 60:02d}.{n:06d}Z"}},
+                      namespace="kube-node-lease")
+        await asyncio.sleep(0.2)  # the kubelets' renewal period in this test, not synchronisation
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -19,7 +19,7 @@ from edgeproxy.pool import remember
 from edgeproxy.sim import api as sim_api
 from edgeproxy.sim import errors as sim_errors
 from tests.e2e.reflector import Reflector
-from tests.pool.branch import POOL, Branch, until
+from tests.pool.branch import POOL, Branch, kubelets, until
 
 pytestmark = pytest.mark.timeout(90)
 ZONE = "topology.kubernetes.io/zone"
@@ -64,24 +64,13 @@ async def sim(tmp_path):
         yield s
 
 
-async def _kubelets(sim, alive):
-    """The kubelets of the nodes in `alive`, renewing their node Leases every 0.2 s."""
-    n = 0
-    while True:
-        n += 1
-        for node in sorted(alive):
-            sim.patch("leases", node, {"spec": {"renewTime": f"2026-01-01T00:00:{n % 60:02d}.{n:06d}Z"}},
-                      namespace="kube-node-lease")
-        await asyncio.sleep(0.2)  # the kubelets' renewal period in this test, not synchronisation
-
-
 @contextlib.asynccontextmanager
 async def companion(sim, tmp_path, duration):
     """The companion's pool controller (pool Lease of `duration` s, renewed every duration/3 s) and live kubelets."""
     kube = kubeapi.Kube(upstream.load_kubeconfig(sim.kubeconfig(tmp_path / "admin.kubeconfig")))
     alive = set(NODES)
     ctrl = poolctl.PoolController(kube, namespace="edgeproxy", duration=duration, grace=1.0, period=0.1)
-    running = [tasks.spawn(_kubelets(sim, alive), name="t-kubelets"), tasks.spawn(ctrl.run(), name="t-pools")]
+    running = [tasks.spawn(kubelets(sim, alive), name="t-kubelets"), tasks.spawn(ctrl.run(), name="t-pools")]
     try:
         yield ctrl, alive, running[1]
     finally:
