@@ -7,29 +7,12 @@ import json
 
 import pytest
 
-from edgeproxy import sim as sim_pkg
-from edgeproxy import tasks, upstream
-from edgeproxy.companion import controller, elector, health, kubeapi, nodes, policy
+from edgeproxy import tasks
+from edgeproxy.companion import controller, elector, health, nodes, policy
 from tests.e2e.edge import until
 
 pytestmark = pytest.mark.timeout(60)
 U = policy.UNREACHABLE
-
-
-@pytest.fixture
-async def sim(tmp_path):
-    # bookmarks every half second: a watch handler notices its client went away when it writes one
-    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=0.5)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def kube(sim, tmp_path):
-    k = kubeapi.Kube(upstream.load_kubeconfig(sim.kubeconfig(tmp_path / "admin.kubeconfig")))
-    yield k
-    await k.close()
 
 
 def pods_of(sim, node):

@@ -7,7 +7,6 @@ import pytest
 
 from edgeproxy import tasks
 from edgeproxy.companion import informer
-from tests.companion.test_controller import kube, sim  # noqa: F401 (fixtures)
 from tests.e2e.edge import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,12 +21,12 @@ def names(inf):
     return {name for ns, name in inf.items if ns == "edge"}
 
 
-def truth(sim):  # noqa: F811
+def truth(sim):
     return {e.obj["metadata"]["name"] for e in sim.store.snapshot("pods").values()
             if e.obj["metadata"]["namespace"] == "edge"}
 
 
-async def test_cut_and_compacted_watches_converge(sim, kube):  # noqa: F811
+async def test_cut_and_compacted_watches_converge(sim, kube):
     changes = []
     inf = informer.Informer(kube, "/api/v1/pods", on_change=lambda old, new: changes.append((old, new)))
     running = tasks.spawn(inf.run(), name="t-informer")

@@ -6,30 +6,14 @@ import asyncio
 
 import pytest
 
-from edgeproxy import sim as sim_pkg
-from edgeproxy import tasks, upstream
-from edgeproxy.companion import kubeapi, poolctl, pools
+from edgeproxy import tasks
+from edgeproxy.companion import poolctl, pools
 from edgeproxy.pool import election
 from tests.e2e.edge import until
 from tests.pool.branch import kubelets
 
 pytestmark = pytest.mark.timeout(60)
 ZONE = "topology.kubernetes.io/zone"
-
-
-@pytest.fixture
-async def sim(tmp_path):
-    s = sim_pkg.Simulator(pki_dir=tmp_path / "pki", bookmark_interval=0.5)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def kube(sim, tmp_path):
-    k = kubeapi.Kube(upstream.load_kubeconfig(sim.kubeconfig(tmp_path / "admin.kubeconfig")))
-    yield k
-    await k.close()
 
 
 def pool_lease(sim, pool="branch-a"):

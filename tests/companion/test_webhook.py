@@ -13,7 +13,6 @@ import pytest
 
 from edgeproxy import tasks
 from edgeproxy.companion import health, main, policy
-from tests.companion.test_controller import kube, sim  # noqa: F401 (fixtures)
 from tests.e2e.edge import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +33,7 @@ def review(node, uid="u-1"):
                                           "tolerationSeconds": 300}]}}}}
 
 
-async def test_companion_serves_the_webhook_with_the_certificate_it_arranged(sim, tmp_path):  # noqa: F811
+async def test_companion_serves_the_webhook_with_the_certificate_it_arranged(sim, tmp_path):
     port = free_port()
     parser = argparse.ArgumentParser()
     main.configure(parser)
